@@ -1,0 +1,35 @@
+"""LangChain 1.x adapter: agent middleware, a hint-sending chat-model wrapper and a tool callback.
+
+``LampsMiddleware`` for ``create_agent``; ``wrap(llm, registry=...)`` for custom graphs;
+``LampsToolCallbackHandler`` for legacy ``AgentExecutor`` agents.  The hints' wire format is
+``LampsHints`` (docs/hints.md).
+"""
+
+from adapters.langchain.callbacks import LampsToolCallbackHandler
+from adapters.langchain.chat_model import LampsChatModel, wrap
+from adapters.langchain.hints import (
+    HINT_VERSION,
+    XARGS_PREFIX,
+    HintError,
+    LampsHints,
+    merge_extra_body,
+)
+from adapters.langchain.middleware import LampsMiddleware, hint_body
+from adapters.langchain.planner import HintPlanner, ModelTurn, ToolRecorder, ToolWaitListener
+
+__all__ = [
+    "HINT_VERSION",
+    "XARGS_PREFIX",
+    "HintError",
+    "HintPlanner",
+    "LampsChatModel",
+    "LampsHints",
+    "LampsMiddleware",
+    "LampsToolCallbackHandler",
+    "ModelTurn",
+    "ToolRecorder",
+    "ToolWaitListener",
+    "hint_body",
+    "merge_extra_body",
+    "wrap",
+]

@@ -1,0 +1,220 @@
+"""A chat model that sends scheduling hints with every call, for agents built without
+``create_agent`` (custom LangGraph graphs, plain loops).
+
+``wrap(llm, registry=...)`` returns a :class:`LampsChatModel`: a chat model that predicts each call
+like :class:`~adapters.langchain.middleware.LampsMiddleware` does, merges the hints into the
+request's ``extra_body`` and delegates to ``llm``.  ``bind_tools`` and ``with_structured_output``
+keep going through the wrapper.  The session is the LangGraph thread id (or a ``lamps_session_id``
+in the run's metadata / ``configurable``), else one derived from the conversation's first message.
+Tool durations are not seen here: record them with the middleware or the callback handler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding
+from langchain_core.tools import BaseTool
+from pydantic import ConfigDict
+
+from adapters.langchain.middleware import Transport, hint_body
+from adapters.langchain.planner import (
+    HintPlanner,
+    ModelTurn,
+    PriorityFn,
+    StrategyFn,
+    ToolRecorder,
+    ToolWaitListener,
+)
+from lamps_agent.predictors.base import Predictor
+from lamps_agent.presets import Preset
+
+RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun
+
+
+class LampsChatModel(BaseChatModel):
+    """``inner`` with LAMPS hints on every call (build it with :func:`wrap`)."""
+
+    inner: BaseChatModel
+    planner: HintPlanner
+    transport: Literal["auto", "extra_body", "none"] = "auto"
+    send_priority: bool = True
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @property
+    def _llm_type(self) -> str:
+        return f"lamps-{self.inner._llm_type}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"inner": self.inner._identifying_params, "agent": self.planner.agent}
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools the way ``inner`` formats them, keeping this wrapper in the call path."""
+        bound = self.inner.bind_tools(tools, tool_choice=tool_choice, **kwargs)
+        if not isinstance(bound, RunnableBinding):
+            raise TypeError(
+                f"{type(self.inner).__name__}.bind_tools did not return a RunnableBinding"
+            )
+        return self.bind(**bound.kwargs)
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        turn, kwargs = self._prepare(messages, run_manager, kwargs)
+        result = self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        self.planner.finish(turn, _first_message(result))
+        return result
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        turn, kwargs = self._prepare(messages, run_manager, kwargs)
+        result = await self.inner._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        self.planner.finish(turn, _first_message(result))
+        return result
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        turn, kwargs = self._prepare(messages, run_manager, kwargs)
+        if type(self.inner)._stream is BaseChatModel._stream:  # the inner model cannot stream
+            result = self.inner._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+            self.planner.finish(turn, _first_message(result))
+            yield from _as_chunks(result)
+            return
+        total: ChatGenerationChunk | None = None
+        for chunk in self.inner._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
+            total = chunk if total is None else total + chunk
+            yield chunk
+        self.planner.finish(turn, total.message if total is not None else None)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        turn, kwargs = self._prepare(messages, run_manager, kwargs)
+        inner = type(self.inner)
+        if inner._astream is BaseChatModel._astream and inner._stream is BaseChatModel._stream:
+            result = await self.inner._agenerate(
+                messages, stop=stop, run_manager=run_manager, **kwargs
+            )
+            self.planner.finish(turn, _first_message(result))
+            for piece in _as_chunks(result):
+                yield piece
+            return
+        total: ChatGenerationChunk | None = None
+        async for chunk in self.inner._astream(
+            messages, stop=stop, run_manager=run_manager, **kwargs
+        ):
+            total = chunk if total is None else total + chunk
+            yield chunk
+        self.planner.finish(turn, total.message if total is not None else None)
+
+    def _prepare(
+        self, messages: list[BaseMessage], run_manager: RunManager | None, kwargs: dict[str, Any]
+    ) -> tuple[ModelTurn, dict[str, Any]]:
+        metadata = run_manager.metadata if run_manager is not None else {}
+        thread_id = metadata.get("lamps_session_id") or metadata.get("thread_id")
+        session_id = self.planner.session_id(thread_id, messages)
+        turn = self.planner.plan(session_id, messages)
+        if self.transport == "none" or (
+            self.transport == "auto" and "extra_body" not in type(self.inner).model_fields
+        ):
+            return turn, kwargs
+        kwargs = dict(kwargs)
+        kwargs["extra_body"] = hint_body(
+            turn.hints,
+            send_priority=self.send_priority,
+            model_extra_body=getattr(self.inner, "extra_body", None),
+            call_extra_body=kwargs.get("extra_body"),
+        )
+        return turn, kwargs
+
+
+def _first_message(result: ChatResult) -> BaseMessage | None:
+    return result.generations[0].message if result.generations else None
+
+
+def _as_chunks(result: ChatResult) -> Iterator[ChatGenerationChunk]:
+    for generation in result.generations:
+        message = generation.message
+        chunk = AIMessageChunk(
+            content=message.content,
+            id=message.id,
+            tool_call_chunks=[
+                {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+                for i, c in enumerate(getattr(message, "tool_calls", []))
+            ],
+            usage_metadata=getattr(message, "usage_metadata", None),
+            response_metadata=message.response_metadata,
+        )
+        yield ChatGenerationChunk(message=chunk)
+
+
+def wrap(
+    llm: BaseChatModel,
+    *,
+    registry: ToolRecorder | None = None,
+    predictor: Predictor | None = None,
+    agent: str = "agent",
+    preset: Preset | str = "a100-gptj6b",
+    strategy: StrategyFn | None = None,
+    priority: PriorityFn | int | None = None,
+    listener: ToolWaitListener | None = None,
+    transport: Transport = "auto",
+    send_priority: bool = True,
+    planner: HintPlanner | None = None,
+) -> LampsChatModel:
+    """Wrap ``llm`` so every call carries LAMPS hints (arguments as for ``LampsMiddleware``).
+
+    Pass ``planner=middleware.planner`` to share one predictor and registry with a middleware or
+    a callback handler; the other prediction arguments are then ignored.
+    """
+    if not isinstance(llm, BaseChatModel):
+        raise TypeError(f"wrap() needs a LangChain chat model, got {type(llm).__name__}")
+    if transport not in ("auto", "extra_body", "none"):
+        raise ValueError(f"transport must be 'auto', 'extra_body' or 'none', got {transport!r}")
+    if planner is None:
+        planner = HintPlanner(
+            agent=agent,
+            registry=registry,
+            predictor=predictor,
+            preset=preset,
+            strategy=strategy,
+            priority=priority,
+            listener=listener,
+        )
+    return LampsChatModel(
+        inner=llm, planner=planner, transport=transport, send_priority=send_priority
+    )

@@ -1,0 +1,268 @@
+"""Agent middleware that tells the scheduler what an agent is about to do.
+
+:class:`LampsMiddleware` goes into ``langchain.agents.create_agent(..., middleware=[...])``.  Around
+each model call it attaches :class:`~adapters.langchain.hints.LampsHints` (session, predicted
+output length, the likely tool and its duration, the KV strategy, a priority) to the request body;
+around each tool call it times the call, records it in the tool registry and tells an in-process
+engine that the agent now waits on the tool.  Sync and async hooks share the same logic, so the
+middleware behaves the same under ``invoke``, ``ainvoke`` and streaming.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import ExtendedModelResponse
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langgraph.errors import GraphBubbleUp
+from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.types import Command
+
+from adapters.langchain.hints import LampsHints, merge_extra_body
+from adapters.langchain.planner import (
+    CallStatus,
+    HintPlanner,
+    ModelTurn,
+    PriorityFn,
+    StrategyFn,
+    ToolRecorder,
+    ToolWaitListener,
+)
+from lamps_agent.predictors.base import Predictor
+from lamps_agent.presets import Preset
+
+Transport = Literal["auto", "extra_body", "none"]
+ModelResult = ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]
+ToolResult = ToolMessage | Command[Any]
+_TRANSPORTS = ("auto", "extra_body", "none")
+
+
+@dataclass(slots=True)
+class _ToolCall:
+    session_id: str
+    tool: str
+    call_id: str | None
+    input_size: int
+    started_at: float
+    t0: float
+
+
+class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
+    """Scheduling hints on every model call, durations of every tool call.
+
+    Args:
+        registry: where tool durations go and duration estimates come from (a
+            ``tool_registry.ToolRegistry`` or anything with ``record`` and ``estimate``).
+        predictor: predicts each turn; defaults to the core ``HistoryPredictor`` learning online,
+            with the registry as its duration source.  Any ``Predictor`` can replace it.
+        agent: the agent's name, part of the predictor's key and of the hints.
+        preset: hardware preset the KV strategy and the priority are computed for.
+        strategy: ``(*, context_tokens, tool_duration, preset) -> KVStrategy``; defaults to
+            ``lamps_agent.strategy.choose_strategy`` (least waste).
+        priority: a fixed int, or ``(prediction, prompt_tokens, strategy) -> int``; defaults to
+            LAMPS' predicted memory-time area.
+        listener: an in-process engine told when the agent starts and stops waiting on a tool.
+        transport: ``"extra_body"`` sends hints in the HTTP body (OpenAI-compatible models),
+            ``"none"`` only predicts and records, ``"auto"`` sends them to models that have an
+            ``extra_body`` field (``ChatOpenAI`` and friends).
+        send_priority: put ``priority`` in the body (vLLM rejects a non-zero one unless started
+            with ``--scheduling-policy priority``); the value also travels as ``lamps_priority``.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: ToolRecorder | None = None,
+        predictor: Predictor | None = None,
+        agent: str = "agent",
+        preset: Preset | str = "a100-gptj6b",
+        strategy: StrategyFn | None = None,
+        priority: PriorityFn | int | None = None,
+        listener: ToolWaitListener | None = None,
+        transport: Transport = "auto",
+        send_priority: bool = True,
+    ) -> None:
+        super().__init__()
+        if transport not in _TRANSPORTS:
+            raise ValueError(
+                f"transport must be one of {', '.join(_TRANSPORTS)}, got {transport!r}"
+            )
+        self.planner = HintPlanner(
+            agent=agent,
+            registry=registry,
+            predictor=predictor,
+            preset=preset,
+            strategy=strategy,
+            priority=priority,
+            listener=listener,
+        )
+        self.transport: Transport = transport
+        self.send_priority = bool(send_priority)
+
+    # -- model calls --------------------------------------------------------------------------
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResult:
+        turn, request = self._before_model(request)
+        response = handler(request)
+        self.planner.finish(turn, _reply_of(response))
+        return response
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResult:
+        turn, request = self._before_model(request)
+        response = await handler(request)
+        self.planner.finish(turn, _reply_of(response))
+        return response
+
+    def _before_model(self, request: ModelRequest[Any]) -> tuple[ModelTurn, ModelRequest[Any]]:
+        info = request.runtime.execution_info if request.runtime is not None else None
+        session_id = self.planner.session_id(info.thread_id if info else None, request.messages)
+        system = request.system_message
+        extra = len(system.content) if system is not None and isinstance(system.content, str) else 0
+        turn = self.planner.plan(session_id, request.messages, extra_chars=extra)
+        if not self._sends_to(request.model):
+            return turn, request
+        settings = dict(request.model_settings)
+        settings["extra_body"] = hint_body(
+            turn.hints,
+            send_priority=self.send_priority,
+            model_extra_body=getattr(request.model, "extra_body", None),
+            call_extra_body=settings.get("extra_body"),
+        )
+        return turn, request.override(model_settings=settings)
+
+    def _sends_to(self, model: BaseChatModel) -> bool:
+        if self.transport == "auto":
+            return "extra_body" in type(model).model_fields
+        return self.transport == "extra_body"
+
+    # -- tool calls ---------------------------------------------------------------------------
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolResult],
+    ) -> ToolResult:
+        call = self._before_tool(request)
+        try:
+            result = handler(request)
+        except GraphBubbleUp:
+            raise  # an interrupt or a jump, not a failure of the tool
+        except BaseException as exc:
+            self._after_tool(call, None, exc)
+            raise
+        self._after_tool(call, result, None)
+        return result
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolResult]],
+    ) -> ToolResult:
+        call = self._before_tool(request)
+        try:
+            result = await handler(request)
+        except GraphBubbleUp:
+            raise
+        except BaseException as exc:
+            self._after_tool(call, None, exc)
+            raise
+        self._after_tool(call, result, None)
+        return result
+
+    def _before_tool(self, request: ToolCallRequest) -> _ToolCall:
+        tool_call = request.tool_call
+        name = str(tool_call.get("name") or (request.tool.name if request.tool else "unknown"))
+        call_id = tool_call.get("id")
+        session_id = self.planner.session_id(
+            _tool_thread_id(request), _state_messages(request.state)
+        )
+        self.planner.tool_started(session_id, name, call_id)
+        return _ToolCall(
+            session_id=session_id,
+            tool=name,
+            call_id=call_id,
+            input_size=len(str(tool_call.get("args", ""))),
+            started_at=time.time(),
+            t0=time.perf_counter(),
+        )
+
+    def _after_tool(
+        self, call: _ToolCall, result: ToolResult | None, exc: BaseException | None
+    ) -> None:
+        duration = time.perf_counter() - call.t0
+        status: CallStatus = "ok"
+        error_type: str | None = None
+        output_size: int | None = None
+        if exc is not None:
+            status, error_type = "error", type(exc).__name__
+        elif isinstance(result, ToolMessage):
+            content = result.content
+            output_size = len(content) if isinstance(content, str) else len(str(content))
+            if result.status == "error":  # a tool error the ToolNode turned into a message
+                status, error_type = "error", "ToolMessageError"
+        self.planner.tool_finished(
+            session_id=call.session_id,
+            tool=call.tool,
+            call_id=call.call_id,
+            started_at=call.started_at,
+            duration=duration,
+            status=status,
+            error_type=error_type,
+            input_size=call.input_size,
+            output_size=output_size,
+        )
+
+
+def hint_body(
+    hints: LampsHints,
+    *,
+    send_priority: bool = True,
+    model_extra_body: Mapping[str, Any] | None = None,
+    call_extra_body: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``extra_body`` to send: the hints under the model's own ``extra_body`` under the
+    per-call one (the user's keys always kept, and winning on collision; ``vllm_xargs`` merged)."""
+    ours = hints.to_body()
+    if not send_priority:
+        del ours["priority"]
+    return merge_extra_body(ours, model_extra_body, call_extra_body)
+
+
+def _reply_of(response: object) -> BaseMessage | None:
+    if isinstance(response, AIMessage):
+        return response
+    if isinstance(response, ExtendedModelResponse):
+        response = response.model_response
+    if isinstance(response, ModelResponse):
+        return next((m for m in reversed(response.result) if isinstance(m, AIMessage)), None)
+    return None
+
+
+def _tool_thread_id(request: ToolCallRequest) -> Any:
+    runtime = request.runtime
+    info = getattr(runtime, "execution_info", None)
+    if info is not None and info.thread_id:
+        return info.thread_id
+    config = getattr(runtime, "config", None) or {}
+    return config.get("configurable", {}).get("thread_id")
+
+
+def _state_messages(state: Any) -> Sequence[BaseMessage]:
+    if isinstance(state, Mapping):
+        messages = state.get("messages", ())
+    else:
+        messages = getattr(state, "messages", state if isinstance(state, list) else ())
+    return messages if isinstance(messages, Sequence) else ()

@@ -1,0 +1,403 @@
+"""The framework-neutral half of the adapter: turns model and tool calls into hints and records.
+
+:class:`HintPlanner` is shared by the agent middleware, the wrapped chat model and the callback
+handler.  Before a model call it predicts the turn (through any core :class:`Predictor`), picks
+the KV strategy and a priority, and builds the :class:`LampsHints`; after the call and after each
+tool call it records what happened in the tool registry and teaches the predictor.  It is
+thread-safe: an agent runs one reply's tool calls in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+
+from adapters.langchain.hints import MAX_PRIORITY, LampsHints
+from lamps_agent.area import Timing, TurnShape, turn_area
+from lamps_agent.predictors.base import (
+    DurationEstimate,
+    Outcome,
+    Prediction,
+    PredictionQuery,
+    Predictor,
+)
+from lamps_agent.predictors.history import HistoryPredictor
+from lamps_agent.presets import Preset, load_preset
+from lamps_agent.request import KVStrategy
+from lamps_agent.strategy import choose_strategy
+
+logger = logging.getLogger(__name__)
+
+CallStatus = Literal["ok", "error"]
+CHARS_PER_TOKEN = 4.0  # rough client-side token count; the server knows the exact one
+MAX_TRACKED = 10_000  # sessions / tool calls remembered at once (bounded: agents may be killed)
+
+
+@runtime_checkable
+class ToolRecorder(Protocol):
+    """What the adapter needs from a tool registry (``tool_registry.ToolRegistry`` is one)."""
+
+    def record(
+        self,
+        tool: str,
+        *,
+        duration: float,
+        session_id: str | None = None,
+        started_at: float | None = None,
+        status: CallStatus = "ok",
+        error_type: str | None = None,
+        input_size: int | None = None,
+        output_size: int | None = None,
+    ) -> None: ...
+
+    def estimate(self, tool: str) -> DurationEstimate: ...
+
+
+class ToolWaitListener(Protocol):
+    """An in-process engine told directly when an agent starts and stops waiting on a tool."""
+
+    def on_tool_wait(self, *, session_id: str, tool: str, predicted_duration: float) -> None: ...
+
+    def on_tool_done(self, *, session_id: str, tool: str, duration: float, ok: bool) -> None: ...
+
+
+StrategyFn = Callable[..., KVStrategy]
+PriorityFn = Callable[[Prediction, int, KVStrategy], int]
+
+
+@dataclass(slots=True)
+class ModelTurn:
+    """One planned model call: what was predicted and sent, waiting for the reply."""
+
+    session_id: str
+    step: int
+    prompt_tokens: int
+    hints: LampsHints
+
+
+@dataclass(slots=True)
+class _PendingTurn:
+    """A reply's tool calls in flight; the turn is taught to the predictor when the last returns."""
+
+    session_id: str
+    step: int
+    prompt_tokens: int
+    output_tokens: int
+    remaining: set[str]
+    tool: str | None = None
+    duration: float = 0.0
+    returned_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _ToolGuesser:
+    """Which tool a turn will call: the most frequent at (agent, step), else at the agent."""
+
+    by_step: dict[tuple[str, int], Counter[str | None]] = field(default_factory=dict)
+    by_agent: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def guess(self, agent: str, step: int) -> str | None:
+        seen = self.by_step.get((agent, step))
+        if seen:
+            return seen.most_common(1)[0][0]
+        tools = self.by_agent.get(agent)
+        return tools.most_common(1)[0][0] if tools else None
+
+    def observe(self, agent: str, step: int, tool: str | None) -> None:
+        self.by_step.setdefault((agent, step), Counter())[tool] += 1
+        if tool is not None:
+            self.by_agent.setdefault(agent, Counter())[tool] += 1
+
+
+class HintPlanner:
+    """Predicts each model call's hints and records each tool call (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        agent: str = "agent",
+        registry: ToolRecorder | None = None,
+        predictor: Predictor | None = None,
+        preset: Preset | str = "a100-gptj6b",
+        strategy: StrategyFn | None = None,
+        priority: PriorityFn | int | None = None,
+        listener: ToolWaitListener | None = None,
+    ) -> None:
+        if not isinstance(agent, str) or not agent:
+            raise ValueError("agent must be a non-empty string")
+        if registry is not None and not isinstance(registry, ToolRecorder):
+            raise TypeError("registry must have record(tool, *, duration, ...) and estimate(tool)")
+        if predictor is not None and not isinstance(predictor, Predictor):
+            raise TypeError(
+                f"predictor must be a lamps_agent Predictor, got {type(predictor).__name__}"
+            )
+        if isinstance(priority, bool) or (
+            isinstance(priority, int) and not -MAX_PRIORITY - 1 <= priority <= MAX_PRIORITY
+        ):
+            raise ValueError(f"priority must be a 32-bit int or a callable, got {priority!r}")
+        self.agent = agent
+        self.registry = registry
+        self.predictor = predictor if predictor is not None else HistoryPredictor(hints=registry)
+        self.preset = load_preset(preset) if isinstance(preset, str) else preset
+        self._strategy = strategy if strategy is not None else choose_strategy
+        self._priority = priority
+        self._timing = _timing(self.preset)
+        self.listener = listener
+        self._salt = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._guesser = _ToolGuesser()
+        self._pending: OrderedDict[str, _PendingTurn] = OrderedDict()
+        self._last_tool: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._warned_record = False
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def session_id(self, thread_id: Any, messages: Sequence[BaseMessage]) -> str:
+        """The LangGraph thread id, else an id stable over one conversation's turns (derived from
+        its first message's id, or text), else a fresh one."""
+        if thread_id:
+            return str(thread_id)[:256]
+        first = next((m for m in messages if not isinstance(m, SystemMessage)), None)
+        if first is None:
+            return f"lc-{uuid.uuid4().hex[:16]}"
+        if first.id:
+            return f"lc-{first.id}"[:256]
+        digest = hashlib.blake2b(f"{self._salt}{first.content}".encode(), digest_size=8)
+        return f"lc-{digest.hexdigest()}"
+
+    # -- model calls --------------------------------------------------------------------------
+
+    def plan(
+        self, session_id: str, messages: Sequence[BaseMessage], *, extra_chars: int = 0
+    ) -> ModelTurn:
+        """Predict the coming model call and build its hints."""
+        step = sum(1 for m in messages if isinstance(m, AIMessage))
+        prompt_tokens = estimate_tokens(messages, extra_chars=extra_chars)
+        with self._lock:
+            guess = self._guesser.guess(self.agent, step)
+            last = self._last_tool.pop(session_id, None)
+        query = PredictionQuery(
+            agent=self.agent, step=step, tool=guess, prompt_tokens=prompt_tokens
+        )
+        prediction = self.predictor.predict(query)
+        tool = prediction.tool
+        duration = prediction.tool_duration if tool is not None else 0.0
+        strategy = self._strategy(
+            context_tokens=prompt_tokens + prediction.output_tokens,
+            tool_duration=duration,
+            preset=self.preset,
+        )
+        hints = LampsHints(
+            session_id=session_id,
+            priority=self._rank(prediction, prompt_tokens, strategy),
+            agent=self.agent,
+            step=step,
+            output_tokens=max(1, round(prediction.output_tokens)),
+            tool=tool,
+            tool_duration=duration,
+            kv_strategy=strategy,
+            last_tool=None if last is None else last[0],
+            last_tool_duration=None if last is None else last[1],
+        )
+        return ModelTurn(session_id=session_id, step=step, prompt_tokens=prompt_tokens, hints=hints)
+
+    def finish(self, turn: ModelTurn, reply: BaseMessage | None) -> None:
+        """Learn from a model reply: a final answer is taught now, a tool-calling turn when its
+        last tool call returns."""
+        if not isinstance(reply, AIMessage):
+            return
+        output_tokens = output_token_count(reply)
+        calls = [c for c in reply.tool_calls if c.get("id")]
+        first_tool = reply.tool_calls[0]["name"] if reply.tool_calls else None
+        with self._lock:
+            self._guesser.observe(self.agent, turn.step, first_tool)
+            if calls:
+                pending = _PendingTurn(
+                    session_id=turn.session_id,
+                    step=turn.step,
+                    prompt_tokens=turn.prompt_tokens,
+                    output_tokens=output_tokens,
+                    remaining={str(c["id"]) for c in calls},
+                )
+                for call in calls:
+                    self._pending[str(call["id"])] = pending
+                _trim(self._pending)
+        if not calls:
+            self._observe(turn.step, turn.prompt_tokens, output_tokens, None, 0.0, 0)
+
+    # -- tool calls ---------------------------------------------------------------------------
+
+    def tool_started(self, session_id: str, tool: str, call_id: str | None) -> None:
+        """Tell the listener (if any) that the agent now waits on ``tool``, and for how long."""
+        if self.listener is None:
+            return
+        with self._lock:
+            pending = self._pending.get(call_id) if call_id is not None else None
+        step = pending.step if pending is not None else 0
+        query = PredictionQuery(agent=self.agent, step=step, tool=tool, prompt_tokens=0)
+        predicted = self.predictor.predict(query).tool_duration
+        _notify(
+            self.listener.on_tool_wait,
+            session_id=session_id,
+            tool=tool,
+            predicted_duration=predicted,
+        )
+
+    def tool_finished(
+        self,
+        *,
+        session_id: str,
+        tool: str,
+        call_id: str | None,
+        started_at: float,
+        duration: float,
+        status: CallStatus,
+        error_type: str | None = None,
+        input_size: int | None = None,
+        output_size: int | None = None,
+    ) -> None:
+        """Record one finished tool call and, if it was its turn's last, teach the turn."""
+        self._record(
+            tool,
+            duration=duration,
+            session_id=session_id,
+            started_at=started_at,
+            status=status,
+            error_type=error_type,
+            input_size=input_size,
+            output_size=output_size,
+        )
+        if self.listener is not None:
+            _notify(
+                self.listener.on_tool_done,
+                session_id=session_id,
+                tool=tool,
+                duration=duration,
+                ok=status == "ok",
+            )
+        done: _PendingTurn | None = None
+        with self._lock:
+            last = self._last_tool.get(session_id)
+            if last is None or duration >= last[1]:
+                self._last_tool[session_id] = (tool, duration)  # the agent waited on the slowest
+                _trim(self._last_tool)
+            pending = self._pending.pop(call_id, None) if call_id is not None else None
+            if pending is not None:
+                if pending.tool is None or duration >= pending.duration:
+                    pending.tool, pending.duration = tool, duration
+                pending.returned_tokens += round((output_size or 0) / CHARS_PER_TOKEN)
+                pending.remaining.discard(call_id or "")
+                if not pending.remaining:
+                    done = pending
+        if done is not None:
+            self._observe(
+                done.step,
+                done.prompt_tokens,
+                done.output_tokens,
+                done.tool,
+                done.duration,
+                done.returned_tokens,
+            )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _observe(
+        self,
+        step: int,
+        prompt_tokens: int,
+        output_tokens: int,
+        tool: str | None,
+        duration: float,
+        returned: int,
+    ) -> None:
+        query = PredictionQuery(agent=self.agent, step=step, tool=tool, prompt_tokens=prompt_tokens)
+        outcome = Outcome(
+            output_tokens=output_tokens, tool=tool, tool_duration=duration, returned_tokens=returned
+        )
+        self.predictor.observe(query, outcome)
+
+    def _record(self, tool: str, **fields: Any) -> None:
+        if self.registry is None:
+            return
+        try:
+            self.registry.record(tool, **fields)
+        except Exception:  # the registry must never break the agent
+            if not self._warned_record:
+                self._warned_record = True
+                logger.warning("tool registry failed to record a call to %r", tool, exc_info=True)
+
+    def _rank(self, prediction: Prediction, prompt_tokens: int, strategy: KVStrategy) -> int:
+        if self._priority is None:
+            return lamps_priority(prediction, prompt_tokens, strategy, self._timing)
+        if isinstance(self._priority, int):
+            return self._priority
+        return self._priority(prediction, prompt_tokens, strategy)
+
+
+def lamps_priority(
+    prediction: Prediction, prompt_tokens: int, strategy: KVStrategy, timing: Timing
+) -> int:
+    """LAMPS' rank of a turn: its predicted memory-time area in token·seconds, rounded (lower is
+    served first, as vLLM's ``priority``)."""
+    shape = TurnShape(
+        prompt=prompt_tokens,
+        output=prediction.output_tokens,
+        has_tool=prediction.tool is not None,
+        tool_duration=prediction.tool_duration,
+        returned=prediction.returned_tokens,
+        next_output=prediction.output_tokens,
+    )
+    area = turn_area(shape, strategy, timing)
+    return min(MAX_PRIORITY, round(area)) if math.isfinite(area) and area > 0 else 0
+
+
+def _timing(preset: Preset) -> Timing:
+    """Client-side timing guess: a decode step of a lone request, chunked prefill, host swaps."""
+    cost = preset.cost
+    bytes_per_token = preset.kv_bytes_per_token
+    return Timing(
+        tau=cost.iteration_time(0, 1, 0),
+        prefill_seconds=lambda tokens: cost.prefill_time(tokens, preset.token_budget),
+        transfer_seconds=lambda tokens: cost.swap_time(tokens * bytes_per_token),
+    )
+
+
+def estimate_tokens(messages: Sequence[BaseMessage], *, extra_chars: int = 0) -> int:
+    """Roughly how many tokens ``messages`` hold (characters / 4; cheap, no tokenizer)."""
+    chars = extra_chars
+    for message in messages:
+        content = message.content
+        chars += len(content) if isinstance(content, str) else len(str(content))
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                chars += len(call["name"]) + len(str(call["args"]))
+    return round(chars / CHARS_PER_TOKEN)
+
+
+def output_token_count(reply: AIMessage) -> int:
+    """Tokens the model generated: its usage report, else a character estimate (at least 1)."""
+    usage = reply.usage_metadata
+    if usage and usage.get("output_tokens"):
+        return int(usage["output_tokens"])
+    return max(1, estimate_tokens([reply]))
+
+
+def _trim(table: OrderedDict[str, Any]) -> None:
+    while len(table) > MAX_TRACKED:
+        table.popitem(last=False)
+
+
+def _notify(callback: Callable[..., None], **kwargs: Any) -> None:
+    try:
+        callback(**kwargs)
+    except Exception:  # an engine hook must never break the agent
+        logger.warning("tool-wait listener %r failed", callback, exc_info=True)

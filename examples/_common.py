@@ -1,0 +1,130 @@
+"""What the example agents share: the command line, the chat model (a live OpenAI-compatible
+endpoint, or an offline scripted one), the tool registry and the statistics printed at the end.
+
+Offline (no ``--base-url``) each app drives a :class:`ScriptedChatModel`: a LangChain fake chat
+model whose replies a small per-app script computes from the conversation so far, so the real tools
+run on real inputs and the whole app takes seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    import lamps_agent  # noqa: F401
+except ModuleNotFoundError:  # run from a source checkout that is not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+
+from adapters.langchain import LampsHints, LampsMiddleware
+from tool_registry import ToolRegistry
+
+DATA = Path(__file__).resolve().parent / "data"
+Script = Callable[[list[BaseMessage]], AIMessage]
+
+
+class ScriptedChatModel(GenericFakeChatModel):
+    """An offline chat model: ``script(messages)`` decides each reply (text or tool calls).
+
+    It has an ``extra_body`` like ``ChatOpenAI`` so the middleware sends it hints; the last body
+    it was sent is kept in ``last_body`` for display.
+    """
+
+    script: Script
+    messages: Any = Field(default_factory=lambda: iter(()))
+    extra_body: dict[str, Any] | None = None
+    last_body: dict[str, Any] | None = None
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        return self.bind(**kwargs)  # the script knows the tools; keep the per-call kwargs
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.last_body = kwargs.get("extra_body")
+        return ChatResult(generations=[ChatGeneration(message=self.script(messages))])
+
+
+def parse_args(
+    description: str,
+    argv: Sequence[str] | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
+                        "(default: offline, a scripted chat model)")
+    parser.add_argument("--model", default="Qwen/Qwen2.5-7B-Instruct", help="model name at --base-url")
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
+    parser.add_argument("--registry", help="tool registry URL (default: a fresh SQLite file in a "
+                        "temporary directory)")
+    parser.add_argument("--limit", type=int, default=None, help="run only the first N tasks")
+    parser.add_argument("--no-priority", action="store_true",
+                        help="do not send the body 'priority' (for a vLLM without "
+                        "--scheduling-policy priority)")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    return args
+
+
+def chat_model(args: argparse.Namespace, script: Script) -> BaseChatModel:
+    """The live model at ``--base-url``, else the offline scripted one."""
+    if not args.base_url:
+        return ScriptedChatModel(script=script)
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(base_url=args.base_url, model=args.model, api_key=args.api_key, temperature=0)
+
+
+def open_registry(args: argparse.Namespace) -> ToolRegistry:
+    if args.registry:
+        return ToolRegistry(args.registry)
+    scratch = tempfile.mkdtemp(prefix="lamps-examples-")
+    return ToolRegistry(f"sqlite:///{scratch}/registry.db", spill_dir=scratch)
+
+
+def middleware(args: argparse.Namespace, registry: ToolRegistry, agent: str) -> LampsMiddleware:
+    return LampsMiddleware(registry=registry, agent=agent, send_priority=not args.no_priority)
+
+
+def print_hints(model: BaseChatModel) -> None:
+    """Show the hints of the last model call (offline only: the scripted model keeps them)."""
+    body = getattr(model, "last_body", None)
+    if body:
+        hints = LampsHints.from_body(body)
+        print(
+            f"last model call's hints: session={hints.session_id} step={hints.step} "
+            f"output_tokens={hints.output_tokens} tool={hints.tool} "
+            f"tool_duration={hints.tool_duration:.3f}s kv_strategy={hints.kv_strategy.value} "
+            f"priority={hints.priority}"
+        )
+
+
+def print_stats(registry: ToolRegistry) -> None:
+    """The per-tool statistics the registry has recorded."""
+    registry.flush()
+    print("tool statistics (from the tool registry):")
+    print(f"  {'tool':<18}{'calls':>6}{'errors':>7}{'mean s':>10}{'p50 s':>10}{'p90 s':>10}{'max s':>10}")
+    for s in sorted(registry.stats(), key=lambda s: s.tool):
+        print(
+            f"  {s.tool:<18}{s.count:>6}{s.error_count:>7}"
+            f"{s.mean:>10.4f}{s.p50:>10.4f}{s.p90:>10.4f}{s.max:>10.4f}"
+        )

@@ -1,0 +1,1 @@
+"""Benchmarks: grids of (policy, predictor, qps) simulations, reports and plots."""

@@ -1,0 +1,1 @@
+"""The ``lamps-agent`` command line."""

@@ -1,0 +1,105 @@
+"""Per-request and per-run metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestMetrics:
+    request_id: int
+    program_id: str
+    agent: str
+    arrival: float
+    finish: float
+    e2e: float  # seconds from arrival to the last token, tool time included
+    tool_time: float  # seconds spent in tool calls (no scheduler can shorten these)
+    ttft: float  # seconds from arrival to the first token of the first turn
+    normalized_latency: float  # INFERCEPT: e2e / output tokens (s/token)
+    max_queue_wait: float  # the longest single stay in a queue
+    output_tokens: int
+    tool_calls: int
+    recomputed_tokens: int
+    preemptions: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Distribution:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Distribution:
+        if not values:
+            return cls(mean=math.nan, p50=math.nan, p90=math.nan, p99=math.nan)
+        arr = np.asarray(values, dtype=np.float64)
+        p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+        return cls(mean=float(arr.mean()), p50=float(p50), p90=float(p90), p99=float(p99))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    policy: str
+    predictor: str
+    preset: str
+    trace: str
+    qps: float
+    seed: int
+    num_requests: int
+    rejected: int
+    e2e: Distribution
+    ttft: Distribution
+    normalized_latency: Distribution
+    engine_time: Distribution  # e2e minus tool time: what the scheduler controls
+    max_queue_wait: Distribution
+    makespan: float
+    throughput_rps: float
+    throughput_tokens_per_s: float
+    recomputed_tokens: int
+    swapped_bytes: int
+    memory_waste_token_s: float  # KV tokens held by requests paused in a tool × seconds
+    peak_kv_blocks: int
+    peak_kv_fraction: float
+    iterations: int
+    preemptions: int
+    pins_released: int
+    swap_fallbacks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """One level deep (``e2e.mean`` → ``e2e_mean``), for CSV rows."""
+        row: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    row[f"{key}_{sub}"] = subvalue
+            else:
+                row[key] = value
+        return row
+
+
+@dataclass(frozen=True, slots=True)
+class KVTimeline:
+    """GPU KV use over simulated time, one point per iteration."""
+
+    times: tuple[float, ...]
+    used_blocks: tuple[int, ...]
+    preserved_blocks: tuple[int, ...]
+    capacity_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    summary: RunSummary
+    requests: tuple[RequestMetrics, ...]
+    timeline: KVTimeline | None

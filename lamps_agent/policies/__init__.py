@@ -1,0 +1,55 @@
+"""Scheduling policies, found by name through :data:`POLICIES`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
+from lamps_agent.policies.infercept import InferceptPolicy
+from lamps_agent.policies.lamps import LampsNoRankPolicy, LampsPolicy
+from lamps_agent.policies.nested_wait import NestedWaitPolicy
+from lamps_agent.policies.queue import WaitingQueue
+from lamps_agent.policies.sjf import SjfPolicy
+from lamps_agent.policies.vllm_fcfs import VllmPolicy
+from lamps_agent.policies.wait import WaitPolicy
+from lamps_agent.predictors.base import Predictor
+from lamps_agent.presets import Preset
+from lamps_agent.registry import Registry
+
+POLICIES: Registry[type[Policy]] = Registry("policy")
+for _cls in (
+    VllmPolicy,
+    InferceptPolicy,
+    LampsPolicy,
+    LampsNoRankPolicy,
+    SjfPolicy,
+    WaitPolicy,
+    NestedWaitPolicy,
+):
+    POLICIES.register(_cls.name)(_cls)
+
+
+def make_policy(name: str, *, predictor: Predictor, preset: Preset, **options: Any) -> Policy:
+    """Build a registered policy; unknown names raise an error listing the valid ones."""
+    cls = POLICIES.get(name)
+    try:
+        return cls(predictor=predictor, preset=preset, **options)
+    except TypeError as exc:
+        raise ValueError(f"policy {name!r}: bad option: {exc}") from None
+
+
+__all__ = [
+    "POLICIES",
+    "AdmissionGate",
+    "EngineView",
+    "InferceptPolicy",
+    "LampsNoRankPolicy",
+    "LampsPolicy",
+    "NestedWaitPolicy",
+    "Policy",
+    "SjfPolicy",
+    "VllmPolicy",
+    "WaitPolicy",
+    "WaitingQueue",
+    "make_policy",
+]

@@ -1,0 +1,158 @@
+"""The policy contract: what a scheduling policy decides, independent of the engine that executes.
+
+An engine (the simulator, or the vLLM plug-in) owns the queues, the blocks and the clock; it asks
+its policy five questions and does what it is told:
+
+* ``queue_key(req)`` — where a request stands in the waiting queue (smaller first), fixed when it
+  enters; ``starvation_threshold`` bounds how many iterations anyone waits behind better keys;
+* ``on_pause(req)`` — preserve, discard or swap the KV of a turn that ends in a tool call;
+* ``adjust_paused(preserved)`` — once per iteration, revisit paused requests still holding KV;
+* ``admission_gate()`` — optionally, how many of which requests may be admitted this iteration;
+* ``hold(req)`` — optionally, keep a resident request from advancing this iteration.
+
+Predictions reach a policy only through its :class:`~lamps_agent.predictors.base.Predictor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from lamps_agent.kv_memory import KVMemory
+from lamps_agent.predictors.base import Outcome, Prediction, PredictionQuery, Predictor
+from lamps_agent.presets import Preset
+from lamps_agent.request import KVStrategy, Request
+from lamps_agent.waste import EngineLoad
+
+
+@dataclass(slots=True)
+class EngineView:
+    """The engine state a policy may read.  The engine keeps it current."""
+
+    preset: Preset
+    memory: KVMemory
+    now: float = 0.0
+    iteration: int = 0
+    running_tokens: int = 0  # KV tokens held by resident, advancing requests
+    num_running: int = 0
+    batch_query_tokens: int = 0  # query tokens of the last iteration
+    last_iteration_time: float = 0.0
+
+    @property
+    def load(self) -> EngineLoad:
+        return EngineLoad(
+            running_tokens=self.running_tokens, batch_query_tokens=self.batch_query_tokens
+        )
+
+    @property
+    def decode_step_time(self) -> float:
+        """Seconds of one decode iteration at the current batch (τ of the area integral)."""
+        cost = self.preset.cost
+        return cost.iteration_time(0, max(self.num_running, 1), self.running_tokens)
+
+
+class AdmissionGate(Protocol):
+    """Asked, in queue order, whether each waiting request may be admitted now."""
+
+    def allow(self, req: Request) -> bool: ...
+
+    @property
+    def exhausted(self) -> bool:
+        """True once no later request can be allowed either (the engine stops asking)."""
+        ...
+
+
+class Policy:
+    """Defaults: FCFS by original arrival, discard at every tool call, no gate, no holds."""
+
+    name: ClassVar[str] = "base"
+    adjusts_paused: ClassVar[bool] = False  # engine calls adjust_paused only if True
+    uses_holds: ClassVar[bool] = False  # engine calls hold only if True
+    starvation_threshold: int | None = None
+
+    def __init__(self, *, predictor: Predictor, preset: Preset) -> None:
+        self.predictor = predictor
+        self.preset = preset
+        self._view: EngineView | None = None
+
+    @property
+    def view(self) -> EngineView:
+        if self._view is None:
+            raise RuntimeError(f"policy {self.name!r} is not bound to an engine")
+        return self._view
+
+    def bind(self, view: EngineView) -> None:
+        self._view = view
+
+    # -- predictions ---------------------------------------------------------------------
+    @staticmethod
+    def query_for(req: Request) -> PredictionQuery:
+        seg = req.segment
+        return PredictionQuery(
+            agent=req.program.agent,
+            step=req.seg_index,
+            tool=seg.tool,
+            prompt_tokens=seg.prompt_tokens,
+            truth=seg,
+        )
+
+    def on_turn_start(self, req: Request) -> None:
+        """A turn became schedulable (arrival, or its tool returned): predict it."""
+        req.prediction = self.predictor.predict(self.query_for(req))
+
+    def on_turn_end(self, req: Request, outcome: Outcome) -> None:
+        """A turn and its tool call completed: let the predictor learn."""
+        self.predictor.observe(self.query_for(req), outcome)
+
+    # -- ordering ------------------------------------------------------------------------
+    def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
+        return (req.arrival_time, float(req.request_id))
+
+    def preemption_key(self, req: Request) -> tuple[float, ...]:
+        """The running request with the largest key is preempted first."""
+        return req.queue_key
+
+    # -- KV handling ---------------------------------------------------------------------
+    def on_pause(self, req: Request) -> KVStrategy:
+        return KVStrategy.DISCARD
+
+    def adjust_paused(self, preserved: Sequence[Request]) -> list[tuple[Request, KVStrategy]]:
+        return []
+
+    def pin_release_key(self, req: Request) -> float:
+        """Under memory pressure, preserved requests with the largest key are released first:
+        by default the predicted waste of keeping them, remaining tool time × context."""
+        remaining = max(self.predicted_return(req) - self.view.now, 0.0)
+        return remaining * req.kv_tokens
+
+    def predicted_return(self, req: Request) -> float:
+        pred = req.prediction
+        duration = pred.tool_duration if pred is not None else req.segment.tool_duration
+        return req.tool_started_at + duration
+
+    # -- admission -----------------------------------------------------------------------
+    def admission_gate(self) -> AdmissionGate | None:
+        return None
+
+    def begin_iteration(self, resident: Sequence[Request]) -> None:
+        """Called once per iteration before anything is scheduled (policies with holds)."""
+
+    def hold(self, req: Request) -> bool:
+        return False
+
+    # -- notifications (for policies that keep their own counts) -------------------------
+    def on_enqueue(self, req: Request) -> None:
+        pass
+
+    def on_admit(self, req: Request) -> None:
+        pass
+
+    def on_leave(self, req: Request) -> None:
+        """A resident request stopped being resident (finished, paused, preempted)."""
+
+
+def predicted_turn(req: Request) -> Prediction:
+    if req.prediction is None:
+        raise RuntimeError(f"request {req.request_id} has no prediction for its turn")
+    return req.prediction

@@ -1,0 +1,92 @@
+"""LAMPS (arXiv 2410.18248): predict each turn, choose its KV strategy up front, rank by memory × time.
+
+At the start of each turn (arrival, or return from a tool into the queue) the policy predicts the
+output before the tool call Ô and the tool's duration T̂, chooses
+``argmin(W_preserve, W_swap, W_discard)`` at ``C = P + Ô`` under the engine's current load, and
+ranks the request by the area under its predicted memory-over-time curve for that strategy
+(:mod:`lamps_agent.area`), smallest first.  A request that waited ``starvation_threshold``
+iterations (default 100, the paper's choice) goes to the head of the queue.
+
+``lamps-norank`` is the paper's ablation: the same predicted strategies, FCFS order.
+"""
+
+from __future__ import annotations
+
+from lamps_agent.area import Timing, TurnShape, turn_area
+from lamps_agent.policies.base import Policy, predicted_turn
+from lamps_agent.predictors.base import Predictor
+from lamps_agent.presets import Preset
+from lamps_agent.request import KVStrategy, Request
+from lamps_agent.strategy import pick_least, strategy_wastes
+
+DEFAULT_STARVATION_THRESHOLD = 100
+
+
+class LampsPolicy(Policy):
+    name = "lamps"
+    rank_by_area = True
+
+    def __init__(
+        self,
+        *,
+        predictor: Predictor,
+        preset: Preset,
+        starvation_threshold: int | None = DEFAULT_STARVATION_THRESHOLD,
+    ) -> None:
+        super().__init__(predictor=predictor, preset=preset)
+        if starvation_threshold is not None and starvation_threshold < 1:
+            raise ValueError("starvation_threshold must be >= 1, or None to disable")
+        self.starvation_threshold = starvation_threshold if self.rank_by_area else None
+
+    def timing(self) -> Timing:
+        cost = self.preset.cost
+        budget = self.preset.token_budget
+        per_token = self.preset.kv_bytes_per_token
+        return Timing(
+            tau=self.view.decode_step_time,
+            prefill_seconds=lambda tokens: cost.prefill_time(tokens, budget),
+            transfer_seconds=lambda tokens: cost.swap_time(tokens * per_token),
+        )
+
+    def on_turn_start(self, req: Request) -> None:
+        super().on_turn_start(req)
+        pred = predicted_turn(req)
+        context = req.segment.prompt_tokens + pred.output_tokens
+        if pred.has_tool_call:
+            memory = self.view.memory
+            wastes = strategy_wastes(
+                context_tokens=context,
+                tool_duration=pred.tool_duration,
+                preset=self.preset,
+                load=self.view.load,
+                swap_allowed=memory.can_swap_out(memory.blocks_for(int(context) + 1)),
+            )
+            req.strategy = pick_least(wastes)
+        else:
+            req.strategy = None
+        req.policy_rank = turn_area(
+            TurnShape(
+                prompt=req.segment.prompt_tokens,
+                output=pred.output_tokens,
+                has_tool=pred.has_tool_call,
+                tool_duration=pred.tool_duration,
+                returned=pred.returned_tokens,
+                next_output=pred.output_tokens,  # as LAMPS' code: the post-tool turn reuses Ô
+                resident=req.kv_tokens,
+            ),
+            req.strategy or KVStrategy.DISCARD,
+            self.timing(),
+        )
+
+    def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
+        if not self.rank_by_area:
+            return (req.arrival_time, float(req.request_id))
+        return (req.policy_rank, req.arrival_time, float(req.request_id))
+
+    def on_pause(self, req: Request) -> KVStrategy:
+        return req.strategy or KVStrategy.DISCARD
+
+
+class LampsNoRankPolicy(LampsPolicy):
+    name = "lamps-norank"
+    rank_by_area = False

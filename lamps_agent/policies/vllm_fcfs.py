@@ -1,0 +1,21 @@
+"""Stock vLLM: first come, first served; a tool call ends the request and discards its KV.
+
+The continuation after the tool is a new request to vLLM, so it joins the back of the queue and
+recomputes its whole context.  Preemption frees and recomputes (vLLM V1 has no swap preemption).
+"""
+
+from __future__ import annotations
+
+from lamps_agent.policies.base import Policy
+from lamps_agent.request import KVStrategy, Request
+
+
+class VllmPolicy(Policy):
+    name = "vllm"
+
+    def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
+        entered = self.view.now if resumed else req.arrival_time
+        return (entered, float(req.request_id))
+
+    def on_pause(self, req: Request) -> KVStrategy:
+        return KVStrategy.DISCARD

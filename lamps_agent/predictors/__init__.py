@@ -1,0 +1,55 @@
+"""Predictors: how policies learn a turn's output length and its tool's duration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lamps_agent.predictors.base import (
+    DurationEstimate,
+    DurationSource,
+    Outcome,
+    Prediction,
+    PredictionQuery,
+    Predictor,
+    StaticHints,
+)
+from lamps_agent.predictors.history import HistoryPredictor
+from lamps_agent.predictors.noisy import NoisyPredictor
+from lamps_agent.predictors.oracle import OraclePredictor
+from lamps_agent.registry import Registry
+
+PredictorFactory = Callable[..., Predictor]
+PREDICTORS: Registry[PredictorFactory] = Registry("predictor")
+PREDICTORS.register("oracle")(lambda **_: OraclePredictor())
+PREDICTORS.register("noisy")(
+    lambda *, error=0.2, seed=0, **_: NoisyPredictor(error=float(error), seed=int(seed))
+)
+PREDICTORS.register("history")(lambda *, hints=None, **_: HistoryPredictor(hints=hints))
+
+
+def make_predictor(spec: str, *, seed: int = 0, hints: DurationSource | None = None) -> Predictor:
+    """Build a predictor from ``name`` or ``name:arg`` (``noisy:0.4`` = 40 % error)."""
+    name, _, arg = spec.partition(":")
+    factory = PREDICTORS.get(name)
+    if name == "noisy":
+        error = float(arg) / 100 if arg else 0.2
+        return factory(error=error, seed=seed)
+    if arg:
+        raise ValueError(f"predictor {name!r} takes no argument (got {spec!r})")
+    return factory(seed=seed, hints=hints)
+
+
+__all__ = [
+    "PREDICTORS",
+    "DurationEstimate",
+    "DurationSource",
+    "HistoryPredictor",
+    "NoisyPredictor",
+    "OraclePredictor",
+    "Outcome",
+    "Prediction",
+    "PredictionQuery",
+    "Predictor",
+    "StaticHints",
+    "make_predictor",
+]

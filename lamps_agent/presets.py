@@ -1,0 +1,210 @@
+"""Hardware presets: model shape, KV capacity, batching limits and cost constants.
+
+Each preset can be overridden field by field (``--set gpu_kv_gb=30 --set cost.base_ms=12``) or from
+a TOML / JSON file (``{"base": "a100-gptj6b", "gpu_kv_gb": 30, "cost": {"base_ms": 12}}``).
+The derivation of every constant is in docs/scheduling.md ("Presets").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamps_agent.cost_model import CostModel
+from lamps_agent.errors import ConfigError
+from lamps_agent.kv_memory import ModelShape
+from lamps_agent.registry import Registry
+
+GB = 1e9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Preset:
+    name: str
+    description: str
+    model: ModelShape
+    cost: CostModel
+    gpu_kv_gb: float  # KV-cache capacity on the GPU
+    host_swap_gb: float  # host memory for swapped-out KV
+    block_size: int = 16
+    token_budget: int = 2048  # chunked-prefill budget: tokens per iteration
+    max_num_seqs: int = 256  # requests resident and advancing at once
+    saturation_tokens: int = 384  # INFERCEPT's S: tokens that saturate the GPU
+
+    def __post_init__(self) -> None:
+        if self.gpu_kv_gb <= 0 or self.host_swap_gb < 0:
+            raise ConfigError("gpu_kv_gb must be > 0 and host_swap_gb >= 0")
+        for name in ("block_size", "token_budget", "max_num_seqs", "saturation_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.num_gpu_blocks < 1:
+            raise ConfigError("gpu_kv_gb is too small for a single block")
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.model.kv_bytes_per_token
+
+    @property
+    def block_bytes(self) -> int:
+        return self.kv_bytes_per_token * self.block_size
+
+    @property
+    def num_gpu_blocks(self) -> int:
+        return int(self.gpu_kv_gb * GB // self.block_bytes)
+
+    @property
+    def num_host_blocks(self) -> int:
+        return int(self.host_swap_gb * GB // self.block_bytes)
+
+    @property
+    def gpu_kv_tokens(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Preset:
+        """A copy with fields replaced; nested ``cost`` / ``model`` accept a mapping or dotted keys."""
+        flat: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if isinstance(value, Mapping) and key in ("cost", "model"):
+                for sub, subvalue in value.items():
+                    flat[f"{key}.{sub}"] = subvalue
+            else:
+                flat[key] = value
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {"cost": {}, "model": {}}
+        for key, value in flat.items():
+            head, _, tail = key.partition(".")
+            if tail:
+                if head not in nested:
+                    raise ConfigError(f"unknown preset field {key!r}")
+                _check_field(getattr(self, head), tail, key)
+                nested[head][tail] = _coerce(getattr(getattr(self, head), tail), value, key)
+            else:
+                _check_field(self, key, key)
+                if key in ("cost", "model", "name"):
+                    raise ConfigError(f"preset field {key!r} cannot be overridden directly")
+                top[key] = _coerce(getattr(self, key), value, key)
+        try:
+            for head, changes in nested.items():
+                if changes:
+                    top[head] = dataclasses.replace(getattr(self, head), **changes)
+            return dataclasses.replace(self, **top)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def _check_field(obj: object, name: str, key: str) -> None:
+    names = {f.name for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+    if name not in names:
+        raise ConfigError(f"unknown preset field {key!r}; valid: {', '.join(sorted(names))}")
+
+
+def _coerce(current: Any, value: Any, key: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"preset field {key!r}: cannot use {value!r}") from None
+
+
+GPTJ_6B = ModelShape(name="gpt-j-6b", n_layers=28, n_kv_heads=16, head_dim=256)
+VICUNA_13B = ModelShape(name="vicuna-13b", n_layers=40, n_kv_heads=40, head_dim=128)
+LLAMA3_8B = ModelShape(name="llama-3-8b", n_layers=32, n_kv_heads=8, head_dim=128)
+
+PRESETS: Registry[Preset] = Registry("preset")
+PRESETS.register("a100-gptj6b")(
+    Preset(
+        name="a100-gptj6b",
+        description="GPT-J-6B on one A100; INFERCEPT's fitted constants; 40 GB KV cap as in LAMPS",
+        model=GPTJ_6B,
+        cost=CostModel(
+            base_ms=10.0,
+            prefill_ms_per_token=0.0463,
+            decode_ms_per_seq=0.0463,
+            swap_bytes_per_s=20e9,
+        ),
+        gpu_kv_gb=40.0,
+        host_swap_gb=64.0,
+    )
+)
+PRESETS.register("a100-vicuna13b")(
+    Preset(
+        name="a100-vicuna13b",
+        description="Vicuna-13B on two A100s (TP2); INFERCEPT's fitted constants; 40 GB KV cap",
+        model=VICUNA_13B,
+        cost=CostModel(
+            base_ms=15.4,
+            prefill_ms_per_token=0.0279,
+            decode_ms_per_seq=0.0279,
+            swap_bytes_per_s=40e9,
+        ),
+        gpu_kv_gb=40.0,
+        host_swap_gb=128.0,
+    )
+)
+PRESETS.register("h100-llama3-8b")(
+    Preset(
+        name="h100-llama3-8b",
+        description="Llama-3-8B bf16 on one H100 SXM; constants derived from its spec (docs)",
+        model=LLAMA3_8B,
+        cost=CostModel(
+            base_ms=6.3,
+            prefill_ms_per_token=0.0295,
+            decode_ms_per_seq=0.0295,
+            kv_ms_per_token=3.9e-5,
+            swap_bytes_per_s=40e9,
+        ),
+        gpu_kv_gb=50.0,
+        host_swap_gb=128.0,
+    )
+)
+
+
+def load_preset(
+    name: str = "a100-gptj6b",
+    *,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Preset:
+    """A registered preset, then the config file's fields, then explicit overrides."""
+    preset = PRESETS.get(name)
+    if config_file is not None:
+        data = _read_config(Path(config_file))
+        base = data.pop("base", None)
+        if base is not None:
+            preset = PRESETS.get(str(base))
+        preset = preset.with_overrides(data)
+    if overrides:
+        preset = preset.with_overrides(overrides)
+    return preset
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read preset file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset file {path} must hold a table / object")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["gpu_kv_gb=30", "cost.base_ms=12"]`` -> a mapping for :meth:`Preset.with_overrides`."""
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value")
+        result[key.strip()] = value.strip()
+    return result

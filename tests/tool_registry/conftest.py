@@ -1,0 +1,154 @@
+"""Fixtures of the tool-registry tests: the same contract tests run on SQLite and PostgreSQL.
+
+PostgreSQL tests read ``LAMPS_TEST_POSTGRES_URL`` (``.ci/postgres.sh`` prints it) and get a fresh
+database each; without it they skip, unless ``LAMPS_REQUIRE_POSTGRES=1`` makes that a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tool_registry import ToolRegistry
+
+PG_ENV = "LAMPS_TEST_POSTGRES_URL"
+
+
+def _postgres_base_url() -> str:
+    url = os.environ.get(PG_ENV)
+    if url:
+        return url
+    if os.environ.get("LAMPS_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"LAMPS_REQUIRE_POSTGRES=1 but {PG_ENV} is not set (run .ci/postgres.sh)")
+    pytest.skip(f"{PG_ENV} not set")
+
+
+async def _admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    base = _postgres_base_url()
+    name = f"lamps_t_{secrets.token_hex(6)}"
+    try:
+        asyncio.run(_admin(base, f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        if os.environ.get("LAMPS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"cannot create a test database on {PG_ENV}: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_ENV} unusable: {exc}")
+    head, _, _ = base.rpartition("/")
+    yield f"{head}/{name}"
+    asyncio.run(_admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty registry database, once per backend."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def spill_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spill"
+
+
+@pytest.fixture
+def make_registry(spill_dir: Path) -> Iterator[Callable[..., ToolRegistry]]:
+    """Build registries that use the test's spill directory and are closed after the test."""
+    made: list[ToolRegistry] = []
+
+    def make(url: str, **kwargs: Any) -> ToolRegistry:
+        kwargs.setdefault("spill_dir", spill_dir)
+        reg = ToolRegistry(url, **kwargs)
+        made.append(reg)
+        return reg
+
+    yield make
+    for reg in made:
+        reg.close(timeout=1.0)
+
+
+class TcpProxy:
+    """A TCP forwarder that a test can cut and restore, to lose the database mid-run for real."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.start()
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Refuse new connections and break the open ones."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass

@@ -1,0 +1,258 @@
+"""``lamps-agent db upgrade`` and ``lamps-agent tools list | stats | export``.
+
+Only the standard library is imported at module level, so ``lamps-agent --help`` stays fast;
+SQLAlchemy, Alembic and rich are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+STATS_FIELDS = (
+    "tool",
+    "api_type",
+    "duration_hint",
+    "count",
+    "error_count",
+    "mean",
+    "std",
+    "min",
+    "p50",
+    "p90",
+    "p99",
+    "max",
+    "ewma",
+    "estimate_mean",
+    "confidence",
+)
+CALL_FIELDS = (
+    "id",
+    "tool",
+    "session_id",
+    "started_at",
+    "duration",
+    "status",
+    "error_type",
+    "input_size",
+    "output_size",
+)
+
+
+def register_commands(sub: Any) -> None:
+    """Add the ``db`` and ``tools`` sub-commands to the ``lamps-agent`` parser."""
+    url_help = "registry database URL (default: $LAMPS_REGISTRY_URL or ~/.lamps-agent/registry.db)"
+
+    db = sub.add_parser("db", help="manage the tool registry database")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="create or migrate the schema to the newest one")
+    upgrade.add_argument("--url", default=None, help=url_help)
+    upgrade.set_defaults(handler=_db_upgrade)
+
+    tools = sub.add_parser("tools", help="inspect registered tools and their call statistics")
+    tools_sub = tools.add_subparsers(dest="tools_command", metavar="ACTION", required=True)
+    listing = tools_sub.add_parser("list", help="registered tools with their hints")
+    listing.add_argument("--url", default=None, help=url_help)
+    listing.set_defaults(handler=_tools_list)
+    stats = tools_sub.add_parser("stats", help="per-tool duration statistics and estimates")
+    stats.add_argument("--tool", default=None, help="only this tool")
+    stats.add_argument("--url", default=None, help=url_help)
+    stats.set_defaults(handler=_tools_stats)
+    export = tools_sub.add_parser("export", help="export statistics (or every call) as CSV/JSON")
+    export.add_argument("--format", choices=("csv", "json"), required=True)
+    export.add_argument("--output", default=None, help="file to write (default: stdout)")
+    export.add_argument("--calls", action="store_true", help="every call, not per-tool stats")
+    export.add_argument("--tool", default=None, help="only this tool")
+    export.add_argument("--url", default=None, help=url_help)
+    export.set_defaults(handler=_tools_export)
+
+
+@contextmanager
+def _registry(url: str | None) -> Iterator[Any]:
+    from tool_registry.registry import ToolRegistry
+
+    reg = ToolRegistry(url)
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tool_registry.schema import HEAD_REVISION, ensure_schema
+    from tool_registry.store import Store
+    from tool_registry.urls import resolve_url
+
+    store = Store(resolve_url(args.url))
+
+    async def upgrade() -> bool:
+        try:
+            await store.open()
+            return await ensure_schema(store.engine)
+        finally:
+            await store.dispose()
+
+    asyncio.run(upgrade())
+    print(f"tool registry schema at revision {HEAD_REVISION}: {store.masked_url}")
+    return 0
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output would otherwise be cut to 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _tools_list(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from rich.table import Table
+
+    with _registry(args.url) as reg:
+        infos = reg.list()
+    table = Table(title=f"{len(infos)} registered tools")
+    for column in ("tool", "api type", "hint (s)", "registered", "description"):
+        table.add_column(column, justify="right" if column == "hint (s)" else "left")
+    for info in infos:
+        when = dt.datetime.fromtimestamp(info.registered_at, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            info.name, info.api_type or "-", _fmt(info.duration_hint), when, info.description or ""
+        )
+    _console().print(table)
+    return 0
+
+
+def _stats_rows(reg: Any, tool: str | None) -> list[dict[str, Any]]:
+    hints = {info.name: info for info in reg.list()}
+    rows = []
+    for stat in reg.stats(tool):
+        info = hints.get(stat.tool)
+        estimate = reg.estimate(stat.tool)
+        rows.append(
+            {
+                "tool": stat.tool,
+                "api_type": info.api_type if info else None,
+                "duration_hint": info.duration_hint if info else None,
+                "count": stat.count,
+                "error_count": stat.error_count,
+                "mean": stat.mean,
+                "std": stat.std,
+                "min": stat.min,
+                "p50": stat.p50,
+                "p90": stat.p90,
+                "p99": stat.p99,
+                "max": stat.max,
+                "ewma": stat.ewma,
+                "estimate_mean": estimate.mean,
+                "confidence": estimate.confidence,
+            }
+        )
+    return rows
+
+
+def _tools_stats(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    with _registry(args.url) as reg:
+        rows = _stats_rows(reg, args.tool)
+    if args.tool is not None and not rows:
+        raise ValueError(f"no calls recorded for tool {args.tool!r}")
+    table = Table(title="tool call durations (seconds)")
+    headers = (
+        "tool",
+        "calls",
+        "errors",
+        "mean",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "ewma",
+        "hint",
+        "estimate",
+        "conf.",
+    )
+    for header in headers:
+        table.add_column(header, justify="left" if header == "tool" else "right")
+    for row in rows:
+        table.add_row(
+            row["tool"],
+            f"{row['count']:,}",
+            f"{row['error_count']:,}",
+            *(
+                _fmt(row[key])
+                for key in (
+                    "mean",
+                    "p50",
+                    "p90",
+                    "p99",
+                    "max",
+                    "ewma",
+                    "duration_hint",
+                    "estimate_mean",
+                )
+            ),
+            f"{row['confidence']:.2f}",
+        )
+    _console().print(table)
+    return 0
+
+
+def _tools_export(args: argparse.Namespace) -> int:
+    output: IO[str] = sys.stdout if args.output is None else open(args.output, "w", newline="")  # noqa: SIM115
+    try:
+        with _registry(args.url) as reg:
+            if args.calls:
+                _write(output, args.format, CALL_FIELDS, _iter_calls(reg, args.tool))
+            else:
+                _write(output, args.format, STATS_FIELDS, iter(_stats_rows(reg, args.tool)))
+    finally:
+        if output is not sys.stdout:
+            output.close()
+    return 0
+
+
+def _iter_calls(reg: Any, tool: str | None) -> Iterator[dict[str, Any]]:
+    for record in reg.iter_calls(tool):
+        yield {
+            "id": str(record.id),
+            "tool": record.tool,
+            "session_id": record.session_id,
+            "started_at": record.started_at,
+            "duration": record.duration,
+            "status": record.status.value,
+            "error_type": record.error_type,
+            "input_size": record.input_size,
+            "output_size": record.output_size,
+        }
+
+
+def _write(
+    output: IO[str], fmt: str, fields: tuple[str, ...], rows: Iterator[dict[str, Any]]
+) -> None:
+    if fmt == "csv":
+        writer = csv.DictWriter(output, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+        return
+    output.write("[")
+    for index, row in enumerate(rows):
+        output.write(("," if index else "") + "\n  " + json.dumps(row))
+    output.write("\n]\n")

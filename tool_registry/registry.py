@@ -1,0 +1,356 @@
+"""``ToolRegistry``: register tools, record their calls, estimate their durations.
+
+See docs/tool-registry.md for the design (storage, batching, overflow, faults, the estimate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from lamps_agent.predictors.base import DurationEstimate
+from tool_registry.aggregate import Aggregate
+from tool_registry.describe import describe
+from tool_registry.estimator import estimate_from, prior_estimate
+from tool_registry.histogram import quantiles
+from tool_registry.spill import DEFAULT_SPILL_DIR
+from tool_registry.store import Store
+from tool_registry.types import CallRecord, CallStatus, ToolInfo, ToolStats
+from tool_registry.urls import resolve_url
+from tool_registry.validation import (
+    MAX_DURATION,
+    MAX_NAME_LENGTH,
+    check_duration,
+    check_label,
+    check_name,
+    check_size,
+    check_timestamp,
+)
+from tool_registry.writer import Writer
+
+F = TypeVar("F", bound=Callable[..., object])
+_STATUSES = {status.value: status for status in CallStatus}
+
+
+class ToolRegistry:
+    """A registry of tools and their call durations, backed by SQLite (default) or PostgreSQL.
+
+    ``url``: ``None`` means ``$LAMPS_REGISTRY_URL`` if set, else the SQLite file
+    ``~/.lamps-agent/registry.db``; sync URLs (``sqlite:///x.db``, ``postgresql://u:p@h/db``) are
+    mapped to the async drivers.  Calls are buffered and written in batches of ``batch_size`` or
+    every ``flush_interval`` seconds; at most ``max_buffer`` records wait in memory, the rest go to
+    a spill file under ``spill_dir`` (default ``~/.lamps-agent/spill``) and are replayed later.
+
+    Raises :class:`~tool_registry.errors.RegistryUnavailableError` (a ``ConnectionError``) naming
+    the URL, password masked, when the database cannot be reached or its schema created.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        batch_size: int = 512,
+        flush_interval: float = 0.05,
+        max_buffer: int = 100_000,
+        spill_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if batch_size < 1 or max_buffer < 1:
+            raise ValueError("batch_size and max_buffer must be >= 1")
+        if not math.isfinite(flush_interval) or flush_interval <= 0:
+            raise ValueError(f"flush_interval must be > 0 seconds, got {flush_interval}")
+        self.url = resolve_url(url)
+        self._aggregates: dict[str, Aggregate] = {}
+        self._hints: dict[str, float | None] = {}
+        self._estimates: dict[str, DurationEstimate] = {}
+        self._store = store = Store(self.url)
+        self._writer = Writer(
+            store,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_buffer=max_buffer,
+            spill_dir=Path(spill_dir) if spill_dir is not None else DEFAULT_SPILL_DIR,
+            on_aggregates=self._update_aggregates,
+            on_start=self._load,
+        )
+
+    async def _load(self) -> None:
+        self._update_hints(await self._store.list_tools())
+        self._update_aggregates(await self._store.load_aggregates())
+
+    def _update_hints(self, infos: list[ToolInfo]) -> None:
+        for info in infos:
+            self._hints[info.name] = info.duration_hint
+            self._estimates.pop(info.name, None)
+
+    def _update_aggregates(self, aggregates: dict[str, Aggregate]) -> None:
+        # Runs on the writer thread; readers see either the old or the new object, never a mix.
+        for name, agg in aggregates.items():
+            self._aggregates[name] = agg
+            self._estimates.pop(name, None)
+
+    # registration
+
+    def register(
+        self,
+        tool: object,
+        *,
+        name: str | None = None,
+        duration_hint: float | None = None,
+        api_type: str | None = None,
+        description: str | None = None,
+    ) -> ToolInfo:
+        """Register (or update) a tool: a LangChain ``BaseTool``, a plain callable, or a name.
+
+        Arguments override what the tool says about itself (a LangChain tool's ``metadata`` may
+        carry ``duration_hint`` and ``api_type``).  Re-registering updates the fields given.
+        """
+        info = self._tool_info(tool, name, duration_hint, api_type, description)
+        stored = self._writer.call(self._store.upsert_tool(info))
+        self._update_hints([stored])
+        return stored
+
+    async def aregister(
+        self,
+        tool: object,
+        *,
+        name: str | None = None,
+        duration_hint: float | None = None,
+        api_type: str | None = None,
+        description: str | None = None,
+    ) -> ToolInfo:
+        """Async twin of :meth:`register`."""
+        return await asyncio.to_thread(
+            self.register,
+            tool,
+            name=name,
+            duration_hint=duration_hint,
+            api_type=api_type,
+            description=description,
+        )
+
+    def tool(
+        self,
+        *,
+        name: str | None = None,
+        duration_hint: float | None = None,
+        api_type: str | None = None,
+        description: str | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`; returns the function unchanged."""
+
+        def decorate(func: F) -> F:
+            self.register(
+                func,
+                name=name,
+                duration_hint=duration_hint,
+                api_type=api_type,
+                description=description,
+            )
+            return func
+
+        return decorate
+
+    @staticmethod
+    def _tool_info(
+        tool: object,
+        name: str | None,
+        duration_hint: float | None,
+        api_type: str | None,
+        description: str | None,
+    ) -> ToolInfo:
+        facts = describe(tool)
+        tool_name = name if name is not None else facts.name
+        if tool_name is None:
+            raise ValueError(f"cannot tell the name of {tool!r}; pass name=...")
+        hint = duration_hint if duration_hint is not None else facts.duration_hint
+        kind = api_type if api_type is not None else facts.api_type
+        return ToolInfo(
+            name=check_name(tool_name),
+            description=description if description is not None else facts.description,
+            api_type=check_label(kind, "api_type"),
+            duration_hint=None if hint is None else check_duration(hint, "duration_hint"),
+            registered_at=time.time(),
+        )
+
+    def get(self, name: str) -> ToolInfo | None:
+        """The registered tool ``name``, or ``None``."""
+        return self._writer.call(self._store.get_tool(name))
+
+    def list(self) -> list[ToolInfo]:
+        """Every registered tool (including tools only ever seen in ``record``), by name."""
+        infos = self._writer.call(self._store.list_tools())
+        self._update_hints(infos)
+        return infos
+
+    # recording
+
+    def record(
+        self,
+        tool: str,
+        *,
+        duration: float,
+        session_id: str | None = None,
+        started_at: float | None = None,
+        status: CallStatus | str = "ok",
+        error_type: str | None = None,
+        input_size: int | None = None,
+        output_size: int | None = None,
+    ) -> None:
+        """Record one finished call; non-blocking and thread-safe, fine inside an event loop.
+
+        ``started_at`` is epoch seconds (default: now minus ``duration``).  An unregistered tool
+        is registered on its first write, without a hint.  Bad input raises ``ValueError`` here.
+        """
+        if type(tool) is not str or not 0 < len(tool) <= MAX_NAME_LENGTH or tool.isspace():
+            check_name(tool)
+        if type(duration) is not float or not 0.0 <= duration <= MAX_DURATION:
+            duration = check_duration(duration)
+        call_status = status if type(status) is CallStatus else _STATUSES.get(status)
+        if call_status is None:
+            raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r}")
+        if session_id is not None or error_type is not None:
+            check_label(session_id, "session_id")
+            check_label(error_type, "error_type")
+        if input_size is not None or output_size is not None:
+            check_size(input_size, "input_size")
+            check_size(output_size, "output_size")
+        started = time.time() - duration if started_at is None else check_timestamp(started_at)
+        self._writer.submit(
+            CallRecord(
+                tool=tool,
+                duration=duration,
+                started_at=started,
+                status=call_status,
+                session_id=session_id,
+                error_type=error_type,
+                input_size=input_size,
+                output_size=output_size,
+            )
+        )
+
+    @property
+    def pending(self) -> int:
+        """Records accepted by :meth:`record` and not yet known to be in the database."""
+        return self._writer.pending
+
+    @property
+    def num_spilled(self) -> int:
+        """Records that overflowed the buffer (or were left at close) and went to the spill file."""
+        return self._writer.num_spilled
+
+    @property
+    def num_failures(self) -> int:
+        """Failed batch write attempts so far (each is retried)."""
+        return self._writer.num_failures
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every record so far is in the database or raise ``TimeoutError``."""
+        self._writer.flush(timeout)
+
+    async def aflush(self, timeout: float | None = None) -> None:
+        """Async twin of :meth:`flush`."""
+        await asyncio.to_thread(self._writer.flush, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush and release the database.  What cannot be written within ``timeout`` seconds is
+        kept in the spill file and replayed by the next registry on the same database."""
+        self._writer.close(timeout)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Async twin of :meth:`close`."""
+        await asyncio.to_thread(self._writer.close, timeout)
+
+    def __enter__(self) -> ToolRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ToolRegistry:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # estimates and statistics
+
+    def estimate(self, tool: str) -> DurationEstimate:
+        """The duration estimate of ``tool`` from the in-memory aggregates (never raises).
+
+        Reflects the calls written so far (call :meth:`flush` to include buffered ones).  A tool
+        never seen and without a hint gets ``DEFAULT_TOOL_DURATION`` with confidence 0.
+        """
+        cached = self._estimates.get(tool)
+        if cached is not None:
+            return cached
+        try:
+            result = estimate_from(self._aggregates.get(tool), self._hints.get(tool))
+        except Exception:  # the hot path must not fail; a bug here degrades to the default
+            return prior_estimate(None)
+        self._estimates[tool] = result
+        return result
+
+    def refresh(self) -> None:
+        """Reload hints and aggregates from the database (other processes' writes); the writer
+        also does this every few seconds when idle."""
+        self._writer.call(self._load())
+
+    def stats(self, tool: str | None = None) -> builtins.list[ToolStats]:
+        """Observed statistics (no prior) of ``tool``, or of every tool with calls, from the
+        database's aggregates."""
+        names = None if tool is None else [tool]
+        aggregates = self._writer.call(self._store.load_aggregates(names))
+        self._update_aggregates(aggregates)
+        return [_tool_stats(name, agg) for name, agg in sorted(aggregates.items())]
+
+    def iter_calls(
+        self, tool: str | None = None, *, page_size: int = 10_000
+    ) -> Iterator[CallRecord]:
+        """Every recorded call (of ``tool``), in id order, fetched a page at a time."""
+        after = None
+        while True:
+            query = self._store.calls_page(after=after, limit=page_size, tool=tool)
+            page = self._writer.call(query)
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].id
+
+    async def astats(self, tool: str | None = None) -> builtins.list[ToolStats]:
+        """Async twin of :meth:`stats`."""
+        return await asyncio.to_thread(self.stats, tool)
+
+
+def _tool_stats(name: str, agg: Aggregate) -> ToolStats:
+    p50, p90, p99 = quantiles(agg.buckets, (0.5, 0.9, 0.99), lo=agg.min, hi=agg.max)
+    return ToolStats(
+        tool=name,
+        count=agg.count,
+        error_count=agg.error_count,
+        mean=agg.mean,
+        std=math.sqrt(agg.variance),
+        min=agg.min if agg.count else 0.0,
+        max=agg.max,
+        p50=p50,
+        p90=p90,
+        p99=p99,
+        ewma=agg.ewma,
+        last_at=agg.last_at,
+    )

@@ -1,0 +1,151 @@
+"""The overflow file: records that do not fit in the bounded buffer, or that could not be written
+before a shutdown, go to a local JSON-lines file and are replayed into the database later.
+
+Each registry appends to its own file ``<url-key>.<pid>.<token>.jsonl`` in the spill directory.
+Records carry their UUID, so replaying a file twice (say, after a crash mid-replay) adds nothing
+twice.  A registry that starts claims the files of its database left by processes that are gone
+(or by closed registries of its own process) by renaming them, which is atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from tool_registry.types import CallRecord, CallStatus
+
+log = logging.getLogger(__name__)
+DEFAULT_SPILL_DIR = Path("~/.lamps-agent/spill")
+_ACTIVE_TOKENS: set[str] = set()  # spill files of live registries in this process
+
+
+def url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def encode(record: CallRecord) -> str:
+    return json.dumps(
+        {
+            "id": str(record.id),
+            "tool": record.tool,
+            "session_id": record.session_id,
+            "started_at": record.started_at,
+            "duration": record.duration,
+            "status": record.status.value,
+            "error_type": record.error_type,
+            "input_size": record.input_size,
+            "output_size": record.output_size,
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode(line: str) -> CallRecord:
+    data = json.loads(line)
+    return CallRecord(
+        id=uuid.UUID(data["id"]),
+        tool=data["tool"],
+        session_id=data["session_id"],
+        started_at=data["started_at"],
+        duration=data["duration"],
+        status=CallStatus(data["status"]),
+        error_type=data["error_type"],
+        input_size=data["input_size"],
+        output_size=data["output_size"],
+    )
+
+
+class SpillFile:
+    """This registry's overflow file; not thread-safe (the registry holds its buffer lock)."""
+
+    def __init__(self, directory: Path, url: str) -> None:
+        self.directory = directory.expanduser()
+        self._key = url_key(url)
+        self._token = secrets.token_hex(4)
+        _ACTIVE_TOKENS.add(self._token)
+        self.path = self.directory / f"{self._key}.{os.getpid()}.{self._token}.jsonl"
+        self._file: IO[str] | None = None
+        self.num_lines = 0  # lines in the current file, not yet handed to the replayer
+
+    def write(self, records: Iterable[CallRecord]) -> int:
+        """Append records (their ids must be set); returns how many were written."""
+        if self._file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        count = 0
+        for record in records:
+            self._file.write(encode(record) + "\n")
+            count += 1
+        self._file.flush()
+        self.num_lines += count
+        return count
+
+    def take(self) -> tuple[Path, int] | None:
+        """Close the current file and hand it over for replay (renamed: new lines start afresh)."""
+        if self._file is None:
+            return None
+        self._file.close()
+        self._file = None
+        taken = self.path.with_suffix(f".replay-{secrets.token_hex(4)}")
+        self.path.rename(taken)
+        count, self.num_lines = self.num_lines, 0
+        return taken, count
+
+    def claim_orphans(self) -> list[tuple[Path, int]]:
+        """Files for the same database whose writer is gone, renamed to be ours to replay."""
+        if not self.directory.is_dir():
+            return []
+        claimed: list[tuple[Path, int]] = []
+        for path in sorted(self.directory.glob(f"{self._key}.*")):
+            parts = path.name.split(".")
+            if len(parts) < 4 or path == self.path:
+                continue
+            pid, token = int(parts[1]) if parts[1].isdigit() else -1, parts[2]
+            owned_here = pid == os.getpid()
+            if (owned_here and token in _ACTIVE_TOKENS) or (not owned_here and _pid_alive(pid)):
+                continue
+            target = self.path.with_suffix(f".replay-{secrets.token_hex(4)}")
+            try:
+                path.rename(target)
+            except FileNotFoundError:
+                continue  # another registry claimed it first
+            with target.open(encoding="utf-8") as file:
+                claimed.append((target, sum(1 for line in file if line.strip())))
+        return claimed
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        _ACTIVE_TOKENS.discard(self._token)
+
+
+def read(path: Path) -> list[CallRecord]:
+    """The records of a spill file; a torn last line (a crash mid-write) is skipped."""
+    records: list[CallRecord] = []
+    with path.open(encoding="utf-8") as file:
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                records.append(decode(line))
+            except (ValueError, KeyError):
+                log.warning("tool registry: skipping a torn line in spill file %s", path)
+    return records
