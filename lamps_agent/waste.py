@@ -54,8 +54,14 @@ def discard_waste(
 def swap_waste(
     context_tokens: float, batch_tokens: float, cost: CostModel, bytes_per_token: int
 ) -> float:
-    """Out and back in while the batch's ``batch_tokens`` stall: ``2 · T_swap(C) · C_batch``."""
-    return 2.0 * cost.swap_time(context_tokens * bytes_per_token) * batch_tokens
+    """Out and back in: ``2 · T_swap(C) · (C_batch + C)``.
+
+    The paper's form is ``2 · T_swap(C) · C_batch`` (the batch stalls during both copies).  With an
+    idle batch that makes a swap free even for a call shorter than the copies, so the request's own
+    context, held on the GPU while it is copied out and again while it is copied in, is added —
+    the same ``2 · C · t_xfer`` term as LAMPS' memory-over-time area.
+    """
+    return 2.0 * cost.swap_time(context_tokens * bytes_per_token) * (batch_tokens + context_tokens)
 
 
 def discard_waste_array(

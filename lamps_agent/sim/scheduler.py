@@ -10,6 +10,7 @@ decides; this module only enforces budgets and accounts blocks.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -163,6 +164,9 @@ class BatchScheduler:
                 if gate.exhausted:
                     break
                 continue
+            if sim.waiting.is_starved(req, iteration):
+                # The promotion sticks: last to be preempted, and back at the head if it is.
+                req.queue_key = (-math.inf, float(req.enqueued_iteration), float(req.request_id))
             sim.waiting.remove(req)
             memory.allocate(need)
             req.gpu_blocks += need

@@ -1,0 +1,195 @@
+"""Invariants of the simulator under every policy, determinism, and LAMPS' starvation bound."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lamps_agent.errors import UnknownNameError
+from lamps_agent.kv_memory import KVMemory
+from lamps_agent.policies import POLICIES, LampsPolicy, make_policy
+from lamps_agent.predictors import make_predictor
+from lamps_agent.presets import Preset
+from lamps_agent.request import KVStrategy, Request, RequestState
+from lamps_agent.sim import RunLabels, Simulator
+from lamps_agent.workloads import Arrival, generate_programs, load_trace, poisson_workload
+from tests.core.conftest import make_program
+
+ALL_POLICIES = POLICIES.names()
+
+
+class CheckedMemory(KVMemory):
+    """Asserts the capacity invariant on every allocation."""
+
+    def allocate(self, blocks: int) -> None:
+        super().allocate(blocks)
+        assert 0 <= self.free_gpu_blocks <= self.num_gpu_blocks
+        assert 0 <= self.free_host_blocks <= self.num_host_blocks
+
+
+def _simulate(
+    preset: Preset, policy_name: str, arrivals: list[Arrival], predictor: str = "oracle", **opts
+):  # type: ignore[no-untyped-def]
+    policy = make_policy(
+        policy_name, predictor=make_predictor(predictor, seed=1), preset=preset, **opts
+    )
+    sim = Simulator(preset=preset, policy=policy, arrivals=arrivals, record_timeline=True)
+    checked = CheckedMemory(
+        num_gpu_blocks=preset.num_gpu_blocks,
+        num_host_blocks=preset.num_host_blocks,
+        block_size=preset.block_size,
+    )
+    sim.memory = sim.view.memory = checked
+    result = sim.run(RunLabels(policy=policy_name, predictor=predictor))
+    return sim, result
+
+
+@pytest.fixture(scope="module")
+def pressure_workload() -> list[Arrival]:
+    fits = [p for p in generate_programs(160, seed=5) if p.segments[-1].prompt_tokens < 4000]
+    return poisson_workload(fits[:120], qps=8.0, seed=5)
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_every_request_finishes_within_capacity_and_no_block_leaks(
+    policy: str, small_preset: Preset, pressure_workload: list[Arrival]
+) -> None:
+    sim, result = _simulate(small_preset, policy, pressure_workload)
+    s = result.summary
+    assert s.num_requests == len(pressure_workload) and s.rejected == 0
+    assert all(r.state is RequestState.FINISHED for r in sim._done)
+    assert s.peak_kv_blocks <= small_preset.num_gpu_blocks
+    assert s.peak_kv_fraction > 0.9  # the workload really presses on memory
+    assert sim.memory.free_gpu_blocks == sim.memory.num_gpu_blocks  # nothing leaked
+    assert sim.memory.free_host_blocks == sim.memory.num_host_blocks
+    assert not sim.running and not sim.preserved and not sim.waiting
+    assert (
+        result.timeline is not None
+        and max(result.timeline.used_blocks) <= small_preset.num_gpu_blocks
+    )
+    for m in result.requests:
+        assert m.ttft > 0 and m.e2e >= m.tool_time and m.e2e >= m.ttft
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_same_seed_gives_identical_metrics(
+    policy: str, small_preset: Preset, pressure_workload: list[Arrival]
+) -> None:
+    _, a = _simulate(small_preset, policy, pressure_workload, predictor="noisy:30")
+    _, b = _simulate(small_preset, policy, pressure_workload, predictor="noisy:30")
+    assert a.summary == b.summary
+    assert a.requests == b.requests
+
+
+def test_different_seeds_differ(small_preset: Preset) -> None:
+    programs = generate_programs(60, seed=5)
+    _, a = _simulate(small_preset, "lamps", poisson_workload(programs, qps=6, seed=1))
+    _, b = _simulate(small_preset, "lamps", poisson_workload(programs, qps=6, seed=2))
+    assert a.summary.e2e.mean != b.summary.e2e.mean
+
+
+def test_vllm_discards_at_every_tool_call_and_recomputes_the_context(small_preset: Preset) -> None:
+    big = dataclasses.replace(small_preset, gpu_kv_gb=40.0)
+    program = make_program("p", [(10, 1.0, 5), (10, 1.0, 5), (10, 0, 0)], prompt=300)
+    _, result = _simulate(big, "vllm", [Arrival(0.0, program)])
+    # contexts lost at the two pauses: 300+10 and 315+10
+    assert result.summary.recomputed_tokens == 310 + 325
+    assert result.summary.swapped_bytes == 0
+
+
+def test_lamps_preserves_short_calls_without_recompute(small_preset: Preset) -> None:
+    big = dataclasses.replace(small_preset, gpu_kv_gb=40.0)
+    program = make_program("p", [(10, 0.001, 5), (10, 0.001, 5), (10, 0, 0)], prompt=300)
+    sim, result = _simulate(big, "lamps", [Arrival(0.0, program)])
+    assert result.summary.recomputed_tokens == 0 and result.summary.swapped_bytes == 0
+    assert RequestState.PAUSED_PRESERVED in sim._done[0].history
+    assert result.summary.memory_waste_token_s == pytest.approx((310 + 325) * 0.001, rel=1e-6)
+
+
+def test_swap_moves_bytes_and_avoids_recompute(small_preset: Preset) -> None:
+    big = dataclasses.replace(small_preset, gpu_kv_gb=40.0, host_swap_gb=10.0)
+
+    class AlwaysSwap(LampsPolicy):
+        def on_pause(self, req: Request) -> KVStrategy:
+            return KVStrategy.SWAP
+
+    program = make_program("p", [(10, 5.0, 5), (10, 0, 0)], prompt=300)
+    policy = AlwaysSwap(predictor=make_predictor("oracle"), preset=big)
+    sim = Simulator(preset=big, policy=policy, arrivals=[Arrival(0.0, program)])
+    result = sim.run(RunLabels(policy="swap", predictor="oracle"))
+    assert result.summary.recomputed_tokens == 0
+    assert result.summary.swapped_bytes == 2 * 310 * big.kv_bytes_per_token
+    assert RequestState.RESUMING_SWAPPED in sim._done[0].history
+
+
+def test_e2e_includes_tool_time(small_preset: Preset) -> None:
+    big = dataclasses.replace(small_preset, gpu_kv_gb=40.0)
+    program = make_program("p", [(10, 3.0, 5), (10, 0, 0)], prompt=100)
+    _, result = _simulate(big, "infercept", [Arrival(0.0, program)])
+    (m,) = result.requests
+    assert m.tool_time == 3.0 and 3.0 < m.e2e < 3.5
+    assert m.normalized_latency == pytest.approx(m.e2e / 20)
+
+
+def test_programs_larger_than_the_gpu_are_rejected_not_crashing(small_preset: Preset) -> None:
+    huge = make_program("huge", [(10, 0, 0)], prompt=small_preset.gpu_kv_tokens + 10)
+    ok = make_program("ok", [(10, 0, 0)], prompt=100)
+    _, result = _simulate(small_preset, "lamps", [Arrival(0.0, huge), Arrival(0.1, ok)])
+    assert result.summary.rejected == 1 and result.summary.num_requests == 1
+
+
+class RecordingLamps(LampsPolicy):
+    """Checks, at each admission, the starvation rule: nobody passes a starved request."""
+
+    sim: Simulator
+    violations: int = 0
+    admitted_while_starved: int = 0
+
+    def on_admit(self, req: Request) -> None:
+        queue = self.sim.waiting
+        iteration = self.view.iteration
+        if queue.is_starved(req, iteration):
+            self.admitted_while_starved += 1
+        elif any(queue.is_starved(r, iteration) for r in queue.ordered(iteration)):
+            self.violations += 1
+
+
+def test_lamps_starvation_bound_holds(small_preset: Preset) -> None:
+    # A long job first, then a steady stream of short ones that LAMPS ranks ahead of it.
+    long = make_program("long", [(1500, 0, 0)], prompt=3000)
+    shorts = [make_program(f"s{i}", [(40, 0, 0)], prompt=800) for i in range(600)]
+    arrivals = [Arrival(0.0, shorts[0]), Arrival(0.001, long)]
+    arrivals += [Arrival(0.002 + 0.01 * i, p) for i, p in enumerate(shorts[1:])]
+    waits = {}
+    for threshold in (20, None):
+        policy = RecordingLamps(
+            predictor=make_predictor("oracle"), preset=small_preset, starvation_threshold=threshold
+        )
+        sim = Simulator(preset=small_preset, policy=policy, arrivals=arrivals)
+        policy.sim = sim
+        result = sim.run(RunLabels(policy="lamps", predictor="oracle"))
+        assert policy.violations == 0
+        waits[threshold] = next(m for m in result.requests if m.program_id == "long").max_queue_wait
+        if threshold is not None:
+            assert policy.admitted_while_starved >= 1
+    assert waits[20] < waits[None] / 2  # the bound shortens the long job's wait a lot
+
+
+def test_real_trace_runs_for_every_policy() -> None:
+    from lamps_agent.presets import load_preset
+
+    preset = load_preset("a100-gptj6b", overrides={"gpu_kv_gb": 8.0})
+    programs = load_trace("multi-api").programs[:60]
+    arrivals = poisson_workload(programs, qps=4.0, seed=0)
+    for name in ALL_POLICIES:
+        _, result = _simulate(preset, name, arrivals)
+        assert result.summary.num_requests == 60
+
+
+def test_unknown_policy_lists_valid_names(small_preset: Preset) -> None:
+    with pytest.raises(
+        UnknownNameError,
+        match="valid: infercept, lamps, lamps-norank, nested-wait, sjf, vllm, wait",
+    ):
+        make_policy("edf", predictor=make_predictor("oracle"), preset=small_preset)
