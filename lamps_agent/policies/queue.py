@@ -45,6 +45,8 @@ class WaitingQueue:
 
     def remove(self, req: Request) -> None:
         del self._member[req.request_id]  # entries in the heap / fifo die lazily
+        if len(self._heap) > 2 * len(self._member) + 64:
+            self.compact()  # dead entries inside the heap would lengthen every walk
 
     def _live(self, seq: int, req: Request) -> bool:
         return self._member.get(req.request_id) == seq
@@ -81,8 +83,8 @@ class WaitingQueue:
                     heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
 
     def compact(self) -> None:
-        """Drop dead entries (call now and then; the queue stays correct without it)."""
-        if len(self._heap) > 2 * len(self._member) + 64:
-            self._heap = [e for e in self._heap if self._live(e[1], e[2])]
-            heapq.heapify(self._heap)
-            self._fifo = deque(e for e in self._fifo if self._live(e[1], e[2]))
+        """Drop dead entries: amortized O(1) per removal, since it runs when half are dead.
+        Safe during :meth:`ordered`: it binds new containers, and a walk keeps the old ones."""
+        self._heap = [e for e in self._heap if self._live(e[1], e[2])]
+        heapq.heapify(self._heap)
+        self._fifo = deque(e for e in self._fifo if self._live(e[1], e[2]))

@@ -36,10 +36,15 @@ class TypeStats:
 
 
 class _QuotaGate:
+    # Looking deeper than this for a type with quota left costs more than it is worth: the
+    # requests left behind are reached by a later iteration or by the patience rule.
+    MAX_REJECTIONS = 256
+
     def __init__(self, quotas: dict[int, int], patience: int, iteration: int) -> None:
         self._quotas = quotas
         self._patience = patience
         self._iteration = iteration
+        self._rejections = 0
 
     def allow(self, req: Request) -> bool:
         if self._iteration - req.enqueued_iteration >= self._patience:
@@ -48,11 +53,12 @@ class _QuotaGate:
         if left > 0:
             self._quotas[req.policy_tag] = left - 1
             return True
+        self._rejections += 1
         return False
 
     @property
     def exhausted(self) -> bool:
-        return not any(self._quotas.values())
+        return self._rejections >= self.MAX_REJECTIONS or not any(self._quotas.values())
 
 
 class WaitPolicy(Policy):

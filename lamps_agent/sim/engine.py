@@ -110,8 +110,6 @@ class Simulator:
             self.now += self._execute(out)
             self._update(out)
             self.iteration += 1
-            if self.iteration % 4096 == 0:
-                self.waiting.compact()
         return self._result(labels)
 
     def _sync_view(self) -> None:

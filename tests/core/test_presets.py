@@ -52,7 +52,7 @@ def test_config_files_toml_and_json(tmp_path) -> None:  # type: ignore[no-untype
     assert load_preset("a100-vicuna13b", config_file=js).token_budget == 512
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="bad.json"):
+    with pytest.raises(ConfigError, match=r"bad\.json"):
         load_preset(config_file=bad)
 
 
