@@ -128,3 +128,25 @@ def write_csv(summaries: Sequence[RunSummary], path: Path, baseline: str | None 
 def write_json(summaries: Sequence[RunSummary], path: Path, config: dict[str, Any]) -> None:
     payload = {"config": config, "runs": [s.to_dict() for s in summaries]}
     path.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+
+
+def write_markdown(summaries: Sequence[RunSummary], path: Path, baseline: str | None) -> None:
+    """A compact Markdown table (what docs/benchmarks.md quotes)."""
+    reds = reductions(summaries, baseline) if baseline else {}
+    head = "| policy | predictor | qps | E2E mean s | E2E P99 s | TTFT mean s | engine mean s | recomputed tok |"
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|"
+    if baseline:
+        head += f" E2E vs {baseline} | P99 vs {baseline} | TTFT vs {baseline} |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
+    for i, s in enumerate(summaries):
+        line = (
+            f"| {s.policy} | {s.predictor} | {s.qps:g} | {s.e2e.mean:.2f} | {s.e2e.p99:.2f} | "
+            f"{s.ttft.mean:.3f} | {s.engine_time.mean:.2f} | {s.recomputed_tokens:,} |"
+        )
+        if baseline:
+            r = reds.get(i)
+            cells = (r.e2e_mean, r.e2e_p99, r.ttft_mean) if r else (math.nan,) * 3
+            line += "".join(f" {_fmt_pct(c)} |" for c in cells)
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lamps_agent.bench.plots import plot_kv_timeline, plot_latency_vs_qps
-from lamps_agent.bench.report import results_table, write_csv, write_json
+from lamps_agent.bench.report import results_table, write_csv, write_json, write_markdown
 from lamps_agent.bench.runner import BenchConfig, RunSpec, run_grid
 from lamps_agent.metrics import RunResult
 from lamps_agent.policies import POLICIES
@@ -195,7 +195,8 @@ def _write_outputs(
         "baseline": baseline,
     }
     write_json(summaries, out / "results.json", meta)
-    written = ["results.csv", "results.json"]
+    write_markdown(summaries, out / "results.md", baseline if baseline in config.policies else None)
+    written = ["results.csv", "results.json", "results.md"]
     if not args.no_plots:
         plot_latency_vs_qps(summaries, out / "latency_vs_qps.png", title=config.trace_name)
         written.append("latency_vs_qps.png")
