@@ -1,0 +1,102 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lamps_agent.cli.main import main
+
+
+def test_bench_writes_table_csv_json_markdown_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "res"
+    code = main(
+        [
+            "bench",
+            "--synthetic",
+            "40",
+            "--qps",
+            "2,4",
+            "--policies",
+            "vllm,infercept,lamps",
+            "--set",
+            "gpu_kv_gb=4",
+            "--out",
+            str(out),
+            "-q",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "lower than infercept" in printed and "lamps" in printed
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 6 and {r["policy"] for r in rows} == {"vllm", "infercept", "lamps"}
+    base = [r for r in rows if r["policy"] == "infercept"]
+    assert all(float(r["lower_than_baseline_e2e_mean_pct"]) == 0.0 for r in base)
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["config"]["preset"]["gpu_kv_gb"] == 4.0 and len(payload["runs"]) == 6
+    assert (out / "results.md").read_text().startswith("| policy |")
+    for png in ("latency_vs_qps.png", "kv_timeline.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_on_a_trace_file_with_a_duration(tmp_path: Path) -> None:
+    trace = tmp_path / "t.json"
+    trace.write_text(
+        json.dumps(
+            {
+                "a": [
+                    {
+                        "prompt_tokens": 50,
+                        "completion_tokens": 5,
+                        "api_time": 0.5,
+                        "api_token_length": 3,
+                    },
+                    {"prompt_tokens": 58, "completion_tokens": 4},
+                ],
+            }
+        )
+    )
+    code = main(
+        [
+            "bench",
+            "--trace",
+            str(trace),
+            "--qps",
+            "2",
+            "--policies",
+            "lamps",
+            "--predictors",
+            "history",
+            "--duration",
+            "5",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-plots",
+            "-q",
+        ]
+    )
+    assert code == 0
+    run = json.loads((tmp_path / "o" / "results.json").read_text())["runs"][0]
+    assert run["predictor"] == "history" and run["num_requests"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policies", "lamps,edf"], "unknown policy 'edf'; valid: infercept, lamps"),
+        (["--predictors", "psychic"], "unknown predictor 'psychic'"),
+        (["--preset", "b200"], "unknown preset 'b200'"),
+        (["--set", "gpu_kv_gb=-1"], "gpu_kv_gb must be > 0"),
+        (["--qps", "0"], "--qps needs positive rates"),
+        (["--trace", "/nonexistent/trace.json"], "cannot read trace"),
+    ],
+)
+def test_bench_bad_input_is_one_clear_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", *args, "--out", str(tmp_path), "-q", "--no-plots"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
