@@ -52,6 +52,7 @@ class NestedWaitPolicy(Policy):
         self._rate = DecayedRate(window)
         self._prompt = Mean()
         self._outputs: list[int] = []  # sorted observed output lengths
+        self._output_sum = 0
         self.boundaries: list[float] = [math.inf]
         self._held_since: dict[int, int] = {}
         self._gate_quota = 0
@@ -67,6 +68,7 @@ class NestedWaitPolicy(Policy):
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         super().on_turn_end(req, outcome)
         bisect.insort(self._outputs, outcome.output_tokens)
+        self._output_sum += outcome.output_tokens
         n = len(self._outputs)
         if n >= self.min_observations and (n & (n - 1) == 0 or n % 256 == 0):
             cuts = sorted({self._outputs[min(int(q * n), n - 1)] for q in _QUANTILES})
@@ -75,7 +77,7 @@ class NestedWaitPolicy(Policy):
     def _segment_budgets(self) -> list[tuple[float, float]]:
         """(N_i, c_i) for each segment."""
         n_obs = len(self._outputs)
-        mean_out = sum(self._outputs) / n_obs if n_obs else 128.0
+        mean_out = self._output_sum / n_obs if n_obs else 128.0
         total = resident_budget(self.preset.gpu_kv_tokens, self._prompt.value + mean_out / 2)
         lows = [0.0, *self.boundaries[:-1]]
         weights = []
