@@ -25,6 +25,13 @@ as_postgres() {
     if [ "$(id -un)" = postgres ]; then "$@"; else su postgres -s /bin/sh -c "$(printf '%q ' "$@")"; fi
 }
 
+if ! command -v psql >/dev/null 2>&1; then
+    # The client first: a server may already be running elsewhere (a CI service container).
+    log "installing the PostgreSQL client from Debian packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq postgresql-client >&2
+fi
 if [ -n "${LAMPS_TEST_POSTGRES_URL:-}" ] && reachable "$LAMPS_TEST_POSTGRES_URL"; then
     log "using the server at \$LAMPS_TEST_POSTGRES_URL"
     echo "export LAMPS_TEST_POSTGRES_URL='${LAMPS_TEST_POSTGRES_URL}'"
@@ -39,7 +46,7 @@ fi
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
     log "installing postgresql from Debian packages"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
+    apt-get update -qq >&2 || true  # may have run just above
     apt-get install -y -qq postgresql >&2
 fi
 

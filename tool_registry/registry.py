@@ -68,7 +68,9 @@ class ToolRegistry:
         self.url = resolve_url(url)
         self._aggregates: dict[str, Aggregate] = {}
         self._hints: dict[str, float | None] = {}
-        self._estimates: dict[str, DurationEstimate] = {}
+        # tool -> (aggregate, hint, estimate): valid while both are still the current ones, so a
+        # writer update racing with a reader can never leave a stale estimate behind
+        self._estimates: dict[str, tuple[Aggregate | None, float | None, DurationEstimate]] = {}
         self._store = store = Store(self.url)
         self._writer = Writer(
             store,
@@ -77,7 +79,7 @@ class ToolRegistry:
             max_buffer=max_buffer,
             spill_dir=Path(spill_dir) if spill_dir is not None else DEFAULT_SPILL_DIR,
             on_aggregates=self._update_aggregates,
-            on_start=self._load,
+            on_load=self._load,
         )
 
     async def _load(self) -> None:
@@ -87,13 +89,10 @@ class ToolRegistry:
     def _update_hints(self, infos: list[ToolInfo]) -> None:
         for info in infos:
             self._hints[info.name] = info.duration_hint
-            self._estimates.pop(info.name, None)
 
     def _update_aggregates(self, aggregates: dict[str, Aggregate]) -> None:
         # Runs on the writer thread; readers see either the old or the new object, never a mix.
-        for name, agg in aggregates.items():
-            self._aggregates[name] = agg
-            self._estimates.pop(name, None)
+        self._aggregates.update(aggregates)
 
     # registration
 
@@ -223,15 +222,15 @@ class ToolRegistry:
             check_size(output_size, "output_size")
         started = time.time() - duration if started_at is None else check_timestamp(started_at)
         self._writer.submit(
-            CallRecord(
-                tool=tool,
-                duration=duration,
-                started_at=started,
-                status=call_status,
-                session_id=session_id,
-                error_type=error_type,
-                input_size=input_size,
-                output_size=output_size,
+            (
+                tool,
+                session_id,
+                started,
+                duration,
+                call_status.value,
+                error_type,
+                input_size,
+                output_size,
             )
         )
 
@@ -297,19 +296,20 @@ class ToolRegistry:
         Reflects the calls written so far (call :meth:`flush` to include buffered ones).  A tool
         never seen and without a hint gets ``DEFAULT_TOOL_DURATION`` with confidence 0.
         """
+        agg, hint = self._aggregates.get(tool), self._hints.get(tool)
         cached = self._estimates.get(tool)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] is agg and cached[1] == hint:
+            return cached[2]
         try:
-            result = estimate_from(self._aggregates.get(tool), self._hints.get(tool))
-        except Exception:  # the hot path must not fail; a bug here degrades to the default
+            result = estimate_from(agg, hint)
+        except Exception:  # noqa: BLE001 - the hot path must not fail; a bug degrades to the default
             return prior_estimate(None)
-        self._estimates[tool] = result
+        self._estimates[tool] = (agg, hint, result)
         return result
 
     def refresh(self) -> None:
         """Reload hints and aggregates from the database (other processes' writes); the writer
-        also does this every few seconds when idle."""
+        also does this every 5 seconds."""
         self._writer.call(self._load())
 
     def stats(self, tool: str | None = None) -> builtins.list[ToolStats]:

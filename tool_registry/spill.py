@@ -14,12 +14,11 @@ import json
 import logging
 import os
 import secrets
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from tool_registry.types import CallRecord, CallStatus
+from tool_registry.types import CallRow
 
 log = logging.getLogger(__name__)
 DEFAULT_SPILL_DIR = Path("~/.lamps-agent/spill")
@@ -40,36 +39,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def encode(record: CallRecord) -> str:
-    return json.dumps(
-        {
-            "id": str(record.id),
-            "tool": record.tool,
-            "session_id": record.session_id,
-            "started_at": record.started_at,
-            "duration": record.duration,
-            "status": record.status.value,
-            "error_type": record.error_type,
-            "input_size": record.input_size,
-            "output_size": record.output_size,
-        },
-        separators=(",", ":"),
-    )
+def encode(row: CallRow) -> str:
+    """One JSON array per line, in ``calls`` column order (id first)."""
+    return json.dumps(row, separators=(",", ":"))
 
 
-def decode(line: str) -> CallRecord:
-    data = json.loads(line)
-    return CallRecord(
-        id=uuid.UUID(data["id"]),
-        tool=data["tool"],
-        session_id=data["session_id"],
-        started_at=data["started_at"],
-        duration=data["duration"],
-        status=CallStatus(data["status"]),
-        error_type=data["error_type"],
-        input_size=data["input_size"],
-        output_size=data["output_size"],
-    )
+def decode(line: str) -> CallRow:
+    values = json.loads(line)
+    if not isinstance(values, list) or len(values) != 9 or not isinstance(values[0], str):
+        raise ValueError("not a spilled call")
+    row: CallRow = tuple(values)
+    return row
 
 
 class SpillFile:
@@ -84,14 +64,14 @@ class SpillFile:
         self._file: IO[str] | None = None
         self.num_lines = 0  # lines in the current file, not yet handed to the replayer
 
-    def write(self, records: Iterable[CallRecord]) -> int:
-        """Append records (their ids must be set); returns how many were written."""
+    def write(self, rows: Iterable[CallRow]) -> int:
+        """Append calls (with their ids); returns how many were written."""
         if self._file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
         count = 0
-        for record in records:
-            self._file.write(encode(record) + "\n")
+        for row in rows:
+            self._file.write(encode(row) + "\n")
             count += 1
         self._file.flush()
         self.num_lines += count
@@ -137,9 +117,9 @@ class SpillFile:
         _ACTIVE_TOKENS.discard(self._token)
 
 
-def read(path: Path) -> list[CallRecord]:
-    """The records of a spill file; a torn last line (a crash mid-write) is skipped."""
-    records: list[CallRecord] = []
+def read(path: Path) -> list[CallRow]:
+    """The calls of a spill file; a torn last line (a crash mid-write) is skipped."""
+    records: list[CallRow] = []
     with path.open(encoding="utf-8") as file:
         for line in file:
             if not line.strip():

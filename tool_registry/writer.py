@@ -1,9 +1,10 @@
 """The background writer: a bounded buffer filled by ``record()`` and drained in batches by a thread
 that owns its own asyncio loop and the async engine.
 
-``submit`` (the caller's side) only validates nothing, takes a lock and appends; it wakes the
-writer when a batch is full.  The writer writes a batch when ``batch_size`` records are waiting or
-``flush_interval`` seconds have passed.  A failed batch stays "in flight" and is retried with
+``submit`` (the caller's side; ``record()`` has validated the call) takes a lock and appends a
+plain tuple; it wakes the writer when a batch is full.  The writer writes when ``batch_size``
+records are waiting or ``flush_interval`` seconds have passed, up to ``MAX_BATCHES_PER_WRITE``
+batches in one transaction when a backlog has built up.  A failed batch stays "in flight" and is retried with
 exponential back-off (``BACKOFF_BASE_S`` doubling up to ``BACKOFF_MAX_S``) until it commits; the
 same record ids are sent each time, so a batch whose commit was acknowledged late adds nothing
 twice.  When the buffer holds ``max_buffer`` records, further records go to the spill file
@@ -17,9 +18,10 @@ import atexit
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
-import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -28,8 +30,9 @@ from typing import Any, TypeVar
 from tool_registry import spill
 from tool_registry.aggregate import Aggregate
 from tool_registry.errors import RegistryClosedError
+from tool_registry.ids import new_id, new_ids
 from tool_registry.store import Store
-from tool_registry.types import CallRecord
+from tool_registry.types import CallRow, PendingCall
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +41,25 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_MAX_S = 2.0
 REFRESH_INTERVAL_S = 5.0  # how often aggregates written by other processes are reloaded
 STARTUP_TIMEOUT_S = 60.0
+MAX_BATCHES_PER_WRITE = 16  # with a backlog, one transaction takes up to 16 batches
+
+
+_LIVE_WRITERS: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread does not survive a fork: the child's copy must not buffer into the void
+    # (nor hang at exit waiting for it).  The parent's registry is unaffected.
+    for writer in list(_LIVE_WRITERS):
+        writer.disown()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("tool registry writer stopped: %r; records stay pending", task.exception())
 
 
 class Writer:
@@ -52,23 +74,27 @@ class Writer:
         max_buffer: int,
         spill_dir: Path,
         on_aggregates: Callable[[dict[str, Aggregate]], None],
-        on_start: Callable[[], Coroutine[Any, Any, None]],
+        on_load: Callable[[], Coroutine[Any, Any, None]],
     ) -> None:
+        """``on_load`` reloads hints and aggregates: at start and every ``REFRESH_INTERVAL_S``;
+        ``on_aggregates`` receives the fresh aggregates of the tools of each written batch."""
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
         self._on_aggregates = on_aggregates
+        self._on_load = on_load
         self._lock = threading.Lock()
         self._settled_cond = threading.Condition()
-        self._buffer: deque[CallRecord] = deque()
-        self._inflight: list[CallRecord] = []
+        self._buffer: deque[PendingCall] = deque()
+        self._inflight: list[CallRow] = []
         self._spill = spill.SpillFile(spill_dir, store.url)
         self._replay: list[tuple[Path, int]] = []  # spill files to replay, with their line counts
         self._replay_left = 0  # records in those files not yet handed to _write
         self.closed = False
+        self._closed_reason = "that is closed"
         self.num_accepted = 0  # records accepted by submit (buffered or spilled)
-        self.num_settled = 0  # records known to be in the database
+        self.num_settled = 0  # records known to be in the database (or torn spill lines)
         self.num_inserted = 0  # rows this writer inserted (duplicates on retry excluded)
         self.num_spilled = 0  # records that went through the spill file
         self.num_failures = 0  # failed batch attempts
@@ -83,12 +109,13 @@ class Writer:
         self._main_task: asyncio.Task[None] | None = None
         self._thread.start()
         try:
-            self.call(self._start(on_start), timeout=STARTUP_TIMEOUT_S)
+            self.call(self._start(), timeout=STARTUP_TIMEOUT_S)
         except BaseException:
             self._stop_loop()
             self._spill.close()
             raise
         atexit.register(self.close)
+        _LIVE_WRITERS.add(self)
 
     # caller side
 
@@ -97,17 +124,16 @@ class Writer:
         """Records accepted but not yet known to be in the database."""
         return len(self._buffer) + len(self._inflight) + self._spill.num_lines + self._replay_left
 
-    def submit(self, record: CallRecord) -> None:
+    def submit(self, call: PendingCall) -> None:
         with self._lock:
             if self.closed:
-                raise RegistryClosedError("record() on a closed ToolRegistry")
+                raise RegistryClosedError(f"record() on a ToolRegistry {self._closed_reason}")
             self.num_accepted += 1
             if len(self._buffer) >= self.max_buffer:
-                record.id = uuid.uuid4()
-                self._spill.write((record,))
+                self._spill.write(((new_id(), *call),))
                 self.num_spilled += 1
                 return
-            self._buffer.append(record)
+            self._buffer.append(call)
             full = len(self._buffer) == self.batch_size
         if full:
             self._loop.call_soon_threadsafe(self._wake.set)
@@ -139,6 +165,14 @@ class Writer:
                     )
                 self._settled_cond.wait(0.1 if remaining is None else min(remaining, 0.1))
 
+    def disown(self) -> None:
+        """In a forked child: refuse further records; the parent still owns the buffer."""
+        self.closed = True
+        self._closed_reason = "in a process forked after it was created; open a new ToolRegistry"
+        self._buffer = deque()
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        atexit.unregister(self.close)
+
     def close(self, timeout: float = 5.0) -> None:
         """Flush, stop the writer and release the engine.  Records that cannot be written within
         ``timeout`` seconds go to the spill file, to be replayed by the next registry."""
@@ -153,9 +187,7 @@ class Writer:
             self._abort = True
             self._loop.call_soon_threadsafe(self._wake.set)
         self._stop_loop()
-        leftover = list(self._inflight) + list(self._buffer)
-        for record in leftover:
-            record.id = record.id or uuid.uuid4()
+        leftover = self._inflight + [(new_id(), *call) for call in self._buffer]
         if leftover:
             self._spill.write(leftover)
             self.num_spilled += len(leftover)
@@ -195,14 +227,15 @@ class Writer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
 
-    async def _start(self, on_start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def _start(self) -> None:
         await self.store.open()
-        await on_start()
+        await self._on_load()
         for path, count in self._spill.claim_orphans():
             self._add_replay(path, count)
             with self._lock:
                 self.num_accepted += count  # so a flush() also waits for them
         self._main_task = asyncio.get_running_loop().create_task(self._main())
+        self._main_task.add_done_callback(_log_crash)
 
     def _has_work(self) -> bool:
         return (
@@ -225,29 +258,30 @@ class Writer:
                 await self._write(batch)
             elif self._replay or self._spill.num_lines:
                 await self._replay_spill()
-            elif time.monotonic() - last_refresh > REFRESH_INTERVAL_S:
+            if time.monotonic() - last_refresh > REFRESH_INTERVAL_S:  # even under steady load
                 last_refresh = time.monotonic()
                 await self._refresh()
 
-    def _take_batch(self) -> list[CallRecord]:
+    def _take_batch(self) -> list[CallRow]:
         if self._inflight:
             return self._inflight
         with self._lock:
-            count = min(len(self._buffer), self.batch_size)
-            batch = [self._buffer.popleft() for _ in range(count)]
-        for record in batch:
-            if record.id is None:
-                record.id = uuid.uuid4()
-        self._inflight = batch
-        return batch
+            count = min(len(self._buffer), self.batch_size * MAX_BATCHES_PER_WRITE)
+            pending = [self._buffer.popleft() for _ in range(count)]
+        # ids are given once, here: a retry sends the very same rows
+        self._inflight = [
+            (call_id, *call) for call_id, call in zip(new_ids(count), pending, strict=True)
+        ]
+        return self._inflight
 
-    async def _write(self, batch: list[CallRecord]) -> bool:
+    async def _write(self, batch: list[CallRow], *, may_exist: bool = False) -> bool:
         """Write ``batch`` (already in flight), retrying until it commits or the writer aborts."""
         attempt = 0
         while True:
             try:
-                inserted, aggregates = await self.store.write_batch(batch)
-            except Exception as exc:  # every failure is retried: input was validated upstream
+                retry = may_exist or attempt > 0  # an earlier try may have committed unseen
+                inserted, aggregates = await self.store.write_batch(batch, may_exist=retry)
+            except Exception as exc:  # noqa: BLE001 - retry all: input was validated upstream
                 self.num_failures += 1
                 self.last_error = exc
                 if attempt == 0 or attempt % 10 == 0:
@@ -291,14 +325,17 @@ class Writer:
         while self._replay:
             path, count = self._replay[0]
             records = spill.read(path)
-            self._replay_left -= count - len(records)  # torn lines (a crash mid-write) are skipped
+            torn = count - len(records)  # torn lines (a crash mid-write) are skipped
+            self._replay_left -= torn
+            with self._settled_cond:
+                self.num_settled += torn  # accounted for (and logged by spill.read)
             left = len(records)
             for start in range(0, len(records), self.batch_size):
                 batch = records[start : start + self.batch_size]
                 self._inflight = batch
                 self._replay_left -= len(batch)
                 left -= len(batch)
-                if not await self._write(batch):
+                if not await self._write(batch, may_exist=True):
                     self._replay_left += left  # the file stays; close() spills the in-flight batch
                     return
             self._replay.pop(0)
@@ -308,6 +345,6 @@ class Writer:
 
     async def _refresh(self) -> None:
         try:
-            self._on_aggregates(await self.store.load_aggregates())
-        except Exception as exc:
+            await self._on_load()
+        except Exception as exc:  # noqa: BLE001 - the next refresh or batch will try again
             log.debug("tool registry: refreshing aggregates failed: %s", exc)

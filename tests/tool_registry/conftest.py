@@ -7,6 +7,7 @@ database each; without it they skip, unless ``LAMPS_REQUIRE_POSTGRES=1`` makes t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tool_registry import ToolRegistry
@@ -32,8 +34,6 @@ def _postgres_base_url() -> str:
 
 
 async def _admin(url: str, sql: str) -> None:
-    import asyncpg
-
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         await conn.execute(sql)
@@ -48,7 +48,7 @@ def postgres_url() -> Iterator[str]:
     name = f"lamps_t_{secrets.token_hex(6)}"
     try:
         asyncio.run(_admin(base, f"CREATE DATABASE {name}"))
-    except Exception as exc:
+    except (OSError, asyncpg.PostgresError) as exc:
         if os.environ.get("LAMPS_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"cannot create a test database on {PG_ENV}: {exc}")
         pytest.skip(f"PostgreSQL at {PG_ENV} unusable: {exc}")
@@ -112,14 +112,14 @@ class TcpProxy:
     def stop(self) -> None:
         """Refuse new connections and break the open ones."""
         if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes accept(); close() alone would not on Linux
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:
             for sock in self._sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
             self._sockets.clear()
 
@@ -148,7 +148,18 @@ class TcpProxy:
             pass
         finally:
             for sock in (src, dst):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                sock.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
+    """Build :class:`TcpProxy` instances that are stopped after the test."""
+    proxies: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        proxies.append(TcpProxy(host, port))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

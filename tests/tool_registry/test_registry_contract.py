@@ -122,6 +122,19 @@ def test_aggregates_survive_a_restart(db_url: str, make_registry: MakeRegistry) 
     assert est.mean == pytest.approx((50 * 0.5 + 5 * 3.0) / 55)
 
 
+def test_refresh_sees_other_writers(db_url: str, make_registry: MakeRegistry) -> None:
+    reader = make_registry(db_url)
+    assert reader.estimate("search").count == 0
+    with make_registry(db_url) as writer:
+        writer.register("search", duration_hint=4.0)
+        for _ in range(10):
+            writer.record("search", duration=2.0)
+    reader.refresh()
+    est = reader.estimate("search")
+    assert est.count == 10
+    assert est.mean == pytest.approx((10 * 2.0 + 5 * 4.0) / 15)
+
+
 def test_time_trigger_writes_without_flush(db_url: str, make_registry: MakeRegistry) -> None:
     reg = make_registry(db_url, batch_size=10_000, flush_interval=0.02)
     reg.record("search", duration=1.0)
@@ -171,12 +184,7 @@ def test_asyncio_tasks_and_async_api(db_url: str, make_registry: MakeRegistry) -
         await reg.aclose()
 
     asyncio.run(main())
-    assert count_calls_after_close(db_url) == 4000
-
-
-def count_calls_after_close(url: str) -> int:
-    with ToolRegistry(url) as reg:
-        return count_calls(reg)
+    assert count_calls(make_registry(db_url)) == 4000
 
 
 def test_closed_registry_refuses_records(db_url: str, make_registry: MakeRegistry) -> None:

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamps_agent.predictors.base import DEFAULT_TOOL_DURATION
-from tool_registry.aggregate import Aggregate
+from tool_registry.aggregate import Aggregate, aggregate_batch
 from tool_registry.estimator import PRIOR_WEIGHT, estimate_from, has_drifted
 from tool_registry.histogram import NUM_BUCKETS, bucket_bounds, bucket_of, quantiles
+from tool_registry.types import CallRow
 
 durations = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -103,3 +104,29 @@ def test_drift_moves_the_estimate_to_the_recent_level() -> None:
     est = estimate_from(agg, None)
     assert est.mean == pytest.approx(10.0, rel=0.05)
     assert est.p50 > 5.0
+
+
+@settings(max_examples=50)
+@given(st.lists(st.tuples(st.sampled_from("abc"), durations, st.booleans()), min_size=1))
+def test_batch_aggregates_equal_one_by_one(calls: list[tuple[str, float, bool]]) -> None:
+    rows: list[CallRow] = [
+        (f"id{i}", tool, None, 100.0, duration, "error" if error else "ok", None, None, None)
+        for i, (tool, duration, error) in enumerate(calls)
+    ]
+    batch = aggregate_batch(rows)
+    for tool in {tool for tool, _, _ in calls}:
+        expected = Aggregate()
+        for _, name, _, _, duration, status, *_ in rows:
+            if name == tool:
+                expected.add(duration, error=status == "error", at=100.0 + duration)
+        got = batch[tool]
+        assert (got.count, got.error_count, got.buckets) == (
+            expected.count,
+            expected.error_count,
+            expected.buckets,
+        )
+        assert (got.min, got.max, got.last_at) == (expected.min, expected.max, expected.last_at)
+        for field in ("total", "total_sq", "ewma_num", "ewma_den"):
+            assert math.isclose(
+                getattr(got, field), getattr(expected, field), rel_tol=1e-9, abs_tol=1e-12
+            )

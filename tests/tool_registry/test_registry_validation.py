@@ -33,7 +33,9 @@ def reg(sqlite_url: str, make_registry: Callable[..., ToolRegistry]) -> ToolRegi
         ({"duration": 1.0, "session_id": "x" * 300}, "session_id"),
     ],
 )
-def test_record_rejects_bad_values(reg: ToolRegistry, kwargs: dict[str, object], message: str) -> None:
+def test_record_rejects_bad_values(
+    reg: ToolRegistry, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         reg.record("search", **kwargs)  # type: ignore[arg-type]
     assert reg.pending == 0
@@ -58,7 +60,9 @@ def test_record_accepts_ints_and_enum_status(reg: ToolRegistry) -> None:
         ({"name": ""}, "must not be empty"),
     ],
 )
-def test_register_rejects_bad_values(reg: ToolRegistry, kwargs: dict[str, object], message: str) -> None:
+def test_register_rejects_bad_values(
+    reg: ToolRegistry, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         reg.register(lambda q: q, **({"name": "t"} | kwargs))  # type: ignore[arg-type]
 

@@ -41,7 +41,6 @@ def upgrade() -> None:
         sa.Column("input_size", sa.BigInteger(), nullable=True),
         sa.Column("output_size", sa.BigInteger(), nullable=True),
     )
-    op.create_index("ix_calls_tool_started_at", "calls", ["tool", "started_at"])
     op.create_table(
         "tool_stats",
         sa.Column("tool", sa.String(200), sa.ForeignKey("tools.name"), primary_key=True),
@@ -66,6 +65,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("tool_histogram")
     op.drop_table("tool_stats")
-    op.drop_index("ix_calls_tool_started_at", table_name="calls")
     op.drop_table("calls")
     op.drop_table("tools")
