@@ -9,10 +9,13 @@ run on real inputs and the whole app takes seconds.
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,8 @@ except ModuleNotFoundError:  # run from a source checkout that is not pip-instal
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
 from adapters.langchain import LampsHints, LampsMiddleware
@@ -60,6 +63,22 @@ class ScriptedChatModel(GenericFakeChatModel):
         self.last_body = kwargs.get("extra_body")
         return ChatResult(generations=[ChatGeneration(message=self.script(messages))])
 
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """The whole reply as one chunk (the base fake model cannot stream tool calls)."""
+        reply = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
+        calls = [
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+            for i, c in enumerate(getattr(reply, "tool_calls", []))
+        ]
+        chunk = AIMessageChunk(content=reply.content, tool_call_chunks=calls, chunk_position="last")
+        yield ChatGenerationChunk(message=chunk)
+
 
 def parse_args(
     description: str,
@@ -67,16 +86,25 @@ def parse_args(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
-                        "(default: offline, a scripted chat model)")
-    parser.add_argument("--model", default="Qwen/Qwen2.5-7B-Instruct", help="model name at --base-url")
+    parser.add_argument(
+        "--base-url",
+        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
+        "(default: offline, a scripted chat model)",
+    )
+    parser.add_argument(
+        "--model", default="Qwen/Qwen2.5-7B-Instruct", help="model name at --base-url"
+    )
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
-    parser.add_argument("--registry", help="tool registry URL (default: a fresh SQLite file in a "
-                        "temporary directory)")
+    parser.add_argument(
+        "--registry",
+        help="tool registry URL (default: a fresh SQLite file in a temporary directory)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="run only the first N tasks")
-    parser.add_argument("--no-priority", action="store_true",
-                        help="do not send the body 'priority' (for a vLLM without "
-                        "--scheduling-policy priority)")
+    parser.add_argument(
+        "--no-priority",
+        action="store_true",
+        help="do not send the body 'priority' (for a vLLM without --scheduling-policy priority)",
+    )
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
@@ -98,6 +126,7 @@ def open_registry(args: argparse.Namespace) -> ToolRegistry:
     if args.registry:
         return ToolRegistry(args.registry)
     scratch = tempfile.mkdtemp(prefix="lamps-examples-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     return ToolRegistry(f"sqlite:///{scratch}/registry.db", spill_dir=scratch)
 
 
@@ -122,7 +151,9 @@ def print_stats(registry: ToolRegistry) -> None:
     """The per-tool statistics the registry has recorded."""
     registry.flush()
     print("tool statistics (from the tool registry):")
-    print(f"  {'tool':<18}{'calls':>6}{'errors':>7}{'mean s':>10}{'p50 s':>10}{'p90 s':>10}{'max s':>10}")
+    print(
+        f"  {'tool':<18}{'calls':>6}{'errors':>7}{'mean s':>10}{'p50 s':>10}{'p90 s':>10}{'max s':>10}"
+    )
     for s in sorted(registry.stats(), key=lambda s: s.tool):
         print(
             f"  {s.tool:<18}{s.count:>6}{s.error_count:>7}"

@@ -103,7 +103,11 @@ def solution_script(problems: Sequence[dict[str, Any]]) -> Callable[[list[BaseMe
         todo = steps[str(question)]
         if len(results) < len(todo):
             expression = todo[len(results)].format(*results)
-            call = {"name": "calculator", "args": {"expression": expression}, "id": f"c{len(results)}"}
+            call = {
+                "name": "calculator",
+                "args": {"expression": expression},
+                "id": f"c{len(results)}",
+            }
             return AIMessage(content="", tool_calls=[call])
         return AIMessage(content=f"Answer: {results[-1]}")
 
@@ -122,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry.register(calculator, duration_hint=0.001, api_type="calculator")
         model = chat_model(args, solution_script(problems))
         agent = create_agent(
-            model, [calculator], system_prompt=SYSTEM, middleware=[middleware(args, registry, "math")]
+            model,
+            [calculator],
+            system_prompt=SYSTEM,
+            middleware=[middleware(args, registry, "math")],
         )
         solved = 0
         for i, problem in enumerate(problems):
@@ -131,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             answer = last_number(str(state["messages"][-1].content))
             ok = answer is not None and abs(answer - problem["answer"]) < 1e-6
             solved += ok
-            print(f"[{'ok' if ok else 'XX'}] {problem['question'][:64]}... = {answer if answer is None else f"{answer:g}"}")
+            shown = "?" if answer is None else f"{answer:g}"
+            print(f"[{'ok' if ok else 'XX'}] {problem['question'][:64]}... = {shown}")
         print(f"solved {solved}/{len(problems)}")
         print_hints(model)
         print_stats(registry)

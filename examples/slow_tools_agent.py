@@ -143,8 +143,12 @@ async def run_all(agent: Any, requests: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: Any) -> None:
-        parser.add_argument("--time-scale", type=float, default=0.01,
-                            help="multiply the trace's latencies by this (default 0.01)")
+        parser.add_argument(
+            "--time-scale",
+            type=float,
+            default=0.01,
+            help="multiply the trace's latencies by this (default 0.01)",
+        )
         parser.add_argument("--seed", type=int, default=0)
 
     args = parse_args("A storyteller agent whose tools are slow external services.", argv, extra)
@@ -160,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = chat_model(args, story_script())
         tools = [ask_user, generate_image, text_to_speech]
         agent = create_agent(
-            model, tools, system_prompt=SYSTEM, middleware=[middleware(args, registry, "storyteller")]
+            model,
+            tools,
+            system_prompt=SYSTEM,
+            middleware=[middleware(args, registry, "storyteller")],
         )
         for request, reply in zip(requests, asyncio.run(run_all(agent, requests)), strict=True):
             print(f"- {request}\n  {reply}")

@@ -5,7 +5,7 @@
 like :class:`~adapters.langchain.middleware.LampsMiddleware` does, merges the hints into the
 request's ``extra_body`` and delegates to ``llm``.  ``bind_tools`` and ``with_structured_output``
 keep going through the wrapper.  The session is the LangGraph thread id (or a ``lamps_session_id``
-in the run's metadata / ``configurable``), else one derived from the conversation's first message.
+in the run's metadata), else one derived from the conversation's first message.
 Tool durations are not seen here: record them with the middleware or the callback handler.
 """
 

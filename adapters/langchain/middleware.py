@@ -103,6 +103,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         )
         self.transport: Transport = transport
         self.send_priority = bool(send_priority)
+        self._auto: dict[type, bool] = {}  # model class -> has an extra_body field
 
     # -- model calls --------------------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         return response
 
     def _before_model(self, request: ModelRequest[Any]) -> tuple[ModelTurn, ModelRequest[Any]]:
-        info = request.runtime.execution_info if request.runtime is not None else None
+        info = getattr(request.runtime, "execution_info", None)
         session_id = self.planner.session_id(info.thread_id if info else None, request.messages)
         system = request.system_message
         extra = len(system.content) if system is not None and isinstance(system.content, str) else 0
@@ -144,9 +145,13 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         return turn, request.override(model_settings=settings)
 
     def _sends_to(self, model: BaseChatModel) -> bool:
-        if self.transport == "auto":
-            return "extra_body" in type(model).model_fields
-        return self.transport == "extra_body"
+        if self.transport != "auto":
+            return self.transport == "extra_body"
+        kind = type(model)
+        sends = self._auto.get(kind)
+        if sends is None:
+            sends = self._auto[kind] = "extra_body" in kind.model_fields
+        return sends
 
     # -- tool calls ---------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ import threading
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
@@ -33,7 +34,7 @@ from lamps_agent.predictors.base import (
 from lamps_agent.predictors.history import HistoryPredictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.request import KVStrategy
-from lamps_agent.strategy import choose_strategy
+from lamps_agent.strategy import choose_strategy, default_load
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,16 @@ class ModelTurn:
 
 
 @dataclass(slots=True)
+class _Prefix:
+    """How much of a session's conversation was measured at its last model call."""
+
+    count: int
+    steps: int
+    chars: int
+    last: BaseMessage
+
+
+@dataclass(slots=True)
 class _PendingTurn:
     """A reply's tool calls in flight; the turn is taught to the predictor when the last returns."""
 
@@ -98,24 +109,34 @@ class _PendingTurn:
     returned_tokens: int = 0
 
 
-@dataclass(slots=True)
 class _ToolGuesser:
-    """Which tool a turn will call: the most frequent at (agent, step), else at the agent."""
+    """Which tool a turn will call: the most frequent at (agent, step), else at the agent.
+    The current favourites are kept up to date, so a guess is two dict look-ups."""
 
-    by_step: dict[tuple[str, int], Counter[str | None]] = field(default_factory=dict)
-    by_agent: dict[str, Counter[str]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._by_step: dict[tuple[str, int], Counter[str | None]] = {}
+        self._by_agent: dict[str, Counter[str]] = {}
+        self._best_step: dict[tuple[str, int], str | None] = {}
+        self._best_agent: dict[str, str] = {}
 
     def guess(self, agent: str, step: int) -> str | None:
-        seen = self.by_step.get((agent, step))
-        if seen:
-            return seen.most_common(1)[0][0]
-        tools = self.by_agent.get(agent)
-        return tools.most_common(1)[0][0] if tools else None
+        key = (agent, step)
+        if key in self._best_step:
+            return self._best_step[key]
+        return self._best_agent.get(agent)
 
     def observe(self, agent: str, step: int, tool: str | None) -> None:
-        self.by_step.setdefault((agent, step), Counter())[tool] += 1
+        key = (agent, step)
+        counts = self._by_step.setdefault(key, Counter())
+        counts[tool] += 1
+        if key not in self._best_step or counts[tool] > counts[self._best_step[key]]:
+            self._best_step[key] = tool
         if tool is not None:
-            self.by_agent.setdefault(agent, Counter())[tool] += 1
+            tools = self._by_agent.setdefault(agent, Counter())
+            tools[tool] += 1
+            best = self._best_agent.get(agent)
+            if best is None or tools[tool] > tools[best]:
+                self._best_agent[agent] = tool
 
 
 class HintPlanner:
@@ -148,15 +169,19 @@ class HintPlanner:
         self.registry = registry
         self.predictor = predictor if predictor is not None else HistoryPredictor(hints=registry)
         self.preset = load_preset(preset) if isinstance(preset, str) else preset
-        self._strategy = strategy if strategy is not None else choose_strategy
+        # the default rule gets its engine-load guess computed once, not on every call
+        self._default_strategy = strategy is None
+        self._strategy = strategy or partial(choose_strategy, load=default_load(self.preset))
         self._priority = priority
         self._timing = _timing(self.preset)
         self.listener = listener
         self._salt = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._guesser = _ToolGuesser()
-        self._pending: OrderedDict[str, _PendingTurn] = OrderedDict()
+        # (session, tool call id) -> its turn; ids are unique per reply, not across sessions
+        self._pending: OrderedDict[tuple[str, str], _PendingTurn] = OrderedDict()
         self._last_tool: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
         self._warned_record = False
 
     # -- sessions -----------------------------------------------------------------------------
@@ -180,8 +205,8 @@ class HintPlanner:
         self, session_id: str, messages: Sequence[BaseMessage], *, extra_chars: int = 0
     ) -> ModelTurn:
         """Predict the coming model call and build its hints."""
-        step = sum(1 for m in messages if isinstance(m, AIMessage))
-        prompt_tokens = estimate_tokens(messages, extra_chars=extra_chars)
+        step, chars = self._measure(session_id, messages)
+        prompt_tokens = round((chars + extra_chars) / CHARS_PER_TOKEN)
         with self._lock:
             guess = self._guesser.guess(self.agent, step)
             last = self._last_tool.pop(session_id, None)
@@ -191,11 +216,14 @@ class HintPlanner:
         prediction = self.predictor.predict(query)
         tool = prediction.tool
         duration = prediction.tool_duration if tool is not None else 0.0
-        strategy = self._strategy(
-            context_tokens=prompt_tokens + prediction.output_tokens,
-            tool_duration=duration,
-            preset=self.preset,
-        )
+        if duration == 0 and self._default_strategy:
+            strategy = KVStrategy.PRESERVE  # the least-waste rule's answer for no wait at all
+        else:
+            strategy = self._strategy(
+                context_tokens=prompt_tokens + prediction.output_tokens,
+                tool_duration=duration,
+                preset=self.preset,
+            )
         hints = LampsHints(
             session_id=session_id,
             priority=self._rank(prediction, prompt_tokens, strategy),
@@ -217,10 +245,10 @@ class HintPlanner:
             return
         output_tokens = output_token_count(reply)
         calls = [c for c in reply.tool_calls if c.get("id")]
-        first_tool = reply.tool_calls[0]["name"] if reply.tool_calls else None
         with self._lock:
-            self._guesser.observe(self.agent, turn.step, first_tool)
-            if calls:
+            if not calls:
+                self._guesser.observe(self.agent, turn.step, None)
+            else:
                 pending = _PendingTurn(
                     session_id=turn.session_id,
                     step=turn.step,
@@ -229,10 +257,30 @@ class HintPlanner:
                     remaining={str(c["id"]) for c in calls},
                 )
                 for call in calls:
-                    self._pending[str(call["id"])] = pending
+                    self._pending[turn.session_id, str(call["id"])] = pending
                 _trim(self._pending)
         if not calls:
             self._observe(turn.step, turn.prompt_tokens, output_tokens, None, 0.0, 0)
+
+    def _measure(self, session_id: str, messages: Sequence[BaseMessage]) -> tuple[int, int]:
+        """(model replies so far, characters) of ``messages``; a conversation only grows, so the
+        part measured at the session's previous call is not measured again."""
+        with self._lock:
+            prefix = self._prefixes.get(session_id)
+        start, steps, chars = 0, 0, 0
+        if prefix is not None and 0 < prefix.count <= len(messages):
+            seen = messages[prefix.count - 1]
+            if seen is prefix.last or (seen.id is not None and seen.id == prefix.last.id):
+                start, steps, chars = prefix.count, prefix.steps, prefix.chars
+        for message in messages[start:]:
+            steps += isinstance(message, AIMessage)
+            chars += message_chars(message)
+        if messages:
+            with self._lock:
+                self._prefixes[session_id] = _Prefix(len(messages), steps, chars, messages[-1])
+                self._prefixes.move_to_end(session_id)
+                _trim(self._prefixes)
+        return steps, chars
 
     # -- tool calls ---------------------------------------------------------------------------
 
@@ -241,7 +289,7 @@ class HintPlanner:
         if self.listener is None:
             return
         with self._lock:
-            pending = self._pending.get(call_id) if call_id is not None else None
+            pending = self._pending.get((session_id, call_id)) if call_id is not None else None
         step = pending.step if pending is not None else 0
         query = PredictionQuery(agent=self.agent, step=step, tool=tool, prompt_tokens=0)
         predicted = self.predictor.predict(query).tool_duration
@@ -290,7 +338,7 @@ class HintPlanner:
             if last is None or duration >= last[1]:
                 self._last_tool[session_id] = (tool, duration)  # the agent waited on the slowest
                 _trim(self._last_tool)
-            pending = self._pending.pop(call_id, None) if call_id is not None else None
+            pending = None if call_id is None else self._pending.pop((session_id, call_id), None)
             if pending is not None:
                 if pending.tool is None or duration >= pending.duration:
                     pending.tool, pending.duration = tool, duration
@@ -299,6 +347,8 @@ class HintPlanner:
                 if not pending.remaining:
                     done = pending
         if done is not None:
+            with self._lock:  # the tool the turn waited on: the slowest of its calls
+                self._guesser.observe(self.agent, done.step, done.tool)
             self._observe(
                 done.step,
                 done.prompt_tokens,
@@ -371,16 +421,19 @@ def _timing(preset: Preset) -> Timing:
     )
 
 
+def message_chars(message: BaseMessage) -> int:
+    """Characters of a message's text and tool calls."""
+    content = message.content
+    chars = len(content) if isinstance(content, str) else len(str(content))
+    if isinstance(message, AIMessage):
+        for call in message.tool_calls:
+            chars += len(call["name"]) + len(str(call["args"]))
+    return chars
+
+
 def estimate_tokens(messages: Sequence[BaseMessage], *, extra_chars: int = 0) -> int:
     """Roughly how many tokens ``messages`` hold (characters / 4; cheap, no tokenizer)."""
-    chars = extra_chars
-    for message in messages:
-        content = message.content
-        chars += len(content) if isinstance(content, str) else len(str(content))
-        if isinstance(message, AIMessage):
-            for call in message.tool_calls:
-                chars += len(call["name"]) + len(str(call["args"]))
-    return round(chars / CHARS_PER_TOKEN)
+    return round((extra_chars + sum(message_chars(m) for m in messages)) / CHARS_PER_TOKEN)
 
 
 def output_token_count(reply: AIMessage) -> int:
@@ -391,7 +444,7 @@ def output_token_count(reply: AIMessage) -> int:
     return max(1, estimate_tokens([reply]))
 
 
-def _trim(table: OrderedDict[str, Any]) -> None:
+def _trim(table: OrderedDict[Any, Any]) -> None:
     while len(table) > MAX_TRACKED:
         table.popitem(last=False)
 

@@ -1,0 +1,72 @@
+"""``lamps-agent examples``: run the example agent apps (offline unless given ``--base-url``).
+
+Only the standard library is imported here; each app runs as its own process, so a failing app
+does not hide the others' output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = {
+    "math": "math_agent.py",
+    "qa": "qa_agent.py",
+    "slow": "slow_tools_agent.py",
+}
+
+
+def examples_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "examples"
+
+
+def register_commands(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "examples",
+        help="run the example LangChain agent apps (offline by default)",
+        description="Run the example agents: a math agent, a multi-hop QA agent and an agent with "
+        "slow tools.  Without --base-url they use a scripted chat model and finish in seconds.",
+    )
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: offline)")
+    parser.add_argument("--model", help="model name at --base-url")
+    parser.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
+    parser.add_argument("--registry", help="tool registry URL (default: a fresh temporary file)")
+    parser.add_argument("--limit", type=int, help="tasks per app")
+    parser.add_argument("--no-priority", action="store_true", help="omit the body 'priority'")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(EXAMPLES),
+        help="run only this app (repeatable; default: all)",
+    )
+    parser.set_defaults(handler=run_examples)
+
+
+def run_examples(args: argparse.Namespace) -> int:
+    folder = examples_dir()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no examples folder at {folder} (run from a source checkout)")
+    forwarded: list[str] = []
+    for flag in ("base_url", "model", "api_key", "registry", "limit"):
+        value = getattr(args, flag)
+        if value is not None:
+            forwarded += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.no_priority:
+        forwarded.append("--no-priority")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder.parent), env.get("PYTHONPATH")]))
+    failed = []
+    for name in args.only or list(EXAMPLES):
+        print(f"=== {name}: examples/{EXAMPLES[name]} ===", flush=True)
+        done = subprocess.run([sys.executable, str(folder / EXAMPLES[name]), *forwarded], env=env)
+        if done.returncode != 0:
+            failed.append(name)
+        print(flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,74 @@
+"""The middleware with the real tool registry on a temporary SQLite file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.langchain
+pytest.importorskip("langchain")
+tool_registry = pytest.importorskip("tool_registry")
+
+from langchain.agents import create_agent  # noqa: E402
+from langchain_core.tools import tool  # noqa: E402
+from lc_fakes import RecordingChatModel, run_agent, tool_rounds  # noqa: E402
+
+from adapters.langchain import LampsHints, LampsMiddleware, ToolRecorder  # noqa: E402
+from lamps_agent.predictors.base import PredictionQuery  # noqa: E402
+
+
+@tool
+def fetch(seconds: float) -> str:
+    """Pretend to call a slow service."""
+    time.sleep(seconds)
+    return "ok"
+
+
+@tool
+def crash(x: int) -> int:
+    """Always fails."""
+    raise KeyError(x)
+
+
+@tool
+def idle_tool() -> str:
+    """Registered, never called."""
+    return ""
+
+
+def query(tool_name: str) -> PredictionQuery:
+    return PredictionQuery(agent="integration", step=0, tool=tool_name, prompt_tokens=10)
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_durations_land_in_the_registry(tmp_path: Path, mode: str) -> None:
+    url = f"sqlite:///{tmp_path}/registry.db"
+    with tool_registry.ToolRegistry(url, spill_dir=tmp_path) as registry:
+        assert isinstance(registry, ToolRecorder)
+        registry.register(fetch, duration_hint=0.3, api_type="http")
+        script = tool_rounds([("fetch", {"seconds": 0.05}), ("fetch", {"seconds": 0.05})])
+        model = RecordingChatModel(script=script)
+        middleware = LampsMiddleware(registry=registry, agent="integration")
+        agent = create_agent(model, [fetch, crash], middleware=[middleware])
+        run_agent(agent, "x", mode=mode, thread_id="db-thread")
+        failing = create_agent(
+            RecordingChatModel(script=tool_rounds([("crash", {"x": 1})])),
+            [fetch, crash],
+            middleware=[middleware],
+        )
+        with pytest.raises(KeyError):
+            run_agent(failing, "y", mode=mode, thread_id="db-thread")
+        registry.flush()
+        stats = {s.tool: s for s in registry.stats()}
+        assert stats["fetch"].count == 2 and stats["fetch"].error_count == 0
+        assert 0.04 < stats["fetch"].mean < 0.5
+        assert stats["crash"].count == 1 and stats["crash"].error_count == 1
+        # a tool timed by the agent is predicted from its history; one never called falls back
+        # on the registry's estimate (here its duration hint)
+        registry.register(idle_tool, duration_hint=0.7)
+        predictor = middleware.planner.predictor
+        assert 0.04 < predictor.predict(query("fetch")).tool_duration < 0.5
+        assert predictor.predict(query("idle_tool")).tool_duration == pytest.approx(0.7)
+        assert LampsHints.from_body(model.calls[0]["extra_body"]).session_id == "db-thread"
