@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,31 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run whose KV memory over time is plotted (default: the last policy at the top qps)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    eng = p.add_argument_group(
+        "real engine",
+        "replay the workload against vLLM instead of simulating (needs the vllm extra)",
+    )
+    eng.add_argument(
+        "--engine",
+        metavar="URL|compare",
+        help="a running OpenAI-compatible server, or 'compare' to start one server per "
+        "--engine-policies entry in turn (same settings) and replay the same workload on each",
+    )
+    eng.add_argument("--model", help="model folder for --engine compare (e.g. a tiny local model)")
+    eng.add_argument("--engine-policies", default="stock,lamps,infercept", help="for compare")
+    eng.add_argument("--engine-label", default="engine", help="policy label of a --engine URL run")
+    eng.add_argument("--time-scale", type=float, default=1.0, help="multiply tool durations")
+    eng.add_argument("--no-hints", action="store_true", help="send no lamps hints")
+    eng.add_argument("--swap", action="store_true", help="servers get the host-memory swap store")
+    eng.add_argument("--vocab-high", type=int, default=300, help="random token ids below this")
+    eng.add_argument("--port", type=int, default=8011, help="port for --engine compare servers")
+    eng.add_argument(
+        "--vllm-arg",
+        action="append",
+        metavar="ARG",
+        help="a vLLM server option (repeatable, "
+        "use --vllm-arg=--flag for values starting with a dash)",
+    )
     p.set_defaults(handler=run_bench)
 
 
@@ -134,6 +160,8 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
 
 def run_bench(args: argparse.Namespace) -> int:
     config = build_config(args)
+    if args.engine:
+        return _run_engine(args, config)
     baseline = args.baseline or (
         "infercept" if "infercept" in config.policies else config.policies[0]
     )
@@ -210,3 +238,20 @@ def _write_outputs(
                 )
                 written.append("kv_timeline.png")
     console.print(f"wrote {', '.join(str(out / w) for w in written)}")
+
+
+def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
+    try:
+        engine = importlib.import_module("adapters.vllm.cli")
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"--engine needs the vllm adapter and its extra: {exc}") from None
+    console = Console(width=200)
+    summaries = engine.run_engine_bench(args, config, console)
+    labels = [s.policy for s in summaries]
+    baseline = args.baseline or ("stock" if "stock" in labels else None)
+    console.print(results_table(summaries, baseline if baseline in labels else None))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(summaries, args.out / "results.csv", baseline)
+    write_markdown(summaries, args.out / "results.md", baseline if baseline in labels else None)
+    console.print(f"wrote {args.out / 'results.csv'}, {args.out / 'results.md'}")
+    return 0

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+_OWN_PACKAGES = ("lamps_agent", "tool_registry", "adapters")
 COMMAND_MODULES = (
     "lamps_agent.cli.bench",
     "tool_registry.cli",
@@ -33,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # that part of the product is not in this build
+            missing = exc.name or ""
+            if name.startswith(missing) or missing.split(".")[0] not in _OWN_PACKAGES:
+                # That part of the product is not in this build, or its extra is not installed.
+                logging.getLogger(__name__).debug("no %s commands: %s", name, exc)
+                continue
             raise
         module.register_commands(sub)
     return parser

@@ -1,0 +1,126 @@
+"""What the plug-in knows about each request: its hints, or a server-side estimate.
+
+Hints arrive in the wire format of :mod:`lamps_agent.hints` (``priority``, ``session_id`` and
+``lamps_*`` entries of ``vllm_xargs``).  A request without them — or with malformed ones, which
+are logged and counted, never raised — gets an estimate from its session's history: the mean
+output of its earlier turns, and, if earlier turns were followed by another request of the same
+session, a tool call whose duration is the mean gap between the end of one turn and the arrival of
+the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lamps_agent.hints import HintError, LampsHints
+from lamps_agent.request import KVStrategy
+
+log = logging.getLogger("lamps.vllm")
+_MAX_SESSIONS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInfo:
+    session_id: str | None
+    output_tokens: float
+    tool: str | None
+    tool_duration: float
+    strategy: KVStrategy | None  # from the hints; None: let the policy choose
+    hinted: bool
+
+
+@dataclass(slots=True)
+class SessionHistory:
+    first_arrival: float
+    turns: int = 0
+    output_sum: float = 0.0
+    gaps: int = 0
+    gap_sum: float = 0.0
+    last_end: float | None = None
+
+
+@dataclass(slots=True)
+class HintCounters:
+    ok: int = 0
+    missing: int = 0
+    malformed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class TurnTracker:
+    def __init__(self, *, default_output_tokens: int) -> None:
+        self.default_output_tokens = default_output_tokens
+        self.sessions: dict[str, SessionHistory] = {}
+        self.counters = HintCounters()
+
+    def session(self, session_id: str | None, now: float) -> SessionHistory | None:
+        if session_id is None:
+            return None
+        hist = self.sessions.get(session_id)
+        if hist is None:
+            if len(self.sessions) >= _MAX_SESSIONS:  # forget the oldest half, keep memory bounded
+                for key in list(self.sessions)[: _MAX_SESSIONS // 2]:
+                    del self.sessions[key]
+            hist = self.sessions[session_id] = SessionHistory(first_arrival=now)
+        elif hist.last_end is not None:
+            hist.gaps += 1
+            hist.gap_sum += max(now - hist.last_end, 0.0)
+            hist.last_end = None
+        return hist
+
+    def read(self, xargs: Any, session_id: Any, priority: Any, max_tokens: int | None) -> TurnInfo:
+        """Hints if well-formed, else a server-side estimate.  Never raises."""
+        now = time.time()
+        sid = session_id if isinstance(session_id, str) and session_id else None
+        if isinstance(xargs, dict) and any(str(k).startswith("lamps_") for k in xargs):
+            try:
+                hints = LampsHints.from_xargs(
+                    xargs, session_id=sid, priority=priority if isinstance(priority, int) else None
+                )
+            except (HintError, TypeError, ValueError) as exc:
+                self._malformed(str(exc))
+            else:
+                self.counters.ok += 1
+                self.session(hints.session_id, now)
+                return TurnInfo(
+                    session_id=hints.session_id,
+                    output_tokens=float(hints.output_tokens),
+                    tool=hints.tool,
+                    tool_duration=hints.tool_duration,
+                    strategy=hints.kv_strategy,
+                    hinted=True,
+                )
+        else:
+            self.counters.missing += 1
+        return self._estimate(sid, now, max_tokens)
+
+    def _malformed(self, reason: str) -> None:
+        self.counters.malformed += 1
+        key = reason.split(",")[0][:80]
+        self.counters.reasons[key] = self.counters.reasons.get(key, 0) + 1
+        if self.counters.malformed <= 20 or self.counters.malformed % 1000 == 0:
+            log.warning(
+                "ignoring malformed lamps hints (%d so far): %s", self.counters.malformed, reason
+            )
+
+    def _estimate(self, sid: str | None, now: float, max_tokens: int | None) -> TurnInfo:
+        hist = self.session(sid, now)
+        output = float(self.default_output_tokens)
+        tool, duration = None, 0.0
+        if hist is not None and hist.turns:
+            output = hist.output_sum / hist.turns
+        if hist is not None and hist.gaps:
+            tool, duration = "unknown", hist.gap_sum / hist.gaps
+        if max_tokens is not None and max_tokens > 0:
+            output = min(output, float(max_tokens))
+        return TurnInfo(sid, max(output, 1.0), tool, duration, None, hinted=False)
+
+    def turn_ended(self, session_id: str | None, output_tokens: int) -> None:
+        hist = self.sessions.get(session_id) if session_id else None
+        if hist is not None:
+            hist.turns += 1
+            hist.output_sum += output_tokens
+            hist.last_end = time.time()

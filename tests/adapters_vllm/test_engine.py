@@ -1,0 +1,179 @@
+"""The plug-in inside a real (CPU, tiny-model) vLLM engine: ranking, preserve, swap, discard, TTL,
+abort, malformed hints, and no block leaks."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+
+from lamps_agent.request import KVStrategy
+from tests.adapters_vllm.conftest import (
+    Tokens,
+    assert_no_leak,
+    generate,
+    hints,
+    scheduler_of,
+    two_turns,
+)
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stock(engine_factory: Any) -> Any:
+    return engine_factory(None)
+
+
+@pytest.fixture(scope="module")
+def lamps(engine_factory: Any) -> Any:
+    return engine_factory("lamps", ttl_slack=0.0)
+
+
+def test_the_plugin_is_loaded(lamps: Any) -> None:
+    sched = scheduler_of(lamps)
+    assert type(sched).__name__ == "LampsScheduler"
+    assert type(sched.waiting).__name__ == "LampsRequestQueue"
+    assert sched.lamps_stats()["policy"] == "lamps"
+
+
+def test_preserve_keeps_the_prefix_where_stock_vllm_loses_it(stock: Any, lamps: Any) -> None:
+    _, stock_out = two_turns(stock, Tokens(1), "s-stock", KVStrategy.PRESERVE)
+    p2, lamps_out = two_turns(lamps, Tokens(1), "s-preserve", KVStrategy.PRESERVE)
+    assert stock_out.num_cached_tokens == 0  # evicted by the other sessions
+    assert lamps_out.num_cached_tokens == (len(p2) - 10) // 32 * 32  # every full block of turn 1
+    stats = scheduler_of(lamps).lamps_stats()
+    assert stats["pins"]["released"].get("admitted", 0) >= 1 and stats["pins_active"] == 0
+
+
+def test_discard_recomputes(lamps: Any) -> None:
+    _, out = two_turns(lamps, Tokens(2), "s-discard", KVStrategy.DISCARD)
+    assert out.num_cached_tokens == 0
+
+
+def test_ranking_follows_the_lamps_key(lamps: Any) -> None:
+    """Requests submitted together are admitted smallest predicted memory × time first."""
+    from vllm import SamplingParams
+
+    sched = scheduler_of(lamps)
+    admitted: list[str] = []
+    original = sched.schedule
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        admitted.extend(r.req_id for r in out.scheduled_new_reqs)
+        return out
+
+    sched.schedule = spy
+    tokens = Tokens(4)
+    outputs = [400, 10, 200, 50]  # predicted outputs; equal prompts -> area grows with output
+    prompts = [{"prompt_token_ids": tokens(300)} for _ in outputs]
+    params = [
+        SamplingParams(max_tokens=5, ignore_eos=True, temperature=0.0,
+                       extra_args=hints(f"rank-{i}", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=o))
+        for i, o in enumerate(outputs)
+    ]  # fmt: skip
+    try:
+        results = lamps.generate(prompts, params, use_tqdm=False)
+    finally:
+        sched.schedule = original
+    position = {r.request_id: i for i, r in enumerate(results)}
+    # the engine appends a suffix to each request id: "<id>-<random>"
+    ranked = [position[a.split("-")[0]] for a in admitted if a.split("-")[0] in position]
+    assert ranked == sorted(range(len(outputs)), key=lambda i: outputs[i])
+
+
+def test_ttl_expiry_releases_the_pin(lamps: Any) -> None:
+    sched = scheduler_of(lamps)
+    tokens = Tokens(5)
+    free0 = sched.kv_cache_manager.block_pool.get_num_free_blocks()
+    generate(
+        lamps,
+        tokens(600),
+        max_tokens=10,
+        xargs=hints("s-ttl", 0, tool="search", duration=0.05, strategy=KVStrategy.PRESERVE),
+    )
+    assert "s-ttl" in sched.lamps.pins.pins
+    time.sleep(0.2)  # ttl = 1.5 x 0.05 s with no slack
+    generate(lamps, tokens(40), max_tokens=2)  # any step expires it
+    assert "s-ttl" not in sched.lamps.pins.pins
+    assert sched.lamps_stats()["pins"]["released"].get("ttl", 0) >= 1
+    assert sched.kv_cache_manager.block_pool.get_num_free_blocks() == free0
+
+
+def test_abort_releases_the_sessions_pin(lamps: Any) -> None:
+    from vllm import SamplingParams
+
+    sched = scheduler_of(lamps)
+    tokens = Tokens(6)
+    generate(
+        lamps,
+        tokens(600),
+        max_tokens=10,
+        xargs=hints("s-abort", 0, tool="search", duration=30.0, strategy=KVStrategy.PRESERVE),
+    )
+    assert "s-abort" in sched.lamps.pins.pins
+    engine = lamps.llm_engine
+    engine.add_request("cont", {"prompt_token_ids": tokens(50)},
+                       SamplingParams(max_tokens=50, extra_args=hints("s-abort", 1, tool=None, duration=0.0, strategy=KVStrategy.DISCARD)))  # fmt: skip
+    engine.abort_request(["cont"])  # the client went away before the next turn ran
+    assert "s-abort" not in sched.lamps.pins.pins
+    assert sched.lamps_stats()["pins"]["released"].get("abort", 0) >= 1
+    assert not engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        {"lamps_hint_version": 1, "lamps_output_tokens": "many"},
+        {"lamps_hint_version": 99},
+        {
+            "lamps_hint_version": 1,
+            "lamps_session_id": "x",
+            "lamps_priority": 0,
+            "lamps_agent": "a",
+            "lamps_step": 0,
+            "lamps_output_tokens": 10,
+            "lamps_tool": "t",
+            "lamps_tool_duration": math.nan,
+            "lamps_kv_strategy": "preserve",
+        },
+        {
+            "lamps_hint_version": 1,
+            "lamps_session_id": "x",
+            "lamps_priority": 0,
+            "lamps_agent": "a",
+            "lamps_step": 0,
+            "lamps_output_tokens": -5,
+            "lamps_tool": "t",
+            "lamps_tool_duration": 1.0,
+            "lamps_kv_strategy": "preserve",
+        },
+        {
+            "lamps_hint_version": 1,
+            "lamps_session_id": "x",
+            "lamps_priority": 0,
+            "lamps_agent": "a",
+            "lamps_step": 0,
+            "lamps_output_tokens": 10**12,
+            "lamps_tool": "t",
+            "lamps_tool_duration": 1e300,
+            "lamps_kv_strategy": "teleport",
+        },
+        {"lamps_hint_version": 1, "lamps_session_id": ["not", "a", "string"]},
+    ],
+)
+def test_malformed_hints_never_crash_or_stall(lamps: Any, garbage: dict[str, Any]) -> None:
+    sched = scheduler_of(lamps)
+    before = sched.lamps_stats()["hints"]["malformed"]
+    out = generate(lamps, Tokens(7)(100), max_tokens=8, xargs=garbage)
+    assert len(out.outputs[0].token_ids) == 8
+    assert sched.lamps_stats()["hints"]["malformed"] == before + 1
+    assert sched.lamps_stats()["errors"] == 0
+
+
+def test_no_block_leaks_after_every_session_ended(stock: Any, lamps: Any) -> None:
+    for llm in (stock, lamps):
+        assert_no_leak(llm)
