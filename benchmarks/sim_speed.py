@@ -34,10 +34,16 @@ def time_run(policy: str, programs, preset, qps: float, n: int | None) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policies", default="vllm,infercept,lamps,lamps-norank,sjf,wait,nested-wait")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--policies", default="vllm,infercept,lamps,lamps-norank,sjf,wait,nested-wait"
+    )
     parser.add_argument("--qps", type=float, default=6.0)
-    parser.add_argument("--scale", type=int, default=10, help="programs multiplier for the growth check")
+    parser.add_argument(
+        "--scale", type=int, default=10, help="programs multiplier for the growth check"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     programs = load_trace("multi-api").programs
@@ -52,7 +58,9 @@ def main() -> None:
             wall = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[1] for r in runs)
             base_cpu = base_cpu or cpu
-            print(f"| {policy} | {n} | {wall:.2f} | {cpu:.2f} | {runs[0][2]:,} | {cpu / base_cpu:.1f} |")
+            print(
+                f"| {policy} | {n} | {wall:.2f} | {cpu:.2f} | {runs[0][2]:,} | {cpu / base_cpu:.1f} |"
+            )
 
 
 if __name__ == "__main__":
