@@ -10,6 +10,7 @@ remaining tool time × blocks), or when the session is aborted.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class PinTable:
         self._free = free
         self.pins: dict[str, Pin] = {}
         self.counters = PinCounters()
+        self._expiry: list[tuple[float, int, str]] = []  # heap; stale entries skipped on pop
+        self._seq = 0
 
     @property
     def pinned_blocks(self) -> int:
@@ -75,6 +78,8 @@ class PinTable:
             predicted_return=now + tool_duration,
             expires_at=now + ttl,
         )
+        self._seq += 1
+        heapq.heappush(self._expiry, (now + ttl, self._seq, session_id))
         self.counters.pinned += 1
 
     def release(self, session_id: str | None, reason: str) -> int:
@@ -86,8 +91,17 @@ class PinTable:
         return len(pin.blocks)
 
     def expire(self, now: float) -> None:
-        for sid in [s for s, p in self.pins.items() if p.expires_at <= now]:
-            self.release(sid, "ttl")
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _, _, sid = heapq.heappop(heap)
+            pin = self.pins.get(sid)
+            if pin is not None and pin.expires_at <= now:
+                self.release(sid, "ttl")
+        if len(heap) > 2 * len(self.pins) + 64:  # released pins leave stale entries behind
+            self._expiry = [
+                (p.expires_at, i, p.session_id) for i, p in enumerate(self.pins.values())
+            ]
+            heapq.heapify(self._expiry)
 
     def waste(self, pin: Pin, now: float) -> float:
         """Memory held × predicted time still to hold it (block·seconds)."""

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
@@ -44,6 +45,7 @@ from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy
 from lamps_agent.request import Request as CoreRequest
 from lamps_agent.strategy import pick_least, strategy_wastes
+from lamps_agent.waste import discard_waste_array
 
 log = logging.getLogger("lamps.vllm")
 SWAP_MARK = "_lamps_swap"  # read by adapters.vllm.connector.HostSwapConnector
@@ -189,18 +191,21 @@ class LampsCore:
             return None
 
     def _revisit_pins(self, now: float) -> None:
-        """INFERCEPT: every step, a pin whose preserve waste exceeds its discard waste goes."""
+        """INFERCEPT: every step, a pin whose preserve waste exceeds its discard waste goes
+        (vectorized: it runs on every step over every pin)."""
         self.sync_view()
-        for sid, pin in list(self.pins.pins.items()):
-            wastes = strategy_wastes(
-                context_tokens=pin.tokens,
-                tool_duration=max(pin.predicted_return - now, 0.0),
-                preset=self.preset,
-                load=self.view.load,
-                swap_allowed=False,
-            )
-            if pick_least(wastes) is not KVStrategy.PRESERVE:
-                self.pins.release(sid, "infercept")
+        pins = list(self.pins.pins.values())
+        tokens = np.fromiter((p.tokens for p in pins), dtype=np.float64, count=len(pins))
+        remaining = np.fromiter(
+            (p.predicted_return - now for p in pins), dtype=np.float64, count=len(pins)
+        )
+        preserve = np.maximum(remaining, 0.0) * tokens
+        discard = discard_waste_array(
+            tokens, self.view.load, self.preset.cost, self.preset.saturation_tokens
+        )
+        for pin, drop in zip(pins, discard < preserve, strict=True):
+            if drop:
+                self.pins.release(pin.session_id, "infercept")
 
     def after_schedule(self, out: Any) -> None:
         for new in out.scheduled_new_reqs:

@@ -97,6 +97,8 @@ def _train(args: argparse.Namespace) -> int:
     from lamps_agent.predictors.learned.store import ModelStore
     from lamps_agent.predictors.learned.train import TrainConfig, compare_slices, fit
 
+    if not 0 < args.test_fraction < 1 or args.epochs < 1:
+        raise ValueError("--test-fraction must be in (0, 1) and --epochs >= 1")
     records, sources = _records(args)
     store = ModelStore(args.out)
     encoder = _encoder(args.encoder, store)

@@ -94,6 +94,7 @@ class Policy:
             step=req.seg_index,
             tool=seg.tool,
             prompt_tokens=seg.prompt_tokens,
+            program_id=req.program.program_id,
             truth=seg,
         )
 

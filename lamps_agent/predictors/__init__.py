@@ -27,6 +27,17 @@ PREDICTORS.register("noisy")(
 PREDICTORS.register("history")(lambda *, hints=None, **_: HistoryPredictor(hints=hints))
 
 
+def _learned(*, hints: DurationSource | None = None, **_: object) -> Predictor:
+    # Imported on use: the learned predictor's package is optional (the `learned` extra), and
+    # without it or a saved model this returns the history predictor with a logged notice.
+    from lamps_agent.predictors.learned import make_learned_predictor
+
+    return make_learned_predictor(hints=hints)
+
+
+PREDICTORS.register("learned")(_learned)
+
+
 def make_predictor(spec: str, *, seed: int = 0, hints: DurationSource | None = None) -> Predictor:
     """Build a predictor from ``name`` or ``name:arg`` (``noisy:0.4`` = 40 % error)."""
     name, _, arg = spec.partition(":")

@@ -31,6 +31,7 @@ class PredictionQuery:
     tool: str | None
     prompt_tokens: int
     prompt_text: str | None = None
+    program_id: str | None = None  # the program the turn belongs to (replay: find its text)
     truth: Segment | None = None
 
 

@@ -81,7 +81,7 @@ def test_history_survives_a_broken_hint_source() -> None:
 
 
 def test_unknown_predictor_lists_valid_names() -> None:
-    with pytest.raises(UnknownNameError, match="valid: history, noisy, oracle"):
+    with pytest.raises(UnknownNameError, match="valid: history, learned, noisy, oracle"):
         make_predictor("psychic")
     with pytest.raises(ValueError, match="takes no argument"):
         make_predictor("oracle:3")

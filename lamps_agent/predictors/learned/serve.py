@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lamps_agent.predictors.base import (
     DEFAULT_OUTPUT_TOKENS,
@@ -151,7 +152,10 @@ _warned = False
 
 
 def make_learned_predictor(
-    root: str | None = None, *, hints: DurationSource | None = None, reload_interval: float = 2.0
+    root: str | Path | None = None,
+    *,
+    hints: DurationSource | None = None,
+    reload_interval: float = 2.0,
 ) -> Predictor:
     """The learned predictor over the saved model in ``root`` (default: next to the registry),
     or - when the ``learned`` extra or a saved model is missing - a :class:`HistoryPredictor`,

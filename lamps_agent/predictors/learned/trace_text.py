@@ -2,26 +2,15 @@
 
 The simulator's queries carry token counts only (``prompt_text=None``).  :class:`TraceTextPredictor`
 looks the text up by ``(program_id, step)`` from the trace's raw JSON and passes the query on with
-``prompt_text`` filled in.  It needs the query to name its program: ``query.program_id`` (read with
-``getattr``, so it works once ``PredictionQuery`` has that field; until then
-:class:`ProgramQuery` stands in for it).
+``prompt_text`` filled in, matching on ``query.program_id``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from lamps_agent.predictors.base import Outcome, Prediction, PredictionQuery, Predictor
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProgramQuery(PredictionQuery):
-    """A query that names its program: a stand-in for a ``program_id`` field on
-    ``PredictionQuery`` (see docs/predictor.md)."""
-
-    program_id: str | None = None
 
 
 class TraceTextPredictor(Predictor):
@@ -33,10 +22,9 @@ class TraceTextPredictor(Predictor):
         self.name = inner.name
 
     def _with_text(self, query: PredictionQuery) -> PredictionQuery:
-        program_id = getattr(query, "program_id", None)
-        if query.prompt_text is not None or program_id is None:
+        if query.prompt_text is not None or query.program_id is None:
             return query
-        text = self.texts.get((str(program_id), query.step))
+        text = self.texts.get((query.program_id, query.step))
         return query if text is None else dataclasses.replace(query, prompt_text=text)
 
     def predict(self, query: PredictionQuery) -> Prediction:
