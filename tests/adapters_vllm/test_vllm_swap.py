@@ -1,4 +1,4 @@
-"""The swap strategy on a real engine.  Kept in its own module, run last: an engine with a KV
+"""The swap strategy on a real engine.  Kept in its own module, collected last: an engine with a KV
 connector installs vLLM's process-global transfer group, which engines without one then trip on."""
 
 from __future__ import annotations
