@@ -31,17 +31,6 @@ STATS_FIELDS = (
     "estimate_mean",
     "confidence",
 )
-CALL_FIELDS = (
-    "id",
-    "tool",
-    "session_id",
-    "started_at",
-    "duration",
-    "status",
-    "error_type",
-    "input_size",
-    "output_size",
-)
 
 
 def register_commands(sub: Any) -> None:
@@ -215,6 +204,8 @@ def _tools_stats(args: argparse.Namespace) -> int:
 
 
 def _tools_export(args: argparse.Namespace) -> int:
+    from tool_registry.types import CALL_FIELDS
+
     output: IO[str] = sys.stdout if args.output is None else open(args.output, "w", newline="")  # noqa: SIM115
     try:
         with _registry(args.url) as reg:

@@ -24,7 +24,7 @@ from tool_registry.aggregate import Aggregate, aggregate_batch
 from tool_registry.errors import RegistryUnavailableError
 from tool_registry.models import calls, tool_histogram, tool_stats, tools
 from tool_registry.schema import ensure_schema
-from tool_registry.types import CallRecord, CallRow, CallStatus, ToolInfo
+from tool_registry.types import CALL_FIELDS, CallRecord, CallRow, CallStatus, ToolInfo
 from tool_registry.urls import is_sqlite, mask_password, sqlite_path
 
 CONNECT_TIMEOUT_S = 10.0
@@ -38,17 +38,7 @@ def _may_be_a_race(exc: BaseException) -> bool:
 
 # Hand-written SQL for the hot path: the same text on SQLite and PostgreSQL but for min/max, and
 # no per-row work in SQLAlchemy.  Columns are listed explicitly; models.py defines the tables.
-_CALL_COLUMNS = (
-    "id",
-    "tool",
-    "session_id",
-    "started_at",
-    "duration",
-    "status",
-    "error_type",
-    "input_size",
-    "output_size",
-)
+_CALL_COLUMNS = CALL_FIELDS
 _PG_INSERT_CALLS = (
     f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) SELECT * FROM unnest("
     "$1::uuid[], $2::varchar[], $3::varchar[], $4::float8[], $5::float8[], $6::varchar[], "

@@ -109,3 +109,17 @@ class ToolStats:
     @property
     def error_rate(self) -> float:
         return self.error_count / self.count if self.count else 0.0
+
+
+# The columns of a call record, in storage order: the hot-path SQL and the CSV/JSON export use it.
+CALL_FIELDS: Final = (
+    "id",
+    "tool",
+    "session_id",
+    "started_at",
+    "duration",
+    "status",
+    "error_type",
+    "input_size",
+    "output_size",
+)
