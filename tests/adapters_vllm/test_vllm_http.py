@@ -55,7 +55,7 @@ def test_http_requests_with_middleware_hints_reach_the_scheduler(
     with ManagedServer(opts, log_path=tmp_path / "server.log") as server:
         for step, (tool, duration) in enumerate([("search", 2.0), (None, 0.0)]):
             hints = LampsHints(
-                session_id="thread-42", priority=0, agent="qa", step=step, output_tokens=16,
+                session_id="thread-42", priority=1834, agent="qa", step=step, output_tokens=16,
                 tool=tool, tool_duration=duration, kv_strategy=KVStrategy.PRESERVE if tool else KVStrategy.DISCARD,
             )  # fmt: skip
             user_extra = {
