@@ -100,3 +100,37 @@ def test_bench_bad_input_is_one_clear_line(
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_core_and_its_cli_import_without_any_framework() -> None:
+    """lamps_agent must work with none of the extras: block them and import everything."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+BLOCKED = {"langchain", "langchain_core", "langgraph", "vllm", "sqlalchemy", "alembic", "torch",
+           "transformers", "aiohttp", "asyncpg", "tool_registry", "adapters"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Block())
+import lamps_agent.sim, lamps_agent.policies, lamps_agent.predictors, lamps_agent.hints
+import lamps_agent.predictors.learned
+from lamps_agent.predictors import make_predictor
+from lamps_agent.cli.main import main
+assert type(make_predictor("learned")).__name__ == "HistoryPredictor"   # logged fallback
+assert main(["bench", "--synthetic", "10", "--qps", "4", "--policies", "lamps", "--no-plots", "-q",
+             "--out", sys.argv[1]]) == 0
+print("ok")
+"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, out], capture_output=True, text=True, timeout=120
+        )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
