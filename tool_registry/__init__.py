@@ -5,11 +5,12 @@ consume through the core's :class:`~lamps_agent.predictors.base.DurationSource` 
 ...     reg.register(search, duration_hint=2.0, api_type="search")
 ...     reg.record("search", duration=1.7)
 ...     reg.estimate("search").mean
+...     reg.record_turn(agent="chatbot", step=0, output_tokens=57, tool="search")
 """
 
 from tool_registry.errors import RegistryClosedError, RegistryError, RegistryUnavailableError
 from tool_registry.registry import ToolRegistry
-from tool_registry.types import CallRecord, CallStatus, ToolInfo, ToolStats
+from tool_registry.types import CallRecord, CallStatus, ToolInfo, ToolStats, TurnRecord
 
 __all__ = [
     "CallRecord",
@@ -20,4 +21,5 @@ __all__ = [
     "ToolInfo",
     "ToolRegistry",
     "ToolStats",
+    "TurnRecord",
 ]

@@ -52,10 +52,18 @@ def register_commands(sub: Any) -> None:
     stats.add_argument("--tool", default=None, help="only this tool")
     stats.add_argument("--url", default=None, help=url_help)
     stats.set_defaults(handler=_tools_stats)
-    export = tools_sub.add_parser("export", help="export statistics (or every call) as CSV/JSON")
-    export.add_argument("--format", choices=("csv", "json"), required=True)
+    export = tools_sub.add_parser(
+        "export", help="export statistics (or every call, or every model turn) as CSV/JSON/JSONL"
+    )
+    export.add_argument("--format", choices=("csv", "json", "jsonl"), required=True)
     export.add_argument("--output", default=None, help="file to write (default: stdout)")
-    export.add_argument("--calls", action="store_true", help="every call, not per-tool stats")
+    what = export.add_mutually_exclusive_group()
+    what.add_argument("--calls", action="store_true", help="every call, not per-tool stats")
+    what.add_argument(
+        "--turns",
+        action="store_true",
+        help="every model turn (JSONL: the turn records `predictor train --jsonl` reads)",
+    )
     export.add_argument("--tool", default=None, help="only this tool")
     export.add_argument("--url", default=None, help=url_help)
     export.set_defaults(handler=_tools_export)
@@ -204,13 +212,18 @@ def _tools_stats(args: argparse.Namespace) -> int:
 
 
 def _tools_export(args: argparse.Namespace) -> int:
-    from tool_registry.types import CALL_FIELDS
+    from tool_registry.types import CALL_FIELDS, TURN_FIELDS
 
+    if args.turns and args.tool is not None:
+        raise ValueError("--tool selects calls; model turns are exported whole")
     output: IO[str] = sys.stdout if args.output is None else open(args.output, "w", newline="")  # noqa: SIM115
     try:
         with _registry(args.url) as reg:
             if args.calls:
                 _write(output, args.format, CALL_FIELDS, _iter_calls(reg, args.tool))
+            elif args.turns:
+                fields = (*TURN_FIELDS, "conversation")
+                _write(output, args.format, fields, _iter_turns(reg, TURN_FIELDS))
             else:
                 _write(output, args.format, STATS_FIELDS, iter(_stats_rows(reg, args.tool)))
     finally:
@@ -234,6 +247,14 @@ def _iter_calls(reg: Any, tool: str | None) -> Iterator[dict[str, Any]]:
         }
 
 
+def _iter_turns(reg: Any, columns: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    for record in reg.iter_turns():
+        row = {name: getattr(record, name) for name in columns}
+        # the group `predictor train --jsonl` keeps on one side of a split
+        row["conversation"] = record.session_id or f"turn:{record.id}"
+        yield row
+
+
 def _write(
     output: IO[str], fmt: str, fields: tuple[str, ...], rows: Iterator[dict[str, Any]]
 ) -> None:
@@ -242,6 +263,10 @@ def _write(
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
+        return
+    if fmt == "jsonl":
+        for row in rows:
+            output.write(json.dumps(row) + "\n")
         return
     output.write("[")
     for index, row in enumerate(rows):

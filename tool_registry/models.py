@@ -2,7 +2,8 @@
 
 Times are epoch seconds (``DOUBLE``) so the hot insert path stays cheap and identical on SQLite and
 PostgreSQL.  ``tool_stats`` and ``tool_histogram`` hold the incremental aggregates: they are updated
-in the same transaction as each batch of ``calls``, so statistics never rescan the calls.
+in the same transaction as each batch of ``calls``, so statistics never rescan the calls.  ``turns``
+holds model turns for training the output-length predictor.
 """
 
 from __future__ import annotations
@@ -77,7 +78,26 @@ class ToolHistogram(Base):
     count: Mapped[int] = mapped_column(BigInteger)
 
 
+class Turn(Base):
+    """One model turn (what the output-length predictor trains on).  ``tool`` is not a foreign key:
+    a turn names the tool the model asked for, which need not be registered.  ``prompt_text`` is
+    NULL unless the user opted in to storing prompts."""
+
+    __tablename__ = "turns"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    session_id: Mapped[str | None] = mapped_column(String(255))
+    agent: Mapped[str] = mapped_column(String(200))
+    step: Mapped[int] = mapped_column(Integer)
+    tool: Mapped[str | None] = mapped_column(String(200))
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    prompt_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Double)
+
+
 tools = Tool.__table__
 calls = Call.__table__
 tool_stats = ToolStat.__table__
 tool_histogram = ToolHistogram.__table__
+turns = Turn.__table__

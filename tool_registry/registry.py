@@ -22,16 +22,19 @@ from tool_registry.estimator import estimate_from, prior_estimate
 from tool_registry.histogram import quantiles
 from tool_registry.spill import DEFAULT_SPILL_DIR
 from tool_registry.store import Store
-from tool_registry.types import CallRecord, CallStatus, ToolInfo, ToolStats
+from tool_registry.types import CallRecord, CallStatus, PendingTurn, ToolInfo, ToolStats, TurnRecord
 from tool_registry.urls import resolve_url
 from tool_registry.validation import (
     MAX_DURATION,
     MAX_NAME_LENGTH,
+    MAX_STEP,
+    check_count,
     check_duration,
     check_label,
     check_name,
     check_size,
     check_timestamp,
+    clip_prompt_text,
 )
 from tool_registry.writer import Writer
 
@@ -234,6 +237,38 @@ class ToolRegistry:
             )
         )
 
+    def record_turn(
+        self,
+        *,
+        agent: str,
+        step: int,
+        output_tokens: int,
+        prompt_tokens: int | None = None,
+        tool: str | None = None,
+        session_id: str | None = None,
+        prompt_text: str | None = None,
+    ) -> None:
+        """Record one finished model turn, for training the output-length predictor; buffered and
+        written like :meth:`record` (non-blocking, thread-safe, nothing lost).
+
+        ``tool`` is the tool the reply called (``None``: a final answer).  ``prompt_text`` is
+        stored only when given, and then only its last 2,000 characters: pass it only where the
+        user opted in.  Bad input raises ``ValueError`` here.
+        """
+        turn = PendingTurn(
+            session_id=check_label(session_id, "session_id"),
+            agent=check_name(agent, "agent"),
+            step=check_count(step, "step", maximum=MAX_STEP),
+            tool=None if tool is None else check_name(tool),
+            prompt_tokens=None
+            if prompt_tokens is None
+            else check_count(prompt_tokens, "prompt_tokens"),
+            output_tokens=check_count(output_tokens, "output_tokens"),
+            prompt_text=clip_prompt_text(prompt_text),
+            created_at=time.time(),
+        )
+        self._writer.submit(turn)
+
     @property
     def pending(self) -> int:
         """Records accepted by :meth:`record` and not yet known to be in the database."""
@@ -328,6 +363,20 @@ class ToolRegistry:
         while True:
             query = self._store.calls_page(after=after, limit=page_size, tool=tool)
             page = self._writer.call(query)
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].id
+
+    def iter_turns(
+        self, *, agent: str | None = None, page_size: int = 10_000
+    ) -> Iterator[TurnRecord]:
+        """Every recorded model turn (of ``agent``), in id order, fetched a page at a time."""
+        after = None
+        while True:
+            page = self._writer.call(
+                self._store.turns_page(after=after, limit=page_size, agent=agent)
+            )
             yield from page
             if len(page) < page_size:
                 return

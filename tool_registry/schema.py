@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 if TYPE_CHECKING:
     from alembic.config import Config
 
-HEAD_REVISION = "0001"  # the newest migration; tests check it matches migrations/versions
+HEAD_REVISION = "0002"  # the newest migration; tests check it matches migrations/versions
 VERSION_TABLE = "tool_registry_version"  # not "alembic_version": a shared database may have others
 _PG_LOCK_KEY = 0x6C616D7073  # serializes concurrent first uses on PostgreSQL
 

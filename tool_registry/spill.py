@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from tool_registry.types import CallRow
+from tool_registry.types import Row, TurnRow
 
 log = logging.getLogger(__name__)
 DEFAULT_SPILL_DIR = Path("~/.lamps-agent/spill")
@@ -39,16 +39,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def encode(row: CallRow) -> str:
-    """One JSON array per line, in ``calls`` column order (id first)."""
+def encode(row: Row) -> str:
+    """One line: a call as a JSON array in ``calls`` column order (id first), a model turn as
+    ``{"turn": [...]}`` in ``turns`` column order."""
+    if type(row) is TurnRow:
+        return json.dumps({"turn": row}, separators=(",", ":"))
     return json.dumps(row, separators=(",", ":"))
 
 
-def decode(line: str) -> CallRow:
+def decode(line: str) -> Row:
     values = json.loads(line)
+    if isinstance(values, dict):
+        fields = values["turn"]
+        if not isinstance(fields, list) or len(fields) != len(TurnRow._fields):
+            raise ValueError("not a spilled turn")
+        return TurnRow(*fields)
     if not isinstance(values, list) or len(values) != 9 or not isinstance(values[0], str):
         raise ValueError("not a spilled call")
-    row: CallRow = tuple(values)
+    row: Row = tuple(values)
     return row
 
 
@@ -64,8 +72,8 @@ class SpillFile:
         self._file: IO[str] | None = None
         self.num_lines = 0  # lines in the current file, not yet handed to the replayer
 
-    def write(self, rows: Iterable[CallRow]) -> int:
-        """Append calls (with their ids); returns how many were written."""
+    def write(self, rows: Iterable[Row]) -> int:
+        """Append calls and turns (with their ids); returns how many were written."""
         if self._file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
@@ -117,9 +125,9 @@ class SpillFile:
         _ACTIVE_TOKENS.discard(self._token)
 
 
-def read(path: Path) -> list[CallRow]:
-    """The calls of a spill file; a torn last line (a crash mid-write) is skipped."""
-    records: list[CallRow] = []
+def read(path: Path) -> list[Row]:
+    """The calls and turns of a spill file; a torn last line (a crash mid-write) is skipped."""
+    records: list[Row] = []
     with path.open(encoding="utf-8") as file:
         for line in file:
             if not line.strip():

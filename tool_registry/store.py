@@ -4,7 +4,9 @@ Each batch of calls is written in one transaction together with the aggregate up
 calls are inserted with ``ON CONFLICT DO NOTHING ... RETURNING id`` so a batch retried after a
 lost acknowledgement adds nothing twice, and only the rows actually inserted feed the atomic
 ``count = count + :n`` style aggregate upserts.  Rows are locked in a fixed order (tools by name,
-histogram buckets by (tool, bucket)) so concurrent writers on PostgreSQL cannot deadlock.
+histogram buckets by (tool, bucket)) so concurrent writers on PostgreSQL cannot deadlock.  Model
+turns ride in the same batches and transactions, inserted the same idempotent way; they feed no
+aggregate.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import event, func, make_url, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,9 +24,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from tool_registry.aggregate import Aggregate, aggregate_batch
 from tool_registry.errors import RegistryUnavailableError
-from tool_registry.models import calls, tool_histogram, tool_stats, tools
+from tool_registry.models import calls, tool_histogram, tool_stats, tools, turns
 from tool_registry.schema import ensure_schema
-from tool_registry.types import CALL_FIELDS, CallRecord, CallRow, CallStatus, ToolInfo
+from tool_registry.types import (
+    CALL_FIELDS,
+    CallRecord,
+    CallRow,
+    CallStatus,
+    Row,
+    ToolInfo,
+    TurnRecord,
+    TurnRow,
+)
 from tool_registry.urls import is_sqlite, mask_password, sqlite_path
 
 CONNECT_TIMEOUT_S = 10.0
@@ -80,6 +91,17 @@ def _insert_calls_sql(paramstyle: str, rows: int = 1) -> str:
         f"({', '.join(marks[start : start + width])})" for start in range(0, count, width)
     )
     return f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES {values} ON CONFLICT (id) DO NOTHING"
+
+
+_R = TypeVar("_R", CallRow, TurnRow)
+
+
+def _split(rows: Sequence[Row]) -> tuple[Sequence[CallRow], Sequence[TurnRow]]:
+    """(calls, turns) of a batch; a batch of calls only is passed on as it is."""
+    turn_rows = [row for row in rows if type(row) is TurnRow]
+    if not turn_rows:
+        return cast("Sequence[CallRow]", rows), turn_rows  # no TurnRow: all are calls
+    return cast("list[CallRow]", [row for row in rows if type(row) is not TurnRow]), turn_rows
 
 
 def _stats_rows(deltas: dict[str, Aggregate]) -> list[dict[str, object]]:
@@ -242,32 +264,49 @@ class Store:
     # calls and aggregates
 
     async def write_batch(
-        self, rows: Sequence[CallRow], *, may_exist: bool = False
+        self, rows: Sequence[Row], *, may_exist: bool = False
     ) -> tuple[int, dict[str, Aggregate]]:
-        """Insert calls (rows in ``calls`` column order, ids set) and update the aggregates, in
-        one transaction.  Ids are 32 hex digits: how SQLAlchemy's ``Uuid`` stores them on SQLite,
-        and a form asyncpg accepts.
+        """Insert calls (rows in ``calls`` column order, ids set) and model turns (``TurnRow``) and
+        update the calls' aggregates, in one transaction.  Ids are 32 hex digits: how SQLAlchemy's
+        ``Uuid`` stores them on SQLite, and a form asyncpg accepts.
 
         ``may_exist``: the batch may have been committed before (a retry after an error that hid
         a commit, or a spill-file replay); rows whose id is already stored are then skipped and
         do not count again.  Returns the number of rows inserted and the fresh aggregates of the
         batch's tools.
         """
-        names = sorted({row[1] for row in rows})
+        call_rows, turn_rows = _split(rows)
+        names = sorted({row[1] for row in call_rows})
         async with self.engine.begin() as conn:
             await self._ensure_tools(conn, names)
             if may_exist:
-                existing = await self._existing_ids(conn, [row[0] for row in rows])
-                rows = [row for row in rows if row[0] not in existing]
-            if rows:
-                await self._insert_calls(conn, rows)
-            deltas = aggregate_batch(rows)
+                call_rows = await self._new_only(conn, calls, call_rows)
+                turn_rows = await self._new_only(conn, turns, turn_rows)
+            if call_rows:
+                await self._insert_calls(conn, call_rows)
+            if turn_rows:
+                await self._insert_turns(conn, turn_rows)
+            deltas = aggregate_batch(call_rows)
             if deltas:
                 await conn.execute(self._upsert_stats_sql, _stats_rows(deltas))
                 await conn.execute(self._upsert_buckets_sql, _bucket_rows(deltas))
             aggregates = await self._load_aggregates(conn, names)
         self._known_tools.update(names)
-        return len(rows), aggregates
+        return len(call_rows) + len(turn_rows), aggregates
+
+    async def _new_only(
+        self, conn: AsyncConnection, table: Any, rows: Sequence[_R]
+    ) -> Sequence[_R]:
+        if not rows:
+            return rows
+        existing = await self._existing_ids(conn, [row[0] for row in rows], table)
+        return [row for row in rows if row[0] not in existing]
+
+    async def _insert_turns(self, conn: AsyncConnection, rows: Sequence[TurnRow]) -> None:
+        # model turns are a few per second at most: plain SQLAlchemy, no hand-written SQL
+        values = [{**row._asdict(), "id": uuid.UUID(hex=row.id)} for row in rows]
+        stmt = self._insert(turns).on_conflict_do_nothing(index_elements=["id"])
+        await conn.execute(stmt, values)
 
     async def _insert_calls(self, conn: AsyncConnection, rows: Sequence[CallRow]) -> None:
         if self._sqlite:  # 50 rows per statement: a fifth less CPU per row than one row each
@@ -291,11 +330,13 @@ class Store:
                 self._insert_tool_sql, [{"name": name, "registered_at": now} for name in missing]
             )
 
-    async def _existing_ids(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    async def _existing_ids(
+        self, conn: AsyncConnection, ids: Sequence[str], table: Any = calls
+    ) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), 500):  # stay under any bound-parameter limit
             chunk = [uuid.UUID(hex=value) for value in ids[start : start + 500]]
-            result = await conn.execute(select(calls.c.id).where(calls.c.id.in_(chunk)))
+            result = await conn.execute(select(table.c.id).where(table.c.id.in_(chunk)))
             found.update(uuid.UUID(str(value)).hex for value in result.scalars())
         return found
 
@@ -361,3 +402,33 @@ class Store:
             )
             for row in rows
         ]
+
+    async def turns_page(
+        self, *, after: str | None, limit: int, agent: str | None = None
+    ) -> list[TurnRecord]:
+        """One page of model turns in primary-key order (keyset pagination)."""
+        query = select(turns).order_by(turns.c.id).limit(limit)
+        if after is not None:
+            query = query.where(turns.c.id > uuid.UUID(hex=after))
+        if agent is not None:
+            query = query.where(turns.c.agent == agent)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            TurnRecord(
+                id=uuid.UUID(str(row.id)).hex,
+                agent=row.agent,
+                step=row.step,
+                tool=row.tool,
+                prompt_tokens=row.prompt_tokens,
+                output_tokens=row.output_tokens,
+                session_id=row.session_id,
+                prompt_text=row.prompt_text,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
+    async def count_turns(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(turns))).scalar_one())

@@ -1,10 +1,10 @@
-"""Value objects of the tool registry: tools, calls, statistics."""
+"""Value objects of the tool registry: tools, calls, model turns, statistics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 
 class CallStatus(StrEnum):
@@ -45,6 +45,25 @@ class CallRecord:
     id: str | None = field(default=None)
 
 
+@dataclass(slots=True, kw_only=True)
+class TurnRecord:
+    """One recorded model turn, as :meth:`ToolRegistry.iter_turns` returns it.
+
+    ``tool`` is the tool the reply called (``None``: a final answer); ``prompt_text`` is ``None``
+    unless the user opted in to storing prompts (at most the last ``MAX_PROMPT_TEXT`` characters).
+    """
+
+    agent: str
+    step: int
+    output_tokens: int
+    created_at: float
+    tool: str | None = None
+    prompt_tokens: int | None = None
+    session_id: str | None = None
+    prompt_text: str | None = None
+    id: str | None = field(default=None)
+
+
 # The hot path carries calls as plain tuples, not CallRecord objects: tuples of strings and numbers
 # drop out of the garbage collector's tracking, and with 100,000 calls buffered that halves the
 # writer's cost per call.  A PendingCall is what record() buffers; the writer prefixes the id.
@@ -57,6 +76,44 @@ ROW_TOOL: Final = 1
 ROW_STARTED_AT: Final = 3
 ROW_DURATION: Final = 4
 ROW_STATUS: Final = 5
+
+
+class PendingTurn(NamedTuple):
+    """What ``record_turn()`` buffers.  A named tuple, not a plain one: the writer tells a turn from
+    a call by ``type(item) is tuple``, so ``record()`` buffers calls exactly as before."""
+
+    session_id: str | None
+    agent: str
+    step: int
+    tool: str | None
+    prompt_tokens: int | None
+    output_tokens: int
+    prompt_text: str | None
+    created_at: float
+
+
+class TurnRow(NamedTuple):
+    """A turn with its id: the column order of the turns table."""
+
+    id: str
+    session_id: str | None
+    agent: str
+    step: int
+    tool: str | None
+    prompt_tokens: int | None
+    output_tokens: int
+    prompt_text: str | None
+    created_at: float
+
+
+Row = CallRow | TurnRow  # what the writer sends and the spill file keeps
+
+
+def with_id(row_id: str, item: PendingCall | PendingTurn) -> Row:
+    """The stored row of a buffered call or turn."""
+    if type(item) is tuple:
+        return (row_id, *item)
+    return TurnRow(row_id, *item)
 
 
 def row_to_record(row: CallRow) -> CallRecord:
@@ -123,3 +180,6 @@ CALL_FIELDS: Final = (
     "input_size",
     "output_size",
 )
+
+# The columns of a turn record, in storage order.
+TURN_FIELDS: Final = TurnRow._fields

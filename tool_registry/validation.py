@@ -1,4 +1,5 @@
-"""Input checks of ``register`` and ``record``: bad input is a ``ValueError`` at the call site."""
+"""Input checks of ``register``, ``record`` and ``record_turn``: bad input is a ``ValueError`` at
+the call site."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ MAX_NAME_LENGTH = 200
 MAX_LABEL_LENGTH = 255
 MAX_SIZE = 10**12  # tokens or bytes; anything larger is a bug in the caller, not a real payload
 MAX_DURATION = 7 * 24 * 3600.0  # a week: a tool call longer than that is a unit mix-up
+MAX_TURN_TOKENS = 10**8  # tokens in one model turn; more is a bug (bytes, or a running total)
+MAX_STEP = 10**6  # model calls in one conversation
+MAX_PROMPT_TEXT = 2_000  # characters of prompt text kept: the tail, where the last turns are
 
 
 def check_name(name: object, what: str = "tool name") -> str:
@@ -58,3 +62,25 @@ def check_timestamp(value: object) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"started_at must be finite epoch seconds, got {value}")
     return value
+
+
+def check_count(
+    value: object, what: str, *, minimum: int = 0, maximum: int = MAX_TURN_TOKENS
+) -> int:
+    """An ``int`` (not ``bool``) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an int, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{what} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def clip_prompt_text(value: object) -> str | None:
+    """The last ``MAX_PROMPT_TEXT`` characters of ``value``, storable by both databases (NUL
+    characters and lone surrogates would fail every write attempt, so they are replaced)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"prompt_text must be a string or None, got {type(value).__name__}")
+    tail = value[-MAX_PROMPT_TEXT:].replace("\x00", "\ufffd")
+    return tail.encode("utf-8", "replace").decode("utf-8")

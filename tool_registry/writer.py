@@ -1,10 +1,12 @@
 """The background writer: a bounded buffer filled by ``record()`` and drained in batches by a thread
 that owns its own asyncio loop and the async engine.
 
-``submit`` (the caller's side; ``record()`` has validated the call) takes a lock and appends a
-plain tuple; it wakes the writer when a batch is full.  The writer writes when ``batch_size``
-records are waiting or ``flush_interval`` seconds have passed, up to ``MAX_BATCHES_PER_WRITE``
-batches in one transaction when a backlog has built up.  A failed batch stays "in flight" and is retried with
+``submit`` (the caller's side; ``record()`` or ``record_turn()`` has validated the item) takes a
+lock and appends it: a call as a plain tuple, a model turn as a ``PendingTurn`` named tuple; it
+wakes the writer when a batch is full.  Calls and turns share the buffer, the batches, the retries
+and the spill file.  The writer writes when ``batch_size`` records are waiting or
+``flush_interval`` seconds have passed, up to ``MAX_BATCHES_PER_WRITE`` batches in one transaction
+when a backlog has built up.  A failed batch stays "in flight" and is retried with
 exponential back-off (``BACKOFF_BASE_S`` doubling up to ``BACKOFF_MAX_S``) until it commits; the
 same record ids are sent each time, so a batch whose commit was acknowledged late adds nothing
 twice.  When the buffer holds ``max_buffer`` records, further records go to the spill file
@@ -32,7 +34,7 @@ from tool_registry.aggregate import Aggregate
 from tool_registry.errors import RegistryClosedError
 from tool_registry.ids import new_id, new_ids
 from tool_registry.store import Store
-from tool_registry.types import CallRow, PendingCall
+from tool_registry.types import PendingCall, PendingTurn, Row, with_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,8 +88,8 @@ class Writer:
         self._on_load = on_load
         self._lock = threading.Lock()
         self._settled_cond = threading.Condition()
-        self._buffer: deque[PendingCall] = deque()
-        self._inflight: list[CallRow] = []
+        self._buffer: deque[PendingCall | PendingTurn] = deque()
+        self._inflight: list[Row] = []
         self._spill = spill.SpillFile(spill_dir, store.url)
         self._replay: list[tuple[Path, int]] = []  # spill files to replay, with their line counts
         self._replay_left = 0  # records in those files not yet handed to _write
@@ -124,16 +126,17 @@ class Writer:
         """Records accepted but not yet known to be in the database."""
         return len(self._buffer) + len(self._inflight) + self._spill.num_lines + self._replay_left
 
-    def submit(self, call: PendingCall) -> None:
+    def submit(self, item: PendingCall | PendingTurn) -> None:
+        """Buffer a validated call or turn (or spill it when the buffer is full)."""
         with self._lock:
             if self.closed:
                 raise RegistryClosedError(f"record() on a ToolRegistry {self._closed_reason}")
             self.num_accepted += 1
             if len(self._buffer) >= self.max_buffer:
-                self._spill.write(((new_id(), *call),))
+                self._spill.write((with_id(new_id(), item),))
                 self.num_spilled += 1
                 return
-            self._buffer.append(call)
+            self._buffer.append(item)
             full = len(self._buffer) == self.batch_size
         if full:
             self._loop.call_soon_threadsafe(self._wake.set)
@@ -187,7 +190,7 @@ class Writer:
             self._abort = True
             self._loop.call_soon_threadsafe(self._wake.set)
         self._stop_loop()
-        leftover = self._inflight + [(new_id(), *call) for call in self._buffer]
+        leftover = self._inflight + [with_id(new_id(), item) for item in self._buffer]
         if leftover:
             self._spill.write(leftover)
             self.num_spilled += len(leftover)
@@ -262,7 +265,7 @@ class Writer:
                 last_refresh = time.monotonic()
                 await self._refresh()
 
-    def _take_batch(self) -> list[CallRow]:
+    def _take_batch(self) -> list[Row]:
         if self._inflight:
             return self._inflight
         with self._lock:
@@ -270,11 +273,12 @@ class Writer:
             pending = [self._buffer.popleft() for _ in range(count)]
         # ids are given once, here: a retry sends the very same rows
         self._inflight = [
-            (call_id, *call) for call_id, call in zip(new_ids(count), pending, strict=True)
+            (row_id, *item) if type(item) is tuple else with_id(row_id, item)
+            for row_id, item in zip(new_ids(count), pending, strict=True)
         ]
         return self._inflight
 
-    async def _write(self, batch: list[CallRow], *, may_exist: bool = False) -> bool:
+    async def _write(self, batch: list[Row], *, may_exist: bool = False) -> bool:
         """Write ``batch`` (already in flight), retrying until it commits or the writer aborts."""
         attempt = 0
         while True:
@@ -338,8 +342,8 @@ class Writer:
                 if not await self._write(batch, may_exist=True):
                     self._replay_left += left  # the file stays; close() spills the in-flight batch
                     return
+            path.unlink(missing_ok=True)  # before the pop: a flush() returning sees it gone
             self._replay.pop(0)
-            path.unlink(missing_ok=True)
             with self._settled_cond:
                 self._settled_cond.notify_all()
 

@@ -15,7 +15,13 @@ from adapters.langchain.hints import (
     merge_extra_body,
 )
 from adapters.langchain.middleware import LampsMiddleware, hint_body
-from adapters.langchain.planner import HintPlanner, ModelTurn, ToolRecorder, ToolWaitListener
+from adapters.langchain.planner import (
+    HintPlanner,
+    ModelTurn,
+    ToolRecorder,
+    ToolWaitListener,
+    TurnRecorder,
+)
 
 __all__ = [
     "HINT_VERSION",
@@ -29,6 +35,7 @@ __all__ = [
     "ModelTurn",
     "ToolRecorder",
     "ToolWaitListener",
+    "TurnRecorder",
     "hint_body",
     "merge_extra_body",
     "wrap",

@@ -194,6 +194,7 @@ def wrap(
     listener: ToolWaitListener | None = None,
     transport: Transport = "auto",
     send_priority: bool = True,
+    record_prompts: bool = False,
     planner: HintPlanner | None = None,
 ) -> LampsChatModel:
     """Wrap ``llm`` so every call carries LAMPS hints (arguments as for ``LampsMiddleware``).
@@ -214,6 +215,7 @@ def wrap(
             strategy=strategy,
             priority=priority,
             listener=listener,
+            record_prompts=record_prompts,
         )
     return LampsChatModel(
         inner=llm, planner=planner, transport=transport, send_priority=send_priority

@@ -3,8 +3,10 @@
 :class:`LampsMiddleware` goes into ``langchain.agents.create_agent(..., middleware=[...])``.  Around
 each model call it attaches :class:`~adapters.langchain.hints.LampsHints` (session, predicted
 output length, the likely tool and its duration, the KV strategy, a priority) to the request body;
-around each tool call it times the call, records it in the tool registry and tells an in-process
-engine that the agent now waits on the tool.  Sync and async hooks share the same logic, so the
+after each model call it records the turn (output length, the tool called) in the tool registry,
+the prompt's tail only with ``record_prompts=True``; around each tool call it times the call,
+records it in the tool registry and tells an in-process engine that the agent now waits on the
+tool.  Sync and async hooks share the same logic, so the
 middleware behaves the same under ``invoke``, ``ainvoke`` and streaming.
 """
 
@@ -72,6 +74,13 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
             ``extra_body`` field (``ChatOpenAI`` and friends).
         send_priority: put ``priority`` in the body (vLLM rejects a non-zero one unless started
             with ``--scheduling-policy priority``); the value also travels as ``lamps_priority``.
+        record_prompts: also store each turn's prompt tail (its last 2,000 characters) with the
+            turn in the registry, for training the learned predictor on text.  Off by default:
+            prompts may hold private data; without it a turn is stored as counts only.
+
+    A registry with ``record_turn`` (``tool_registry.ToolRegistry``) gets every model turn: the
+    agent, step, tool the reply called (``None`` for a final answer), output tokens (the model's
+    usage report, else a character estimate), prompt tokens and session id.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         listener: ToolWaitListener | None = None,
         transport: Transport = "auto",
         send_priority: bool = True,
+        record_prompts: bool = False,
     ) -> None:
         super().__init__()
         if transport not in _TRANSPORTS:
@@ -100,6 +110,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
             strategy=strategy,
             priority=priority,
             listener=listener,
+            record_prompts=record_prompts,
         )
         self.transport: Transport = transport
         self.send_priority = bool(send_priority)

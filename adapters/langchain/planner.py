@@ -3,7 +3,9 @@
 :class:`HintPlanner` is shared by the agent middleware, the wrapped chat model and the callback
 handler.  Before a model call it predicts the turn (through any core :class:`Predictor`), picks
 the KV strategy and a priority, and builds the :class:`LampsHints`; after the call and after each
-tool call it records what happened in the tool registry and teaches the predictor.  It is
+tool call it records what happened in the tool registry and teaches the predictor.  A registry
+that also has ``record_turn`` (:class:`TurnRecorder`) gets every model turn: its output length,
+for training the learned predictor, and its prompt's tail only where the user opted in.  It is
 thread-safe: an agent runs one reply's tool calls in parallel.
 """
 
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 CallStatus = Literal["ok", "error"]
 CHARS_PER_TOKEN = 4.0  # rough client-side token count; the server knows the exact one
 MAX_TRACKED = 10_000  # sessions / tool calls remembered at once (bounded: agents may be killed)
+PROMPT_TEXT_CHARS = 2_000  # the prompt's tail recorded with a turn when prompts are recorded
 
 
 @runtime_checkable
@@ -63,6 +66,24 @@ class ToolRecorder(Protocol):
     def estimate(self, tool: str) -> DurationEstimate: ...
 
 
+@runtime_checkable
+class TurnRecorder(Protocol):
+    """A registry that also keeps model turns (``tool_registry.ToolRegistry`` is one); optional:
+    a :class:`ToolRecorder` without ``record_turn`` just gets no turns."""
+
+    def record_turn(
+        self,
+        *,
+        agent: str,
+        step: int,
+        output_tokens: int,
+        prompt_tokens: int | None = None,
+        tool: str | None = None,
+        session_id: str | None = None,
+        prompt_text: str | None = None,
+    ) -> None: ...
+
+
 class ToolWaitListener(Protocol):
     """An in-process engine told directly when an agent starts and stops waiting on a tool."""
 
@@ -83,6 +104,7 @@ class ModelTurn:
     step: int
     prompt_tokens: int
     hints: LampsHints
+    prompt_text: str | None = None  # the prompt's tail, only when prompts are recorded
 
 
 @dataclass(slots=True)
@@ -152,6 +174,7 @@ class HintPlanner:
         strategy: StrategyFn | None = None,
         priority: PriorityFn | int | None = None,
         listener: ToolWaitListener | None = None,
+        record_prompts: bool = False,
     ) -> None:
         if not isinstance(agent, str) or not agent:
             raise ValueError("agent must be a non-empty string")
@@ -165,8 +188,12 @@ class HintPlanner:
             isinstance(priority, int) and not -MAX_PRIORITY - 1 <= priority <= MAX_PRIORITY
         ):
             raise ValueError(f"priority must be a 32-bit int or a callable, got {priority!r}")
+        if not isinstance(record_prompts, bool):
+            raise TypeError(f"record_prompts must be a bool, got {type(record_prompts).__name__}")
         self.agent = agent
         self.registry = registry
+        self.turns = registry if isinstance(registry, TurnRecorder) else None
+        self.record_prompts = record_prompts
         self.predictor = predictor if predictor is not None else HistoryPredictor(hints=registry)
         self.preset = load_preset(preset) if isinstance(preset, str) else preset
         # the default rule gets its engine-load guess computed once, not on every call
@@ -183,6 +210,7 @@ class HintPlanner:
         self._last_tool: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
         self._warned_record = False
+        self._warned_turn = False
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -236,7 +264,13 @@ class HintPlanner:
             last_tool=None if last is None else last[0],
             last_tool_duration=None if last is None else last[1],
         )
-        return ModelTurn(session_id=session_id, step=step, prompt_tokens=prompt_tokens, hints=hints)
+        return ModelTurn(
+            session_id=session_id,
+            step=step,
+            prompt_tokens=prompt_tokens,
+            hints=hints,
+            prompt_text=prompt_tail(messages) if self.record_prompts else None,
+        )
 
     def finish(self, turn: ModelTurn, reply: BaseMessage | None) -> None:
         """Learn from a model reply: a final answer is taught now, a tool-calling turn when its
@@ -244,6 +278,7 @@ class HintPlanner:
         if not isinstance(reply, AIMessage):
             return
         output_tokens = output_token_count(reply)
+        self._record_turn(turn, reply, output_tokens)
         calls = [c for c in reply.tool_calls if c.get("id")]
         with self._lock:
             if not calls:
@@ -385,6 +420,26 @@ class HintPlanner:
                 self._warned_record = True
                 logger.warning("tool registry failed to record a call to %r", tool, exc_info=True)
 
+    def _record_turn(self, turn: ModelTurn, reply: AIMessage, output_tokens: int) -> None:
+        if self.turns is None:
+            return
+        usage = reply.usage_metadata
+        prompt_tokens = int(usage["input_tokens"]) if usage and usage.get("input_tokens") else None
+        try:
+            self.turns.record_turn(
+                agent=self.agent,
+                step=turn.step,
+                output_tokens=output_tokens,
+                prompt_tokens=turn.prompt_tokens if prompt_tokens is None else prompt_tokens,
+                tool=str(reply.tool_calls[0]["name"]) if reply.tool_calls else None,
+                session_id=turn.session_id,
+                prompt_text=turn.prompt_text,
+            )
+        except Exception:  # the registry must never break the agent
+            if not self._warned_turn:
+                self._warned_turn = True
+                logger.warning("tool registry failed to record a model turn", exc_info=True)
+
     def _rank(self, prediction: Prediction, prompt_tokens: int, strategy: KVStrategy) -> int:
         if self._priority is None:
             return lamps_priority(prediction, prompt_tokens, strategy, self._timing)
@@ -429,6 +484,21 @@ def message_chars(message: BaseMessage) -> int:
         for call in message.tool_calls:
             chars += len(call["name"]) + len(str(call["args"]))
     return chars
+
+
+def prompt_tail(messages: Sequence[BaseMessage], limit: int = PROMPT_TEXT_CHARS) -> str:
+    """The last ``limit`` characters of the conversation as text, one ``type: content`` line per
+    message (the last turns are what the learned predictor reads)."""
+    parts: list[str] = []
+    size = 0
+    for message in reversed(messages):
+        content = message.content
+        text = content if isinstance(content, str) else str(content)
+        parts.append(f"{message.type}: {text}")
+        size += len(parts[-1]) + 1
+        if size >= limit:
+            break
+    return "\n".join(reversed(parts))[-limit:]
 
 
 def estimate_tokens(messages: Sequence[BaseMessage], *, extra_chars: int = 0) -> int:

@@ -4,6 +4,7 @@ Examples::
 
     lamps-agent predictor train --trace multi-api --epochs 80 --seed 0
     lamps-agent predictor eval --trace multi-api
+    lamps-agent predictor train --registry sqlite:///registry.db   # turns agents recorded
 
 Training holds out whole conversations (``--test-fraction``, seeded), reports the held-out scores
 against the history estimator and a prompt-length regression, and saves the model as the next
@@ -53,6 +54,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help="INFERCEPT-format trace (file, or multi-api / single-api); repeatable",
     )
     p.add_argument("--jsonl", action="append", type=Path, help="turn-record JSONL file; repeatable")
+    p.add_argument(
+        "--registry",
+        action="append",
+        metavar="URL",
+        help="tool registry whose recorded model turns to use (one group per session); repeatable",
+    )
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument("--test-fraction", type=float, default=0.2, help="conversations held out")
 
@@ -65,7 +72,7 @@ def _usage(p: argparse.ArgumentParser) -> int:
 def _records(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     from lamps_agent.predictors.learned.data import jsonl_records, trace_records
 
-    traces = args.trace or ([] if args.jsonl else ["multi-api"])
+    traces = args.trace or ([] if args.jsonl or args.registry else ["multi-api"])
     records, sources = [], []
     for spec in traces:
         records += trace_records(spec)
@@ -73,9 +80,26 @@ def _records(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     for path in args.jsonl or []:
         records += jsonl_records(path)
         sources.append(f"jsonl:{path}")
+    for url in args.registry or []:
+        records += _registry_records(url)
+        sources.append(f"registry:{_masked(url)}")
     if not records:
         raise ValueError("no training records")
     return records, sources
+
+
+def _registry_records(url: str) -> list[Any]:
+    try:
+        from tool_registry.training import training_records
+    except ImportError as exc:  # the registry is a separate package of this distribution
+        raise ValueError(f"--registry needs the tool registry ({exc})") from None
+    return training_records(url)
+
+
+def _masked(url: str) -> str:
+    from tool_registry.urls import mask_password
+
+    return mask_password(url)
 
 
 def _need_extra() -> int | None:

@@ -113,6 +113,17 @@ class FakeRegistry:
         return [r for r in self.records if r["tool"] == tool]
 
 
+@dataclass
+class FakeTurnRegistry(FakeRegistry):
+    """A :class:`FakeRegistry` that also keeps model turns (the optional ``TurnRecorder``)."""
+
+    turns: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_turn(self, **fields: Any) -> None:
+        with self.lock:
+            self.turns.append(fields)
+
+
 Mode = Literal["invoke", "ainvoke", "stream", "astream", "stream_tokens"]
 MODES: tuple[Mode, ...] = ("invoke", "ainvoke", "stream", "astream", "stream_tokens")
 

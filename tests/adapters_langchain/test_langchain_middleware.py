@@ -340,6 +340,7 @@ def test_without_a_registry_hints_still_flow() -> None:
         ({"registry": object()}, TypeError),
         ({"predictor": object()}, TypeError),
         ({"agent": ""}, ValueError),
+        ({"record_prompts": "yes"}, TypeError),
         ({"preset": "no-such-preset"}, Exception),
     ],
 )

@@ -72,3 +72,27 @@ def test_durations_land_in_the_registry(tmp_path: Path, mode: str) -> None:
         assert 0.04 < predictor.predict(query("fetch")).tool_duration < 0.5
         assert predictor.predict(query("idle_tool")).tool_duration == pytest.approx(0.7)
         assert LampsHints.from_body(model.calls[0]["extra_body"]).session_id == "db-thread"
+
+
+@pytest.mark.parametrize("record_prompts", [False, True])
+def test_model_turns_land_in_the_registry(tmp_path: Path, record_prompts: bool) -> None:
+    url = f"sqlite:///{tmp_path}/registry.db"
+    with tool_registry.ToolRegistry(url, spill_dir=tmp_path) as registry:
+        script = tool_rounds([("fetch", {"seconds": 0.01})])
+        middleware = LampsMiddleware(
+            registry=registry, agent="integration", record_prompts=record_prompts
+        )
+        agent = create_agent(RecordingChatModel(script=script), [fetch], middleware=[middleware])
+        run_agent(agent, "hello there", mode="invoke", thread_id="turn-thread")
+        registry.flush()
+        turns = sorted(registry.iter_turns(agent="integration"), key=lambda t: t.step)
+    assert [(t.step, t.tool, t.session_id) for t in turns] == [
+        (0, "fetch", "turn-thread"),
+        (1, None, "turn-thread"),
+    ]
+    assert all(t.output_tokens >= 1 and t.prompt_tokens is not None for t in turns)
+    if record_prompts:
+        assert turns[0].prompt_text == "human: hello there"
+        assert turns[1].prompt_text is not None and "tool: ok" in turns[1].prompt_text
+    else:
+        assert all(t.prompt_text is None for t in turns)

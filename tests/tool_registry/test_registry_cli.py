@@ -12,6 +12,7 @@ import pytest
 
 from lamps_agent.cli.main import main
 from tool_registry import ToolRegistry
+from tool_registry.schema import HEAD_REVISION
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def filled(db_url: str, make_registry: Callable[..., ToolRegistry]) -> str:
 def test_db_upgrade_is_idempotent(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade", "--url", db_url]) == 0
     assert main(["db", "upgrade", "--url", db_url]) == 0
-    assert "revision 0001" in capsys.readouterr().out
+    assert f"revision {HEAD_REVISION}" in capsys.readouterr().out
 
 
 def test_tools_list_and_stats(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,3 +67,36 @@ def test_unreachable_database_is_one_clear_line(capsys: pytest.CaptureFixture[st
     assert main(["tools", "list", "--url", "postgresql://u:pw@127.0.0.1:1/x"]) == 2
     err = capsys.readouterr().err
     assert "u:***@127.0.0.1:1/x" in err and "pw@" not in err
+
+
+def test_export_turns_as_jsonl_feeds_the_predictor(
+    db_url: str, make_registry: Callable[..., ToolRegistry], tmp_path: Path
+) -> None:
+    from lamps_agent.predictors.learned.data import jsonl_records
+
+    with make_registry(db_url) as reg:
+        reg.record_turn(
+            agent="a",
+            step=0,
+            output_tokens=30,
+            prompt_tokens=100,
+            tool="search",
+            session_id="s1",
+            prompt_text="hello",
+        )
+        reg.record_turn(agent="a", step=1, output_tokens=12, prompt_tokens=150, session_id="s1")
+        reg.record_turn(agent="b", step=0, output_tokens=7, prompt_tokens=9)
+    target = tmp_path / "turns.jsonl"
+    argv = ["tools", "export", "--format", "jsonl", "--turns", "--output", str(target)]
+    assert main([*argv, "--url", db_url]) == 0
+    records = sorted(jsonl_records(target), key=lambda r: (r.agent, r.step))
+    assert [(r.agent, r.step, r.tool, r.output_tokens, r.prompt_text) for r in records] == [
+        ("a", 0, "search", 30, "hello"),
+        ("a", 1, None, 12, None),
+        ("b", 0, None, 7, None),
+    ]
+    assert records[0].group == records[1].group == "s1" and records[2].group.startswith("turn:")
+    assert main(["tools", "export", "--format", "csv", "--turns", "--url", db_url]) == 0
+    assert (
+        main(["tools", "export", "--format", "csv", "--turns", "--tool", "x", "--url", db_url]) == 2
+    )
