@@ -377,17 +377,25 @@ class Store:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
+    async def _keyset_page(
+        self, table: Any, *, after: str | None, limit: int, match: tuple[str, str | None]
+    ) -> Sequence[Any]:
+        """Rows of ``table`` in primary-key order after ``after``, optionally where one column
+        equals a value (keyset pagination: no OFFSET, so each page costs the same)."""
+        query = select(table).order_by(table.c.id).limit(limit)
+        if after is not None:
+            query = query.where(table.c.id > uuid.UUID(hex=after))
+        column, value = match
+        if value is not None:
+            query = query.where(table.c[column] == value)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).all()
+
     async def calls_page(
         self, *, after: str | None, limit: int, tool: str | None = None
     ) -> list[CallRecord]:
         """One page of calls in primary-key order (keyset pagination, for exports)."""
-        query = select(calls).order_by(calls.c.id).limit(limit)
-        if after is not None:
-            query = query.where(calls.c.id > uuid.UUID(hex=after))
-        if tool is not None:
-            query = query.where(calls.c.tool == tool)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._keyset_page(calls, after=after, limit=limit, match=("tool", tool))
         return [
             CallRecord(
                 id=uuid.UUID(str(row.id)).hex,
@@ -407,13 +415,7 @@ class Store:
         self, *, after: str | None, limit: int, agent: str | None = None
     ) -> list[TurnRecord]:
         """One page of model turns in primary-key order (keyset pagination)."""
-        query = select(turns).order_by(turns.c.id).limit(limit)
-        if after is not None:
-            query = query.where(turns.c.id > uuid.UUID(hex=after))
-        if agent is not None:
-            query = query.where(turns.c.agent == agent)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._keyset_page(turns, after=after, limit=limit, match=("agent", agent))
         return [
             TurnRecord(
                 id=uuid.UUID(str(row.id)).hex,
