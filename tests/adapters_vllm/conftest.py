@@ -30,13 +30,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def make_llm(model: Path, *, policy: str | None, swap: bool = False, **lamps: Any) -> Any:
+def make_llm(
+    model: Path,
+    *,
+    policy: str | None,
+    swap: bool = False,
+    async_scheduling: bool = False,
+    **lamps: Any,
+) -> Any:
     from vllm import LLM
     from vllm.config import KVTransferConfig
 
     kwargs: dict[str, Any] = {}
     if policy is not None:
-        kwargs["scheduler_cls"] = "adapters.vllm.scheduler.LampsScheduler"
+        variant = "LampsAsyncScheduler" if async_scheduling else "LampsScheduler"
+        kwargs["scheduler_cls"] = f"adapters.vllm.scheduler.{variant}"
+        kwargs["async_scheduling"] = async_scheduling
         kwargs["additional_config"] = {"lamps": {"policy": policy, **lamps}}
     if swap:
         kwargs["kv_transfer_config"] = KVTransferConfig(

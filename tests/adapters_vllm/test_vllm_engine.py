@@ -177,3 +177,13 @@ def test_malformed_hints_never_crash_or_stall(lamps: Any, garbage: dict[str, Any
 def test_no_block_leaks_after_every_session_ended(stock: Any, lamps: Any) -> None:
     for llm in (stock, lamps):
         assert_no_leak(llm)
+
+
+def test_async_scheduler_variant_preserves_too(engine_factory: Any) -> None:
+    """The variant for vLLM's async scheduling (the default on GPUs) behaves the same."""
+    llm = engine_factory("lamps", async_scheduling=True)
+    sched = scheduler_of(llm)
+    assert type(sched).__name__ == "LampsAsyncScheduler"
+    p2, out = two_turns(llm, Tokens(8), "s-async", KVStrategy.PRESERVE)
+    assert out.num_cached_tokens == (len(p2) - 10) // 32 * 32
+    assert_no_leak(llm)
