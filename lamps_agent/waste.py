@@ -77,3 +77,15 @@ def discard_waste_array(
     R = load.running_tokens
     waste = f_s * c_h * n * (n + 1) / 2 + a * c_h * n * R + a * r * (R + r)
     return np.where(C > 0, waste, 0.0)
+
+
+def paused_wastes(
+    contexts: np.ndarray,
+    remaining_time: np.ndarray,
+    load: EngineLoad,
+    cost: CostModel,
+    saturation: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(preserve, discard) waste of many paused contexts, each with its remaining tool time."""
+    preserve = np.maximum(remaining_time, 0.0) * contexts
+    return preserve, discard_waste_array(contexts, load, cost, saturation)

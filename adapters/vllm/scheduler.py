@@ -44,8 +44,8 @@ from lamps_agent.presets import load_preset
 from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy
 from lamps_agent.request import Request as CoreRequest
-from lamps_agent.strategy import pick_least, strategy_wastes
-from lamps_agent.waste import discard_waste_array
+from lamps_agent.strategy import choose_strategy
+from lamps_agent.waste import paused_wastes
 
 log = logging.getLogger("lamps.vllm")
 SWAP_MARK = "_lamps_swap"  # read by adapters.vllm.connector.HostSwapConnector
@@ -168,11 +168,7 @@ class LampsCore:
         need = len(self.sched.running)
         keep = None
         if head is not None:
-            cached = (
-                self.sched.kv_cache_manager.estimate_cached_tokens(head)
-                if hasattr(self.sched.kv_cache_manager, "estimate_cached_tokens")
-                else 0
-            )
+            cached = self.sched.kv_cache_manager.estimate_cached_tokens(head)
             need += math.ceil(max(head.num_tokens - cached, 0) / self.block_size) + 1
             keep = self.info.get(head.request_id)
         if self.pool.get_num_free_blocks() < need:
@@ -199,9 +195,8 @@ class LampsCore:
         remaining = np.fromiter(
             (p.predicted_return - now for p in pins), dtype=np.float64, count=len(pins)
         )
-        preserve = np.maximum(remaining, 0.0) * tokens
-        discard = discard_waste_array(
-            tokens, self.view.load, self.preset.cost, self.preset.saturation_tokens
+        preserve, discard = paused_wastes(
+            tokens, remaining, self.view.load, self.preset.cost, self.preset.saturation_tokens
         )
         for pin, drop in zip(pins, discard < preserve, strict=True):
             if drop:
@@ -256,14 +251,13 @@ class LampsCore:
         if info.strategy is not None:
             return info.strategy
         self.sync_view()
-        wastes = strategy_wastes(
+        return choose_strategy(
             context_tokens=request.num_computed_tokens,
             tool_duration=info.tool_duration,
             preset=self.preset,
             load=self.view.load,
             swap_allowed=self.swap_available,
         )
-        return pick_least(wastes)
 
     def on_abort(self, requests: list[Request]) -> None:
         for request in requests:

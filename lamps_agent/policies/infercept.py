@@ -16,7 +16,7 @@ import numpy as np
 
 from lamps_agent.policies.base import Policy
 from lamps_agent.request import KVStrategy, Request
-from lamps_agent.waste import discard_waste_array
+from lamps_agent.waste import paused_wastes
 
 
 class InferceptPolicy(Policy):
@@ -37,8 +37,9 @@ class InferceptPolicy(Policy):
         returns = np.fromiter(
             (self.predicted_return(r) for r in preserved), dtype=np.float64, count=len(preserved)
         )
-        w_preserve = np.maximum(returns - view.now, 0.0) * contexts
-        w_discard = discard_waste_array(contexts, view.load, preset.cost, preset.saturation_tokens)
+        w_preserve, w_discard = paused_wastes(
+            contexts, returns - view.now, view.load, preset.cost, preset.saturation_tokens
+        )
         best = np.minimum(w_preserve, w_discard)
         budget = view.last_iteration_time * preset.cost.swap_bytes_per_s / preset.kv_bytes_per_token
         host_free = view.memory.free_host_blocks

@@ -17,7 +17,7 @@ from lamps_agent.policies.base import Policy, predicted_turn
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
-from lamps_agent.strategy import pick_least, strategy_wastes
+from lamps_agent.strategy import choose_strategy
 
 DEFAULT_STARVATION_THRESHOLD = 100
 
@@ -54,14 +54,13 @@ class LampsPolicy(Policy):
         context = req.segment.prompt_tokens + pred.output_tokens
         if pred.has_tool_call:
             memory = self.view.memory
-            wastes = strategy_wastes(
+            req.strategy = choose_strategy(
                 context_tokens=context,
                 tool_duration=pred.tool_duration,
                 preset=self.preset,
                 load=self.view.load,
                 swap_allowed=memory.can_swap_out(memory.blocks_for(int(context) + 1)),
             )
-            req.strategy = pick_least(wastes)
         else:
             req.strategy = None
         req.policy_rank = turn_area(
