@@ -1,9 +1,13 @@
 """What the example agents share: the command line, the chat model (a live OpenAI-compatible
-endpoint, or an offline scripted one), the tool registry and the statistics printed at the end.
+endpoint, or an offline scripted one), the middleware, the tool registry and the statistics
+printed at the end.
 
-Offline (no ``--base-url``) each app drives a :class:`ScriptedChatModel`: a LangChain fake chat
-model whose replies a small per-app script computes from the conversation so far, so the real tools
-run on real inputs and the whole app takes seconds.
+Offline (no ``--base-url``) each app drives the packaged
+:class:`adapters.langchain.testing.ScriptedChatModel`, whose replies a small per-app script
+computes from the conversation so far, so the real tools run on real inputs and the whole app
+takes seconds.  Against a server every reply is capped at ``--max-tokens`` and every task at
+``--max-turns`` model calls, so a model that never stops (a random-weight test model) still
+finishes.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,60 +30,16 @@ try:
 except ModuleNotFoundError:  # run from a source checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import Field
+from langchain_core.messages import AIMessage, BaseMessage
 
 from adapters.langchain import LampsHints, LampsMiddleware
+from adapters.langchain.testing import ScriptedChatModel
 from tool_registry import ToolRegistry
 
 DATA = Path(__file__).resolve().parent / "data"
 Script = Callable[[list[BaseMessage]], AIMessage]
-
-
-class ScriptedChatModel(GenericFakeChatModel):
-    """An offline chat model: ``script(messages)`` decides each reply (text or tool calls).
-
-    It has an ``extra_body`` like ``ChatOpenAI`` so the middleware sends it hints; the last body
-    it was sent is kept in ``last_body`` for display.
-    """
-
-    script: Script
-    messages: Any = Field(default_factory=lambda: iter(()))
-    extra_body: dict[str, Any] | None = None
-    last_body: dict[str, Any] | None = None
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        return self.bind(**kwargs)  # the script knows the tools; keep the per-call kwargs
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.last_body = kwargs.get("extra_body")
-        return ChatResult(generations=[ChatGeneration(message=self.script(messages))])
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        """The whole reply as one chunk (the base fake model cannot stream tool calls)."""
-        reply = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
-        calls = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
-            for i, c in enumerate(getattr(reply, "tool_calls", []))
-        ]
-        chunk = AIMessageChunk(content=reply.content, tool_call_chunks=calls, chunk_position="last")
-        yield ChatGenerationChunk(message=chunk)
 
 
 def parse_args(
@@ -92,7 +54,19 @@ def parse_args(
         "(default: offline, a scripted chat model)",
     )
     parser.add_argument(
-        "--model", default="Qwen/Qwen2.5-7B-Instruct", help="model name at --base-url"
+        "--model", help="model name at --base-url (default: the one the server serves)"
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        help="cap on each reply's generated tokens at --base-url (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-turns",
+        type=int,
+        default=8,
+        help="model calls per task before the agent stops (default: %(default)s)",
     )
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
     parser.add_argument(
@@ -108,8 +82,10 @@ def parse_args(
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be >= 1")
+    for flag in ("limit", "max_tokens", "max_turns"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     return args
 
 
@@ -119,7 +95,29 @@ def chat_model(args: argparse.Namespace, script: Script) -> BaseChatModel:
         return ScriptedChatModel(script=script)
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(base_url=args.base_url, model=args.model, api_key=args.api_key, temperature=0)
+    return ChatOpenAI(
+        base_url=args.base_url,
+        model=args.model or served_model(args.base_url, args.api_key),
+        api_key=args.api_key,
+        temperature=0,
+        max_tokens=args.max_tokens,
+    )
+
+
+def served_model(base_url: str, api_key: str) -> str:
+    """The first model the server at ``base_url`` lists (``GET /models``); exits with a one-line
+    error if the server cannot be reached."""
+    url = f"{base_url.rstrip('/')}/models"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            models = json.loads(resp.read())["data"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(f"error: cannot list the models at {url}: {reason}") from None
+    if not models:
+        raise SystemExit(f"error: the server at {base_url} serves no model")
+    return str(models[0]["id"])
 
 
 def open_registry(args: argparse.Namespace) -> ToolRegistry:
@@ -130,8 +128,15 @@ def open_registry(args: argparse.Namespace) -> ToolRegistry:
     return ToolRegistry(f"sqlite:///{scratch}/registry.db", spill_dir=scratch)
 
 
-def middleware(args: argparse.Namespace, registry: ToolRegistry, agent: str) -> LampsMiddleware:
-    return LampsMiddleware(registry=registry, agent=agent, send_priority=not args.no_priority)
+def middleware(
+    args: argparse.Namespace, registry: ToolRegistry, agent: str
+) -> list[AgentMiddleware[Any, Any, Any]]:
+    """The agent's middleware: a cap of ``--max-turns`` model calls per task, then the hints
+    (innermost, as docs/langchain.md advises)."""
+    return [
+        ModelCallLimitMiddleware(run_limit=args.max_turns, exit_behavior="end"),
+        LampsMiddleware(registry=registry, agent=agent, send_priority=not args.no_priority),
+    ]
 
 
 def print_hints(model: BaseChatModel) -> None:

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model,
             [calculator],
             system_prompt=SYSTEM,
-            middleware=[middleware(args, registry, "math")],
+            middleware=middleware(args, registry, "math"),
         )
         solved = 0
         for i, problem in enumerate(problems):

@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry.register(search, duration_hint=0.01, api_type="search")
         model = chat_model(args, hop_script(questions))
         agent = create_agent(
-            model, [search], system_prompt=SYSTEM, middleware=[middleware(args, registry, "qa")]
+            model, [search], system_prompt=SYSTEM, middleware=middleware(args, registry, "qa")
         )
         correct = 0
         for i, item in enumerate(questions):

@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model,
             tools,
             system_prompt=SYSTEM,
-            middleware=[middleware(args, registry, "storyteller")],
+            middleware=middleware(args, registry, "storyteller"),
         )
         for request, reply in zip(requests, asyncio.run(run_all(agent, requests)), strict=True):
             print(f"- {request}\n  {reply}")

@@ -4,26 +4,27 @@
 ``wrap(llm, registry=...)`` returns a :class:`LampsChatModel`: a chat model that predicts each call
 like :class:`~adapters.langchain.middleware.LampsMiddleware` does, merges the hints into the
 request's ``extra_body`` and delegates to ``llm``.  ``bind_tools`` and ``with_structured_output``
-keep going through the wrapper.  The session is the LangGraph thread id (or a ``lamps_session_id``
-in the run's metadata), else one derived from the conversation's first message.
+keep going through the wrapper.  The session is a ``lamps_session_id`` in the run's metadata, else
+the LangGraph thread id (``{"configurable": {"thread_id": ...}}`` on the call, or the graph's run
+it is called from), else one derived from the conversation's first message, as for the middleware.
 Tool durations are not seen here: record them with the middleware or the callback handler.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableBinding
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict
 
-from adapters.langchain.middleware import Transport, hint_body
+from adapters.langchain.middleware import Transport, hint_body, sends_hints
 from adapters.langchain.planner import (
     HintPlanner,
     ModelTurn,
@@ -36,6 +37,7 @@ from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
 
 RunManager = CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun
+_SESSION_KWARG = "_lamps_session"  # from the public entry points to _prepare, never sent on
 
 
 class LampsChatModel(BaseChatModel):
@@ -72,6 +74,53 @@ class LampsChatModel(BaseChatModel):
         return self.bind(**bound.kwargs)
 
     # -- calls --------------------------------------------------------------------------------
+    # The public entry points read the run's session from its config and hand it down as a
+    # keyword argument: ``_stream`` gets no callback manager, so metadata cannot carry it there.
+
+    def invoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        config, kwargs = _with_session(config, kwargs)
+        return super().invoke(input, config, stop=stop, **kwargs)
+
+    async def ainvoke(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        config, kwargs = _with_session(config, kwargs)
+        return await super().ainvoke(input, config, stop=stop, **kwargs)
+
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        config, kwargs = _with_session(config, kwargs)
+        yield from super().stream(input, config, stop=stop, **kwargs)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        config, kwargs = _with_session(config, kwargs)
+        async for chunk in super().astream(input, config, stop=stop, **kwargs):
+            yield chunk
 
     def _generate(
         self,
@@ -144,15 +193,16 @@ class LampsChatModel(BaseChatModel):
     def _prepare(
         self, messages: list[BaseMessage], run_manager: RunManager | None, kwargs: dict[str, Any]
     ) -> tuple[ModelTurn, dict[str, Any]]:
-        metadata = run_manager.metadata if run_manager is not None else {}
-        thread_id = metadata.get("lamps_session_id") or metadata.get("thread_id")
+        kwargs = dict(kwargs)
+        thread_id = kwargs.pop(_SESSION_KWARG, None)
+        if thread_id is None and run_manager is not None:  # called through generate()
+            thread_id = _session_of(run_manager.metadata, {})
         session_id = self.planner.session_id(thread_id, messages)
         turn = self.planner.plan(session_id, messages)
         if self.transport == "none" or (
-            self.transport == "auto" and "extra_body" not in type(self.inner).model_fields
+            self.transport == "auto" and not sends_hints(type(self.inner))
         ):
             return turn, kwargs
-        kwargs = dict(kwargs)
         kwargs["extra_body"] = hint_body(
             turn.hints,
             send_priority=self.send_priority,
@@ -160,6 +210,27 @@ class LampsChatModel(BaseChatModel):
             call_extra_body=kwargs.get("extra_body"),
         )
         return turn, kwargs
+
+
+def _session_of(metadata: Mapping[str, Any], configurable: Mapping[str, Any]) -> Any:
+    """A ``lamps_session_id`` in the metadata, else the LangGraph thread id."""
+    return (
+        metadata.get("lamps_session_id")
+        or metadata.get("thread_id")
+        or configurable.get("thread_id")
+    )
+
+
+def _with_session(
+    config: RunnableConfig | None, kwargs: dict[str, Any]
+) -> tuple[RunnableConfig, dict[str, Any]]:
+    """``config`` merged with the enclosing run's (as LangChain merges it), and ``kwargs`` with
+    the run's session added for ``_prepare``."""
+    config = ensure_config(config)
+    session = _session_of(config.get("metadata") or {}, config.get("configurable") or {})
+    if session is not None:
+        kwargs = {**kwargs, _SESSION_KWARG: session}
+    return config, kwargs
 
 
 def _first_message(result: ChatResult) -> BaseMessage | None:

@@ -36,6 +36,10 @@ def register_commands(subparsers: Any) -> None:
     parser.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
     parser.add_argument("--registry", help="tool registry URL (default: a fresh temporary file)")
     parser.add_argument("--limit", type=int, help="tasks per app")
+    parser.add_argument(
+        "--max-tokens", type=int, help="cap on each reply's tokens at --base-url (apps: 256)"
+    )
+    parser.add_argument("--max-turns", type=int, help="model calls per task (apps: 8)")
     parser.add_argument("--no-priority", action="store_true", help="omit the body 'priority'")
     parser.add_argument(
         "--only",
@@ -51,7 +55,7 @@ def run_examples(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"no examples folder at {folder} (run from a source checkout)")
     forwarded: list[str] = []
-    for flag in ("base_url", "model", "api_key", "registry", "limit"):
+    for flag in ("base_url", "model", "api_key", "registry", "limit", "max_tokens", "max_turns"):
         value = getattr(args, flag)
         if value is not None:
             forwarded += [f"--{flag.replace('_', '-')}", str(value)]

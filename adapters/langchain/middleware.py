@@ -12,6 +12,8 @@ middleware behaves the same under ``invoke``, ``ainvoke`` and streaming.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +44,9 @@ Transport = Literal["auto", "extra_body", "none"]
 ModelResult = ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]
 ToolResult = ToolMessage | Command[Any]
 _TRANSPORTS = ("auto", "extra_body", "none")
+logger = logging.getLogger(__name__)
+_silent_models: set[type] = set()  # model classes already warned about (see sends_hints)
+_silent_lock = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -161,7 +166,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         kind = type(model)
         sends = self._auto.get(kind)
         if sends is None:
-            sends = self._auto[kind] = "extra_body" in kind.model_fields
+            sends = self._auto[kind] = sends_hints(kind)
         return sends
 
     # -- tool calls ---------------------------------------------------------------------------
@@ -240,6 +245,25 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
             input_size=call.input_size,
             output_size=output_size,
         )
+
+
+def sends_hints(kind: type[BaseChatModel]) -> bool:
+    """Whether the ``auto`` transport can send hints to models of class ``kind`` (it has an
+    ``extra_body`` field, as ``ChatOpenAI`` has).  If not, a warning is logged, once per class:
+    the scheduler then gets no hints, only the registry gets its records."""
+    if "extra_body" in kind.model_fields:
+        return True
+    with _silent_lock:
+        first = kind not in _silent_models
+        _silent_models.add(kind)
+    if first:
+        logger.warning(
+            "lamps: %s has no extra_body field, so scheduling hints are not sent to it (tool "
+            "calls are still timed and recorded); use an OpenAI-compatible model such as "
+            "ChatOpenAI, or transport='none' to say this is intended",
+            kind.__name__,
+        )
+    return False
 
 
 def hint_body(

@@ -1,94 +1,33 @@
-"""Fakes for the LangChain adapter tests: a scripted chat model that records what it was sent,
-and an in-memory tool registry implementing the adapter's ``ToolRecorder`` protocol.  Imported by
-the test modules after their ``pytest.importorskip("langchain")``."""
+"""Fakes for the LangChain adapter tests: the packaged scripted chat models
+(``adapters.langchain.testing``) under the names the tests use, and an in-memory tool registry
+implementing the adapter's ``ToolRecorder`` protocol.  Imported by the test modules after their
+``pytest.importorskip("langchain")``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    ToolMessage,
-)
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import Field
+from langchain_core.messages import HumanMessage
 
+from adapters.langchain.testing import PlainScriptedChatModel as PlainChatModel
+from adapters.langchain.testing import Script, tool_rounds
+from adapters.langchain.testing import ScriptedChatModel as RecordingChatModel
 from lamps_agent.predictors.base import DurationEstimate
 
-Script = Callable[[list[BaseMessage]], AIMessage]
-
-
-class PlainChatModel(GenericFakeChatModel):
-    """Replies with ``script(messages)``; keeps every call's kwargs (no ``extra_body`` field)."""
-
-    script: Script
-    messages: Any = Field(default_factory=lambda: iter(()))
-    calls: list[dict[str, Any]] = Field(default_factory=list)
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        return self.bind(**kwargs)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.calls.append(kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self.script(messages))])
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        """One chunk with the whole reply (the base fake cannot stream tool calls)."""
-        reply = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
-        assert isinstance(reply, AIMessage)
-        chunks = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
-            for i, c in enumerate(reply.tool_calls)
-        ]
-        message = AIMessageChunk(
-            content=reply.content, tool_call_chunks=chunks, chunk_position="last"
-        )
-        yield ChatGenerationChunk(message=message)
-
-
-class RecordingChatModel(PlainChatModel):
-    """Has an ``extra_body`` field like ``ChatOpenAI``: the ``auto`` transport sends it hints."""
-
-    extra_body: dict[str, Any] | None = None
-
-
-def tool_rounds(*rounds: list[tuple[str, dict[str, Any]]], final: str = "done") -> Script:
-    """A script calling the tools of ``rounds[k]`` (in parallel) at turn k, then answering."""
-
-    def script(messages: list[BaseMessage]) -> AIMessage:
-        turn = sum(1 for m in messages if isinstance(m, AIMessage))
-        if turn < len(rounds):
-            calls = [
-                {"name": name, "args": args, "id": f"call-{turn}-{i}", "type": "tool_call"}
-                for i, (name, args) in enumerate(rounds[turn])
-            ]
-            return AIMessage(content="", tool_calls=calls)
-        seen = [m.content for m in messages if isinstance(m, ToolMessage)]
-        return AIMessage(content=f"{final}: {seen}")
-
-    return script
+__all__ = [
+    "MODES",
+    "FakeRegistry",
+    "FakeTurnRegistry",
+    "Mode",
+    "PlainChatModel",
+    "RecordingChatModel",
+    "Script",
+    "run_agent",
+    "tool_rounds",
+]
 
 
 @dataclass

@@ -150,3 +150,40 @@ def test_structured_output_goes_through_the_wrapper() -> None:
     result = wrap(inner).with_structured_output(Sum).invoke([HumanMessage("2+2")])
     assert result == Sum(total=4)
     assert LampsHints.from_body(inner.calls[0]["extra_body"]).step == 0
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "stream", "astream", "bound"])
+def test_a_plain_call_with_a_thread_id_uses_it_as_the_session(mode: str) -> None:
+    inner = RecordingChatModel(script=lambda messages: AIMessage(content="ok"))
+    llm = wrap(inner)
+    config: Any = {"configurable": {"thread_id": "thread-7"}}
+    messages = [HumanMessage("hello")]
+    if mode == "invoke":
+        llm.invoke(messages, config)
+    elif mode == "ainvoke":
+        asyncio.run(llm.ainvoke(messages, config))
+    elif mode == "stream":
+        list(llm.stream(messages, config))
+    elif mode == "bound":
+        llm.bind_tools([add]).invoke(messages, config)
+    else:
+
+        async def consume() -> None:
+            async for _ in llm.astream(messages, config):
+                pass
+
+        asyncio.run(consume())
+    assert LampsHints.from_body(inner.calls[0]["extra_body"]).session_id == "thread-7"
+
+
+def test_the_thread_id_matches_the_middlewares_session() -> None:
+    """A wrapped model and the middleware's tool handler put one thread in one session."""
+    registry = FakeRegistry()
+    middleware = LampsMiddleware(registry=registry, agent="shared")
+    inner = RecordingChatModel(script=lambda messages: AIMessage(content="ok"))
+    llm = wrap(inner, planner=middleware.planner)
+    llm.invoke([HumanMessage("a")], {"configurable": {"thread_id": "t-1"}})
+    llm.invoke([HumanMessage("b")], {"configurable": {"thread_id": "t-1"}})
+    llm.invoke([HumanMessage("c")], {"metadata": {"lamps_session_id": "own"}})
+    sessions = [h.session_id for h in inner.hints()]
+    assert sessions == ["t-1", "t-1", "own"]
