@@ -18,8 +18,10 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = sub.add_parser(
         "serve",
         help="start vLLM's OpenAI-compatible server with the lamps scheduler",
-        description="Start vLLM's OpenAI-compatible server with the lamps scheduler plug-in. "
-        "Arguments after the known ones go to vLLM unchanged.",
+        description="Start vLLM's OpenAI-compatible server with the lamps scheduler plug-in, "
+        "set up for tool-calling agents (the tool-call parser for the model's family, "
+        "--enable-auto-tool-choice, structured outputs without free whitespace). Arguments "
+        "after '--' go to vLLM unchanged and win over these choices.",
     )
     p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
     p.add_argument("--policy", default="lamps", choices=["lamps", "infercept", "vllm", "stock"],
@@ -30,6 +32,12 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--async-scheduler", action="store_true", help="use LampsAsyncScheduler (GPUs)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--no-tools",
+        dest="tools",
+        action="store_false",
+        help="serve without tool calling (no parser; for models that cannot call tools)",
+    )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="options passed to vLLM")
     p.set_defaults(handler=run_serve)
 
@@ -47,6 +55,7 @@ def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
         "async_scheduler": getattr(args, "async_scheduler", False),
         "host": getattr(args, "host", "127.0.0.1"),
         "port": args.port,
+        "tools": getattr(args, "tools", True),
         "vllm_args": tuple(vllm_args),
     }
     values.update(overrides)
@@ -54,10 +63,14 @@ def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from adapters.vllm.server import server_command, server_env
+    from adapters.vllm.server import server_command, server_env, tool_setup
 
     opts = _serve_options(args)
-    cmd = server_command(opts)
+    tools = tool_setup(opts)  # a missing folder or a model without tools: one line, no vLLM
+    if tools is not None:
+        parser = tools.parser or "yours"
+        print(f"tool calls: parser {parser} ({tools.why})", file=sys.stderr)
+    cmd = server_command(opts, tools)
     print("+", " ".join(cmd), file=sys.stderr)
     os.execvpe(cmd[0], cmd, server_env(opts))
     return 0  # not reached
@@ -88,6 +101,7 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
                 opts = _serve_options(
                     args, policy=policy, swap=args.swap and policy != "stock", stats_file=str(stats),
                     vllm_args=tuple(args.vllm_arg or ()), async_scheduler=False, host="127.0.0.1",
+                    tools=False,  # the replay sends token prompts, no tools
                 )  # fmt: skip
                 log = Path(args.out) / f"server-{policy}.log"
                 Path(args.out).mkdir(parents=True, exist_ok=True)

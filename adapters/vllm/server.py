@@ -4,6 +4,11 @@
 ``python -m vllm.entrypoints.openai.api_server``.  :func:`server_command` builds the argument
 list; :class:`ManagedServer` starts it, waits until ``/health`` answers and stops it again (the
 replay's compare mode runs the stock and plug-in servers in turn with identical settings).
+
+Tool-calling agents need more than vLLM's defaults: :func:`tool_setup` looks at the model folder
+(before vLLM starts) and picks the tool-call parser for its family, a chat template for the tiny
+local test model, and structured outputs without free whitespace (a guided ``tool_choice`` of a
+weak model otherwise fills its JSON with blanks).  Flags the user passes to vLLM win.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SCHEDULER = "adapters.vllm.scheduler.LampsScheduler"
 ASYNC_SCHEDULER = "adapters.vllm.scheduler.LampsAsyncScheduler"
@@ -40,14 +46,19 @@ class ServeOptions:
     port: int = 8000
     host: str = "127.0.0.1"
     stats_file: str | None = None
+    tools: bool = True  # serve tool calls (parser, template, structured outputs; see tool_setup)
     vllm_args: Sequence[str] = field(default_factory=tuple)
 
 
-def server_command(opts: ServeOptions) -> list[str]:
+def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[str]:
+    """The server's argument list; ``tools`` (from :func:`tool_setup`) adds the tool-calling
+    flags the user did not pass to vLLM themselves."""
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", opts.model, "--host", opts.host, "--port", str(opts.port),
     ]  # fmt: skip
+    if tools is not None:
+        cmd += tools.flags(opts.vllm_args)
     if opts.policy != "stock":
         cmd += ["--scheduler-cls", ASYNC_SCHEDULER if opts.async_scheduler else SCHEDULER]
         cmd += [
@@ -86,10 +97,11 @@ class ManagedServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ManagedServer:
+        tools = tool_setup(self.opts)
         out = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(
-            server_command(self.opts), env=server_env(self.opts), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            server_command(self.opts, tools), env=server_env(self.opts), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
@@ -135,3 +147,165 @@ def scrape_metrics(url: str) -> dict[str, float]:
         except ValueError:
             continue
     return totals
+
+
+# -- tool calling ---------------------------------------------------------------------------------
+
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+# model_type (config.json) -> vLLM tool-call parser, for families whose own chat template handles
+# tools (docs/vllm.md has the table and the exceptions found by name below).
+PARSERS: Mapping[str, str] = {
+    "llama": "llama3_json",
+    "llama4": "llama4_pythonic",
+    "qwen2": "hermes",
+    "qwen2_moe": "hermes",
+    "qwen3": "hermes",
+    "qwen3_moe": "hermes",
+    "mistral": "mistral",
+    "mixtral": "mistral",
+    "granite": "granite",
+    "internlm2": "internlm",
+    "jamba": "jamba",
+    "deepseek_v3": "deepseek_v3",
+    "gpt_oss": "openai",
+    "glm4_moe": "glm45",
+}
+
+
+class ServeError(ValueError):
+    """A model that ``lamps-agent serve`` cannot serve as asked (one line for the user)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSetup:
+    """How the server is set up for tool calls."""
+
+    parser: str | None  # None: the user passed --tool-call-parser
+    chat_template: str | None = None  # a literal template; None: the model's own
+    why: str = ""
+
+    def flags(self, user_args: Sequence[str]) -> list[str]:
+        """vLLM flags for tool calls, leaving out every one the user passed."""
+        given = {a.split("=", 1)[0] for a in user_args if a.startswith("--")}
+        flags: list[str] = []
+        if "--enable-auto-tool-choice" not in given:
+            flags.append("--enable-auto-tool-choice")
+        if self.parser is not None and "--tool-call-parser" not in given:
+            flags += ["--tool-call-parser", self.parser]
+        if self.chat_template is not None and "--chat-template" not in given:
+            flags += ["--chat-template", self.chat_template]
+        if "--structured-outputs-config" not in given:
+            flags += ["--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS)]
+        return flags
+
+
+def tool_setup(opts: ServeOptions) -> ToolSetup | None:
+    """The tool-calling setup for ``opts.model``, checked before vLLM starts.
+
+    Raises :class:`ServeError` for a model folder that does not exist, and for a model that
+    cannot call tools (no chat template that handles tools, or a family without a known parser)
+    unless the user named the parser (``--tool-call-parser``) or turned tools off.
+    """
+    folder = model_folder(opts.model)
+    if not opts.tools:
+        return None
+    user_parser = any(a.split("=", 1)[0] == "--tool-call-parser" for a in opts.vllm_args)
+    if folder is None:  # downloadable by vLLM: nothing to read here
+        if user_parser:
+            return ToolSetup(parser=None, why="--tool-call-parser given")
+        raise ServeError(
+            f"model {opts.model!r} is not on this machine, so its tool-call parser cannot be "
+            "chosen: pass --tool-call-parser NAME after '--' (docs/vllm.md), or --no-tools"
+        )
+    from adapters.vllm.tiny_model import CHAT_TEMPLATE, TOOL_CALL_PARSER, is_tiny_model
+
+    if is_tiny_model(folder):
+        return ToolSetup(
+            parser=None if user_parser else TOOL_CALL_PARSER,
+            chat_template=CHAT_TEMPLATE,
+            why="the tiny local test model",
+        )
+    if user_parser:
+        return ToolSetup(parser=None, why="--tool-call-parser given")
+    return _known_family(opts.model, folder)
+
+
+def _known_family(model: str, folder: Path) -> ToolSetup:
+    config = _read_json(folder / "config.json")
+    model_type = str(config.get("model_type", ""))
+    template = chat_template_of(folder)
+    if "tool" not in template:
+        raise ServeError(
+            f"model {model!r} cannot call tools: its chat template does not handle tools; pass "
+            "--chat-template FILE and --tool-call-parser NAME after '--', or --no-tools"
+        )
+    name = f"{model} {config.get('_name_or_path', '')}".lower()
+    parser = PARSERS.get(model_type)
+    if model_type.startswith("qwen3") and "coder" in name:
+        parser = "qwen3_xml"
+    elif "hermes" in name and model_type in ("llama", "mistral"):
+        parser = "hermes"
+    if parser is None:
+        raise ServeError(
+            f"cannot tell which tool-call parser fits model {model!r} (model_type "
+            f"{model_type or 'unknown'!r}): pass --tool-call-parser NAME after '--' (docs/vllm.md "
+            "lists them), or --no-tools"
+        )
+    return ToolSetup(parser=parser, why=f"model_type {model_type!r}")
+
+
+def model_folder(model: str) -> Path | None:
+    """The model's local folder: ``model`` itself, else its snapshot in the Hugging Face cache;
+    ``None`` for a repository id vLLM may still download (``HF_HUB_OFFLINE`` not set to 1).
+
+    Raises :class:`ServeError` if neither exists and nothing can be downloaded."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ServeError(f"model folder {model!r} has no config.json")
+        return path
+    looks_like_path = model.startswith(("/", ".", "~")) or path.exists() or model.count("/") != 1
+    if not looks_like_path:
+        cached = _cached_snapshot(model)
+        if cached is not None:
+            return cached
+        if os.environ.get("HF_HUB_OFFLINE", "1") not in ("1", "true", "True", "YES", "yes"):
+            return None
+    raise ServeError(
+        f"no model folder at {model!r}"
+        + ("" if looks_like_path else " and it is not in the Hugging Face cache (offline)")
+    )
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def chat_template_of(folder: Path) -> str:
+    """The model's own chat template text ('' if it has none)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(errors="replace")
+    template: Any = _read_json(folder / "chat_template.json").get("chat_template")
+    if not template:
+        template = _read_json(folder / "tokenizer_config.json").get("chat_template", "")
+    if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+        return "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    return str(template or "")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ServeError(f"cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}

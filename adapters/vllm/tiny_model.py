@@ -14,10 +14,25 @@ import random
 import sys
 from pathlib import Path
 
+# Assistant tool calls are rendered as the JSON vLLM's guided decoding generates for
+# ``tool_choice="required"`` (compact, as with ``disable_any_whitespace``), so a conversation's
+# next prompt starts with the tokens the previous turn computed and its cached prefix is reused.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' and m.get('tool_calls') %}<|assistant|>["
+    "{% for c in m['tool_calls'] %}"
+    "{% set f = c['function'] if c['function'] is defined else c %}"
+    '{"name":{{ f[\'name\'] | tojson }},"parameters":'
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}"
+    "{% else %}{{ f['arguments'] | tojson(separators=(',', ':')) }}{% endif %}}"
+    "{% if not loop.last %},{% endif %}"
+    "{% endfor %}]\n"
+    "{% else %}<|{{ m['role'] }}|>{{ m['content'] if m['content'] is string else '' }}\n"
+    "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+MARKER = "lamps_tiny_model.json"
+TOOL_CALL_PARSER = "pythonic"  # accepts this tokenizer (hermes and llama3_json refuse it)
 _WORDS = [
     "the",
     "agent",
@@ -93,8 +108,13 @@ def build_tiny_llama(path: str | Path, *, vocab_size: int = 512, seed: int = 0) 
         torch_dtype="float32",
     )
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    (out / "lamps_tiny_model.json").write_text(json.dumps({"seed": seed, "vocab": len(fast)}))
+    (out / MARKER).write_text(json.dumps({"seed": seed, "vocab": len(fast)}))
     return out
+
+
+def is_tiny_model(folder: str | Path) -> bool:
+    """Whether ``folder`` was built by :func:`build_tiny_llama`."""
+    return (Path(folder) / MARKER).is_file()
 
 
 if __name__ == "__main__":

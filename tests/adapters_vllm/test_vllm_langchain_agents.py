@@ -1,0 +1,284 @@
+"""End to end: LangChain agents with ``LampsMiddleware`` and ``ChatOpenAI`` against ``lamps-agent
+serve`` (CPU engine, the tiny local model, started here as a subprocess).
+
+A random-weight model never chooses a tool by itself, so a driver middleware asks for one with
+``tool_choice="required"`` (vLLM's guided decoding writes the call) for the first turns and for a
+plain answer (``"none"``) at the end.  Four conversations run at once.  Checked: the hints reached
+the scheduler, every paused turn got its KV strategy applied (preserve: a pin) and the next turn
+of the conversation found that prefix in the cache, and every tool call is in the registry with
+its duration.  The three example apps then run against the same server with one command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.langchain, pytest.mark.slow]
+pytest.importorskip("langchain", reason="the langchain extra is not installed")
+pytest.importorskip("langchain_openai", reason="the langchain extra is not installed")
+
+from langchain.agents import create_agent  # noqa: E402
+from langchain.agents.middleware import AgentMiddleware, ModelRequest  # noqa: E402
+from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from langchain_core.tools import tool  # noqa: E402
+from langchain_openai import ChatOpenAI  # noqa: E402
+
+from adapters.langchain import LampsMiddleware  # noqa: E402
+from lamps_agent.request import KVStrategy  # noqa: E402
+from tool_registry import ToolRegistry  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCK = 32
+TOOL_TURNS = 3  # tool-calling turns per conversation, then a plain answer
+CONVERSATIONS = 4
+MAX_TOKENS = 64  # a required call is ~45 tokens of JSON on this tokenizer
+TOOL_SECONDS = 0.3
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    model: str
+    stats: Path
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return bytes(resp.read())
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``lamps-agent serve`` exactly as docs/vllm.md shows it, one per module."""
+    folder = tmp_path_factory.mktemp("served")
+    port = _free_port()
+    stats, log = folder / "stats.json", folder / "server.log"
+    cmd = [
+        sys.executable, "-m", "lamps_agent.cli.main", "serve", "--model", str(tiny_model),
+        "--policy", "lamps", "--port", str(port), "--",
+        "--enforce-eager", "--block-size", str(BLOCK), "--max-model-len", "2048",
+        "--kv-cache-memory-bytes", str(4 * 2**20), "--max-num-seqs", "8",
+        "--enable-prompt-tokens-details",
+    ]  # fmt: skip
+    env = {**os.environ, "LAMPS_STATS_FILE": str(stats), "PYTHONPATH": str(ROOT)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"lamps-agent serve exited with {proc.returncode}: {log.read_text()[-3000:]}"
+                )
+            try:
+                _get(f"http://127.0.0.1:{port}/health")
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready in 300 s: {log.read_text()[-3000:]}")
+                time.sleep(1.0)
+        yield Server(url=f"http://127.0.0.1:{port}", model=str(tiny_model), stats=stats, log=log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@tool
+def lookup(key: Literal["alpha", "beta", "gamma"]) -> str:
+    """Look a key up in the catalogue."""
+    time.sleep(TOOL_SECONDS)
+    return f"the catalogue entry for {key} lists three items"
+
+
+@tool
+def convert(unit: Literal["metres", "feet"]) -> str:
+    """Convert the last measurement to a unit."""
+    time.sleep(2 * TOOL_SECONDS)
+    return f"the measurement is 12 {unit}"
+
+
+class ToolChoiceDriver(AgentMiddleware[Any, Any, Any]):
+    """Forces a tool call (vLLM's guided decoding picks tool and arguments) for the first
+    ``turns`` model calls of a conversation, then a plain answer."""
+
+    def __init__(self, turns: int) -> None:
+        super().__init__()
+        self.turns = turns
+
+    def _steer(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
+        done = sum(1 for m in request.messages if isinstance(m, AIMessage))
+        if done < self.turns:
+            settings = {**request.model_settings, "parallel_tool_calls": False}
+            return request.override(tool_choice="required", model_settings=settings)
+        return request.override(tool_choice="none")
+
+    def wrap_model_call(self, request: ModelRequest[Any], handler: Callable[..., Any]) -> Any:
+        return handler(self._steer(request))
+
+    async def awrap_model_call(
+        self, request: ModelRequest[Any], handler: Callable[..., Awaitable[Any]]
+    ) -> Any:
+        return await handler(self._steer(request))
+
+
+def _stats_after(server: Server) -> dict[str, Any]:
+    """The plug-in's statistics as of now: it writes them every 50 scheduler steps, so one
+    50-token request (no hints, no session) makes it write."""
+    before = server.stats.stat().st_mtime_ns if server.stats.exists() else 0
+    body = {"model": server.model, "prompt": "x", "max_tokens": 60, "ignore_eos": True}
+    for _ in range(5):
+        request = urllib.request.Request(
+            f"{server.url}/v1/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=60).read()
+        if server.stats.exists() and server.stats.stat().st_mtime_ns != before:
+            return dict(json.loads(server.stats.read_text()))
+    pytest.fail("the plug-in wrote no statistics")
+
+
+def test_langchain_agents_call_tools_on_the_served_engine(server: Server, tmp_path: Path) -> None:
+    registry = ToolRegistry(f"sqlite:///{tmp_path}/registry.db", spill_dir=tmp_path)
+    registry.register(lookup, duration_hint=TOOL_SECONDS)
+    registry.register(convert, duration_hint=2 * TOOL_SECONDS)
+    model = ChatOpenAI(
+        base_url=f"{server.url}/v1",
+        api_key="EMPTY",  # type: ignore[arg-type]
+        model=server.model,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        max_retries=0,
+        timeout=120,
+    )
+    lamps = LampsMiddleware(
+        registry=registry,
+        agent="e2e",
+        strategy=lambda **_: KVStrategy.PRESERVE,  # every paused turn keeps its prefix pinned
+    )
+    agent = create_agent(
+        model,
+        [lookup, convert],
+        system_prompt="You answer questions about the catalogue with its tools. " * 8,
+        middleware=[ToolChoiceDriver(TOOL_TURNS), lamps],
+    )
+    # One conversation first: the middleware learns online, so only from the second conversation
+    # on does it predict the tool call that ends each turn (and hint the strategy for it).  Its
+    # last turn is then mispredicted as a tool call too; that pin lapses by TTL before the
+    # baseline is read.
+    threads = [f"conversation-{i}" for i in range(CONVERSATIONS)]
+
+    async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        await _run(agent, ["warm-up"])
+        await asyncio.sleep(1.5 * 2 * TOOL_SECONDS + 1.5)
+        baseline = await asyncio.to_thread(_stats_after, server)
+        return baseline, await _run(agent, threads)
+
+    baseline, states = asyncio.run(scenario())  # one loop: ChatOpenAI's client is bound to it
+    assert baseline["pins_active"] == 0
+    registry.flush()
+    stats = _stats_after(server)
+    calls = list(registry.iter_calls())
+    registry.close()
+
+    for thread, state in zip(threads, states, strict=True):
+        replies = [m for m in state["messages"] if isinstance(m, AIMessage)]
+        assert len(replies) == TOOL_TURNS + 1
+        assert all(len(r.tool_calls) == 1 for r in replies[:TOOL_TURNS])
+        assert not replies[-1].tool_calls
+        # each turn after a tool call found the previous turn's whole prompt in the cache
+        for before, after in itertools.pairwise(replies):
+            kept = before.usage_metadata["input_tokens"] // BLOCK * BLOCK
+            cached = after.usage_metadata["input_token_details"]["cache_read"]
+            assert cached >= kept, (thread, cached, kept)
+        # every tool call of the conversation is in the registry, with its duration
+        mine = [c for c in calls if c.session_id == thread]
+        names = sorted(r.tool_calls[0]["name"] for r in replies[:TOOL_TURNS])
+        assert sorted(c.tool for c in mine) == names
+        for call in mine:
+            floor = TOOL_SECONDS if call.tool == "lookup" else 2 * TOOL_SECONDS
+            assert floor <= call.duration < floor + 5
+
+    paused = CONVERSATIONS * TOOL_TURNS
+    assert stats["policy"] == "lamps" and stats["errors"] == 0
+    hints = _delta(stats["hints"], baseline["hints"])
+    assert hints["ok"] == CONVERSATIONS * (TOOL_TURNS + 1)  # every model call's hints arrived
+    assert hints["malformed"] == 0
+    pins = _delta(stats["pins"], baseline["pins"])
+    assert pins["pinned"] == paused  # the strategy applied at every turn that ended in a tool call
+    # a pin is released when the conversation's next turn is admitted on top of it, or when the
+    # agent stays away longer than its TTL (1.5 x the predicted tool time + 1 s; a loaded 2-core
+    # machine can be that slow); never lost, never taken back under memory pressure here
+    released = pins["released"]
+    assert released.get("admitted", 0) + released.get("ttl", 0) == paused, released
+    assert released.get("admitted", 0) >= paused // 2, released
+    assert stats["pins_active"] == 0
+    assert stats["prefill_cached_tokens"] > baseline["prefill_cached_tokens"]
+
+
+async def _run(agent: Any, threads: list[str]) -> list[dict[str, Any]]:
+    """One conversation per thread id, all at once (``ainvoke``)."""
+    return await asyncio.gather(
+        *(
+            agent.ainvoke(
+                {"messages": [HumanMessage(f"Question {i}: what does the catalogue say?")]},
+                {"configurable": {"thread_id": thread}},
+            )
+            for i, thread in enumerate(threads)
+        )
+    )
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """``after - before`` for counters, nested dicts included."""
+    return {
+        key: _delta(value, before.get(key, {}))
+        if isinstance(value, dict)
+        else value - before.get(key, 0)
+        for key, value in after.items()
+    }
+
+
+def test_example_apps_run_against_the_served_engine(server: Server, tmp_path: Path) -> None:
+    """The documented command: ``lamps-agent examples --base-url URL`` (model asked of the server,
+    replies capped by --max-tokens, tasks by --max-turns)."""
+    cmd = [
+        sys.executable, "-m", "lamps_agent.cli.main", "examples", "--base-url",
+        f"{server.url}/v1", "--limit", "1", "--max-tokens", "24", "--max-turns", "3",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for app in ("math", "qa", "slow"):
+        assert f"=== {app}:" in done.stdout
+    assert done.stdout.count("tool statistics (from the tool registry):") == 3
