@@ -227,14 +227,14 @@ def tool_setup(opts: ServeOptions) -> ToolSetup | None:
         )
     if user_parser:
         return ToolSetup(parser=None, why="--tool-call-parser given")
-    return _known_family(opts.model, folder)
+    user_template = any(a.split("=", 1)[0] == "--chat-template" for a in opts.vllm_args)
+    return _known_family(opts.model, folder, check_template=not user_template)
 
 
-def _known_family(model: str, folder: Path) -> ToolSetup:
+def _known_family(model: str, folder: Path, *, check_template: bool) -> ToolSetup:
     config = _read_json(folder / "config.json")
     model_type = str(config.get("model_type", ""))
-    template = chat_template_of(folder)
-    if "tool" not in template:
+    if check_template and "tool" not in chat_template_of(folder):
         raise ServeError(
             f"model {model!r} cannot call tools: its chat template does not handle tools; pass "
             "--chat-template FILE and --tool-call-parser NAME after '--', or --no-tools"

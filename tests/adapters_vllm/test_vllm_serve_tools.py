@@ -119,3 +119,9 @@ def test_serve_reports_one_line_before_starting_vllm(
     plain = model_dir(tmp_path, "llama", "{{ messages }}")
     assert main(["serve", "--model", str(plain)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not started
+
+
+def test_a_users_template_is_not_checked_for_tools(tmp_path: Path) -> None:
+    plain = model_dir(tmp_path, "mistral", "{{ messages }}")
+    setup = tool_setup(ServeOptions(model=str(plain), vllm_args=("--chat-template", "t.jinja")))
+    assert setup is not None and setup.parser == "mistral"
