@@ -158,7 +158,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
             model_extra_body=getattr(request.model, "extra_body", None),
             call_extra_body=settings.get("extra_body"),
         )
-        return turn, request.override(model_settings=settings)
+        return turn, with_model_settings(request, settings)
 
     def _sends_to(self, model: BaseChatModel) -> bool:
         if self.transport != "auto":
@@ -279,6 +279,24 @@ def hint_body(
     if not send_priority:
         del ours["priority"]
     return merge_extra_body(ours, model_extra_body, call_extra_body)
+
+
+def with_model_settings(request: ModelRequest[Any], settings: dict[str, Any]) -> ModelRequest[Any]:
+    """``request.override(model_settings=settings)``, at a fiftieth of its cost.
+
+    ``override`` rebuilds the request through ``__init__``, which sets every field under
+    ``warnings.catch_warnings()``: about 35 µs per model call, and resetting the warning filters
+    also throws away every module's warning cache.  A ``ModelRequest`` is a plain dataclass, so
+    the same new request (the original left unchanged) is a copy of its fields with one replaced.
+    Anything else (a subclass, a future slotted class) goes through ``override``.
+    """
+    fields = getattr(request, "__dict__", None)
+    if type(request) is not ModelRequest or fields is None or "model_settings" not in fields:
+        return request.override(model_settings=settings)
+    new = object.__new__(ModelRequest)
+    new.__dict__.update(fields)
+    new.__dict__["model_settings"] = settings
+    return new
 
 
 def _reply_of(response: object) -> BaseMessage | None:

@@ -391,3 +391,36 @@ def test_a_checkpointed_conversation_keeps_its_session_and_counts_steps_across_r
     run_agent(agent, "second", mode="invoke", thread_id="T")
     hints = hints_of(model)
     assert [(h.session_id, h.step) for h in hints] == [("T", 0), ("T", 1), ("T", 2)]
+
+
+def test_with_model_settings_is_override_without_its_cost() -> None:
+    """The fast copy gives the request ``override`` gives, and leaves the original alone."""
+    import dataclasses
+
+    from langchain.agents.middleware import ModelRequest
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from adapters.langchain.middleware import with_model_settings
+
+    model = RecordingChatModel(script=tool_rounds())
+    request = ModelRequest(
+        model=model,
+        messages=[HumanMessage("hi")],
+        system_message=SystemMessage("be brief"),
+        tool_choice="auto",
+        model_settings={"temperature": 0},
+    )
+    settings = {"temperature": 0, "extra_body": {"session_id": "s"}}
+    fast, slow = with_model_settings(request, settings), request.override(model_settings=settings)
+    assert type(fast) is ModelRequest and fast is not request
+    for f in dataclasses.fields(ModelRequest):
+        assert getattr(fast, f.name) is getattr(slow, f.name) or (
+            getattr(fast, f.name) == getattr(slow, f.name)
+        ), f.name
+    assert request.model_settings == {"temperature": 0}
+
+    class Custom(ModelRequest):  # anything but a plain ModelRequest takes the documented path
+        pass
+
+    custom = Custom(model=model, messages=[], model_settings={})
+    assert type(with_model_settings(custom, settings)) is Custom
