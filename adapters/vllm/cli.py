@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -71,7 +72,7 @@ def run_serve(args: argparse.Namespace) -> int:
         parser = tools.parser or "yours"
         print(f"tool calls: parser {parser} ({tools.why})", file=sys.stderr)
     cmd = server_command(opts, tools)
-    print("+", " ".join(cmd), file=sys.stderr)
+    print("+", shlex.join(cmd), file=sys.stderr)  # copy-pasteable: the template has quotes
     os.execvpe(cmd[0], cmd, server_env(opts))
     return 0  # not reached
 

@@ -219,10 +219,11 @@ def tool_setup(opts: ServeOptions) -> ToolSetup | None:
         )
     from adapters.vllm.tiny_model import CHAT_TEMPLATE, TOOL_CALL_PARSER, is_tiny_model
 
-    if is_tiny_model(folder):
+    if is_tiny_model(folder):  # a folder built before its template kept tool calls gets it here
+        own = chat_template_of(folder) == CHAT_TEMPLATE
         return ToolSetup(
             parser=None if user_parser else TOOL_CALL_PARSER,
-            chat_template=CHAT_TEMPLATE,
+            chat_template=None if own else CHAT_TEMPLATE,
             why="the tiny local test model",
         )
     if user_parser:

@@ -47,6 +47,9 @@ def test_the_tiny_model_gets_pythonic_and_a_template_that_keeps_tool_calls(
     assert flag(cmd, "--chat-template") == CHAT_TEMPLATE
     assert json.loads(flag(cmd, "--structured-outputs-config") or "") == STRUCTURED_OUTPUTS
     assert cmd[-1] == "--enforce-eager"  # the user's flags come last
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)  # built with today's template
+    setup = tool_setup(opts)
+    assert setup is not None and setup.parser == "pythonic" and setup.chat_template is None
 
 
 @pytest.mark.parametrize(
