@@ -118,6 +118,13 @@ class TurnTracker:
             output = min(output, float(max_tokens))
         return TurnInfo(sid, max(output, 1.0), tool, duration, None, hinted=False)
 
+    def mean_gap(self, session_id: str | None) -> float | None:
+        """The session's mean pause between a turn's end and its next turn (None: no history)."""
+        hist = self.sessions.get(session_id) if session_id else None
+        if hist is None or not hist.gaps:
+            return None
+        return hist.gap_sum / hist.gaps
+
     def turn_ended(self, session_id: str | None, output_tokens: int) -> None:
         hist = self.sessions.get(session_id) if session_id else None
         if hist is not None:

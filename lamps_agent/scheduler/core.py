@@ -217,6 +217,21 @@ class Scheduler:
         self._dequeue(req)
         self._place(req)
 
+    # An engine that builds its own batch (vLLM) takes a request from the queue, then either
+    # keeps it (admit_taken) or puts it back where it stood (untake) within the same step.
+    def take(self, req: Request) -> None:
+        self._dequeue(req)
+
+    def untake(self, req: Request, key: tuple[float, ...], enqueued_iteration: int) -> None:
+        self.waiting.push(req, key, enqueued_iteration)
+
+    def admit_taken(self, req: Request) -> None:
+        self._place(req)
+
+    def enqueue(self, req: Request) -> None:
+        """Put an already predicted request (back) in the waiting queue by the policy's key."""
+        self._enqueue(req, resumed=False)
+
     def _dequeue(self, req: Request) -> None:
         if self.waiting.is_starved(req, self.iteration):
             # The promotion sticks: last to be preempted, and back at the head if it is.
@@ -230,20 +245,25 @@ class Scheduler:
         self.policy.on_admit(req)
 
     def pause(
-        self, req: Request, *, tokens: int | None = None, blocks: int | None = None
+        self,
+        req: Request,
+        *,
+        key: Hashable | None = None,
+        tokens: int | None = None,
+        blocks: int | None = None,
+        gap: float | None = None,
+        override: KVStrategy | None = None,
     ) -> tuple[PausedKV, KVStrategy]:
         """``req``'s turn ended in a tool call (or its session may continue): decide what to do
-        with its KV and apply it to the accounting.  Returns the entry and the strategy taken."""
-        pred = req.prediction
-        if pred is not None and pred.has_tool_call:
-            gap = pred.tool_duration
-        elif req.segment.has_tool_call and pred is None:
-            gap = req.segment.tool_duration
-        else:
-            gap = UNKNOWN_GAP_S  # predicted "final answer", yet it paused: what actually happened
+        with its KV and apply it to the accounting.  ``gap`` is the engine's own prediction of
+        the pause (else the turn's prediction); ``override`` forces a strategy (an operator who
+        lets clients decide).  Returns the entry and the strategy taken."""
+        if gap is None:
+            gap = self._predicted_gap(req)
         req.tool_started_at = self.now
+        pred = req.prediction
         paused = PausedKV(
-            key=req.request_id,
+            key=req.request_id if key is None else key,
             tokens=req.kv_tokens if tokens is None else tokens,
             blocks=req.gpu_blocks if blocks is None else blocks,
             paused_at=self.now,
@@ -252,7 +272,7 @@ class Scheduler:
             request=req,
             tool=pred.tool if pred is not None else req.segment.tool,
         )
-        strategy = self.policy.on_pause(paused)
+        strategy = override if override is not None else self.policy.on_pause(paused)
         if strategy is KVStrategy.SWAP and not self.memory.can_swap_out(paused.blocks):
             self.counters.swap_fallbacks += 1
             strategy = KVStrategy.DISCARD
@@ -260,6 +280,49 @@ class Scheduler:
             paused.expires_at = self.now + self.pin_lifetime.ttl(gap)
         self._pending_swap_out += self._hold(req, paused, strategy)
         return paused, strategy
+
+    @staticmethod
+    def _predicted_gap(req: Request) -> float:
+        pred = req.prediction
+        if pred is not None and pred.has_tool_call:
+            return pred.tool_duration
+        if pred is None and req.segment.has_tool_call:
+            return req.segment.tool_duration
+        return UNKNOWN_GAP_S  # predicted "final answer", yet it paused: what actually happened
+
+    def end_turn(
+        self,
+        req: Request,
+        outcome: Outcome,
+        *,
+        continues: bool,
+        key: Hashable | None = None,
+        tokens: int | None = None,
+        blocks: int | None = None,
+        gap: float | None = None,
+        override: KVStrategy | None = None,
+    ) -> KVStrategy | None:
+        """An engine that runs turns itself (vLLM) reports one ended: the program finished
+        (``continues`` False) or its session may continue, and then its KV gets a decision.
+        Returns the strategy, None for a finished program."""
+        if req in self.running:
+            self.running.remove(req)
+            self.policy.on_leave(req)
+        if req.state is S.PREFILLING:
+            req.move_to(S.DECODING)
+        if not continues:
+            self.finish(req, outcome)
+            return None
+        self.policy.on_turn_end(req, outcome)
+        _, strategy = self.pause(
+            req, key=key, tokens=tokens, blocks=blocks, gap=gap, override=override
+        )
+        return strategy
+
+    def resume_paused(self, key: Hashable) -> PausedKV | None:
+        """The session behind ``key`` came back (its next turn was admitted): its preserved
+        entry, if any, leaves the table."""
+        return self.paused.pop(key)
 
     def _hold(self, req: Request, paused: PausedKV, strategy: KVStrategy) -> int:
         """Move ``req`` into the paused state for ``strategy``; returns tokens to copy out."""
@@ -331,15 +394,16 @@ class Scheduler:
         self.waiting.push(req, req.queue_key, self.iteration)
         self.policy.on_enqueue(req)
 
-    def finish(self, req: Request) -> None:
+    def finish(self, req: Request, outcome: Outcome | None = None) -> None:
         """``req``'s last turn ended."""
-        seg = req.segment
-        self.policy.on_turn_end(
-            req,
-            Outcome(
-                output_tokens=seg.output_tokens, tool=None, tool_duration=0.0, returned_tokens=0
-            ),
-        )
+        if outcome is None:
+            outcome = Outcome(
+                output_tokens=req.segment.output_tokens,
+                tool=None,
+                tool_duration=0.0,
+                returned_tokens=0,
+            )
+        self.policy.on_turn_end(req, outcome)
         self.memory.free(req.gpu_blocks)
         req.gpu_blocks = 0
         req.move_to(S.FINISHED)

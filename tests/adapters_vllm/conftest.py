@@ -150,6 +150,6 @@ def assert_no_leak(llm: Any) -> None:
     """After every session ended (pins released), all blocks but vLLM's null block are free."""
     sched = scheduler_of(llm)
     if hasattr(sched, "lamps"):
-        sched.lamps.pins.release_all("test-end")
+        sched.lamps.release_all("test-end")
     pool = sched.kv_cache_manager.block_pool
     assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
