@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-pytest.importorskip("vllm")
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
 pytestmark = pytest.mark.vllm
 
 from adapters.vllm.queue import LampsRequestQueue  # noqa: E402
