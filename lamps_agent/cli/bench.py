@@ -33,7 +33,7 @@ from lamps_agent.bench.report import (
 from lamps_agent.bench.runner import RECOMMENDED_POLICY, BenchConfig, RunSpec, run_grid
 from lamps_agent.metrics import RunResult, RunSummary
 from lamps_agent.policies import POLICIES
-from lamps_agent.predictors import PREDICTORS
+from lamps_agent.predictors import PREDICTORS, make_predictor
 from lamps_agent.presets import PRESETS, load_preset, parse_overrides
 from lamps_agent.program import Program
 from lamps_agent.registry import Registry
@@ -150,7 +150,15 @@ def _names(text: str, flag: str, registry: Registry[Any], *, spec_args: bool = F
     if not names:
         raise ValueError(f"{flag}: give at least one, from: {', '.join(registry.names())}")
     for name in names:
-        registry.get(name.partition(":")[0] if spec_args else name)  # lists the valid ones
+        try:
+            registry.get(name.partition(":")[0] if spec_args else name)  # lists the valid ones
+        except KeyError as exc:
+            raise ValueError(f"{flag}: {exc.args[0]}") from None
+        if spec_args and ":" in name:
+            try:
+                make_predictor(name)  # checks the argument (noisy:PCT)
+            except ValueError as exc:
+                raise ValueError(f"{flag}: {name!r}: {exc}") from None
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"{flag}: {', '.join(twice)} listed twice")

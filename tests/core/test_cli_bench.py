@@ -80,6 +80,8 @@ def test_bad_values_name_their_flag(tmp_path: Path, capsys: pytest.CaptureFixtur
     cases = {
         ("--policies", ""): "--policies: give at least one",
         ("--policies", "lamps,lamps"): "--policies: lamps listed twice",
+        ("--policies", "lamps,edf"): "--policies: unknown policy 'edf'; valid:",
+        ("--predictors", "noisy:abc"): "--predictors: 'noisy:abc': could not convert",
         ("--predictors", " , "): "--predictors: give at least one",
         ("--qps", "abc"): "--qps: 'abc' is not a number",
         ("--qps", "2,inf"): "--qps: 'inf' must be a positive number",
