@@ -34,10 +34,12 @@ class _Style:
     marker: str
     linestyle: Any
     recommended: bool
+    reference: bool  # the oracle-predictor run, which the others are compared with
 
 
 def _styles(summaries: Sequence[RunSummary]) -> list[_Style]:
-    """One style per (policy, predictor) series, in drawing order (recommended policy last)."""
+    """One style per (policy, predictor) series, in drawing order: the recommended policy last,
+    and within a policy its oracle run last, so the reference line is never under another."""
     policies = list(dict.fromkeys(s.policy for s in summaries))
     predictors = list(dict.fromkeys(s.predictor for s in summaries))
     colors = [f"C{i}" for i in range(10)]
@@ -53,9 +55,11 @@ def _styles(summaries: Sequence[RunSummary]) -> list[_Style]:
                     marker=MARKERS[hue % len(MARKERS)],
                     linestyle=LINESTYLES[pred_i % len(LINESTYLES)],
                     recommended=policy == RECOMMENDED_POLICY,
+                    reference=predictor == "oracle",
                 )
             )
-    return sorted(styles, key=lambda st: st.recommended)  # stable: keeps the run order
+    # stable: keeps the run order otherwise
+    return sorted(styles, key=lambda st: (st.recommended, st.reference))
 
 
 def plot_latency_vs_qps(summaries: Sequence[RunSummary], path: Path, *, title: str = "") -> None:

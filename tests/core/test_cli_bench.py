@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from lamps_agent.bench import runner
-from lamps_agent.bench.plots import plot_latency_vs_qps
+from lamps_agent.bench.plots import _styles, plot_latency_vs_qps
 from lamps_agent.bench.report import Baseline, reductions, results_table
 from lamps_agent.bench.runner import RECOMMENDED_POLICY, BenchConfig, RunSpec, run_one
 from lamps_agent.cli import bench as bench_cli
@@ -248,6 +248,9 @@ def test_every_policy_is_visible_in_the_latency_plot(
         assert len(styles) == 7  # each policy its own colour and marker
         top = max(lines, key=lambda ln: ln.get_zorder())
         assert top.get_label() == RECOMMENDED_POLICY and lines[-1] is top  # drawn last, on top
+    styles = _styles(summaries)  # with a second predictor: lamps' oracle run is the top line
+    assert styles[-1].label == RECOMMENDED_POLICY
+    assert len({(st.color, st.marker, st.linestyle) for st in styles}) == len(styles)
 
 
 def test_an_unreachable_engine_url_is_one_line(
