@@ -102,7 +102,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--overwrite", action="store_true", help="replace the earlier run's files in --out"
     )
-    p.add_argument("--wide", action="store_true", help="all table columns (needs ~160 columns)")
+    p.add_argument("--wide", action="store_true", help="all table columns (about 145 columns wide)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
         "--timeline",
