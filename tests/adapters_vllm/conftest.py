@@ -1,4 +1,8 @@
-"""Fixtures for the vLLM plug-in tests: a tiny local model and in-process engines."""
+"""Fixtures for the vLLM plug-in tests: a tiny local model and in-process engines.
+
+Importing this module needs no vLLM (vLLM is imported inside the fixtures); each test module
+starts with ``pytest.importorskip("vllm")``, so without the extra its tests are reported as
+skipped with the reason (a skip raised here would instead break the collection)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("vllm", reason="the vllm extra is not installed")
 os.environ.setdefault(
     "VLLM_ENABLE_V1_MULTIPROCESSING", "0"
 )  # the scheduler is reachable in-process

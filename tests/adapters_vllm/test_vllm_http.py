@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
+
 from adapters.vllm.server import ManagedServer, ServeOptions, server_command
 from lamps_agent.hints import LampsHints, merge_extra_body
 from lamps_agent.request import KVStrategy
