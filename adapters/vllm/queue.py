@@ -40,11 +40,16 @@ class LampsRequestQueue(RequestQueue):
         self._unknown: deque[Request] = deque()  # requests the plug-in could not read: FCFS, last
         self._step_view: deque[Request] | None = None
         self._taken: dict[str, tuple[CoreRequest, tuple[float, ...], int]] = {}
+        self.gate_held_steps = (
+            0  # steps where the policy's gate held back a request it had room for
+        )
+        self._held_counted = False
 
     # -- per step ----------------------------------------------------------------------------
     def new_step(self) -> None:
         """Forget the previous step's admissible list (the engine calls this before schedule)."""
         self._step_view = None
+        self._held_counted = False
 
     def end_step(self) -> list[CoreRequest]:
         """After vLLM's schedule: the requests it took and kept are admitted; returns them."""
@@ -60,6 +65,11 @@ class LampsRequestQueue(RequestQueue):
         if self._step_view is None:
             limit = max(self._seats(), 0)
             self._step_view = deque(self._vllm[c.request_id] for c in self._sched.admissible(limit))
+            if not self._held_counted and len(self._step_view) < min(
+                limit, len(self._sched.waiting)
+            ):
+                self.gate_held_steps += 1
+                self._held_counted = True
             self._step_view.extend(self._unknown)
         return self._step_view
 

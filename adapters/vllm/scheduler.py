@@ -301,7 +301,8 @@ class LampsCore:
                 self.pins.release(sid, "abort")
             return
         self._mirror_one(request, core)
-        self.turns.turn_ended(sid, request.num_output_tokens)
+        continues = self.turns.may_continue(info)
+        self.turns.turn_ended(info, request.num_output_tokens)
         outcome = Outcome(
             output_tokens=request.num_output_tokens,
             tool=info.tool,
@@ -310,11 +311,11 @@ class LampsCore:
         )
         if sid is not None and self.core.resume_paused(sid) is not None:
             self.pins.release(sid, "replaced")  # a session holds at most one pin
-        blocks = self._pinnable(request) if sid is not None else []
+        blocks = self._pinnable(request) if continues else []
         strategy = self.core.end_turn(
             core,
             outcome,
-            continues=sid is not None,
+            continues=continues,
             key=sid,
             tokens=request.num_computed_tokens,
             blocks=len(blocks),
@@ -385,6 +386,8 @@ class LampsCore:
             "swap_fallbacks": self.swap_fallbacks,
             "errors": self.errors,
             "free_blocks": self.pool.get_num_free_blocks(),
+            "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
+            "gate_held_steps": self.queue.gate_held_steps,
         }
 
     def write_stats(self) -> None:
@@ -431,7 +434,10 @@ class _LampsMixin:
         except Exception:
             self.lamps.errors += 1
             log.exception("lamps: turn-end handling failed for %s; discarding", request.request_id)
-        return super()._free_request(request, delay_free_blocks)  # type: ignore[misc]
+        result = super()._free_request(request, delay_free_blocks)  # type: ignore[misc]
+        if not self.lamps.tracked:
+            self.lamps.write_stats()  # the engine ran dry: what an idle engine holds
+        return result
 
     def lamps_stats(self) -> dict[str, Any]:
         return self.lamps.stats()
