@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 try:
     import lamps_agent  # noqa: F401
@@ -37,6 +37,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from adapters.langchain import LampsHints, LampsMiddleware
 from adapters.langchain.testing import ScriptedChatModel
 from tool_registry import ToolRegistry
+from tool_registry.errors import RegistryError
+from tool_registry.urls import is_sqlite, resolve_url, sqlite_path
 
 DATA = Path(__file__).resolve().parent / "data"
 Script = Callable[[list[BaseMessage]], AIMessage]
@@ -73,6 +75,11 @@ def parse_args(
         "--registry",
         help="tool registry URL (default: a fresh SQLite file in a temporary directory)",
     )
+    parser.add_argument(
+        "--create-registry",
+        action="store_true",
+        help="create the folder of a --registry SQLite file if it does not exist",
+    )
     parser.add_argument("--limit", type=int, default=None, help="run only the first N tasks")
     parser.add_argument(
         "--no-priority",
@@ -89,12 +96,32 @@ def parse_args(
     return args
 
 
+def fail(message: str) -> NoReturn:
+    """Stop the app with one line on stderr (no traceback) and exit status 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_endpoint(base_url: str, timeout: float = 5.0) -> None:
+    """Fail in one line, before any agent runs, when nothing answers at ``base_url``; any HTTP
+    answer (even an error status) means a server is there."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        fail(f"--base-url {base_url}: cannot connect ({reason}); is the server running?")
+
+
 def chat_model(args: argparse.Namespace, script: Script) -> BaseChatModel:
     """The live model at ``--base-url``, else the offline scripted one."""
     if not args.base_url:
         return ScriptedChatModel(script=script)
     from langchain_openai import ChatOpenAI
 
+    check_endpoint(args.base_url)
     return ChatOpenAI(
         base_url=args.base_url,
         model=args.model or served_model(args.base_url, args.api_key),
@@ -105,24 +132,44 @@ def chat_model(args: argparse.Namespace, script: Script) -> BaseChatModel:
 
 
 def served_model(base_url: str, api_key: str) -> str:
-    """The first model the server at ``base_url`` lists (``GET /models``); exits with a one-line
-    error if the server cannot be reached."""
+    """The first model the server at ``base_url`` lists (``GET /models``), for a run without
+    ``--model``; stops the app with one line if it cannot be listed."""
     url = f"{base_url.rstrip('/')}/models"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             models = json.loads(resp.read())["data"]
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise SystemExit(f"error: cannot list the models at {url}: {reason}") from None
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"--base-url {base_url}: cannot list its models ({getattr(exc, 'reason', exc)})")
     if not models:
-        raise SystemExit(f"error: the server at {base_url} serves no model")
+        fail(f"--base-url {base_url}: the server lists no model; pass --model")
     return str(models[0]["id"])
 
 
+def _check_sqlite_folder(url: str, *, create: bool) -> None:
+    """A SQLite registry in a folder that does not exist is a typo more often than a wish: refuse
+    it unless ``--create-registry`` asks for the folder."""
+    resolved = resolve_url(url)
+    path = sqlite_path(resolved) if is_sqlite(resolved) else None
+    if path is None or create:
+        return
+    folder = path.expanduser().parent
+    if not folder.is_dir():
+        fail(
+            f"--registry {url}: folder {folder} does not exist "
+            "(create it, or pass --create-registry)"
+        )
+
+
 def open_registry(args: argparse.Namespace) -> ToolRegistry:
+    """The registry at ``--registry``, else a fresh SQLite file in a temporary folder; a bad or
+    unreachable one stops the app with one line."""
     if args.registry:
-        return ToolRegistry(args.registry)
+        try:
+            _check_sqlite_folder(args.registry, create=args.create_registry)
+            return ToolRegistry(args.registry)  # connects: an unreachable database fails here
+        except (ValueError, RegistryError) as exc:
+            fail(f"--registry: {exc}")
     scratch = tempfile.mkdtemp(prefix="lamps-examples-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     return ToolRegistry(f"sqlite:///{scratch}/registry.db", spill_dir=scratch)

@@ -88,6 +88,70 @@ class RunSummary:
         return row
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunLabels:
+    """Names that go into the summary, not into the run."""
+
+    policy: str
+    predictor: str
+    trace: str = "workload"
+    qps: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineCounters:
+    """What an engine counted over a run (the simulator exactly; a real engine what it exposes)."""
+
+    recomputed_tokens: int
+    swapped_bytes: int = 0
+    memory_waste_token_s: float = 0.0
+    peak_kv_blocks: int = 0
+    peak_kv_fraction: float = 0.0
+    iterations: int = 0
+    preemptions: int = 0
+    pins_released: int = 0
+    swap_fallbacks: int = 0
+    rejected: int = 0
+
+
+def summarize(
+    requests: Sequence[RequestMetrics], *, labels: RunLabels, preset: str, counters: EngineCounters
+) -> RunSummary:
+    """The one summary of a run, from per-request records: the simulator's and the real-engine
+    replay's reports both come from here."""
+    makespan = max((m.finish for m in requests), default=0.0)
+    first = min((m.arrival for m in requests), default=0.0)
+    span = max(makespan - first, 1e-9)
+    return RunSummary(
+        policy=labels.policy,
+        predictor=labels.predictor,
+        preset=preset,
+        trace=labels.trace,
+        qps=labels.qps,
+        seed=labels.seed,
+        num_requests=len(requests),
+        rejected=counters.rejected,
+        e2e=Distribution.of([m.e2e for m in requests]),
+        ttft=Distribution.of([m.ttft for m in requests]),
+        normalized_latency=Distribution.of([m.normalized_latency for m in requests]),
+        engine_time=Distribution.of([m.e2e - m.tool_time for m in requests]),
+        max_queue_wait=Distribution.of([m.max_queue_wait for m in requests]),
+        makespan=makespan,
+        throughput_rps=len(requests) / span,
+        throughput_tokens_per_s=sum(m.output_tokens for m in requests) / span,
+        recomputed_tokens=counters.recomputed_tokens,
+        swapped_bytes=counters.swapped_bytes,
+        memory_waste_token_s=counters.memory_waste_token_s,
+        peak_kv_blocks=counters.peak_kv_blocks,
+        peak_kv_fraction=counters.peak_kv_fraction,
+        iterations=counters.iterations,
+        preemptions=counters.preemptions,
+        pins_released=counters.pins_released,
+        swap_fallbacks=counters.swap_fallbacks,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class KVTimeline:
     """GPU KV use over simulated time, one point per iteration."""

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lamps_agent.policies import POLICIES
+
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -25,12 +27,13 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "after '--' go to vLLM unchanged and win over these choices.",
     )
     p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
-    p.add_argument("--policy", default="lamps", choices=["lamps", "infercept", "vllm", "stock"],
-                   help="stock = vLLM's own scheduler, no plug-in")  # fmt: skip
+    p.add_argument("--policy", default="lamps", choices=[*POLICIES.names(), "stock"],
+                   help="a core policy; stock = vLLM's own scheduler, no plug-in (default: lamps)")  # fmt: skip
     p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
     p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
     p.add_argument("--host-swap-gb", type=float, default=4.0)
-    p.add_argument("--async-scheduler", action="store_true", help="use LampsAsyncScheduler (GPUs)")
+    p.add_argument("--async-scheduler", action=argparse.BooleanOptionalAction, default=None,
+                   help="LampsAsyncScheduler, for vLLM's async scheduling (default: on where a GPU is present)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -53,7 +56,7 @@ def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
         "preset": args.preset,
         "swap": args.swap,
         "host_swap_gb": getattr(args, "host_swap_gb", 4.0),
-        "async_scheduler": getattr(args, "async_scheduler", False),
+        "async_scheduler": getattr(args, "async_scheduler", None),
         "host": getattr(args, "host", "127.0.0.1"),
         "port": args.port,
         "tools": getattr(args, "tools", True),
@@ -101,7 +104,7 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
                 stats = Path(tempfile.gettempdir()) / f"lamps-stats-{os.getpid()}-{policy}.json"
                 opts = _serve_options(
                     args, policy=policy, swap=args.swap and policy != "stock", stats_file=str(stats),
-                    vllm_args=tuple(args.vllm_arg or ()), async_scheduler=False, host="127.0.0.1",
+                    vllm_args=tuple(args.vllm_arg or ()), async_scheduler=None, host="127.0.0.1",
                     tools=False,  # the replay sends token prompts, no tools
                 )  # fmt: skip
                 log = Path(args.out) / f"server-{policy}.log"

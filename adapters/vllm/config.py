@@ -1,22 +1,32 @@
 """The plug-in's settings: from vLLM's ``--additional-config '{"lamps": {...}}'`` or ``LAMPS_*``
-environment variables (the config wins), validated once at start-up."""
+environment variables (the config wins), validated once at start-up.
+
+``policy`` is any registered core policy (:data:`lamps_agent.policies.POLICIES`);
+``policy_options`` are passed to it as they are (e.g. ``{"starvation_threshold": 100}`` for
+``lamps``), so a new policy needs no change here."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-PLUGIN_POLICIES = ("lamps", "infercept", "vllm")
+from lamps_agent.policies import POLICIES
+from lamps_agent.scheduler import PinLifetime
+
+CLIENT_STRATEGY = ("advisory", "obey")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PluginConfig:
-    policy: str = "lamps"  # lamps | infercept | vllm (stock order and discard; counters only)
+    policy: str = "lamps"  # any registered core policy
+    policy_options: dict[str, Any] = field(default_factory=dict)
     preset: str = "h100-llama3-8b"  # cost constants for the waste and area estimates
-    starvation_threshold: int = 100  # schedule() calls a request may wait before it leads
+    # A client's kv_strategy hint: "advisory" (the scheduler decides at the engine's live state;
+    # the hint is only counted) or "obey" (tests and operators who want clients to decide).
+    client_strategy: str = "advisory"
     ttl_factor: float = 1.5  # a pin lives ttl_factor × predicted tool time + ttl_slack ...
     ttl_slack: float = 1.0
     ttl_max: float = 600.0  # ... but never longer than this (seconds)
@@ -24,18 +34,24 @@ class PluginConfig:
     host_swap_gb: float = 4.0  # bound of the host-memory store behind the swap strategy
 
     def __post_init__(self) -> None:
-        if self.policy not in PLUGIN_POLICIES:
+        if self.policy not in POLICIES:
             raise ValueError(
-                f"lamps policy must be one of {', '.join(PLUGIN_POLICIES)}, got {self.policy!r}"
+                f"lamps policy must be one of {', '.join(POLICIES.names())}, got {self.policy!r}"
             )
-        if self.starvation_threshold < 1:
-            raise ValueError("starvation_threshold must be >= 1")
+        if not isinstance(self.policy_options, dict):
+            raise ValueError("policy_options must be a JSON object")
+        if self.client_strategy not in CLIENT_STRATEGY:
+            raise ValueError(f"client_strategy must be one of {', '.join(CLIENT_STRATEGY)}")
         for name in ("ttl_factor", "ttl_slack", "ttl_max", "host_swap_gb"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.default_output_tokens < 1:
             raise ValueError("default_output_tokens must be >= 1")
+
+    @property
+    def pin_lifetime(self) -> PinLifetime:
+        return PinLifetime(factor=self.ttl_factor, slack=self.ttl_slack, cap=self.ttl_max)
 
     @classmethod
     def load(
@@ -57,4 +73,10 @@ class PluginConfig:
         unknown = set(values) - set(types)
         if unknown:
             raise ValueError(f"unknown lamps settings: {', '.join(sorted(unknown))}")
-        return cls(**{k: types[k](v) for k, v in values.items()})
+        return cls(**{k: _coerce(types[k], v) for k, v in values.items()})
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    if kind is dict and isinstance(value, str):
+        return json.loads(value)  # from an environment variable
+    return kind(value)

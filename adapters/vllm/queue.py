@@ -1,146 +1,157 @@
-"""vLLM's waiting queue, ordered by a lamps-agent policy key with a starvation bound.
+"""vLLM's waiting queue, backed by the core scheduler's queue: the plug-in keeps no order of its own.
 
-Keys are computed once per request by the core policy (LAMPS: the predicted memory-over-time
-area; INFERCEPT: the session's original arrival).  A request that has waited
-``starvation_threshold`` scheduler steps goes ahead of every key, oldest first; preempted requests
-(``prepend_request``) go ahead of everything, as in vLLM.
+vLLM's ``Scheduler.schedule`` walks ``self.waiting`` with ``peek_request`` / ``pop_request`` while
+it has budget, puts back what it skipped with ``prepend_requests``, and sends preempted requests
+back with ``prepend_request``.  This class answers those calls from the core
+:class:`~lamps_agent.scheduler.core.Scheduler`:
 
-Cheap per step: entries stay sorted by key as they arrive (``bisect``), and since steps only grow,
-the starved requests are always a prefix of the entry order — so a step costs a scan that stops at
-the first request that is not starved, and the order is rebuilt only when that prefix changes.
+* the order is the core :class:`~lamps_agent.scheduler.queue.WaitingQueue`'s (policy key,
+  starvation bound), over the core request that mirrors each vLLM request;
+* what vLLM may take this step is :meth:`Scheduler.admissible` — the policy's admission gate
+  applied (WAIT, Nested WAIT hold requests back here), computed once per step;
+* a request popped and not put back was admitted (:meth:`Scheduler.admit`); one put back that was
+  running was preempted (:meth:`Scheduler.preempt`, keeping its key, as in the simulator).
+
+``len()`` counts every waiting request, held ones included, so the engine keeps stepping (and the
+gate's liveness rules get their chance) while anything waits.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 from vllm.v1.core.sched.request_queue import RequestQueue
 from vllm.v1.request import Request
 
-KeyFn = Callable[[Request], tuple[float, ...]]
-_Entry = tuple[tuple[float, ...], int, Request]
+from lamps_agent.request import Request as CoreRequest
+from lamps_agent.request import RequestState
+from lamps_agent.scheduler import Scheduler
+
+CoreOf = Callable[[Request], CoreRequest | None]
 
 
 class LampsRequestQueue(RequestQueue):
-    def __init__(
-        self, *, key: KeyFn, step: Callable[[], int], starvation_threshold: int | None
-    ) -> None:
-        self._key = key
-        self._step = step
-        self._threshold = starvation_threshold
-        self._front: deque[Request] = deque()
-        self._items: dict[str, Request] = {}  # insertion order = entry order
-        self._entered: dict[str, int] = {}
-        self._sorted: list[_Entry] = []  # by (key, arrival sequence)
-        self._seq = 0
-        self._order: list[Request] | None = None
-        self._num_starved = -1
-
-    # -- ordering ----------------------------------------------------------------------------
-    def _count_starved(self) -> int:
-        if self._threshold is None:
-            return 0
-        limit = self._step() - self._threshold
-        n = 0
-        for rid in self._items:
-            if self._entered[rid] > limit:
-                break
-            n += 1
-        return n
-
-    def _ordered(self) -> list[Request]:
-        starved = self._count_starved()
-        if self._order is not None and starved == self._num_starved:
-            return self._order
-        head = list(self._items.values())[:starved]  # oldest first
-        first = {id(r) for r in head}
-        rest = [r for _, _, r in self._sorted if id(r) not in first]
-        self._order = [*self._front, *head, *rest]
-        self._num_starved = starved
-        return self._order
-
-    def is_starved(self, request: Request) -> bool:
-        entered = self._entered.get(request.request_id)
-        return (
-            entered is not None
-            and self._threshold is not None
-            and self._step() - entered >= self._threshold
+    def __init__(self, *, scheduler: Scheduler, core_of: CoreOf, seats: Callable[[], int]) -> None:
+        self._sched = scheduler
+        self._core_of = core_of
+        self._seats = seats  # how many more requests vLLM may run now
+        self._vllm: dict[int, Request] = {}  # core request id -> vLLM request
+        self._unknown: deque[Request] = deque()  # requests the plug-in could not read: FCFS, last
+        self._step_view: deque[Request] | None = None
+        self._taken: dict[str, tuple[CoreRequest, tuple[float, ...], int]] = {}
+        self.gate_held_steps = (
+            0  # steps where the policy's gate held back a request it had room for
         )
+        self._held_counted = False
 
-    def _changed(self) -> None:
-        self._order = None
+    # -- per step ----------------------------------------------------------------------------
+    def new_step(self) -> None:
+        """Forget the previous step's admissible list (the engine calls this before schedule)."""
+        self._step_view = None
+        self._held_counted = False
 
-    def _drop(self, request: Request) -> bool:
-        """Forget a keyed entry; False if it was not one (a prepended request)."""
-        if self._items.pop(request.request_id, None) is None:
-            return False
-        self._entered.pop(request.request_id, None)
-        for i, entry in enumerate(self._sorted):
-            if entry[2] is request:
-                del self._sorted[i]
-                break
-        return True
+    def end_step(self) -> list[CoreRequest]:
+        """After vLLM's schedule: the requests it took and kept are admitted; returns them."""
+        admitted = []
+        for _, (core, _, _) in self._taken.items():
+            self._sched.admit_taken(core)
+            admitted.append(core)
+        self._taken.clear()
+        self._step_view = None
+        return admitted
+
+    def _view(self) -> deque[Request]:
+        if self._step_view is None:
+            limit = max(self._seats(), 0)
+            self._step_view = deque(self._vllm[c.request_id] for c in self._sched.admissible(limit))
+            if not self._held_counted and len(self._step_view) < min(
+                limit, len(self._sched.waiting)
+            ):
+                self.gate_held_steps += 1
+                self._held_counted = True
+            self._step_view.extend(self._unknown)
+        return self._step_view
 
     # -- RequestQueue ------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
-        self._items[request.request_id] = request
-        self._entered.setdefault(request.request_id, self._step())
-        self._seq += 1
-        bisect.insort(
-            self._sorted, (self._key(request), self._seq, request), key=lambda e: (e[0], e[1])
-        )
-        self._changed()
+        core = self._core_of(request)
+        if core is None:
+            self._unknown.append(request)
+        else:
+            self._vllm[core.request_id] = request
+            if core not in self._sched.waiting:
+                self._sched.enqueue(core)
+        self._step_view = None
 
     def pop_request(self) -> Request:
-        order = self._ordered()
-        if not order:
+        view = self._view()
+        if not view:
             raise IndexError("pop from an empty queue")
-        request = order[0]
-        self.remove_request(request)
+        request = view.popleft()
+        self._take(request)
         return request
 
+    def _take(self, request: Request) -> None:
+        core = self._core_of(request)
+        if core is None:
+            self._unknown.remove(request)
+            return
+        entry = (core, core.queue_key, core.enqueued_iteration)
+        self._sched.take(core)
+        self._taken[request.request_id] = entry
+
     def peek_request(self) -> Request:
-        order = self._ordered()
-        if not order:
+        view = self._view()
+        if not view:
             raise IndexError("peek from an empty queue")
-        return order[0]
+        return view[0]
 
     def prepend_request(self, request: Request) -> None:
-        self._front.appendleft(request)
-        if self._order is not None:
-            self._order.insert(0, request)
+        taken = self._taken.pop(request.request_id, None)
+        core = self._core_of(request)
+        if taken is not None:  # skipped this step: back where it stood
+            self._sched.untake(*taken)
+        elif core is not None and core.state is not RequestState.WAITING:
+            self._sched.preempt(core)  # was running: keeps its key, as in the simulator
+        elif core is None:
+            self._unknown.appendleft(request)
+        if core is not None:
+            self._vllm[core.request_id] = request
+        self._step_view = None
 
     def prepend_requests(self, requests: Iterable[Request]) -> None:
         for request in requests:
             self.prepend_request(request)
 
     def remove_request(self, request: Request) -> None:
-        starved = self._threshold is not None and self.is_starved(request)
-        if not self._drop(request):
-            self._front.remove(request)
-        elif starved:
-            self._num_starved -= 1
-        if self._order is not None:
-            # Admission removes the head: keep the cached order instead of rebuilding it.
-            if self._order and self._order[0] is request:
-                self._order.pop(0)
-            else:
-                self._order.remove(request)
+        self.remove_requests((request,))
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
-        gone = set(requests)
-        for request in gone:
-            self._drop(request)
-        self._front = deque(r for r in self._front if r not in gone)
-        self._changed()
+        for request in requests:
+            core = self._core_of(request)
+            self._taken.pop(request.request_id, None)
+            if core is None:
+                if request in self._unknown:
+                    self._unknown.remove(request)
+                continue
+            self._vllm.pop(core.request_id, None)
+            if core in self._sched.waiting:
+                self._sched.waiting.remove(core)
+        self._step_view = None
 
     def __bool__(self) -> bool:
-        return bool(self._items) or bool(self._front)
+        return bool(self._view())
 
     def __len__(self) -> int:
-        return len(self._items) + len(self._front)
+        return len(self._sched.waiting) + len(self._unknown)
 
     def __iter__(self) -> Iterator[Request]:
-        return iter(list(self._ordered()))
+        order = [
+            self._vllm[c.request_id] for c in self._sched.waiting.ordered(self._sched.iteration)
+        ]
+        return iter([*order, *self._unknown])
+
+    def forget(self, core: CoreRequest) -> None:
+        """``core``'s vLLM request left the engine for good."""
+        self._vllm.pop(core.request_id, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from lamps_agent.hints import LampsHints
-from lamps_agent.metrics import Distribution, RequestMetrics, RunSummary
+from lamps_agent.metrics import EngineCounters, RequestMetrics, RunLabels, RunSummary
+from lamps_agent.metrics import summarize as summarize_run
 from lamps_agent.program import Program
 from lamps_agent.strategy import choose_strategy
 from lamps_agent.workloads.arrivals import Arrival
@@ -173,7 +175,7 @@ def summarize(
             tool_time=r.program.total_tool_time * time_scale,
             ttft=r.ttft,
             normalized_latency=(r.finish - r.arrival) / r.program.total_output_tokens,
-            max_queue_wait=0.0,
+            max_queue_wait=math.nan,  # not observable from the client
             output_tokens=r.program.total_output_tokens,
             tool_calls=r.program.num_tool_calls,
             recomputed_tokens=0,
@@ -181,37 +183,10 @@ def summarize(
         )
         for i, r in enumerate(results)
     ]
-    span = max((m.finish for m in metrics), default=0.0) - min(
-        (m.arrival for m in metrics), default=0.0
-    )
-    span = max(span, 1e-9)
-    nan = Distribution.of([])
-    return RunSummary(
-        policy=policy,
-        predictor="hints",
+    recomputed = max(prefill_computed - minimal_prefill_tokens([r.program for r in results]), 0)
+    return summarize_run(
+        metrics,
+        labels=RunLabels(policy=policy, predictor="hints", trace=trace, qps=qps, seed=seed),
         preset="engine",
-        trace=trace,
-        qps=qps,
-        seed=seed,
-        num_requests=len(metrics),
-        rejected=0,
-        e2e=Distribution.of([m.e2e for m in metrics]),
-        ttft=Distribution.of([m.ttft for m in metrics]),
-        normalized_latency=Distribution.of([m.normalized_latency for m in metrics]),
-        engine_time=Distribution.of([m.e2e - m.tool_time for m in metrics]),
-        max_queue_wait=nan,
-        makespan=max((m.finish for m in metrics), default=0.0),
-        throughput_rps=len(metrics) / span,
-        throughput_tokens_per_s=sum(m.output_tokens for m in metrics) / span,
-        recomputed_tokens=max(
-            prefill_computed - minimal_prefill_tokens([r.program for r in results]), 0
-        ),
-        swapped_bytes=0,
-        memory_waste_token_s=0.0,
-        peak_kv_blocks=0,
-        peak_kv_fraction=0.0,
-        iterations=0,
-        preemptions=0,
-        pins_released=0,
-        swap_fallbacks=0,
+        counters=EngineCounters(recomputed_tokens=recomputed),
     )

@@ -1,21 +1,24 @@
-"""``LampsScheduler``: vLLM's V1 scheduler, ordered and told what to do with each turn's KV by the
-same lamps-agent policy code that drives the simulator.
+"""``LampsScheduler``: vLLM's V1 scheduler driving the core scheduler, which makes every decision.
 
 Load with ``--scheduler-cls adapters.vllm.scheduler.LampsScheduler`` (``LampsAsyncScheduler``
-where vLLM uses its async scheduler, as on GPUs), and ``--additional-config
-'{"lamps": {"policy": "lamps"}}'`` (or ``LAMPS_POLICY=lamps``).  Policies: ``lamps`` (memory-over-
-time ranking + starvation bound + per-turn KV strategy), ``infercept`` (original-arrival order,
-least-waste strategy revisited every step), ``vllm`` (stock order and discard; counters only).
+where vLLM schedules asynchronously, as on GPUs) and ``--additional-config '{"lamps": {"policy":
+"lamps"}}'`` (or ``LAMPS_POLICY=lamps``).  Every registered policy runs; none is named here.
 
-What happens where:
+The plug-in translates and executes; the core :class:`~lamps_agent.scheduler.core.Scheduler`
+decides:
 
-* ``add_request`` — read the request's hints (or estimate them), let the core policy predict the
-  turn and compute its queue key; never raises on bad hints.
-* ``schedule`` — expire pins, release pins under memory pressure (worst waste first), then vLLM's
-  own schedule over the re-ordered waiting queue; afterwards release the pins of sessions whose
-  next turn was just admitted (it now holds its own references).
-* ``_free_request`` — a turn ended: if a tool call follows, preserve (pin its blocks), swap (hand
-  them to the host-memory KV connector) or discard (free as vLLM does).
+* ``add_request`` — the hints (or a server-side estimate) become a core request; the core's policy
+  predicts the turn and queues it.  vLLM's waiting queue is a view of the core's
+  (:class:`~adapters.vllm.queue.LampsRequestQueue`): its order, and only what the policy's
+  admission gate lets through.
+* ``schedule`` — before vLLM's own pass: mirror the running requests and free blocks into the
+  core, release the pins the core says to (expired, revisited, under pressure), and set aside the
+  running requests the policy holds this step.  After it: the requests vLLM took are admitted in
+  the core, and the pins of sessions whose next turn was admitted are released (the turn now holds
+  its own references).
+* ``_free_request`` — a turn ended: the core decides, from what happened and the predicted gap,
+  whether its session's KV is preserved (pinned here), swapped (handed to the host-memory KV
+  connector) or discarded (freed as vLLM does).
 """
 
 from __future__ import annotations
@@ -25,31 +28,65 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from adapters.vllm.config import PluginConfig
-from adapters.vllm.pins import PinTable
+from adapters.vllm.pins import PinStore
 from adapters.vllm.queue import LampsRequestQueue
 from adapters.vllm.turns import TurnInfo, TurnTracker
 from lamps_agent.kv_memory import KVMemory
-from lamps_agent.policies import EngineView, Policy, make_policy
+from lamps_agent.policies import make_policy
 from lamps_agent.predictors import OraclePredictor
+from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import load_preset
 from lamps_agent.program import Program, Segment
-from lamps_agent.request import KVStrategy
+from lamps_agent.request import KVStrategy, RequestState
 from lamps_agent.request import Request as CoreRequest
-from lamps_agent.strategy import choose_strategy
-from lamps_agent.waste import paused_wastes
+from lamps_agent.scheduler import PausedKV
+from lamps_agent.scheduler import Scheduler as CoreScheduler
 
 log = logging.getLogger("lamps.vllm")
 SWAP_MARK = "_lamps_swap"  # read by adapters.vllm.connector.HostSwapConnector
 _NORMAL_END = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED)
+
+
+@dataclass(slots=True)
+class Tracked:
+    """A vLLM request and the core request that stands for its turn."""
+
+    core: CoreRequest
+    info: TurnInfo
+
+
+@dataclass(slots=True)
+class DecisionCounters:
+    preserve: int = 0
+    swap: int = 0
+    discard: int = 0
+    finished: int = 0
+    unpredicted_pauses: int = 0  # predicted "final answer", paused all the same
+    advised_followed: int = 0  # the client's kv_strategy hint matched the decision
+    advised_overruled: int = 0
+    late_swap_fallbacks: int = 0  # a revisit chose swap for pinned KV: vLLM can only free it
+    held_steps: int = 0  # running requests the policy held, summed over steps
+
+    def count(self, strategy: KVStrategy | None) -> None:
+        if strategy is None:
+            self.finished += 1
+        else:
+            name = strategy.value
+            setattr(self, name, getattr(self, name) + 1)
+
+
+@dataclass(slots=True)
+class _Held:
+    index: int
+    request: Request
 
 
 class LampsCore:
@@ -62,33 +99,43 @@ class LampsCore:
         pool = sched.kv_cache_manager.block_pool
         self.pool = pool
         self.block_size = sched.cache_config.block_size
-        self.memory = KVMemory(
+        connector = getattr(sched, "connector", None)
+        self.swap_available = type(connector).__name__ == "HostSwapConnector"
+        host_blocks = int(getattr(connector, "capacity_blocks", 0)) if self.swap_available else 0
+        memory = KVMemory(
             num_gpu_blocks=max(pool.num_gpu_blocks, 1),
-            num_host_blocks=0,
+            num_host_blocks=max(host_blocks, 0),
             block_size=self.block_size,
         )
-        self.view = EngineView(preset=self.preset, memory=self.memory)
         # The hints are the predictions: an oracle over segments built from them.
-        options = {"starvation_threshold": None} if config.policy == "lamps" else {}
-        self.policy: Policy = make_policy(
-            config.policy, predictor=OraclePredictor(), preset=self.preset, **options
+        policy = make_policy(
+            config.policy, predictor=OraclePredictor(), preset=self.preset, **config.policy_options
         )
-        self.policy.bind(self.view)
+        self.core = CoreScheduler(
+            preset=self.preset, policy=policy, memory=memory, pin_lifetime=config.pin_lifetime
+        )
+        self.policy = policy
         self.turns = TurnTracker(default_output_tokens=config.default_output_tokens)
-        self.pins = PinTable(touch=pool.touch, free=pool.free_blocks)
+        self.pins = PinStore(touch=pool.touch, free=pool.free_blocks)
+        self.tracked: dict[str, Tracked] = {}
+        self.decisions = DecisionCounters()
         self.step = 0
-        self.info: dict[str, TurnInfo] = {}
-        self.keys: dict[str, tuple[float, ...]] = {}
         self.prefill_computed = 0
         self.prefill_cached = 0
+        self.swaps = 0
         self.swap_fallbacks = 0
         self.errors = 0
         self._ids = 0
+        self._held: list[_Held] = []
         self._stats_file = os.environ.get("LAMPS_STATS_FILE")
-        self.swaps = 0
-        self.swap_available = (
-            type(getattr(sched, "connector", None)).__name__ == "HostSwapConnector"
-        )
+        self.queue = LampsRequestQueue(scheduler=self.core, core_of=self.core_of, seats=self._seats)
+
+    def core_of(self, request: Request) -> CoreRequest | None:
+        tracked = self.tracked.get(request.request_id)
+        return tracked.core if tracked is not None else None
+
+    def _seats(self) -> int:
+        return self.sched.max_num_active_reqs - len(self.sched.running) + 8  # slack for skips
 
     # -- requests in -------------------------------------------------------------------------
     def on_add(self, request: Request) -> None:
@@ -100,14 +147,18 @@ class LampsCore:
                 request.priority,
                 getattr(params, "max_tokens", None) if params is not None else None,
             )
-            self.info[request.request_id] = info
-            self.keys[request.request_id] = self._key(request, info)
+            core = self._core_request(request, info)
+            self.tracked[request.request_id] = Tracked(core, info)
+            self._set_clock()
+            self.core.add_request(core)
         except Exception:
             self.errors += 1
+            self.tracked.pop(request.request_id, None)
             log.exception("lamps: could not read request %s; FCFS for it", request.request_id)
-            self.keys[request.request_id] = (math.inf, request.arrival_time)
 
-    def _key(self, request: Request, info: TurnInfo) -> tuple[float, ...]:
+    def _core_request(self, request: Request, info: TurnInfo) -> CoreRequest:
+        """The turn as the core sees it: a program of this turn (and, if a tool call is
+        predicted, the turn after it), arriving when the session first arrived."""
         prompt = max(request.num_prompt_tokens, 1)
         output = max(round(info.output_tokens), 1)
         first = Segment(
@@ -123,62 +174,64 @@ class LampsCore:
         )
         hist = self.turns.sessions.get(info.session_id) if info.session_id else None
         self._ids += 1
-        core = CoreRequest(
+        return CoreRequest(
             request_id=self._ids,
             program=Program(program_id=request.request_id, agent="vllm", segments=segments),
             arrival_time=hist.first_arrival if hist is not None else request.arrival_time,
         )
-        self.sync_view()
-        self.policy.on_turn_start(core)
-        if info.strategy is None and core.strategy is not None:
-            self.info[request.request_id] = TurnInfo(
-                info.session_id,
-                info.output_tokens,
-                info.tool,
-                info.tool_duration,
-                core.strategy,
-                info.hinted,
-            )
-        return self.policy.queue_key(core, resumed=False)
-
-    def key_of(self, request: Request) -> tuple[float, ...]:
-        return self.keys.get(request.request_id, (math.inf, request.arrival_time))
 
     # -- every step ----------------------------------------------------------------------------
-    def sync_view(self) -> None:
-        running = self.sched.running
-        view = self.view
-        view.now = time.time()
-        view.iteration = self.step
-        view.num_running = len(running)
-        view.running_tokens = sum(r.num_computed_tokens for r in running)
-        self.memory.free_gpu_blocks = min(
-            self.pool.get_num_free_blocks(), self.memory.num_gpu_blocks
+    def _set_clock(self) -> None:
+        self.core.set_time(time.time())
+        self.core.iteration = self.step
+        self.core.memory.free_gpu_blocks = min(
+            self.pool.get_num_free_blocks(), self.core.memory.num_gpu_blocks
         )
+
+    def _mirror_running(self) -> None:
+        """The core's running requests advance as vLLM computed them."""
+        for request in self.sched.running:
+            core = self.core_of(request)
+            if core is None:
+                continue
+            core.kv_tokens = request.num_computed_tokens
+            core.generated = request.num_output_tokens
+            if core.generated > 0 and core.state is RequestState.PREFILLING:
+                core.move_to(RequestState.DECODING)
 
     def before_schedule(self) -> None:
         self.step += 1
-        now = time.time()
-        self.pins.expire(now)
+        self._set_clock()
+        self._mirror_running()
+        self.core.sync_view()
+        for paused in self.core.expire_pins():
+            self._release(paused, "ttl")
+        for paused, strategy in self.core.revisit_paused():
+            if strategy is KVStrategy.SWAP:
+                self.decisions.late_swap_fallbacks += 1
+            self._release(paused, "revisit")
+        self._relieve_pressure()
+        self._hold_running()
+        self.queue.new_step()
+
+    def _relieve_pressure(self) -> None:
+        """Release pins, the policy's choice first, until the running requests and the head of
+        the queue fit (never the head's own prefix)."""
         if not self.pins.pins:
             return
-        if self.config.policy == "infercept":
-            self._revisit_pins(now)
-        head = self._head()
         need = len(self.sched.running)
-        keep = None
+        head_session = None
+        head = self._head()
         if head is not None:
             cached = self.sched.kv_cache_manager.estimate_cached_tokens(head)
             need += math.ceil(max(head.num_tokens - cached, 0) / self.block_size) + 1
-            keep = self.info.get(head.request_id)
-        if self.pool.get_num_free_blocks() < need:
-            own = keep.session_id if keep is not None else None
-            saved = (
-                self.pins.pins.pop(own, None) if own else None
-            )  # never drop the head's own prefix
-            self.pins.relieve(need, self.pool.get_num_free_blocks, now)
-            if saved is not None and own is not None:
-                self.pins.pins[own] = saved
+            tracked = self.tracked.get(head.request_id)
+            head_session = tracked.info.session_id if tracked is not None else None
+        while self.pool.get_num_free_blocks() < need:
+            paused = self.core.pin_to_release(exclude=head_session)
+            if paused is None:
+                break
+            self._release(paused, "pressure")
 
     def _head(self) -> Request | None:
         try:
@@ -186,84 +239,135 @@ class LampsCore:
         except IndexError:
             return None
 
-    def _revisit_pins(self, now: float) -> None:
-        """INFERCEPT: every step, a pin whose preserve waste exceeds its discard waste goes
-        (vectorized: it runs on every step over every pin)."""
-        self.sync_view()
-        pins = list(self.pins.pins.values())
-        tokens = np.fromiter((p.tokens for p in pins), dtype=np.float64, count=len(pins))
-        remaining = np.fromiter(
-            (p.predicted_return - now for p in pins), dtype=np.float64, count=len(pins)
-        )
-        preserve, discard = paused_wastes(
-            tokens, remaining, self.view.load, self.preset.cost, self.preset.saturation_tokens
-        )
-        for pin, drop in zip(pins, discard < preserve, strict=True):
-            if drop:
-                self.pins.release(pin.session_id, "infercept")
+    def _hold_running(self) -> None:
+        """Policies that hold resident requests (Nested WAIT): set them aside for this step."""
+        if not self.policy.uses_holds:
+            return
+        self.policy.begin_iteration(self.core.running)
+        running = self.sched.running
+        keep = []
+        for index, request in enumerate(running):
+            core = self.core_of(request)
+            if core is not None and self.policy.hold(core):
+                self._held.append(_Held(index, request))
+            else:
+                keep.append(request)
+        if self._held:
+            self.decisions.held_steps += len(self._held)
+            running[:] = keep
+
+    def _restore_held(self) -> None:
+        if self._held:
+            running = self.sched.running
+            for held in self._held:
+                running.insert(min(held.index, len(running)), held.request)
+            self._held.clear()
+
+    def after_schedule_failed(self) -> None:
+        self._restore_held()
+        self.queue.end_step()
 
     def after_schedule(self, out: Any) -> None:
+        self._restore_held()
+        for core in self.queue.end_step():
+            tracked = self.tracked.get(core.program.program_id)
+            sid = tracked.info.session_id if tracked is not None else None
+            if sid is not None:
+                paused = self.core.resume_paused(sid)
+                if paused is not None:
+                    self.pins.release(sid, "admitted")
         for new in out.scheduled_new_reqs:
             prompt = len(new.prompt_token_ids or ())
             self.prefill_computed += max(prompt - new.num_computed_tokens, 0)
             self.prefill_cached += new.num_computed_tokens
-            info = self.info.get(new.req_id)
-            if info is not None and info.session_id in self.pins.pins:
-                self.pins.release(info.session_id, "admitted")
         if self._stats_file and self.step % 50 == 0:
             self.write_stats()
 
+    def _release(self, paused: PausedKV, reason: str) -> None:
+        self.pins.release(str(paused.key), reason)
+
     # -- turns out -----------------------------------------------------------------------------
     def on_free(self, request: Request) -> None:
-        info = self.info.pop(request.request_id, None)
-        self.keys.pop(request.request_id, None)
-        if info is None or info.session_id is None:
+        tracked = self.tracked.pop(request.request_id, None)
+        if tracked is None:
             return
+        core, info = tracked.core, tracked.info
+        self.queue.forget(core)
+        self._set_clock()
+        sid = info.session_id
         if request.status not in _NORMAL_END:
-            self.pins.release(info.session_id, "abort")
+            self.core.abort(core)
+            if sid is not None and self.core.resume_paused(sid) is not None:
+                self.pins.release(sid, "abort")
             return
-        self.turns.turn_ended(info.session_id, request.num_output_tokens)
-        if info.tool is None or self.config.policy == "vllm":
+        self._mirror_one(request, core)
+        continues = self.turns.may_continue(info)
+        self.turns.turn_ended(info, request.num_output_tokens)
+        outcome = Outcome(
+            output_tokens=request.num_output_tokens,
+            tool=info.tool,
+            tool_duration=info.tool_duration,
+            returned_tokens=0,
+        )
+        if sid is not None and self.core.resume_paused(sid) is not None:
+            self.pins.release(sid, "replaced")  # a session holds at most one pin
+        blocks = self._pinnable(request) if continues else []
+        strategy = self.core.end_turn(
+            core,
+            outcome,
+            continues=continues,
+            key=sid,
+            tokens=request.num_computed_tokens,
+            blocks=len(blocks),
+            gap=self._gap(info),
+            override=info.strategy if self.config.client_strategy == "obey" else None,
+        )
+        self._count(info, strategy)
+        if sid is None or strategy is None:
             return
-        strategy = self._strategy(request, info)
         if strategy is KVStrategy.SWAP:
             if self.swap_available:
                 setattr(request, SWAP_MARK, True)  # the host-swap connector copies it out
                 self.swaps += 1
             else:
                 self.swap_fallbacks += 1  # no host store on this engine: vLLM's discard + LRU
+        elif strategy is KVStrategy.PRESERVE:
+            if blocks:
+                self.pins.pin(sid, blocks)
+            else:
+                self.core.resume_paused(sid)  # nothing full to keep
+
+    def _mirror_one(self, request: Request, core: CoreRequest) -> None:
+        core.kv_tokens = request.num_computed_tokens
+        core.generated = request.num_output_tokens
+
+    def _pinnable(self, request: Request) -> list[Any]:
+        blocks = self.sched.kv_cache_manager.get_blocks(request.request_id).blocks[0]
+        return PinStore.pinnable(blocks)
+
+    def _gap(self, info: TurnInfo) -> float | None:
+        """The predicted pause: the hinted tool's duration, else the session's mean gap between
+        turns (None: the core's default for an unknown gap)."""
+        if info.tool is not None:
+            return info.tool_duration
+        return self.turns.mean_gap(info.session_id)
+
+    def _count(self, info: TurnInfo, strategy: KVStrategy | None) -> None:
+        self.decisions.count(strategy)
+        if strategy is None:
             return
-        if strategy is KVStrategy.PRESERVE:
-            blocks = self.sched.kv_cache_manager.get_blocks(request.request_id).blocks[0]
-            ttl = min(
-                self.config.ttl_factor * info.tool_duration + self.config.ttl_slack,
-                self.config.ttl_max,
-            )
-            self.pins.pin(
-                info.session_id,
-                blocks,
-                tokens=request.num_computed_tokens,
-                tool_duration=info.tool_duration,
-                ttl=ttl,
-            )
-
-    def _strategy(self, request: Request, info: TurnInfo) -> KVStrategy:
+        if info.tool is None:
+            self.decisions.unpredicted_pauses += 1
         if info.strategy is not None:
-            return info.strategy
-        self.sync_view()
-        return choose_strategy(
-            context_tokens=request.num_computed_tokens,
-            tool_duration=info.tool_duration,
-            preset=self.preset,
-            load=self.view.load,
-            swap_allowed=self.swap_available,
-        )
+            if info.strategy is strategy:
+                self.decisions.advised_followed += 1
+            else:
+                self.decisions.advised_overruled += 1
 
-    def on_abort(self, requests: list[Request]) -> None:
-        for request in requests:
-            info = self.info.get(request.request_id)
-            if info is not None:
-                self.pins.release(info.session_id, "abort")
+    def release_all(self, reason: str) -> None:
+        for sid in list(self.pins.pins):
+            self.core.resume_paused(sid)
+            self.pins.release(sid, reason)
 
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -271,6 +375,8 @@ class LampsCore:
             "policy": self.config.policy,
             "step": self.step,
             "hints": asdict(self.turns.counters),
+            "decisions": asdict(self.decisions),
+            "waiting": len(self.core.waiting),
             "pins_active": len(self.pins.pins),
             "pinned_blocks": self.pins.pinned_blocks,
             "pins": asdict(self.pins.counters),
@@ -280,6 +386,8 @@ class LampsCore:
             "swap_fallbacks": self.swap_fallbacks,
             "errors": self.errors,
             "free_blocks": self.pool.get_num_free_blocks(),
+            "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
+            "gate_held_steps": self.queue.gate_held_steps,
         }
 
     def write_stats(self) -> None:
@@ -302,24 +410,21 @@ class _LampsMixin:
         sched: Any = self
         config = PluginConfig.load(getattr(sched.vllm_config, "additional_config", None))
         self.lamps = LampsCore(sched, config)
-        if config.policy != "vllm":
-            sched.waiting = LampsRequestQueue(
-                key=self.lamps.key_of,
-                step=lambda: self.lamps.step,
-                starvation_threshold=config.starvation_threshold
-                if config.policy == "lamps"
-                else None,
-            )
+        sched.waiting = self.lamps.queue
         log.info("lamps scheduler: policy=%s preset=%s", config.policy, config.preset)
 
     def add_request(self, request: Request) -> None:
-        if request.request_id not in self.lamps.info:
+        if request.request_id not in self.lamps.tracked:
             self.lamps.on_add(request)
         super().add_request(request)  # type: ignore[misc]
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         self.lamps.before_schedule()
-        out = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        try:
+            out = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            self.lamps.after_schedule_failed()
+            raise
         self.lamps.after_schedule(out)
         return out
 
@@ -329,14 +434,17 @@ class _LampsMixin:
         except Exception:
             self.lamps.errors += 1
             log.exception("lamps: turn-end handling failed for %s; discarding", request.request_id)
-        return super()._free_request(request, delay_free_blocks)  # type: ignore[misc]
+        result = super()._free_request(request, delay_free_blocks)  # type: ignore[misc]
+        if not self.lamps.tracked:
+            self.lamps.write_stats()  # the engine ran dry: what an idle engine holds
+        return result
 
     def lamps_stats(self) -> dict[str, Any]:
         return self.lamps.stats()
 
     def shutdown(self) -> None:
         self.lamps.write_stats()
-        self.lamps.pins.release_all("shutdown")
+        self.lamps.release_all("shutdown")
         super().shutdown()  # type: ignore[misc]
 
 

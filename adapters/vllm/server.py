@@ -38,11 +38,11 @@ CONNECTOR = {
 @dataclass(frozen=True, kw_only=True)
 class ServeOptions:
     model: str
-    policy: str = "lamps"  # lamps | infercept | vllm | stock (no plug-in at all)
+    policy: str = "lamps"  # any registered core policy, or stock (no plug-in at all)
     preset: str = "h100-llama3-8b"
     swap: bool = False
     host_swap_gb: float = 4.0
-    async_scheduler: bool = False
+    async_scheduler: bool | None = None  # None: the async variant where a GPU is present
     port: int = 8000
     host: str = "127.0.0.1"
     stats_file: str | None = None
@@ -60,7 +60,8 @@ def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[s
     if tools is not None:
         cmd += tools.flags(opts.vllm_args)
     if opts.policy != "stock":
-        cmd += ["--scheduler-cls", ASYNC_SCHEDULER if opts.async_scheduler else SCHEDULER]
+        use_async = opts.async_scheduler if opts.async_scheduler is not None else gpu_available()
+        cmd += ["--scheduler-cls", ASYNC_SCHEDULER if use_async else SCHEDULER]
         cmd += [
             "--additional-config",
             json.dumps({"lamps": {"policy": opts.policy, "preset": opts.preset}}),
@@ -72,6 +73,15 @@ def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[s
             }
             cmd += ["--kv-transfer-config", json.dumps(connector)]
     return [*cmd, *opts.vllm_args]
+
+
+def gpu_available() -> bool:
+    """Whether vLLM will run on a GPU, where it schedules asynchronously by default."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def server_env(opts: ServeOptions) -> dict[str, str]:

@@ -40,6 +40,8 @@ class SessionHistory:
     gaps: int = 0
     gap_sum: float = 0.0
     last_end: float | None = None
+    last_hinted_final: bool = False  # the last turn's hints said "final answer"
+    surprises: int = 0  # ... and yet the session came back: that was a tool call
 
 
 @dataclass(slots=True)
@@ -47,6 +49,7 @@ class HintCounters:
     ok: int = 0
     missing: int = 0
     malformed: int = 0
+    final_then_continued: int = 0  # hinted "final answer", yet the session's next turn came
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -69,6 +72,9 @@ class TurnTracker:
             hist.gaps += 1
             hist.gap_sum += max(now - hist.last_end, 0.0)
             hist.last_end = None
+            if hist.last_hinted_final:
+                hist.surprises += 1
+                self.counters.final_then_continued += 1
         return hist
 
     def read(self, xargs: Any, session_id: Any, priority: Any, max_tokens: int | None) -> TurnInfo:
@@ -118,9 +124,28 @@ class TurnTracker:
             output = min(output, float(max_tokens))
         return TurnInfo(sid, max(output, 1.0), tool, duration, None, hinted=False)
 
-    def turn_ended(self, session_id: str | None, output_tokens: int) -> None:
+    def mean_gap(self, session_id: str | None) -> float | None:
+        """The session's mean pause between a turn's end and its next turn (None: no history)."""
         hist = self.sessions.get(session_id) if session_id else None
+        if hist is None or not hist.gaps:
+            return None
+        return hist.gap_sum / hist.gaps
+
+    def may_continue(self, info: TurnInfo) -> bool:
+        """Whether the session may come back after this turn, so its KV deserves a decision:
+        a predicted tool call; no hints at all (nobody said it was the end); or a session that
+        already came back after a turn hinted as its final answer."""
+        if info.session_id is None:
+            return False
+        if info.tool is not None or not info.hinted:
+            return True
+        hist = self.sessions.get(info.session_id)
+        return hist is not None and hist.surprises > 0
+
+    def turn_ended(self, info: TurnInfo, output_tokens: int) -> None:
+        hist = self.sessions.get(info.session_id) if info.session_id else None
         if hist is not None:
             hist.turns += 1
             hist.output_sum += output_tokens
             hist.last_end = time.time()
+            hist.last_hinted_final = info.hinted and info.tool is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,19 @@ from lamps_agent.metrics import RunSummary
 
 
 @dataclass(frozen=True, slots=True)
+class Baseline:
+    """The runs the reductions are relative to: ``policy`` at the same qps, under ``predictor``
+    (``None``: under the same predictor as the row being compared)."""
+
+    policy: str
+    predictor: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.policy if self.predictor is None else f"{self.policy} ({self.predictor})"
+
+
+@dataclass(frozen=True, slots=True)
 class Reduction:
     """How much lower than the baseline, in percent (negative: higher)."""
 
@@ -23,6 +36,7 @@ class Reduction:
     e2e_p99: float
     ttft_mean: float
     engine_mean: float
+    baseline_predictor: str  # the predictor of the baseline run this row was compared with
 
 
 def _pct_lower(value: float, base: float) -> float:
@@ -31,14 +45,25 @@ def _pct_lower(value: float, base: float) -> float:
     return 100.0 * (base - value) / base
 
 
-def reductions(summaries: Sequence[RunSummary], baseline: str) -> dict[int, Reduction]:
-    """For each summary (by index), its reduction vs the baseline policy at the same qps and
-    predictor (or, if the baseline ran with one predictor only, that one)."""
+def _as_baseline(baseline: Baseline | str | None) -> Baseline | None:
+    return Baseline(baseline) if isinstance(baseline, str) else baseline
+
+
+def reductions(summaries: Sequence[RunSummary], baseline: Baseline | str) -> dict[int, Reduction]:
+    """For each summary (by index), its reduction vs the baseline at the same qps: the baseline
+    policy under the baseline's predictor, or under the row's own predictor (or, if the baseline
+    policy ran with one predictor only, that one)."""
+    base_of = _as_baseline(baseline)
+    assert base_of is not None
     base: dict[tuple[float, str], RunSummary] = {}
     for s in summaries:
-        if s.policy == baseline:
+        if s.policy != base_of.policy:
+            continue
+        if base_of.predictor is None:
             base[(s.qps, s.predictor)] = s
             base.setdefault((s.qps, "*"), s)
+        elif s.predictor == base_of.predictor:
+            base[(s.qps, "*")] = s
     out: dict[int, Reduction] = {}
     for i, s in enumerate(summaries):
         b = base.get((s.qps, s.predictor)) or base.get((s.qps, "*"))
@@ -49,6 +74,7 @@ def reductions(summaries: Sequence[RunSummary], baseline: str) -> dict[int, Redu
             e2e_p99=_pct_lower(s.e2e.p99, b.e2e.p99),
             ttft_mean=_pct_lower(s.ttft.mean, b.ttft.mean),
             engine_mean=_pct_lower(s.engine_time.mean, b.engine_time.mean),
+            baseline_predictor=b.predictor,
         )
     return out
 
@@ -57,62 +83,70 @@ def _fmt_pct(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:+.1f}%"
 
 
-def results_table(summaries: Sequence[RunSummary], baseline: str | None) -> Table:
-    reds = reductions(summaries, baseline) if baseline else {}
-    table = Table(title=f"lower than {baseline} (%)" if baseline else None, show_lines=False)
-    for name, justify in (
-        ("policy", "left"),
-        ("predictor", "left"),
-        ("qps", "right"),
-        ("E2E mean s", "right"),
-        ("E2E p99 s", "right"),
-        ("TTFT mean s", "right"),
-        ("engine mean s", "right"),
-        ("recomputed tok", "right"),
-        ("swapped GB", "right"),
-        ("peak KV", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    if baseline:
-        for name in ("ΔE2E", "ΔP99", "ΔTTFT", "Δengine"):
-            table.add_column(name, justify="right")
+@dataclass(frozen=True, slots=True)
+class _Column:
+    header: str
+    cell: Callable[[RunSummary], str]
+    wide_only: bool = False
+    justify: str = "right"
+
+
+_COLUMNS = (
+    _Column("policy", lambda s: s.policy, justify="left"),
+    _Column("predictor", lambda s: s.predictor, justify="left"),
+    _Column("qps", lambda s: f"{s.qps:g}"),
+    _Column("E2E s", lambda s: f"{s.e2e.mean:.2f}"),
+    _Column("P99 s", lambda s: f"{s.e2e.p99:.2f}"),
+    _Column("TTFT s", lambda s: f"{s.ttft.mean:.3f}"),
+    _Column("engine s", lambda s: f"{s.engine_time.mean:.2f}", wide_only=True),
+    _Column("recomputed", lambda s: f"{s.recomputed_tokens:,}"),
+    _Column("swap GB", lambda s: f"{s.swapped_bytes / 1e9:.1f}", wide_only=True),
+    _Column("peak KV", lambda s: f"{s.peak_kv_fraction:.0%}"),
+)
+_DELTAS: tuple[tuple[str, str, bool], ...] = (
+    ("ΔE2E", "e2e_mean", False),
+    ("ΔP99", "e2e_p99", False),
+    ("ΔTTFT", "ttft_mean", False),
+    ("Δengine", "engine_mean", True),
+)
+
+
+def results_table(
+    summaries: Sequence[RunSummary], baseline: Baseline | str | None, *, wide: bool = False
+) -> Table:
+    """The terminal table.  The default columns fit a 120-column terminal (means in seconds,
+    recomputed tokens, peak KV share, and the E2E / P99 / TTFT reductions); ``wide`` adds the
+    engine time, swapped bytes and the engine-time reduction."""
+    base = _as_baseline(baseline)
+    reds = reductions(summaries, base) if base else {}
+    columns = [c for c in _COLUMNS if wide or not c.wide_only]
+    deltas = [d for d in _DELTAS if wide or not d[2]] if base else []
+    title = f"Δ: % lower than {base.label} (negative: higher)" if base else None
+    table = Table(title=title, show_lines=False)
+    for col in columns:
+        table.add_column(col.header, justify=col.justify, no_wrap=True)  # type: ignore[arg-type]
+    for header, _, _ in deltas:
+        table.add_column(header, justify="right", no_wrap=True)
     for i, s in enumerate(summaries):
-        row = [
-            s.policy,
-            s.predictor,
-            f"{s.qps:g}",
-            f"{s.e2e.mean:.2f}",
-            f"{s.e2e.p99:.2f}",
-            f"{s.ttft.mean:.3f}",
-            f"{s.engine_time.mean:.2f}",
-            f"{s.recomputed_tokens:,}",
-            f"{s.swapped_bytes / 1e9:.1f}",
-            f"{s.peak_kv_fraction:.0%}",
-        ]
-        if baseline:
-            r = reds.get(i)
-            row += (
-                [
-                    _fmt_pct(r.e2e_mean),
-                    _fmt_pct(r.e2e_p99),
-                    _fmt_pct(r.ttft_mean),
-                    _fmt_pct(r.engine_mean),
-                ]
-                if r
-                else ["—"] * 4
-            )
+        row = [col.cell(s) for col in columns]
+        r = reds.get(i)
+        row += [_fmt_pct(getattr(r, field)) if r else "—" for _, field, _ in deltas]
         table.add_row(*row)
     return table
 
 
-def write_csv(summaries: Sequence[RunSummary], path: Path, baseline: str | None = None) -> None:
-    reds = reductions(summaries, baseline) if baseline else {}
+def write_csv(
+    summaries: Sequence[RunSummary], path: Path, baseline: Baseline | str | None = None
+) -> None:
+    base = _as_baseline(baseline)
+    reds = reductions(summaries, base) if base else {}
     rows = []
     for i, s in enumerate(summaries):
         row = s.flat()
         r = reds.get(i)
-        if r is not None:
-            row["baseline"] = baseline
+        if r is not None and base is not None:
+            row["baseline"] = base.policy
+            row["baseline_predictor"] = r.baseline_predictor
             for name in ("e2e_mean", "e2e_p99", "ttft_mean", "engine_mean"):
                 row[f"lower_than_baseline_{name}_pct"] = getattr(r, name)
         rows.append(row)
@@ -130,13 +164,16 @@ def write_json(summaries: Sequence[RunSummary], path: Path, config: dict[str, An
     path.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
 
 
-def write_markdown(summaries: Sequence[RunSummary], path: Path, baseline: str | None) -> None:
+def write_markdown(
+    summaries: Sequence[RunSummary], path: Path, baseline: Baseline | str | None
+) -> None:
     """A compact Markdown table (what docs/benchmarks.md quotes)."""
-    reds = reductions(summaries, baseline) if baseline else {}
+    base = _as_baseline(baseline)
+    reds = reductions(summaries, base) if base else {}
     head = "| policy | predictor | qps | E2E mean s | E2E P99 s | TTFT mean s | engine mean s | recomputed tok |"
     rule = "|---|---|---:|---:|---:|---:|---:|---:|"
-    if baseline:
-        head += f" E2E vs {baseline} | P99 vs {baseline} | TTFT vs {baseline} |"
+    if base:
+        head += f" E2E vs {base.label} | P99 vs {base.label} | TTFT vs {base.label} |"
         rule += "---:|---:|---:|"
     lines = [head, rule]
     for i, s in enumerate(summaries):
@@ -144,7 +181,7 @@ def write_markdown(summaries: Sequence[RunSummary], path: Path, baseline: str | 
             f"| {s.policy} | {s.predictor} | {s.qps:g} | {s.e2e.mean:.2f} | {s.e2e.p99:.2f} | "
             f"{s.ttft.mean:.3f} | {s.engine_time.mean:.2f} | {s.recomputed_tokens:,} |"
         )
-        if baseline:
+        if base:
             r = reds.get(i)
             cells = (r.e2e_mean, r.e2e_p99, r.ttft_mean) if r else (math.nan,) * 3
             line += "".join(f" {_fmt_pct(c)} |" for c in cells)

@@ -14,6 +14,9 @@ from lamps_agent.program import Program
 from lamps_agent.sim import RunLabels, Simulator
 from lamps_agent.workloads.arrivals import poisson_workload
 
+RECOMMENDED_POLICY = "lamps"
+"""The policy the project recommends; plots that show one run default to it."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunSpec:
@@ -56,6 +59,7 @@ def run_one(config: BenchConfig, spec: RunSpec) -> RunResult:
         duration=config.duration,
     )
     predictor = make_predictor(spec.predictor, seed=config.seed, hints=config.hints)
+    predictor_label = ran_predictor_label(spec.predictor, predictor.name)
     options = config.policy_options if spec.policy.startswith("lamps") else {}
     policy = make_policy(spec.policy, predictor=predictor, preset=config.preset, **options)
     sim = Simulator(
@@ -67,12 +71,18 @@ def run_one(config: BenchConfig, spec: RunSpec) -> RunResult:
     return sim.run(
         RunLabels(
             policy=spec.policy,
-            predictor=spec.predictor,
+            predictor=predictor_label,
             trace=config.trace_name,
             qps=spec.qps,
             seed=config.seed,
         )
     )
+
+
+def ran_predictor_label(requested: str, ran: str) -> str:
+    """The predictor label of a run: the requested spec, or ``requested→ran`` when the predictor
+    fell back to another one (``learned`` without its extra or a saved model runs ``history``)."""
+    return requested if requested.partition(":")[0] == ran else f"{requested}→{ran}"
 
 
 def run_grid(

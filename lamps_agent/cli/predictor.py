@@ -91,8 +91,14 @@ def _records(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
 def _registry_records(url: str) -> list[Any]:
     try:
         from tool_registry.training import training_records
+        from tool_registry.urls import is_sqlite, resolve_url, sqlite_path
     except ImportError as exc:  # the registry is a separate package of this distribution
         raise ValueError(f"--registry needs the tool registry ({exc})") from None
+    resolved = resolve_url(url)
+    path = sqlite_path(resolved) if is_sqlite(resolved) else None
+    if path is not None and not path.expanduser().is_file():
+        # Opening it would create an empty database (and its folder) and train on nothing.
+        raise ValueError(f"--registry {url}: no registry database at {path}")
     return training_records(url)
 
 

@@ -8,7 +8,6 @@ from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
 from lamps_agent.policies.infercept import InferceptPolicy
 from lamps_agent.policies.lamps import LampsNoRankPolicy, LampsPolicy
 from lamps_agent.policies.nested_wait import NestedWaitPolicy
-from lamps_agent.policies.queue import WaitingQueue
 from lamps_agent.policies.sjf import SjfPolicy
 from lamps_agent.policies.vllm_fcfs import VllmPolicy
 from lamps_agent.policies.wait import WaitPolicy
@@ -50,6 +49,5 @@ __all__ = [
     "SjfPolicy",
     "VllmPolicy",
     "WaitPolicy",
-    "WaitingQueue",
     "make_policy",
 ]

@@ -1,29 +1,39 @@
 """The policy contract: what a scheduling policy decides, independent of the engine that executes.
 
-An engine (the simulator, or the vLLM plug-in) owns the queues, the blocks and the clock; it asks
-its policy five questions and does what it is told:
+The core :class:`~lamps_agent.scheduler.core.Scheduler` owns the queues, the paused turns and the
+KV accounting; whichever engine drives it (the simulator, or vLLM through the plug-in), it asks
+its policy the same questions and does what it is told:
 
 * ``queue_key(req)`` — where a request stands in the waiting queue (smaller first), fixed when it
   enters; ``starvation_threshold`` bounds how many iterations anyone waits behind better keys;
-* ``on_pause(req)`` — preserve, discard or swap the KV of a turn that ends in a tool call;
-* ``adjust_paused(preserved)`` — once per iteration, revisit paused requests still holding KV;
-* ``admission_gate()`` — optionally, how many of which requests may be admitted this iteration;
-* ``hold(req)`` — optionally, keep a resident request from advancing this iteration.
+* ``on_pause(paused)`` — preserve, discard or swap the KV of a turn that ended in a tool call;
+* ``adjust_paused(preserved)`` — once per iteration, revisit paused turns still holding KV
+  (only if ``adjusts_paused``);
+* ``pin_release_key(paused)`` — under memory pressure, which preserved KV goes first;
+* ``admission_gate()`` — how many of which requests may be admitted this iteration (only if
+  ``gates_admission``);
+* ``hold(req)`` — keep a resident request from advancing this iteration (only if ``uses_holds``).
 
-Predictions reach a policy only through its :class:`~lamps_agent.predictors.base.Predictor`.
+Paused turns reach a policy as engine-neutral :class:`~lamps_agent.scheduler.paused.PausedKV`
+objects; predictions only through its :class:`~lamps_agent.predictors.base.Predictor`.  A policy
+declares what it needs by the capability flags, never by its name: an engine that cannot honour
+a flag says so at start-up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from lamps_agent.kv_memory import KVMemory
 from lamps_agent.predictors.base import Outcome, Prediction, PredictionQuery, Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
 from lamps_agent.waste import EngineLoad
+
+if TYPE_CHECKING:
+    from lamps_agent.scheduler.paused import PausedKV
 
 
 @dataclass(slots=True)
@@ -67,8 +77,9 @@ class Policy:
     """Defaults: FCFS by original arrival, discard at every tool call, no gate, no holds."""
 
     name: ClassVar[str] = "base"
-    adjusts_paused: ClassVar[bool] = False  # engine calls adjust_paused only if True
-    uses_holds: ClassVar[bool] = False  # engine calls hold only if True
+    adjusts_paused: ClassVar[bool] = False  # the scheduler calls adjust_paused only if True
+    uses_holds: ClassVar[bool] = False  # ... begin_iteration and hold only if True
+    gates_admission: ClassVar[bool] = False  # ... admission_gate only if True
     starvation_threshold: int | None = None
 
     def __init__(self, *, predictor: Predictor, preset: Preset) -> None:
@@ -115,25 +126,21 @@ class Policy:
         return req.queue_key
 
     # -- KV handling ---------------------------------------------------------------------
-    def on_pause(self, req: Request) -> KVStrategy:
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.DISCARD
 
-    def adjust_paused(self, preserved: Sequence[Request]) -> list[tuple[Request, KVStrategy]]:
+    def adjust_paused(self, preserved: Sequence[PausedKV]) -> list[tuple[PausedKV, KVStrategy]]:
         return []
 
-    def pin_release_key(self, req: Request) -> float:
-        """Under memory pressure, preserved requests with the largest key are released first:
+    def pin_release_key(self, paused: PausedKV) -> float:
+        """Under memory pressure, preserved turns with the largest key are released first:
         by default the predicted waste of keeping them, remaining tool time × context."""
-        remaining = max(self.predicted_return(req) - self.view.now, 0.0)
-        return remaining * req.kv_tokens
-
-    def predicted_return(self, req: Request) -> float:
-        pred = req.prediction
-        duration = pred.tool_duration if pred is not None else req.segment.tool_duration
-        return req.tool_started_at + duration
+        return paused.remaining(self.view.now) * paused.tokens
 
     # -- admission -----------------------------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
+        """This iteration's gate (``None``: admit in order).  Called only if
+        ``gates_admission``; a gate must let every request through within a stated bound."""
         return None
 
     def begin_iteration(self, resident: Sequence[Request]) -> None:

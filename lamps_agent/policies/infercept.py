@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from lamps_agent.policies.base import Policy
-from lamps_agent.request import KVStrategy, Request
+from lamps_agent.request import KVStrategy
+from lamps_agent.scheduler.paused import PausedKV
 from lamps_agent.waste import paused_wastes
 
 
@@ -23,19 +24,19 @@ class InferceptPolicy(Policy):
     name = "infercept"
     adjusts_paused = True
 
-    def on_pause(self, req: Request) -> KVStrategy:
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.PRESERVE  # revisited by adjust_paused before the next iteration runs
 
-    def adjust_paused(self, preserved: Sequence[Request]) -> list[tuple[Request, KVStrategy]]:
+    def adjust_paused(self, preserved: Sequence[PausedKV]) -> list[tuple[PausedKV, KVStrategy]]:
         if not preserved:
             return []
         view = self.view
         preset = self.preset
         contexts = np.fromiter(
-            (r.kv_tokens for r in preserved), dtype=np.float64, count=len(preserved)
+            (p.tokens for p in preserved), dtype=np.float64, count=len(preserved)
         )
         returns = np.fromiter(
-            (self.predicted_return(r) for r in preserved), dtype=np.float64, count=len(preserved)
+            (p.predicted_return for p in preserved), dtype=np.float64, count=len(preserved)
         )
         w_preserve, w_discard = paused_wastes(
             contexts, returns - view.now, view.load, preset.cost, preset.saturation_tokens
@@ -43,17 +44,17 @@ class InferceptPolicy(Policy):
         best = np.minimum(w_preserve, w_discard)
         budget = view.last_iteration_time * preset.cost.swap_bytes_per_s / preset.kv_bytes_per_token
         host_free = view.memory.free_host_blocks
-        decisions: list[tuple[Request, KVStrategy]] = []
+        decisions: list[tuple[PausedKV, KVStrategy]] = []
         for i in np.argsort(-best, kind="stable"):
-            req = preserved[int(i)]
-            tokens = req.kv_tokens
-            blocks = req.gpu_blocks
+            paused = preserved[int(i)]
+            tokens = paused.tokens
+            blocks = paused.blocks
             # Within the budget the copy hides behind compute, so swapping wastes ~nothing.
             if tokens <= budget and blocks <= host_free and best[i] > 0:
-                decisions.append((req, KVStrategy.SWAP))
+                decisions.append((paused, KVStrategy.SWAP))
                 budget -= tokens
                 host_free -= blocks
                 continue
             if w_discard[i] < w_preserve[i]:
-                decisions.append((req, KVStrategy.DISCARD))
+                decisions.append((paused, KVStrategy.DISCARD))
         return decisions

@@ -17,6 +17,7 @@ from lamps_agent.policies.base import Policy, predicted_turn
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
+from lamps_agent.scheduler.paused import PausedKV
 from lamps_agent.strategy import choose_strategy
 
 DEFAULT_STARVATION_THRESHOLD = 100
@@ -82,8 +83,19 @@ class LampsPolicy(Policy):
             return (req.arrival_time, float(req.request_id))
         return (req.policy_rank, req.arrival_time, float(req.request_id))
 
-    def on_pause(self, req: Request) -> KVStrategy:
-        return req.strategy or KVStrategy.DISCARD
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
+        """The strategy chosen when the turn started; for a pause nobody predicted (the predictor
+        said "final answer"), least waste now at the predicted gap."""
+        if paused.planned is not None:
+            return paused.planned
+        memory = self.view.memory
+        return choose_strategy(
+            context_tokens=paused.tokens,
+            tool_duration=paused.remaining(self.view.now),
+            preset=self.preset,
+            load=self.view.load,
+            swap_allowed=memory.can_swap_out(paused.blocks),
+        )
 
 
 class LampsNoRankPolicy(LampsPolicy):

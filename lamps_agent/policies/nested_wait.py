@@ -27,6 +27,7 @@ from lamps_agent.policies.wait import _QuotaGate
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request, RequestState
+from lamps_agent.scheduler.paused import PausedKV
 
 _QUANTILES = (0.25, 0.5, 0.75, 1.0)
 
@@ -34,6 +35,7 @@ _QUANTILES = (0.25, 0.5, 0.75, 1.0)
 class NestedWaitPolicy(Policy):
     name = "nested-wait"
     uses_holds = True
+    gates_admission = True
 
     def __init__(
         self,
@@ -157,5 +159,5 @@ class NestedWaitPolicy(Policy):
         self._held_since.pop(req.request_id, None)
         req.policy_tag = 0
 
-    def on_pause(self, req: Request) -> KVStrategy:
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.DISCARD

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from lamps_agent.policies.base import Policy, predicted_turn
 from lamps_agent.request import KVStrategy, Request
+from lamps_agent.scheduler.paused import PausedKV
 
 
 class SjfPolicy(Policy):
@@ -17,5 +18,5 @@ class SjfPolicy(Policy):
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
         return (predicted_turn(req).output_tokens, req.arrival_time, float(req.request_id))
 
-    def on_pause(self, req: Request) -> KVStrategy:
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.DISCARD

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lamps_agent.policies.base import Policy
 from lamps_agent.request import KVStrategy, Request
+from lamps_agent.scheduler.paused import PausedKV
 
 
 class VllmPolicy(Policy):
@@ -17,5 +18,5 @@ class VllmPolicy(Policy):
         entered = self.view.now if resumed else req.arrival_time
         return (entered, float(req.request_id))
 
-    def on_pause(self, req: Request) -> KVStrategy:
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.DISCARD

@@ -24,6 +24,7 @@ from lamps_agent.policies.fluid import DecayedRate, Mean, resident_budget
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
+from lamps_agent.scheduler.paused import PausedKV
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class _QuotaGate:
 
 class WaitPolicy(Policy):
     name = "wait"
+    gates_admission = True
 
     def __init__(
         self, *, predictor: Predictor, preset: Preset, patience: int = 100, window: float = 60.0
@@ -92,7 +94,7 @@ class WaitPolicy(Policy):
         stats.prompt.add(req.segment.prompt_tokens)
         stats.output.add(predicted_turn(req).output_tokens)
 
-    def on_pause(self, req: Request) -> KVStrategy:
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.DISCARD
 
     def on_enqueue(self, req: Request) -> None:

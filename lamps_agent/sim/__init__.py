@@ -1,6 +1,6 @@
-"""The discrete-event engine simulator, the embedded default engine."""
+"""The discrete-event engine simulator, the embedded default engine (it drives the core scheduler)."""
 
-from lamps_agent.sim.engine import RunLabels, Simulator
-from lamps_agent.sim.scheduler import BatchScheduler, SchedulerOutput
+from lamps_agent.metrics import RunLabels
+from lamps_agent.sim.engine import Simulator
 
-__all__ = ["BatchScheduler", "RunLabels", "SchedulerOutput", "Simulator"]
+__all__ = ["RunLabels", "Simulator"]

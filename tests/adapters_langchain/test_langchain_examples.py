@@ -75,6 +75,7 @@ def test_slow_tools_failures_are_counted(
     assert "content filter" in out
 
 
+@pytest.mark.slow
 def test_cli_runs_the_examples(tmp_path: Path) -> None:
     out = run(
         ["-m", "lamps_agent.cli.main", "examples", "--only", "math", "--limit", "2"], tmp_path

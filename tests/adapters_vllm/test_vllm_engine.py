@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
+
 from lamps_agent.request import KVStrategy
 from tests.adapters_vllm.conftest import (
     Tokens,
@@ -29,7 +31,7 @@ def stock(engine_factory: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def lamps(engine_factory: Any) -> Any:
-    return engine_factory("lamps", ttl_slack=0.0)
+    return engine_factory("lamps", ttl_slack=0.0, client_strategy="obey")
 
 
 def test_the_plugin_is_loaded(lamps: Any) -> None:
@@ -181,7 +183,7 @@ def test_no_block_leaks_after_every_session_ended(stock: Any, lamps: Any) -> Non
 
 def test_async_scheduler_variant_preserves_too(engine_factory: Any) -> None:
     """The variant for vLLM's async scheduling (the default on GPUs) behaves the same."""
-    llm = engine_factory("lamps", async_scheduling=True)
+    llm = engine_factory("lamps", async_scheduling=True, client_strategy="obey")
     sched = scheduler_of(llm)
     assert type(sched).__name__ == "LampsAsyncScheduler"
     p2, out = two_turns(llm, Tokens(8), "s-async", KVStrategy.PRESERVE)

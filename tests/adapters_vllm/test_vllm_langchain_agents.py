@@ -30,6 +30,7 @@ from typing import Any, Literal
 import pytest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.langchain, pytest.mark.slow]
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
 pytest.importorskip("langchain", reason="the langchain extra is not installed")
 pytest.importorskip("langchain_openai", reason="the langchain extra is not installed")
 

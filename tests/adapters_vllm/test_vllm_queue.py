@@ -1,4 +1,5 @@
-"""The waiting queue the plug-in installs in vLLM: policy keys, starvation, vLLM's queue contract."""
+"""The waiting queue the plug-in installs in vLLM: a view of the core scheduler's queue (order,
+starvation, admission gate) behind vLLM's RequestQueue contract."""
 
 from __future__ import annotations
 
@@ -6,48 +7,138 @@ from dataclasses import dataclass
 
 import pytest
 
-pytest.importorskip("vllm")
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
 pytestmark = pytest.mark.vllm
 
 from adapters.vllm.queue import LampsRequestQueue  # noqa: E402
+from lamps_agent.policies import make_policy  # noqa: E402
+from lamps_agent.predictors import OraclePredictor  # noqa: E402
+from lamps_agent.presets import load_preset  # noqa: E402
+from lamps_agent.program import Program, Segment  # noqa: E402
+from lamps_agent.request import Request as CoreRequest  # noqa: E402
+from lamps_agent.scheduler import Scheduler  # noqa: E402
 
 
 @dataclass(eq=False)  # hashable by identity, like vLLM's Request
 class FakeRequest:
     request_id: str
-    key: float
-    arrival_time: float = 0.0
 
 
-def _req(rid: str, key: float) -> FakeRequest:
-    return FakeRequest(rid, key)
+class Harness:
+    def __init__(self, policy: str, seats: int = 8, **options: object) -> None:
+        preset = load_preset("h100-llama3-8b")
+        self.sched = Scheduler(
+            preset=preset,
+            policy=make_policy(policy, predictor=OraclePredictor(), preset=preset, **options),
+        )
+        self.core: dict[str, CoreRequest] = {}
+        self.seats = seats
+        self.queue = LampsRequestQueue(
+            scheduler=self.sched,
+            core_of=lambda r: self.core.get(r.request_id),
+            seats=lambda: self.seats,
+        )
+
+    def add(self, rid: str, output: int, arrival: float = 0.0) -> FakeRequest:
+        seg = Segment(prompt_tokens=100, output_tokens=output)
+        core = CoreRequest(
+            request_id=len(self.core),
+            program=Program(program_id=rid, agent="a", segments=(seg,)),
+            arrival_time=arrival,
+        )
+        self.core[rid] = core
+        self.sched.add_request(core)
+        request = FakeRequest(rid)
+        self.queue.add_request(request)  # type: ignore[arg-type]
+        return request
 
 
-def test_orders_by_key_and_serves_preempted_first() -> None:
-    step = [0]
-    q = LampsRequestQueue(key=lambda r: (r.key,), step=lambda: step[0], starvation_threshold=None)
-    a, b, c = _req("a", 3.0), _req("b", 1.0), _req("c", 2.0)
-    for r in (a, b, c):
-        q.add_request(r)  # type: ignore[arg-type]
-    assert [r.request_id for r in q] == ["b", "c", "a"]
-    assert q.pop_request().request_id == "b"
-    q.prepend_request(_req("p", 99.0))  # type: ignore[arg-type]
-    assert q.peek_request().request_id == "p" and len(q) == 3
-    q.remove_requests([a])  # type: ignore[list-item]
-    assert [r.request_id for r in q] == ["p", "c"]
-    with pytest.raises(IndexError):
-        LampsRequestQueue(
-            key=lambda r: (0.0,), step=lambda: 0, starvation_threshold=None
-        ).pop_request()
+def ids(q: LampsRequestQueue) -> list[str]:
+    return [r.request_id for r in q]
+
+
+def test_orders_by_the_policys_key() -> None:
+    h = Harness("sjf")  # key: predicted output
+    for rid, out in (("a", 300), ("b", 10), ("c", 50)):
+        h.add(rid, out)
+    h.queue.new_step()
+    assert ids(h.queue) == ["b", "c", "a"]
+    assert h.queue.peek_request().request_id == "b"
+
+
+def test_a_skipped_request_goes_back_where_it_stood_and_a_kept_one_is_admitted() -> None:
+    h = Harness("sjf")
+    for rid, out in (("a", 300), ("b", 10), ("c", 50)):
+        h.add(rid, out)
+    h.queue.new_step()
+    b = h.queue.pop_request()
+    c = h.queue.pop_request()
+    h.queue.prepend_requests([c])  # vLLM could not fit it this step
+    admitted = h.queue.end_step()
+    assert [r.program.program_id for r in admitted] == ["b"] and b.request_id == "b"
+    assert h.core["b"] in h.sched.running
+    assert ids(h.queue) == ["c", "a"] and len(h.queue) == 2
+
+
+def test_a_preempted_request_keeps_its_key() -> None:
+    h = Harness("sjf")
+    big = h.add("big", 300)
+    h.add("small", 10)
+    h.queue.new_step()
+    h.queue.pop_request(), h.queue.pop_request()
+    h.queue.end_step()
+    h.queue.prepend_request(big)  # vLLM preempted it: back by its key, behind nobody smaller
+    h.add("mid", 50)
+    assert ids(h.queue) == ["mid", "big"]
+    assert h.sched.counters.preemptions == 1
 
 
 def test_starved_requests_lead_oldest_first() -> None:
-    step = [0]
-    q = LampsRequestQueue(key=lambda r: (r.key,), step=lambda: step[0], starvation_threshold=5)
-    big = _req("big", 1e9)
-    q.add_request(big)  # type: ignore[arg-type]
-    step[0] = 3
-    q.add_request(_req("small", 1.0))  # type: ignore[arg-type]
-    assert q.peek_request().request_id == "small"
-    step[0] = 5
-    assert q.peek_request().request_id == "big" and q.is_starved(big)  # type: ignore[arg-type]
+    h = Harness("lamps", starvation_threshold=5)
+    h.add("big", 1500)
+    h.sched.iteration = 3
+    h.add("small", 5)
+    h.queue.new_step()
+    assert h.queue.peek_request().request_id == "small"
+    h.sched.iteration = 5
+    h.queue.new_step()
+    assert h.queue.peek_request().request_id == "big"
+
+
+def test_the_admission_gate_holds_requests_without_hiding_them_from_the_engine() -> None:
+    """WAIT with the engine busy: only the fluid quota is admissible; the rest stay counted by
+    len(), so the engine keeps stepping, and are admitted within the policy's bound (patience)."""
+    h = Harness("wait", patience=3)
+    running = h.add("running", 10)
+    h.queue.new_step()
+    assert h.queue.pop_request() is running  # an idle engine admits whatever waits
+    h.queue.end_step()
+    for i in range(3):
+        h.add(f"w{i}", 500)
+    h.sched.sync_view()
+    h.queue.new_step()
+    popped = 0
+    while h.queue:
+        h.queue.pop_request()
+        popped += 1
+    h.queue.end_step()
+    assert popped == 2 and len(h.queue) == 1  # the fluid quota is 2: one held, still counted
+    held_steps = 0
+    while True:
+        h.sched.iteration += 1
+        h.sched.sync_view()
+        h.queue.new_step()
+        if h.queue:
+            break
+        held_steps += 1
+    assert 1 <= held_steps <= 3  # held, then admitted within the stated bound (patience)
+
+
+def test_empty_queue_raises_index_error() -> None:
+    h = Harness("vllm")
+    h.queue.new_step()
+    assert not h.queue
+    with pytest.raises(IndexError):
+        h.queue.pop_request()
+    with pytest.raises(IndexError):
+        h.queue.peek_request()

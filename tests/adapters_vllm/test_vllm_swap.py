@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
+
 from lamps_agent.request import KVStrategy
 from tests.adapters_vllm.conftest import Tokens, assert_no_leak, generate, scheduler_of, two_turns
 

@@ -89,7 +89,7 @@ def test_bench_on_a_trace_file_with_a_duration(tmp_path: Path) -> None:
         (["--predictors", "psychic"], "unknown predictor 'psychic'"),
         (["--preset", "b200"], "unknown preset 'b200'"),
         (["--set", "gpu_kv_gb=-1"], "gpu_kv_gb must be > 0"),
-        (["--qps", "0"], "--qps needs positive rates"),
+        (["--qps", "0"], "--qps: '0' must be a positive number"),
         (["--trace", "/nonexistent/trace.json"], "cannot read trace"),
     ],
 )

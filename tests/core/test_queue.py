@@ -1,5 +1,5 @@
-from lamps_agent.policies.queue import WaitingQueue
 from lamps_agent.request import Request
+from lamps_agent.scheduler import WaitingQueue
 from tests.core.conftest import make_program
 
 PROGRAM = make_program("p", [(5, 0, 0)])

@@ -12,6 +12,7 @@ from lamps_agent.policies import POLICIES, LampsPolicy, make_policy
 from lamps_agent.predictors import make_predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request, RequestState
+from lamps_agent.scheduler import PausedKV
 from lamps_agent.sim import RunLabels, Simulator
 from lamps_agent.workloads import Arrival, generate_programs, load_trace, poisson_workload
 from tests.core.conftest import make_program
@@ -40,7 +41,7 @@ def _simulate(
         num_host_blocks=preset.num_host_blocks,
         block_size=preset.block_size,
     )
-    sim.memory = sim.view.memory = checked
+    sim.scheduler.memory = sim.scheduler.view.memory = checked
     result = sim.run(RunLabels(policy=policy_name, predictor=predictor))
     return sim, result
 
@@ -61,9 +62,11 @@ def test_every_request_finishes_within_capacity_and_no_block_leaks(
     assert all(r.state is RequestState.FINISHED for r in sim._done)
     assert s.peak_kv_blocks <= small_preset.num_gpu_blocks
     assert s.peak_kv_fraction > 0.9  # the workload really presses on memory
-    assert sim.memory.free_gpu_blocks == sim.memory.num_gpu_blocks  # nothing leaked
-    assert sim.memory.free_host_blocks == sim.memory.num_host_blocks
-    assert not sim.running and not sim.preserved and not sim.waiting
+    memory = sim.scheduler.memory
+    assert memory.free_gpu_blocks == memory.num_gpu_blocks  # nothing leaked
+    assert memory.free_host_blocks == memory.num_host_blocks
+    sched = sim.scheduler
+    assert not sched.running and not sched.paused and not sched.waiting and not sched.resuming
     assert (
         result.timeline is not None
         and max(result.timeline.used_blocks) <= small_preset.num_gpu_blocks
@@ -111,7 +114,7 @@ def test_swap_moves_bytes_and_avoids_recompute(small_preset: Preset) -> None:
     big = dataclasses.replace(small_preset, gpu_kv_gb=40.0, host_swap_gb=10.0)
 
     class AlwaysSwap(LampsPolicy):
-        def on_pause(self, req: Request) -> KVStrategy:
+        def on_pause(self, paused: PausedKV) -> KVStrategy:
             return KVStrategy.SWAP
 
     program = make_program("p", [(10, 5.0, 5), (10, 0, 0)], prompt=300)
@@ -147,7 +150,7 @@ class RecordingLamps(LampsPolicy):
     admitted_while_starved: int = 0
 
     def on_admit(self, req: Request) -> None:
-        queue = self.sim.waiting
+        queue = self.sim.scheduler.waiting
         iteration = self.view.iteration
         if queue.is_starved(req, iteration):
             self.admitted_while_starved += 1

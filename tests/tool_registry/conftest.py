@@ -1,7 +1,8 @@
 """Fixtures of the tool-registry tests: the same contract tests run on SQLite and PostgreSQL.
 
 PostgreSQL tests read ``LAMPS_TEST_POSTGRES_URL`` (``.ci/postgres.sh`` prints it) and get a fresh
-database each; without it they skip, unless ``LAMPS_REQUIRE_POSTGRES=1`` makes that a failure.
+database each; without it, or without the ``postgres`` extra (asyncpg), they skip, unless
+``LAMPS_REQUIRE_POSTGRES=1`` makes that a failure.  The SQLite tests need neither.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tool_registry import ToolRegistry
@@ -33,7 +33,18 @@ def _postgres_base_url() -> str:
     pytest.skip(f"{PG_ENV} not set")
 
 
+def _asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as exc:
+        if os.environ.get("LAMPS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"LAMPS_REQUIRE_POSTGRES=1 but the postgres extra is missing: {exc}")
+        pytest.skip(f"the postgres extra (asyncpg) is not installed: {exc}")
+    return asyncpg
+
+
 async def _admin(url: str, sql: str) -> None:
+    asyncpg = _asyncpg()
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         await conn.execute(sql)
@@ -44,6 +55,7 @@ async def _admin(url: str, sql: str) -> None:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards."""
+    asyncpg = _asyncpg()
     base = _postgres_base_url()
     name = f"lamps_t_{secrets.token_hex(6)}"
     try:

@@ -64,6 +64,7 @@ def test_export_csv_and_json(
 
 
 def test_unreachable_database_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("asyncpg", reason="the postgres extra is not installed")
     assert main(["tools", "list", "--url", "postgresql://u:pw@127.0.0.1:1/x"]) == 2
     err = capsys.readouterr().err
     assert "u:***@127.0.0.1:1/x" in err and "pw@" not in err

@@ -49,6 +49,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_unreachable_postgres_names_the_url_with_password_masked(spill_dir: Path) -> None:
+    pytest.importorskip("asyncpg", reason="the postgres extra is not installed")
     with pytest.raises(RegistryUnavailableError) as info:
         ToolRegistry("postgresql://bob:hunter2@127.0.0.1:1/agents", spill_dir=spill_dir)
     message = str(info.value)

@@ -24,6 +24,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [4])
 def test_processes_write_exact_totals(
     db_url: str,

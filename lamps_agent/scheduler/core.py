@@ -1,0 +1,585 @@
+"""The scheduler: one owner of every scheduling decision, driven by either engine.
+
+Its contract is vLLM's: :meth:`Scheduler.add_request`, :meth:`Scheduler.schedule` →
+:class:`SchedulerOutput`, :meth:`Scheduler.update_from_output`, plus the agent events a serving
+engine does not know — a turn ended in a tool call (:meth:`Scheduler.pause`), the tool returned
+(:meth:`Scheduler.tool_returned`), the session was aborted (:meth:`Scheduler.abort`).
+
+It owns the waiting queue (in the policy's order, with its starvation bound), the running set,
+the paused turns (preserved / swapped / discarded, :mod:`~lamps_agent.scheduler.paused`), the KV
+accounting and preemption.  The policy plugs in through hooks on engine-neutral objects and
+declares what it needs by capability flags (``adjusts_paused``, ``uses_holds``,
+``gates_admission``), never by name.
+
+Two drivers:
+
+* the simulator (:mod:`lamps_agent.sim`) keeps only the clock, the event heap and the cost model;
+  it calls ``schedule`` / ``update_from_output`` and executes the output;
+* the vLLM plug-in (:mod:`adapters.vllm`) lets vLLM build the batch and allocate blocks, and asks
+  this class for every decision: the waiting order and which requests the admission gate lets
+  through (:meth:`admissible`), what to do with a paused turn (:meth:`pause`), the per-step revisit
+  (:meth:`revisit_paused`), expired pins (:meth:`expire_pins`) and which pin to release under
+  pressure (:meth:`pin_to_release`).  There, :attr:`memory` mirrors vLLM's block pool.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+
+from lamps_agent.kv_memory import KVMemory
+from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
+from lamps_agent.predictors.base import Outcome
+from lamps_agent.presets import Preset
+from lamps_agent.request import KVStrategy, Request, RequestState
+from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
+from lamps_agent.scheduler.queue import WaitingQueue
+
+S = RequestState
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """What one iteration computes and moves."""
+
+    prefills: list[tuple[Request, int]] = field(default_factory=list)
+    decodes: list[Request] = field(default_factory=list)
+    swap_in_tokens: int = 0
+    swap_out_tokens: int = 0
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(n for _, n in self.prefills)
+
+    @property
+    def query_tokens(self) -> int:
+        return self.prefill_tokens + len(self.decodes)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefills and not self.decodes and not self.swap_in_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    """A turn that ended in the last iteration: finished, or paused on a tool with a strategy."""
+
+    request: Request
+    strategy: KVStrategy | None  # None: the program finished
+
+
+@dataclass(slots=True)
+class SchedulerCounters:
+    recomputed_tokens: int = 0
+    swapped_tokens: int = 0
+    preemptions: int = 0
+    pins_released: int = 0  # preserved KV dropped under memory pressure
+    pins_expired: int = 0  # preserved KV dropped when its time to live ran out
+    swap_fallbacks: int = 0  # swap chosen, no host room: discarded instead
+    rejected: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PinLifetime:
+    """How long preserved KV may stay pinned: ``factor × predicted tool time + slack``, capped.
+
+    A safety bound on a wrong prediction, the same in both engines: with exact predictions the
+    tool returns before the pin expires."""
+
+    factor: float = 1.5
+    slack: float = 1.0
+    cap: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("factor", "slack", "cap"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"pin lifetime {name} must be >= 0")
+
+    def ttl(self, predicted_duration: float) -> float:
+        return min(self.factor * predicted_duration + self.slack, self.cap)
+
+
+class Scheduler:
+    """Owns the queues, the paused turns, KV accounting and preemption; asks its policy."""
+
+    def __init__(
+        self,
+        *,
+        preset: Preset,
+        policy: Policy,
+        memory: KVMemory | None = None,
+        pin_lifetime: PinLifetime | None = None,
+    ) -> None:
+        self.preset = preset
+        self.policy = policy
+        self.memory = memory or KVMemory(
+            num_gpu_blocks=preset.num_gpu_blocks,
+            num_host_blocks=preset.num_host_blocks,
+            block_size=preset.block_size,
+        )
+        self.view = EngineView(preset=preset, memory=self.memory)
+        policy.bind(self.view)
+        self.pin_lifetime = pin_lifetime or PinLifetime()
+        self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
+        self.running: list[Request] = []
+        self.paused = PausedTable()
+        self.resuming: deque[Request] = deque()
+        self.counters = SchedulerCounters()
+        self.watermark_blocks = max(1, self.memory.num_gpu_blocks // 100)
+        self.now = 0.0
+        self.iteration = 0
+        self._pending_swap_out = 0
+
+    # -- clock and view ------------------------------------------------------------------
+    def set_time(self, now: float) -> None:
+        self.now = now
+        self.view.now = now
+
+    def sync_view(self) -> None:
+        view = self.view
+        view.now = self.now
+        view.iteration = self.iteration
+        view.num_running = len(self.running)
+        view.running_tokens = sum(r.kv_tokens for r in self.running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting or self.resuming)
+
+    # -- requests in ---------------------------------------------------------------------
+    def fits(self, req: Request) -> bool:
+        """Whether the program's largest context can ever fit in GPU memory."""
+        last = req.program.segments[-1]
+        peak = self.memory.blocks_for(last.prompt_tokens + last.output_tokens)
+        return peak + self.watermark_blocks <= self.memory.num_gpu_blocks
+
+    def add_request(self, req: Request) -> None:
+        """A new turn became schedulable: the policy predicts it and it joins the waiting queue."""
+        self.sync_view()
+        self.policy.on_turn_start(req)
+        self._enqueue(req, resumed=False)
+
+    def _enqueue(self, req: Request, *, resumed: bool) -> None:
+        req.enqueued_at = self.now
+        self.waiting.push(req, self.policy.queue_key(req, resumed=resumed), self.iteration)
+        self.policy.on_enqueue(req)
+
+    def _note_dequeued(self, req: Request) -> None:
+        wait = self.now - req.enqueued_at
+        if wait > req.max_queue_wait:
+            req.max_queue_wait = wait
+
+    def tool_returned(self, req: Request, outcome: Outcome) -> None:
+        """The tool of ``req``'s paused turn returned: start its next turn."""
+        self.policy.on_turn_end(req, outcome)
+        state = req.state
+        req.start_next_segment()
+        self.sync_view()
+        self.policy.on_turn_start(req)
+        if state is S.PAUSED_PRESERVED:
+            self.paused.pop(req.request_id)
+            req.move_to(S.PREFILLING)
+            self.running.append(req)
+        elif state is S.PAUSED_SWAPPED:
+            req.move_to(S.RESUMING_SWAPPED)
+            req.enqueued_at = self.now
+            self.resuming.append(req)
+        else:
+            req.move_to(S.WAITING)
+            self._enqueue(req, resumed=True)
+
+    # -- decisions both engines ask for ----------------------------------------------------
+    def admission_gate(self) -> AdmissionGate | None:
+        return self.policy.admission_gate() if self.policy.gates_admission else None
+
+    def admissible(
+        self, limit: int, *, blocked: Callable[[Request], bool] | None = None
+    ) -> Iterator[Request]:
+        """Waiting requests the policy would admit now, in its order, at most ``limit``.
+        ``blocked(req)`` (the engine's memory check) stops the walk at the first request that
+        cannot fit: the next in order waits for memory too."""
+        gate = self.admission_gate()
+        given = 0
+        for req in self.waiting.ordered(self.iteration):
+            if given >= limit or (blocked is not None and blocked(req)):
+                return
+            if gate is not None and not gate.allow(req):
+                if gate.exhausted:
+                    return
+                continue
+            given += 1
+            yield req
+
+    def admit(self, req: Request) -> None:
+        """``req`` left the waiting queue for the GPU."""
+        self._dequeue(req)
+        self._place(req)
+
+    # An engine that builds its own batch (vLLM) takes a request from the queue, then either
+    # keeps it (admit_taken) or puts it back where it stood (untake) within the same step.
+    def take(self, req: Request) -> None:
+        self._dequeue(req)
+
+    def untake(self, req: Request, key: tuple[float, ...], enqueued_iteration: int) -> None:
+        self.waiting.push(req, key, enqueued_iteration)
+
+    def admit_taken(self, req: Request) -> None:
+        self._place(req)
+
+    def enqueue(self, req: Request) -> None:
+        """Put an already predicted request (back) in the waiting queue by the policy's key."""
+        self._enqueue(req, resumed=False)
+
+    def _dequeue(self, req: Request) -> None:
+        if self.waiting.is_starved(req, self.iteration):
+            # The promotion sticks: last to be preempted, and back at the head if it is.
+            req.queue_key = (-math.inf, float(req.enqueued_iteration), float(req.request_id))
+        self.waiting.remove(req)
+
+    def _place(self, req: Request) -> None:
+        self._note_dequeued(req)
+        req.move_to(S.PREFILLING)
+        self.running.append(req)
+        self.policy.on_admit(req)
+
+    def pause(
+        self,
+        req: Request,
+        *,
+        key: Hashable | None = None,
+        tokens: int | None = None,
+        blocks: int | None = None,
+        gap: float | None = None,
+        override: KVStrategy | None = None,
+    ) -> tuple[PausedKV, KVStrategy]:
+        """``req``'s turn ended in a tool call (or its session may continue): decide what to do
+        with its KV and apply it to the accounting.  ``gap`` is the engine's own prediction of
+        the pause (else the turn's prediction); ``override`` forces a strategy (an operator who
+        lets clients decide).  Returns the entry and the strategy taken."""
+        if gap is None:
+            gap = self._predicted_gap(req)
+        req.tool_started_at = self.now
+        pred = req.prediction
+        paused = PausedKV(
+            key=req.request_id if key is None else key,
+            tokens=req.kv_tokens if tokens is None else tokens,
+            blocks=req.gpu_blocks if blocks is None else blocks,
+            paused_at=self.now,
+            predicted_return=self.now + gap,
+            planned=req.strategy,
+            request=req,
+            tool=pred.tool if pred is not None else req.segment.tool,
+        )
+        strategy = override if override is not None else self.policy.on_pause(paused)
+        if strategy is KVStrategy.SWAP and not self.memory.can_swap_out(paused.blocks):
+            self.counters.swap_fallbacks += 1
+            strategy = KVStrategy.DISCARD
+        if strategy is KVStrategy.PRESERVE:
+            paused.expires_at = self.now + self.pin_lifetime.ttl(gap)
+        self._pending_swap_out += self._hold(req, paused, strategy)
+        return paused, strategy
+
+    @staticmethod
+    def _predicted_gap(req: Request) -> float:
+        pred = req.prediction
+        if pred is not None and pred.has_tool_call:
+            return pred.tool_duration
+        if pred is None and req.segment.has_tool_call:
+            return req.segment.tool_duration
+        return UNKNOWN_GAP_S  # predicted "final answer", yet it paused: what actually happened
+
+    def end_turn(
+        self,
+        req: Request,
+        outcome: Outcome,
+        *,
+        continues: bool,
+        key: Hashable | None = None,
+        tokens: int | None = None,
+        blocks: int | None = None,
+        gap: float | None = None,
+        override: KVStrategy | None = None,
+    ) -> KVStrategy | None:
+        """An engine that runs turns itself (vLLM) reports one ended: the program finished
+        (``continues`` False) or its session may continue, and then its KV gets a decision.
+        Returns the strategy, None for a finished program."""
+        if req in self.running:
+            self.running.remove(req)
+            self.policy.on_leave(req)
+        if req.state is S.PREFILLING:
+            req.move_to(S.DECODING)
+        if not continues:
+            self.finish(req, outcome)
+            return None
+        self.policy.on_turn_end(req, outcome)
+        _, strategy = self.pause(
+            req, key=key, tokens=tokens, blocks=blocks, gap=gap, override=override
+        )
+        return strategy
+
+    def resume_paused(self, key: Hashable) -> PausedKV | None:
+        """The session behind ``key`` came back (its next turn was admitted): its preserved
+        entry, if any, leaves the table."""
+        return self.paused.pop(key)
+
+    def _hold(self, req: Request, paused: PausedKV, strategy: KVStrategy) -> int:
+        """Move ``req`` into the paused state for ``strategy``; returns tokens to copy out."""
+        memory = self.memory
+        paused.strategy = strategy
+        if strategy is KVStrategy.PRESERVE:
+            req.move_to(S.PAUSED_PRESERVED)
+            self.paused.add(paused)
+            return 0
+        if strategy is KVStrategy.SWAP:
+            memory.swap_out(req.gpu_blocks)
+            req.host_blocks = req.gpu_blocks
+            req.gpu_blocks = 0
+            req.swapped_out_tokens += req.kv_tokens
+            req.move_to(S.PAUSED_SWAPPED)
+            return req.kv_tokens
+        memory.free(req.gpu_blocks)
+        self.counters.recomputed_tokens += req.kv_tokens
+        req.recomputed_tokens += req.kv_tokens
+        req.gpu_blocks = 0
+        req.kv_tokens = 0
+        req.move_to(S.PAUSED_DISCARDED)
+        return 0
+
+    def revisit_paused(self) -> list[tuple[PausedKV, KVStrategy]]:
+        """Once per iteration, for policies that revisit (INFERCEPT): the preserved entries that
+        should now be swapped or discarded.  They leave the table; the engine moves the KV."""
+        if not (self.policy.adjusts_paused and self.paused):
+            return []
+        changes: list[tuple[PausedKV, KVStrategy]] = []
+        for paused, strategy in self.policy.adjust_paused(self.paused.values()):
+            if strategy is KVStrategy.PRESERVE or paused.key not in self.paused:
+                continue
+            self.paused.pop(paused.key)
+            paused.strategy = strategy
+            changes.append((paused, strategy))
+        return changes
+
+    def expire_pins(self) -> list[PausedKV]:
+        """Preserved entries whose time to live ran out, removed (the engine frees the KV)."""
+        out = self.paused.expired(self.now)
+        for paused in out:
+            paused.strategy = KVStrategy.DISCARD
+        self.counters.pins_expired += len(out)
+        return out
+
+    def pin_to_release(self, *, exclude: Hashable | None = None) -> PausedKV | None:
+        """Under memory pressure: the preserved entry the policy would give up first, removed."""
+        worst = self.paused.worst(self.policy.pin_release_key, exclude=exclude)
+        if worst is not None:
+            self.paused.pop(worst.key)
+            worst.strategy = KVStrategy.DISCARD
+            self.counters.pins_released += 1
+        return worst
+
+    def preempt(self, req: Request) -> None:
+        """Free a running request's KV and send it back to wait, keeping its place (as vLLM)."""
+        self.running.remove(req)
+        self.policy.on_leave(req)
+        self.memory.free(req.gpu_blocks)
+        self.counters.recomputed_tokens += req.kv_tokens
+        req.recomputed_tokens += req.kv_tokens
+        req.gpu_blocks = 0
+        req.kv_tokens = 0
+        req.preemptions += 1
+        self.counters.preemptions += 1
+        req.move_to(S.WAITING)
+        req.enqueued_at = self.now
+        self.waiting.push(req, req.queue_key, self.iteration)
+        self.policy.on_enqueue(req)
+
+    def finish(self, req: Request, outcome: Outcome | None = None) -> None:
+        """``req``'s last turn ended."""
+        if outcome is None:
+            outcome = Outcome(
+                output_tokens=req.segment.output_tokens,
+                tool=None,
+                tool_duration=0.0,
+                returned_tokens=0,
+            )
+        self.policy.on_turn_end(req, outcome)
+        self.memory.free(req.gpu_blocks)
+        req.gpu_blocks = 0
+        req.move_to(S.FINISHED)
+        req.finish_time = self.now
+
+    def abort(self, req: Request) -> None:
+        """Forget ``req`` wherever it is, releasing its KV."""
+        if req in self.waiting:
+            self.waiting.remove(req)
+        if req in self.running:
+            self.running.remove(req)
+            self.policy.on_leave(req)
+        self.paused.pop(req.request_id)
+        if req in self.resuming:
+            self.resuming.remove(req)
+        self.memory.free(req.gpu_blocks)
+        req.gpu_blocks = 0
+
+    # -- the simulator's iteration (vLLM builds its own batch) -----------------------------
+    def schedule(self) -> SchedulerOutput:
+        """Build one iteration: revisit paused KV, advance resident requests (decodes first,
+        then prefill continuations; releasing pins, then preempting, when a block is missing),
+        swap in resumed requests, admit from the waiting queue through the policy's gate."""
+        self.sync_view()
+        out = SchedulerOutput(swap_out_tokens=self._pending_swap_out)
+        self._pending_swap_out = 0
+        for paused in self.expire_pins():
+            self._drop_preserved(paused, KVStrategy.DISCARD)
+        for paused, strategy in self.revisit_paused():
+            out.swap_out_tokens += self._drop_preserved(paused, strategy)
+        if self.policy.uses_holds:
+            self.policy.begin_iteration(self.running)
+        budget = self.preset.token_budget
+        budget = self._advance_decodes(out, budget)
+        budget = self._advance_prefills(out, budget)
+        self._swap_in(out)
+        if budget > 0:
+            self._admit(out, budget)
+        return out
+
+    def _drop_preserved(self, paused: PausedKV, strategy: KVStrategy) -> int:
+        """Apply a decision about a preserved entry to its request; returns tokens to copy out."""
+        req = paused.request
+        if req is None:
+            raise RuntimeError(f"paused entry {paused.key!r} has no request to apply it to")
+        return self._hold(req, paused, strategy)
+
+    def _advance_decodes(self, out: SchedulerOutput, budget: int) -> int:
+        memory = self.memory
+        policy = self.policy
+        holds = policy.uses_holds
+        iteration = self.iteration
+        for req in list(self.running):
+            if budget <= 0:
+                break
+            if req.state is not S.DECODING or (holds and policy.hold(req)):
+                continue
+            need = memory.blocks_for(req.kv_tokens + 1) - req.gpu_blocks
+            if need > 0 and not self._reserve(req, need):
+                continue
+            req.scheduled_iteration = iteration
+            out.decodes.append(req)
+            budget -= 1
+        return budget
+
+    def _advance_prefills(self, out: SchedulerOutput, budget: int) -> int:
+        memory = self.memory
+        iteration = self.iteration
+        for req in list(self.running):
+            if budget <= 0:
+                break
+            if req.state is not S.PREFILLING or req.scheduled_iteration == iteration:
+                continue
+            chunk = min(req.remaining_prefill, budget)
+            finishing = 1 if chunk == req.remaining_prefill else 0
+            need = memory.blocks_for(req.kv_tokens + chunk + finishing) - req.gpu_blocks
+            if need > 0 and not self._reserve(req, need):
+                continue
+            req.scheduled_iteration = iteration
+            out.prefills.append((req, chunk))
+            budget -= chunk
+        return budget
+
+    def _reserve(self, req: Request, need: int) -> bool:
+        """Allocate ``need`` blocks to ``req``, releasing pins and preempting as needed.
+        False if ``req`` itself had to be preempted."""
+        memory = self.memory
+        while not memory.can_allocate(need):
+            pinned = self.pin_to_release()
+            if pinned is not None:
+                self._drop_preserved(pinned, KVStrategy.DISCARD)
+                continue
+            candidates = [r for r in self.running if r.scheduled_iteration != self.iteration]
+            victim = max(candidates, key=self.policy.preemption_key)
+            self.preempt(victim)
+            if victim is req:
+                return False
+        memory.allocate(need)
+        req.gpu_blocks += need
+        return True
+
+    def _swap_in(self, out: SchedulerOutput) -> None:
+        memory = self.memory
+        while self.resuming and len(self.running) < self.preset.max_num_seqs:
+            req = self.resuming[0]
+            blocks = memory.blocks_for(req.kv_tokens)
+            if not memory.can_allocate(blocks + self.watermark_blocks):
+                break
+            self.resuming.popleft()
+            memory.swap_in(req.host_blocks, blocks)
+            req.host_blocks = 0
+            req.gpu_blocks = blocks
+            out.swap_in_tokens += req.kv_tokens
+            self._note_dequeued(req)
+            req.move_to(S.PREFILLING)
+            self.running.append(req)
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        memory = self.memory
+        if not self.waiting or memory.free_gpu_blocks <= self.watermark_blocks:
+            return
+        admitted: list[Request] = []
+        seats = self.preset.max_num_seqs - len(self.running)
+
+        def need_for(req: Request) -> tuple[int, int]:
+            chunk = min(req.remaining_prefill, budget)
+            finishing = 1 if chunk == req.remaining_prefill else 0
+            return chunk, memory.blocks_for(req.kv_tokens + chunk + finishing) - req.gpu_blocks
+
+        def blocked(req: Request) -> bool:
+            return budget <= 0 or not memory.can_allocate(need_for(req)[1] + self.watermark_blocks)
+
+        for req in self.admissible(seats, blocked=blocked):
+            chunk, need = need_for(req)
+            self._dequeue(req)
+            admitted.append(req)
+            memory.allocate(need)
+            req.gpu_blocks += need
+            req.scheduled_iteration = self.iteration
+            out.prefills.append((req, chunk))
+            budget -= chunk
+        for req in admitted:  # everyone leaves the queue before the policy hears of any
+            self._place(req)
+
+    def update_from_output(self, out: SchedulerOutput, *, step_time: float) -> list[TurnEnd]:
+        """Advance every scheduled request by what the iteration computed (``self.now`` is the
+        iteration's end); returns the turns that ended."""
+        self.counters.swapped_tokens += out.swap_in_tokens + out.swap_out_tokens
+        self.view.last_iteration_time = step_time
+        self.view.batch_query_tokens = out.query_tokens
+        ended: list[TurnEnd] = []
+        for req, chunk in out.prefills:
+            req.kv_tokens += chunk
+            if req.kv_tokens >= req.context_target:
+                self._emit_token(req, ended, from_prefill=True)
+        for req in out.decodes:
+            self._emit_token(req, ended, from_prefill=False)
+        if ended:
+            self.running = [r for r in self.running if r.state in (S.PREFILLING, S.DECODING)]
+        self.iteration += 1
+        return ended
+
+    def _emit_token(self, req: Request, ended: list[TurnEnd], *, from_prefill: bool) -> None:
+        req.kv_tokens += 1
+        req.generated += 1
+        if from_prefill:
+            if req.first_token_time is None:
+                req.first_token_time = self.now
+            if req.state is S.PREFILLING:
+                req.move_to(S.DECODING)
+        if req.generated < req.segment.output_tokens:
+            return
+        self.policy.on_leave(req)
+        if req.is_last_segment:
+            self.finish(req)
+            ended.append(TurnEnd(req, None))
+        else:
+            _, strategy = self.pause(req)
+            ended.append(TurnEnd(req, strategy))

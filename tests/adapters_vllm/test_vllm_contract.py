@@ -1,0 +1,275 @@
+"""One scheduler, two engines: every registered policy makes the same decisions in the simulator's
+scheduler and inside a real (CPU, tiny-model) vLLM engine, where both see the same state.
+
+Checked per policy: the admission order of requests submitted together, the KV strategy chosen for
+a paused turn (short and long tool), which pin is released first under memory pressure, and, for
+the policies with an admission gate, that requests are held and then admitted."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
+
+from lamps_agent.policies import POLICIES, make_policy
+from lamps_agent.predictors import OraclePredictor
+from lamps_agent.predictors.base import Outcome
+from lamps_agent.presets import Preset, load_preset
+from lamps_agent.program import Program, Segment
+from lamps_agent.request import KVStrategy
+from lamps_agent.request import Request as CoreRequest
+from lamps_agent.scheduler import Scheduler
+from tests.adapters_vllm.conftest import Tokens, hints, scheduler_of
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+PRESET = "h100-llama3-8b"  # the plug-in's default preset
+PROMPT = 300
+OUTPUTS = [400, 10, 200, 50]  # predicted outputs of four requests submitted together
+
+
+def sim_preset() -> Preset:
+    # No host swap store, as on an engine without the swap connector.
+    return dataclasses.replace(load_preset(PRESET), host_swap_gb=0.0)
+
+
+def sim_scheduler(policy: str, preset: Preset | None = None) -> Scheduler:
+    preset = preset or sim_preset()
+    return Scheduler(
+        preset=preset,
+        policy=make_policy(policy, predictor=OraclePredictor(), preset=preset),
+    )
+
+
+def core_turn(
+    rid: int, *, prompt: int, output: int, tool: str | None, duration: float
+) -> CoreRequest:
+    """A turn as the plug-in builds it from hints (this turn, plus the next one if a tool)."""
+    first = Segment(prompt_tokens=prompt, output_tokens=output, tool=tool, tool_duration=duration)
+    segments = (
+        (first,)
+        if tool is None
+        else (first, Segment(prompt_tokens=prompt + output, output_tokens=1))
+    )
+    return CoreRequest(
+        request_id=rid,
+        program=Program(program_id=f"r{rid}", agent="vllm", segments=segments),
+        arrival_time=float(rid) * 1e-3,
+    )
+
+
+@pytest.fixture(params=POLICIES.names())
+def policy(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def engines(engine_factory: Any) -> Any:
+    """One engine per (policy, settings), alive for the whole module: an engine collected while
+    another runs would tear down vLLM's process-wide parallel state under it."""
+    cache: dict[tuple[str, str], Any] = {}
+
+    def get(policy: str, client_strategy: str = "advisory") -> Any:
+        key = (policy, client_strategy)
+        if key not in cache:
+            options = {}
+            if client_strategy == "obey" and POLICIES.get(policy).gates_admission:
+                # Pressure needs concurrent requests: a gate that waits one step at most.
+                options = {"policy_options": {"patience": 1}}
+            cache[key] = engine_factory(policy, client_strategy=client_strategy, **options)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture
+def engine(engines: Any, policy: str) -> Any:
+    return engines(policy)
+
+
+def _params(**kw: Any) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(ignore_eos=True, temperature=0.0, **kw)
+
+
+def _run_to_end(llm: Any) -> None:
+    engine = llm.llm_engine
+    for _ in range(10_000):
+        if not engine.has_unfinished_requests():
+            return
+        engine.step()
+    raise AssertionError("the engine did not finish its requests")
+
+
+# -- the simulator's side --------------------------------------------------------------------
+def sim_admission_order(policy: str) -> list[int]:
+    sched = sim_scheduler(policy)
+    for i, out in enumerate(OUTPUTS):
+        sched.add_request(core_turn(i, prompt=PROMPT, output=out, tool=None, duration=0.0))
+    return [int(r.program.program_id[1:]) for r in sched.admissible(8)]
+
+
+def sim_strategy(policy: str, duration: float) -> KVStrategy | None:
+    sched = sim_scheduler(policy)
+    req = core_turn(0, prompt=600, output=20, tool="search", duration=duration)
+    sched.add_request(req)
+    now = 0.0
+    for _ in range(1000):
+        out = sched.schedule()
+        now += 0.01
+        sched.set_time(now)
+        for end in sched.update_from_output(out, step_time=0.01):
+            return end.strategy
+    raise AssertionError("the turn never ended")
+
+
+def sim_first_pin_released(policy: str) -> str:
+    sched = sim_scheduler(policy)
+    for rid, (key, prompt, duration) in enumerate((("A", 600, 100.0), ("B", 300, 10.0))):
+        req = core_turn(rid, prompt=prompt, output=20, tool="search", duration=duration)
+        sched.add_request(req)
+        sched.admit(req)
+        req.kv_tokens = prompt + 20
+        outcome = Outcome(
+            output_tokens=20, tool="search", tool_duration=duration, returned_tokens=0
+        )
+        sched.end_turn(req, outcome, continues=True, key=key, override=KVStrategy.PRESERVE)
+        sched.sync_view()
+        sched.set_time(sched.now + 0.01)  # the engine steps on before anything else happens
+        revisited = sched.revisit_paused()
+        if revisited:
+            return str(revisited[0][0].key)
+    released = sched.pin_to_release()
+    assert released is not None
+    return str(released.key)
+
+
+# -- the engine's side -------------------------------------------------------------------------
+def vllm_admission_order(llm: Any) -> list[int]:
+    sched = scheduler_of(llm)
+    admitted: list[str] = []
+    original = sched.schedule
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        admitted.extend(r.req_id for r in out.scheduled_new_reqs)
+        return out
+
+    sched.schedule = spy
+    tokens = Tokens(4)
+    engine = llm.llm_engine
+    try:
+        for i, out in enumerate(OUTPUTS):
+            xargs = hints(
+                f"order-{i}", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=out
+            )
+            engine.add_request(
+                f"q{i}",
+                {"prompt_token_ids": tokens(PROMPT)},
+                _params(max_tokens=3, extra_args=xargs),
+            )
+        _run_to_end(llm)
+    finally:
+        sched.schedule = original
+    return [int(a.split("-")[0][1:]) for a in admitted]
+
+
+def vllm_strategy(llm: Any, session: str, duration: float) -> KVStrategy | None:
+    lamps = scheduler_of(llm).lamps
+    before = dataclasses.asdict(lamps.decisions)
+    xargs = hints(session, 0, tool="search", duration=duration, strategy=KVStrategy.SWAP, output=20)
+    llm.llm_engine.add_request(
+        session, {"prompt_token_ids": Tokens(9)(600)}, _params(max_tokens=20, extra_args=xargs)
+    )
+    _run_to_end(llm)
+    after = dataclasses.asdict(lamps.decisions)
+    changed = [s for s in KVStrategy if after[s.value] == before[s.value] + 1]
+    if after["finished"] == before["finished"] + 1:
+        return None
+    assert len(changed) == 1, (before, after)
+    return changed[0]
+
+
+def vllm_first_pin_released(llm: Any) -> str:
+    sched = scheduler_of(llm)
+    tokens = Tokens(11)
+    for key, prompt, duration in (("A", 600, 100.0), ("B", 300, 10.0)):
+        xargs = hints(
+            key, 0, tool="search", duration=duration, strategy=KVStrategy.PRESERVE, output=20
+        )
+        llm.llm_engine.add_request(
+            key, {"prompt_token_ids": tokens(prompt)}, _params(max_tokens=20, extra_args=xargs)
+        )
+        _run_to_end(llm)
+        if len(sched.lamps.pins.pins) < 1 + (key == "B"):
+            return {"A", "B"}.difference(sched.lamps.pins.pins).pop()  # a revisit let it go
+    for k in range(1, 9):  # ever more concurrent prompts until the first pin gives way
+        for j in range(k):
+            llm.llm_engine.add_request(
+                f"press{k}-{j}", {"prompt_token_ids": tokens(700)}, _params(max_tokens=2)
+            )
+        _run_to_end(llm)
+        gone = {"A", "B"} - set(sched.lamps.pins.pins)
+        if gone:
+            assert len(gone) == 1, "both pins went at once: the pressure was not gradual"
+            return gone.pop()
+    raise AssertionError("no pressure built up")
+
+
+# -- the contract ------------------------------------------------------------------------------
+def test_admission_order_of_requests_submitted_together(engine: Any, policy: str) -> None:
+    assert vllm_admission_order(engine) == sim_admission_order(policy)
+
+
+def test_kv_strategy_of_a_paused_turn(engine: Any, policy: str) -> None:
+    for session, duration in (("short", 0.05), ("long", 120.0)):
+        assert vllm_strategy(engine, f"{policy}-{session}", duration) is sim_strategy(
+            policy, duration
+        ), session
+
+
+def test_which_pin_is_released_first(engines: Any, policy: str) -> None:
+    """Two sessions pinned (A: larger context, longer tool): a policy that revisits lets A go at
+    once; under memory pressure the policy's release key picks A too — in both engines."""
+    llm = engines(policy, "obey")
+    assert vllm_first_pin_released(llm) == sim_first_pin_released(policy) == "A"
+
+
+@pytest.mark.parametrize("gated", [n for n in POLICIES.names() if POLICIES.get(n).gates_admission])
+def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
+    # The simulator's scheduler: one request running, six arriving together: some are held.
+    sched = sim_scheduler(gated)
+    first = core_turn(0, prompt=PROMPT, output=200, tool=None, duration=0.0)
+    sched.add_request(first)
+    sched.admit(first)
+    for i in range(1, 7):
+        sched.add_request(core_turn(i, prompt=PROMPT, output=500, tool=None, duration=0.0))
+    sched.sync_view()
+    assert len(list(sched.admissible(8))) < 6
+
+    # The engine: the same, through vLLM; every request completes.
+    llm = engines(gated)
+    engine = llm.llm_engine
+    tokens = Tokens(12)
+    xargs = hints("g0", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=200)
+    engine.add_request(
+        "g0", {"prompt_token_ids": tokens(PROMPT)}, _params(max_tokens=200, extra_args=xargs)
+    )
+    engine.step()
+    for i in range(1, 7):
+        xargs = hints(f"g{i}", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=500)
+        engine.add_request(
+            f"g{i}", {"prompt_token_ids": tokens(PROMPT)}, _params(max_tokens=30, extra_args=xargs)
+        )
+    finished = set()
+    for _ in range(10_000):
+        if not engine.has_unfinished_requests():
+            break
+        finished |= {o.request_id.split("-")[0] for o in engine.step() if o.finished}
+    stats = scheduler_of(llm).lamps_stats()
+    assert stats["gate_held_steps"] >= 1  # the gate held requests it had seats for ...
+    assert finished == {f"g{i}" for i in range(7)}  # ... and admitted every one of them
