@@ -3,10 +3,13 @@ serve`` (CPU engine, the tiny local model, started here as a subprocess).
 
 A random-weight model never chooses a tool by itself, so a driver middleware asks for one with
 ``tool_choice="required"`` (vLLM's guided decoding writes the call) for the first turns and for a
-plain answer (``"none"``) at the end.  Four conversations run at once.  Checked: the hints reached
-the scheduler, every paused turn got its KV strategy applied (preserve: a pin) and the next turn
-of the conversation found that prefix in the cache, and every tool call is in the registry with
-its duration.  The three example apps then run against the same server with one command.
+plain answer (``"none"``) at the end.  Four conversations run at once.  The server obeys the
+client's KV strategy (``LAMPS_CLIENT_STRATEGY=obey``; by default the scheduler decides at its live
+load and the hint is advice) and the middleware asks to preserve, so the test knows what each
+paused turn gets.  Checked: the hints reached the scheduler, every paused turn got its strategy
+applied (a pin) and the next turn of the conversation found that prefix in the cache, and every
+tool call is in the registry with its duration.  The three example apps then run against the same
+server with one command.
 """
 
 from __future__ import annotations
@@ -84,7 +87,12 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "--kv-cache-memory-bytes", str(4 * 2**20), "--max-num-seqs", "8",
         "--enable-prompt-tokens-details",
     ]  # fmt: skip
-    env = {**os.environ, "LAMPS_STATS_FILE": str(stats), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "LAMPS_STATS_FILE": str(stats),
+        "LAMPS_CLIENT_STRATEGY": "obey",
+        "PYTHONPATH": str(ROOT),
+    }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -185,7 +193,7 @@ def test_langchain_agents_call_tools_on_the_served_engine(server: Server, tmp_pa
     lamps = LampsMiddleware(
         registry=registry,
         agent="e2e",
-        strategy=lambda **_: KVStrategy.PRESERVE,  # every paused turn keeps its prefix pinned
+        strategy=lambda **_: KVStrategy.PRESERVE,  # obeyed: every paused turn is pinned
     )
     agent = create_agent(
         model,
@@ -235,6 +243,9 @@ def test_langchain_agents_call_tools_on_the_served_engine(server: Server, tmp_pa
     hints = _delta(stats["hints"], baseline["hints"])
     assert hints["ok"] == CONVERSATIONS * (TOOL_TURNS + 1)  # every model call's hints arrived
     assert hints["malformed"] == 0
+    decisions = _delta(stats["decisions"], baseline["decisions"])
+    assert decisions["preserve"] == decisions["advised_followed"] == paused, decisions
+    assert decisions["swap"] == decisions["discard"] == 0, decisions
     pins = _delta(stats["pins"], baseline["pins"])
     assert pins["pinned"] == paused  # the strategy applied at every turn that ended in a tool call
     # a pin is released when the conversation's next turn is admitted on top of it, or when the
