@@ -13,6 +13,7 @@ aggregate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -176,6 +177,11 @@ class Store:
 
     def _create_engine(self) -> AsyncEngine:
         if self._sqlite:
+            # aiosqlite logs every statement with its parameters (prompt text) at DEBUG, which
+            # `lamps-agent -v` turns on: keep it at INFO unless the user set its level
+            driver_log = logging.getLogger("aiosqlite")
+            if driver_log.level == logging.NOTSET:
+                driver_log.setLevel(logging.INFO)
             path = sqlite_path(self.url)
             if path is not None:
                 try:
