@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from itertools import chain
 from typing import Any, cast
 
-from sqlalchemy import event, func, select, text
+from sqlalchemy import String, event, func, select, text, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -40,6 +40,7 @@ from tool_registry.types import (
 )
 from tool_registry.urls import is_sqlite, mask_password, redact, sqlite_path
 
+_STATUSES = {status.value: status for status in CallStatus}
 CONNECT_TIMEOUT_S = 10.0  # a server that does not answer a connect: give up, retry later
 STATEMENT_TIMEOUT_S = 30.0  # a statement on a hung connection (asyncpg command_timeout)
 SQLITE_BUSY_TIMEOUT_S = 30.0  # waiting for another process's SQLite write lock
@@ -413,7 +414,11 @@ class Store:
     ) -> Sequence[Any]:
         """Rows of ``table`` in primary-key order after ``after``, optionally where one column
         equals a value (keyset pagination: no OFFSET, so each page costs the same)."""
-        query = select(table).order_by(table.c.id).limit(limit)
+        # status read as plain text: a value outside the enum must not break an export
+        columns = [
+            type_coerce(c, String).label(c.name) if c.name == "status" else c for c in table.c
+        ]
+        query = select(*columns).order_by(table.c.id).limit(limit)
         if after is not None:
             query = query.where(table.c.id > uuid.UUID(hex=after))
         column, value = match
@@ -434,7 +439,8 @@ class Store:
                 session_id=row.session_id,
                 started_at=row.started_at,
                 duration=row.duration,
-                status=CallStatus(row.status),
+                # a status no version writes (a database filled by an old replay): not "ok"
+                status=_STATUSES.get(row.status, CallStatus.ERROR),
                 error_type=row.error_type,
                 input_size=row.input_size,
                 output_size=row.output_size,

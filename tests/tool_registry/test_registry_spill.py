@@ -223,6 +223,26 @@ def test_corrupt_spill_lines_are_quarantined_and_the_rest_replayed(
     assert sorted(row["id"] for row in exported) == sorted(row[0] for row in good)
 
 
+def test_export_survives_a_status_an_old_replay_stored(
+    sqlite_url: str, make_registry: MakeRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    from tool_registry.urls import sqlite_path
+
+    make_registry(sqlite_url).close()
+    path = sqlite_path(sqlite_url)
+    assert path is not None
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO tools (name, registered_at) VALUES ('t', 0)")
+        conn.execute(
+            "INSERT INTO calls (id, tool, started_at, duration, status) "
+            f"VALUES ('{new_ids(1)[0]}', 't', 1.0, 1.0, 'weird')"
+        )
+    assert main(["tools", "export", "--format", "csv", "--calls", "--registry", sqlite_url]) == 0
+    assert ",error," in capsys.readouterr().out
+
+
 # 10. private data
 
 
