@@ -7,7 +7,8 @@ application's own, ``SIG_DFL`` or ``SIG_IGN``) and, after flushing (up to
 ``SIGNAL_FLUSH_TIMEOUT_S``) and spilling the rest, chains to it: an application handler is called,
 ``SIG_IGN`` is honoured, and ``SIG_DFL`` is re-raised so the process still dies of the signal
 (exit status 128 + signum).  The registries stay open: a process that survives the signal keeps
-recording, and replays its spill file itself.
+recording, and replays its spill file itself; before the default action (death) they are closed
+instead, so no other thread can buffer a record after the spill.
 
 An application that installs its own handler *after* creating a registry replaces this one; it can
 call :func:`install` again afterwards to chain to it.  SIGKILL cannot be handled: see
@@ -30,15 +31,21 @@ SIGNAL_FLUSH_TIMEOUT_S = 1.0  # then the rest is spilled: a signal asks for a pr
 
 _previous: dict[int, Any] = {}
 _checkpoint: Callable[[float], None] | None = None
+_close: Callable[[float], None] | None = None
 
 
-def install(checkpoint: Callable[[float], None]) -> bool:
+def install(checkpoint: Callable[[float], None], close: Callable[[float], None]) -> bool:
     """Install the handlers (idempotent); returns ``False`` off the main thread, where Python
-    does not allow it (the registry then relies on ``close()`` and ``atexit``)."""
-    global _checkpoint
+    does not allow it (the registry then relies on ``close()`` and ``atexit``).
+
+    ``checkpoint(timeout)`` flushes or spills every registry and keeps them open: it runs before
+    an application handler, which may let the process live on.  ``close(timeout)`` flushes or
+    spills and closes them: it runs before the default action kills the process, so that another
+    thread cannot buffer a record between the spill and the death."""
+    global _checkpoint, _close
     if threading.current_thread() is not threading.main_thread():
         return False
-    _checkpoint = checkpoint
+    _checkpoint, _close = checkpoint, close
     for signum in HANDLED:
         current = signal.getsignal(signum)
         if current is _handle:
@@ -49,12 +56,13 @@ def install(checkpoint: Callable[[float], None]) -> bool:
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
+    previous = _previous.get(signum, signal.SIG_DFL)
+    action = _close if previous == signal.SIG_DFL else _checkpoint
     try:
-        if _checkpoint is not None:
-            _checkpoint(SIGNAL_FLUSH_TIMEOUT_S)
+        if action is not None:
+            action(SIGNAL_FLUSH_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - the application's handler must still run
         log.error("tool registry: flushing on signal %d failed: %s", signum, exc)
-    previous = _previous.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
     elif previous == signal.SIG_DFL:

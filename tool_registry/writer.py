@@ -82,6 +82,12 @@ def checkpoint_all(timeout: float) -> None:
         writer.checkpoint(timeout)
 
 
+def close_all(timeout: float) -> None:
+    """Close every live registry of this process (flush, then spill what is left)."""
+    for writer in list(_LIVE_WRITERS):
+        writer.close(timeout)
+
+
 def _causes(exc: BaseException) -> Iterable[BaseException]:
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
@@ -183,7 +189,7 @@ class Writer:
         atexit.register(self.close)
         _LIVE_WRITERS.add(self)
         if handle_signals:
-            signals.install(checkpoint_all)
+            signals.install(checkpoint_all, close_all)
 
     @property
     def num_quarantined(self) -> int:
