@@ -340,15 +340,20 @@ class Writer:
         self._stop_loop()
         for claim in self._replay:
             claim.release(done=False)  # unlocked: the next registry replays the rest
-        if self.pending or self.num_lost:
+        if self.pending:
             log.warning(
                 "tool registry closed with %d records not written to %s; they are kept in %s "
-                "and will be replayed by the next registry on this database (%d lost: spill "
-                "file not writable)",
+                "and will be replayed by the next registry on this database",
                 self.pending,
                 self.store.masked_url,
                 self._spill.directory,
+            )
+        if self.num_lost:
+            log.error(
+                "tool registry closed having lost %d records: the spill directory %s was not "
+                "writable (full disk?)",
                 self.num_lost,
+                self._spill.directory,
             )
         self._spill.close()
 
