@@ -20,7 +20,6 @@ quarantine file ``<url-key>.quarantine.jsonl``, verbatim; rows the database itse
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -318,7 +317,3 @@ def read_batches(path: Path, size: int, quarantine: SideFile) -> Iterator[list[R
                 batch = []
     if batch:
         yield batch
-
-
-def is_disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

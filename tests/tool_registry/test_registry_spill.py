@@ -108,6 +108,29 @@ def test_a_disk_full_mid_write_leaves_no_torn_line(
     assert reg.stats("search")[0].count == 30
 
 
+def test_a_failed_hand_over_does_not_kill_the_writer(
+    sqlite_url: str, make_registry: MakeRegistry
+) -> None:
+    reg = make_registry(sqlite_url, batch_size=5, max_buffer=10)
+    gate = block_writes(reg)
+    for _ in range(50):
+        reg.record("search", duration=0.3)
+    spill_file = reg._writer._spill
+    real_take = spill_file.take
+    failures = {"left": 2}
+
+    def full_disk() -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_take()
+
+    spill_file.take = full_disk  # type: ignore[method-assign]
+    gate.set()
+    reg.flush(timeout=30)
+    assert failures["left"] == 0 and reg.stats("search")[0].count == 50
+
+
 # 7. replay streams the file
 
 
