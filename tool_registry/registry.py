@@ -27,6 +27,7 @@ from tool_registry.types import CallRecord, CallStatus, PendingTurn, ToolInfo, T
 from tool_registry.urls import resolve_url
 from tool_registry.validation import (
     MAX_DURATION,
+    MAX_LABEL_LENGTH,
     MAX_NAME_LENGTH,
     MAX_STEP,
     check_count,
@@ -36,7 +37,6 @@ from tool_registry.validation import (
     check_size,
     check_timestamp,
     clip_prompt_text,
-    is_clean,
 )
 from tool_registry.writer import Writer
 
@@ -46,7 +46,7 @@ _UNKNOWN = prior_estimate(None)  # what every unknown tool gets: shared, never c
 
 
 def _call_status(status: object) -> CallStatus:
-    found = _STATUSES.get(status) if isinstance(status, str) else None
+    found = _STATUSES.get(status) if isinstance(status, str) else None  # a list is unhashable
     if found is None:
         raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r:.60}")
     return found
@@ -238,18 +238,39 @@ class ToolRegistry:
             type(tool) is not str
             or not 0 < len(tool) <= MAX_NAME_LENGTH
             or tool.isspace()
-            or not is_clean(tool)
+            or not tool.isascii()  # non-ASCII names are checked for lone surrogates there
+            or "\x00" in tool
         ):
             name = check_name(tool)
             sanitised, tool = name != tool, name
         if type(duration) is not float or not 0.0 <= duration <= MAX_DURATION:
             duration = check_duration(duration)
-        call_status = status if type(status) is CallStatus else _call_status(status)
-        if session_id is not None or error_type is not None:
-            session = check_label(session_id, "session_id")
-            error = check_label(error_type, "error_type")
-            sanitised |= session != session_id or error != error_type
-            session_id, error_type = session, error
+        call_status = (
+            status
+            if type(status) is CallStatus
+            else _STATUSES.get(status)
+            if type(status) is str
+            else None
+        )
+        if call_status is None:
+            call_status = _call_status(status)  # raises the ValueError
+        # the common case (short ASCII labels without NUL) costs no function call
+        if session_id is not None and not (
+            type(session_id) is str
+            and len(session_id) <= MAX_LABEL_LENGTH
+            and session_id.isascii()
+            and "\x00" not in session_id
+        ):
+            label = check_label(session_id, "session_id")
+            sanitised, session_id = sanitised or label != session_id, label
+        if error_type is not None and not (
+            type(error_type) is str
+            and len(error_type) <= MAX_LABEL_LENGTH
+            and error_type.isascii()
+            and "\x00" not in error_type
+        ):
+            label = check_label(error_type, "error_type")
+            sanitised, error_type = sanitised or label != error_type, label
         if input_size is not None or output_size is not None:
             input_size = check_size(input_size, "input_size")
             output_size = check_size(output_size, "output_size")
