@@ -48,8 +48,8 @@ def install(checkpoint: Callable[[float], None], close: Callable[[float], None])
     _checkpoint, _close = checkpoint, close
     for signum in HANDLED:
         current = signal.getsignal(signum)
-        if current is _handle:
-            continue
+        if current is _handle or current is None:
+            continue  # ours already, or a handler set outside Python that we could not chain
         _previous[signum] = current
         signal.signal(signum, _handle)
     return True
@@ -68,4 +68,4 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     elif previous == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
-    # SIG_IGN (or None: a handler not installed from Python): nothing more to do
+    # SIG_IGN: nothing more to do
