@@ -93,7 +93,9 @@ def main() -> None:
         print(json.dumps(measure(args.model, args.policy, args.waiting, args.steps)))
         return
     rows = []
-    for policy in ("stock", "lamps", "infercept"):
+    from lamps_agent.policies import POLICIES
+
+    for policy in ("stock", *POLICIES.names()):
         out = subprocess.run(
             [sys.executable, __file__, "--model", args.model, "--policy", policy,
              "--waiting", str(args.waiting), "--steps", str(args.steps)],

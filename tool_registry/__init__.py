@@ -8,7 +8,12 @@ consume through the core's :class:`~lamps_agent.predictors.base.DurationSource` 
 ...     reg.record_turn(agent="chatbot", step=0, output_tokens=57, tool="search")
 """
 
-from tool_registry.errors import RegistryClosedError, RegistryError, RegistryUnavailableError
+from tool_registry.errors import (
+    RegistryClosedError,
+    RegistryError,
+    RegistryUnavailableError,
+    SchemaTooNewError,
+)
 from tool_registry.registry import ToolRegistry
 from tool_registry.types import CallRecord, CallStatus, ToolInfo, ToolStats, TurnRecord
 
@@ -18,6 +23,7 @@ __all__ = [
     "RegistryClosedError",
     "RegistryError",
     "RegistryUnavailableError",
+    "SchemaTooNewError",
     "ToolInfo",
     "ToolRegistry",
     "ToolStats",

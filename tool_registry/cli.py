@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -33,25 +35,58 @@ STATS_FIELDS = (
 )
 
 
+def _add_registry_option(parser: argparse.ArgumentParser) -> None:
+    """``--registry URL`` (the name ``lamps-agent examples`` uses), with ``--url`` kept as a
+    hidden alias for scripts written before the rename."""
+    parser.add_argument(
+        "--registry",
+        default=None,
+        metavar="URL",
+        help="registry database URL (default: $LAMPS_REGISTRY_URL or ~/.lamps-agent/registry.db)",
+    )
+    parser.add_argument("--url", dest="registry", default=None, help=argparse.SUPPRESS)
+
+
+def _masking(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler`` whose errors never show a secret of the registry URL: the message that
+    ``lamps-agent`` prints is redacted (the password, however the URL spells it)."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from tool_registry.urls import ENV_URL, redact
+
+        try:
+            return handler(args)
+        except (ValueError, KeyError, OSError) as exc:
+            message = str(exc)
+            for url in (args.registry, os.environ.get(ENV_URL)):
+                if url:
+                    message = redact(message, url)
+            if message == str(exc):
+                raise
+            raise ValueError(message) from None
+
+    return run
+
+
 def register_commands(sub: Any) -> None:
     """Add the ``db`` and ``tools`` sub-commands to the ``lamps-agent`` parser."""
-    url_help = "registry database URL (default: $LAMPS_REGISTRY_URL or ~/.lamps-agent/registry.db)"
 
     db = sub.add_parser("db", help="manage the tool registry database")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     upgrade = db_sub.add_parser("upgrade", help="create or migrate the schema to the newest one")
-    upgrade.add_argument("--url", default=None, help=url_help)
-    upgrade.set_defaults(handler=_db_upgrade)
+    _add_registry_option(upgrade)
+    upgrade.set_defaults(handler=_masking(_db_upgrade))
 
     tools = sub.add_parser("tools", help="inspect registered tools and their call statistics")
     tools_sub = tools.add_subparsers(dest="tools_command", metavar="ACTION", required=True)
     listing = tools_sub.add_parser("list", help="registered tools with their hints")
-    listing.add_argument("--url", default=None, help=url_help)
-    listing.set_defaults(handler=_tools_list)
+    _add_registry_option(listing)
+    listing.set_defaults(handler=_masking(_tools_list))
     stats = tools_sub.add_parser("stats", help="per-tool duration statistics and estimates")
     stats.add_argument("--tool", default=None, help="only this tool")
-    stats.add_argument("--url", default=None, help=url_help)
-    stats.set_defaults(handler=_tools_stats)
+    _add_registry_option(stats)
+    stats.set_defaults(handler=_masking(_tools_stats))
     export = tools_sub.add_parser(
         "export", help="export statistics (or every call, or every model turn) as CSV/JSON/JSONL"
     )
@@ -65,8 +100,8 @@ def register_commands(sub: Any) -> None:
         help="every model turn (JSONL: the turn records `predictor train --jsonl` reads)",
     )
     export.add_argument("--tool", default=None, help="only this tool")
-    export.add_argument("--url", default=None, help=url_help)
-    export.set_defaults(handler=_tools_export)
+    _add_registry_option(export)
+    export.set_defaults(handler=_masking(_tools_export))
 
 
 @contextmanager
@@ -87,7 +122,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     from tool_registry.store import Store
     from tool_registry.urls import resolve_url
 
-    store = Store(resolve_url(args.url))
+    store = Store(resolve_url(args.registry))
 
     async def upgrade() -> bool:
         try:
@@ -108,6 +143,14 @@ def _console() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def _text(value: str) -> Any:
+    """A table cell showing ``value`` literally: names come from users and models, and rich
+    would read ``[/x]`` as markup (a crash) and ``[link=...]`` as a terminal link."""
+    from rich.text import Text
+
+    return Text(value)
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -121,7 +164,7 @@ def _tools_list(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    with _registry(args.url) as reg:
+    with _registry(args.registry) as reg:
         infos = reg.list()
     table = Table(title=f"{len(infos)} registered tools")
     for column in ("tool", "api type", "hint (s)", "registered", "description"):
@@ -129,7 +172,11 @@ def _tools_list(args: argparse.Namespace) -> int:
     for info in infos:
         when = dt.datetime.fromtimestamp(info.registered_at, dt.UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(
-            info.name, info.api_type or "-", _fmt(info.duration_hint), when, info.description or ""
+            _text(info.name),
+            _text(info.api_type or "-"),
+            _fmt(info.duration_hint),
+            when,
+            _text(info.description or ""),
         )
     _console().print(table)
     return 0
@@ -166,7 +213,7 @@ def _stats_rows(reg: Any, tool: str | None) -> list[dict[str, Any]]:
 def _tools_stats(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    with _registry(args.url) as reg:
+    with _registry(args.registry) as reg:
         rows = _stats_rows(reg, args.tool)
     if args.tool is not None and not rows:
         raise ValueError(f"no calls recorded for tool {args.tool!r}")
@@ -189,7 +236,7 @@ def _tools_stats(args: argparse.Namespace) -> int:
         table.add_column(header, justify="left" if header == "tool" else "right")
     for row in rows:
         table.add_row(
-            row["tool"],
+            _text(row["tool"]),
             f"{row['count']:,}",
             f"{row['error_count']:,}",
             *(
@@ -218,7 +265,7 @@ def _tools_export(args: argparse.Namespace) -> int:
         raise ValueError("--tool selects calls; model turns are exported whole")
     output: IO[str] = sys.stdout if args.output is None else open(args.output, "w", newline="")  # noqa: SIM115
     try:
-        with _registry(args.url) as reg:
+        with _registry(args.registry) as reg:
             if args.calls:
                 _write(output, args.format, CALL_FIELDS, _iter_calls(reg, args.tool))
             elif args.turns:

@@ -13,3 +13,7 @@ class RegistryUnavailableError(RegistryError, ConnectionError):
 
 class RegistryClosedError(RegistryError, RuntimeError):
     """The registry was used after :meth:`ToolRegistry.close`."""
+
+
+class SchemaTooNewError(RegistryUnavailableError):
+    """The database was migrated by a newer lamps-agent than this one."""

@@ -9,6 +9,7 @@ import asyncio
 import builtins
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tool_registry.types import CallRecord, CallStatus, PendingTurn, ToolInfo, T
 from tool_registry.urls import resolve_url
 from tool_registry.validation import (
     MAX_DURATION,
+    MAX_LABEL_LENGTH,
     MAX_NAME_LENGTH,
     MAX_STEP,
     check_count,
@@ -40,6 +42,14 @@ from tool_registry.writer import Writer
 
 F = TypeVar("F", bound=Callable[..., object])
 _STATUSES = {status.value: status for status in CallStatus}
+_UNKNOWN = prior_estimate(None)  # what every unknown tool gets: shared, never cached per name
+
+
+def _call_status(status: object) -> CallStatus:
+    found = _STATUSES.get(status) if isinstance(status, str) else None  # a list is unhashable
+    if found is None:
+        raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r:.60}")
+    return found
 
 
 class ToolRegistry:
@@ -50,6 +60,8 @@ class ToolRegistry:
     mapped to the async drivers.  Calls are buffered and written in batches of ``batch_size`` or
     every ``flush_interval`` seconds; at most ``max_buffer`` records wait in memory, the rest go to
     a spill file under ``spill_dir`` (default ``~/.lamps-agent/spill``) and are replayed later.
+    With ``handle_signals`` (created on the main thread), SIGTERM and SIGINT flush or spill the
+    buffer before the application's own handler runs (:mod:`tool_registry.signals`).
 
     Raises :class:`~tool_registry.errors.RegistryUnavailableError` (a ``ConnectionError``) naming
     the URL, password masked, when the database cannot be reached or its schema created.
@@ -63,6 +75,7 @@ class ToolRegistry:
         flush_interval: float = 0.05,
         max_buffer: int = 100_000,
         spill_dir: str | os.PathLike[str] | None = None,
+        handle_signals: bool = True,
     ) -> None:
         if batch_size < 1 or max_buffer < 1:
             raise ValueError("batch_size and max_buffer must be >= 1")
@@ -74,6 +87,10 @@ class ToolRegistry:
         # tool -> (aggregate, hint, estimate): valid while both are still the current ones, so a
         # writer update racing with a reader can never leave a stale estimate behind
         self._estimates: dict[str, tuple[Aggregate | None, float | None, DurationEstimate]] = {}
+        self.num_sanitised = 0
+        """Records whose text had NUL characters or lone surrogates (which no database stores)
+        replaced by U+FFFD.  Prompt text is sanitised silently (it is clipped anyway)."""
+        self._count_lock = threading.Lock()
         self._store = store = Store(self.url)
         self._writer = Writer(
             store,
@@ -83,6 +100,7 @@ class ToolRegistry:
             spill_dir=Path(spill_dir) if spill_dir is not None else DEFAULT_SPILL_DIR,
             on_aggregates=self._update_aggregates,
             on_load=self._load,
+            handle_signals=handle_signals,
         )
 
     async def _load(self) -> None:
@@ -208,22 +226,57 @@ class ToolRegistry:
         """Record one finished call; non-blocking and thread-safe, fine inside an event loop.
 
         ``started_at`` is epoch seconds (default: now minus ``duration``).  An unregistered tool
-        is registered on its first write, without a hint.  Bad input raises ``ValueError`` here.
+        is registered on its first write, without a hint.  Numbers may be NumPy scalars.
+
+        The only exceptions are ``ValueError`` (bad input, raised here) and
+        :class:`~tool_registry.errors.RegistryClosedError`: never an ``OSError``, even with the
+        spill disk full (such a record is counted in :attr:`num_lost`).  Text no database can
+        store (NUL, lone surrogates) is sanitised to U+FFFD and counted in :attr:`num_sanitised`.
         """
-        if type(tool) is not str or not 0 < len(tool) <= MAX_NAME_LENGTH or tool.isspace():
-            check_name(tool)
+        sanitised = False
+        if (
+            type(tool) is not str
+            or not 0 < len(tool) <= MAX_NAME_LENGTH
+            or tool.isspace()
+            or not tool.isascii()  # non-ASCII names are checked for lone surrogates there
+            or "\x00" in tool
+        ):
+            name = check_name(tool)
+            sanitised, tool = name != tool, name
         if type(duration) is not float or not 0.0 <= duration <= MAX_DURATION:
             duration = check_duration(duration)
-        call_status = status if type(status) is CallStatus else _STATUSES.get(status)
+        call_status = (
+            status
+            if type(status) is CallStatus
+            else _STATUSES.get(status)
+            if type(status) is str
+            else None
+        )
         if call_status is None:
-            raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r}")
-        if session_id is not None or error_type is not None:
-            check_label(session_id, "session_id")
-            check_label(error_type, "error_type")
+            call_status = _call_status(status)  # raises the ValueError
+        # the common case (short ASCII labels without NUL) costs no function call
+        if session_id is not None and not (
+            type(session_id) is str
+            and len(session_id) <= MAX_LABEL_LENGTH
+            and session_id.isascii()
+            and "\x00" not in session_id
+        ):
+            label = check_label(session_id, "session_id")
+            sanitised, session_id = sanitised or label != session_id, label
+        if error_type is not None and not (
+            type(error_type) is str
+            and len(error_type) <= MAX_LABEL_LENGTH
+            and error_type.isascii()
+            and "\x00" not in error_type
+        ):
+            label = check_label(error_type, "error_type")
+            sanitised, error_type = sanitised or label != error_type, label
         if input_size is not None or output_size is not None:
-            check_size(input_size, "input_size")
-            check_size(output_size, "output_size")
+            input_size = check_size(input_size, "input_size")
+            output_size = check_size(output_size, "output_size")
         started = time.time() - duration if started_at is None else check_timestamp(started_at)
+        if sanitised:
+            self._count_sanitised()
         self._writer.submit(
             (
                 tool,
@@ -236,6 +289,10 @@ class ToolRegistry:
                 output_size,
             )
         )
+
+    def _count_sanitised(self) -> None:
+        with self._count_lock:
+            self.num_sanitised += 1
 
     def record_turn(
         self,
@@ -267,6 +324,8 @@ class ToolRegistry:
             prompt_text=clip_prompt_text(prompt_text),
             created_at=time.time(),
         )
+        if (turn.session_id, turn.agent, turn.tool) != (session_id, agent, tool):
+            self._count_sanitised()
         self._writer.submit(turn)
 
     @property
@@ -278,6 +337,24 @@ class ToolRegistry:
     def num_spilled(self) -> int:
         """Records that overflowed the buffer (or were left at close) and went to the spill file."""
         return self._writer.num_spilled
+
+    @property
+    def num_lost(self) -> int:
+        """Records accepted but lost: the spill file could not be written (a full or unwritable
+        disk) while the buffer was full or at close.  Logged when it happens; never raised."""
+        return self._writer.num_lost
+
+    @property
+    def num_dead_lettered(self) -> int:
+        """Records the database rejected on their own (a batch split until the bad row was alone),
+        kept in the dead-letter file ``<spill_dir>/<key>.dead-letter.jsonl`` instead."""
+        return self._writer.num_dead_lettered
+
+    @property
+    def num_quarantined(self) -> int:
+        """Spill-file lines that could not be read back (corrupt), moved to
+        ``<spill_dir>/<key>.quarantine.jsonl``."""
+        return self._writer.num_quarantined
 
     @property
     def num_failures(self) -> int:
@@ -331,14 +408,16 @@ class ToolRegistry:
         Reflects the calls written so far (call :meth:`flush` to include buffered ones).  A tool
         never seen and without a hint gets ``DEFAULT_TOOL_DURATION`` with confidence 0.
         """
-        agg, hint = self._aggregates.get(tool), self._hints.get(tool)
-        cached = self._estimates.get(tool)
-        if cached is not None and cached[0] is agg and cached[1] == hint:
-            return cached[2]
         try:
+            agg, hint = self._aggregates.get(tool), self._hints.get(tool)
+            if agg is None and hint is None:
+                return _UNKNOWN  # not cached: unknown names must not grow memory
+            cached = self._estimates.get(tool)
+            if cached is not None and cached[0] is agg and cached[1] == hint:
+                return cached[2]
             result = estimate_from(agg, hint)
-        except Exception:  # noqa: BLE001 - the hot path must not fail; a bug degrades to the default
-            return prior_estimate(None)
+        except Exception:  # noqa: BLE001 - the hot path must not fail (an unhashable name, a bug)
+            return _UNKNOWN
         self._estimates[tool] = (agg, hint, result)
         return result
 

@@ -7,7 +7,10 @@ from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tool_registry.errors import RegistryUnavailableError, SchemaTooNewError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -15,6 +18,17 @@ if TYPE_CHECKING:
 HEAD_REVISION = "0002"  # the newest migration; tests check it matches migrations/versions
 VERSION_TABLE = "tool_registry_version"  # not "alembic_version": a shared database may have others
 _PG_LOCK_KEY = 0x6C616D7073  # serializes concurrent first uses on PostgreSQL
+MIGRATION_LOCK_TIMEOUT_S = 30.0  # how long a migration waits for another one's advisory lock
+
+
+def known_revisions() -> list[str]:
+    """The revisions this version of the package can migrate from, oldest first."""
+    versions = files("tool_registry") / "migrations" / "versions"
+    return sorted(
+        entry.name.split("_", 1)[0]
+        for entry in versions.iterdir()
+        if entry.name.endswith(".py") and entry.name[:4].isdigit()
+    )
 
 
 def alembic_config() -> Config:
@@ -41,12 +55,46 @@ def _upgrade(conn: Connection) -> None:
     command.upgrade(config, "head")
 
 
+def _check_revision(revision: str | None) -> bool:
+    """Whether the schema needs migrating; a revision this package does not know (a newer
+    lamps-agent migrated the database) is a clear error, not "cannot reach the database"."""
+    if revision == HEAD_REVISION:
+        return False
+    if revision is not None and revision not in known_revisions():
+        raise SchemaTooNewError(
+            f"the registry database is at schema revision {revision!r}, which this lamps-agent "
+            f"(newest known: {HEAD_REVISION}) does not know; upgrade lamps-agent"
+        )
+    return True
+
+
 async def ensure_schema(engine: AsyncEngine) -> bool:
-    """Bring the schema to the newest revision; returns whether anything was migrated."""
+    """Bring the schema to the newest revision; returns whether anything was migrated.
+
+    On PostgreSQL concurrent first uses are serialized by an advisory lock, taken only when a
+    migration is needed and waited for at most ``MIGRATION_LOCK_TIMEOUT_S``."""
+    async with engine.connect() as conn:
+        if not _check_revision(await conn.run_sync(current_revision)):
+            return False
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        if await conn.run_sync(current_revision) == HEAD_REVISION:
+            await _advisory_lock(conn)
+        if not _check_revision(await conn.run_sync(current_revision)):
             return False
         await conn.run_sync(_upgrade)
         return True
+
+
+async def _advisory_lock(conn: AsyncConnection) -> None:
+    timeout_ms = int(MIGRATION_LOCK_TIMEOUT_S * 1000)
+    await conn.execute(text(f"SET LOCAL lock_timeout = {timeout_ms}"))
+    try:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+    except DBAPIError as exc:
+        if "lock timeout" not in str(exc).lower():
+            raise
+        raise RegistryUnavailableError(
+            f"another session has held the registry's schema-migration lock (PostgreSQL advisory "
+            f"lock {_PG_LOCK_KEY}) for more than {MIGRATION_LOCK_TIMEOUT_S:g} s: a migration still "
+            "running, or a stuck session (see pg_locks where locktype = 'advisory')"
+        ) from None

@@ -1,8 +1,9 @@
 """The async storage layer: one class that owns the SQLAlchemy engine and every SQL statement.
 
 Each batch of calls is written in one transaction together with the aggregate updates it implies:
-calls are inserted with ``ON CONFLICT DO NOTHING ... RETURNING id`` so a batch retried after a
-lost acknowledgement adds nothing twice, and only the rows actually inserted feed the atomic
+calls are inserted with ``ON CONFLICT DO NOTHING`` (and, for a retry or a replay, ``RETURNING id``)
+so a batch retried after a lost acknowledgement, or replayed by two processes at once, adds nothing
+twice, and only the rows actually inserted feed the atomic
 ``count = count + :n`` style aggregate upserts.  Rows are locked in a fixed order (tools by name,
 histogram buckets by (tool, bucket)) so concurrent writers on PostgreSQL cannot deadlock.  Model
 turns ride in the same batches and transactions, inserted the same idempotent way; they feed no
@@ -12,18 +13,19 @@ aggregate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-from sqlalchemy import event, func, make_url, select, text
+from sqlalchemy import String, event, func, select, text, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tool_registry.aggregate import Aggregate, aggregate_batch
-from tool_registry.errors import RegistryUnavailableError
+from tool_registry.errors import RegistryError, RegistryUnavailableError
 from tool_registry.models import calls, tool_histogram, tool_stats, tools, turns
 from tool_registry.schema import ensure_schema
 from tool_registry.types import (
@@ -36,9 +38,12 @@ from tool_registry.types import (
     TurnRecord,
     TurnRow,
 )
-from tool_registry.urls import is_sqlite, mask_password, sqlite_path
+from tool_registry.urls import is_sqlite, mask_password, redact, sqlite_path
 
-CONNECT_TIMEOUT_S = 10.0
+_STATUSES = {status.value: status for status in CallStatus}
+CONNECT_TIMEOUT_S = 10.0  # a server that does not answer a connect: give up, retry later
+STATEMENT_TIMEOUT_S = 30.0  # a statement on a hung connection (asyncpg command_timeout)
+SQLITE_BUSY_TIMEOUT_S = 30.0  # waiting for another process's SQLite write lock
 SCHEMA_ATTEMPTS = 3
 
 
@@ -55,6 +60,7 @@ _PG_INSERT_CALLS = (
     "$1::uuid[], $2::varchar[], $3::varchar[], $4::float8[], $5::float8[], $6::varchar[], "
     "$7::varchar[], $8::int8[], $9::int8[]) ON CONFLICT (id) DO NOTHING"
 )
+_PG_INSERT_CALLS_RETURNING = _PG_INSERT_CALLS + " RETURNING id"
 _ROWS_PER_INSERT = 50  # 450 parameters: under SQLite's oldest limit of 999
 _UPSERT_STATS = """
 INSERT INTO tool_stats (tool, count, error_count, total, total_sq, min, max, ewma_num, ewma_den,
@@ -77,7 +83,7 @@ ON CONFLICT (tool, bucket) DO UPDATE SET count = tool_histogram.count + excluded
 """
 
 
-def _insert_calls_sql(paramstyle: str, rows: int = 1) -> str:
+def _insert_calls_sql(paramstyle: str, rows: int = 1, *, returning: bool = False) -> str:
     """``INSERT INTO calls`` of ``rows`` rows in the driver's own parameter style."""
     count = len(_CALL_COLUMNS) * rows
     if paramstyle == "qmark":
@@ -90,10 +96,8 @@ def _insert_calls_sql(paramstyle: str, rows: int = 1) -> str:
     values = ", ".join(
         f"({', '.join(marks[start : start + width])})" for start in range(0, count, width)
     )
-    return f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES {values} ON CONFLICT (id) DO NOTHING"
-
-
-_R = TypeVar("_R", CallRow, TurnRow)
+    sql = f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES {values} ON CONFLICT (id) DO NOTHING"
+    return sql + " RETURNING id" if returning else sql
 
 
 def _split(rows: Sequence[Row]) -> tuple[Sequence[CallRow], Sequence[TurnRow]]:
@@ -136,7 +140,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
     cursor.close()
 
 
@@ -156,7 +160,6 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.masked_url = mask_password(url)
-        self._password = make_url(url).password
         self._sqlite = is_sqlite(url)
         self._dialect: Any = sqlite if self._sqlite else postgresql
         self._known_tools: set[str] = set()
@@ -175,28 +178,45 @@ class Store:
 
     def _create_engine(self) -> AsyncEngine:
         if self._sqlite:
+            # aiosqlite logs every statement with its parameters (prompt text) at DEBUG, which
+            # `lamps-agent -v` turns on: keep it at INFO unless the user set its level
+            driver_log = logging.getLogger("aiosqlite")
+            if driver_log.level == logging.NOTSET:
+                driver_log.setLevel(logging.INFO)
             path = sqlite_path(self.url)
             if path is not None:
                 try:
                     path.expanduser().parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise self.unavailable(exc) from exc
-            engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            engine = create_async_engine(
+                self.url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+                hide_parameters=True,  # a failed write must never log prompt text
+            )
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             return engine
         return create_async_engine(
             self.url,
             pool_pre_ping=True,
             pool_size=2,
-            connect_args={"timeout": CONNECT_TIMEOUT_S},
+            hide_parameters=True,
+            # timeout: the connect; command_timeout: every statement, so a hung server (no reset,
+            # a network partition) ends in an error the writer retries, never a wait forever
+            connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": STATEMENT_TIMEOUT_S},
         )
 
+    def describe_error(self, exc: BaseException) -> str:
+        """One line about ``exc``, fit for a log: the first line only (SQLAlchemy appends the
+        statement after it), secrets of the URL masked."""
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        return redact(reason, self.url)
+
     def unavailable(self, exc: BaseException) -> RegistryUnavailableError:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if self._password:
-            reason = reason.replace(self._password, "***")
         return RegistryUnavailableError(
-            f"cannot reach the tool registry database at {self.masked_url}: {reason}"
+            f"cannot reach the tool registry database at {self.masked_url}: "
+            f"{self.describe_error(exc)}"
         )
 
     async def open(self) -> None:
@@ -205,12 +225,19 @@ class Store:
             try:
                 await ensure_schema(self.engine)
                 return
+            except RegistryError:
+                raise  # already a clear message (a newer schema, a held migration lock)
             except Exception as exc:
                 # Processes starting together on one new SQLite file can collide; the loser's
                 # next attempt finds the schema made.  An unreachable server fails every time.
                 if attempt == SCHEMA_ATTEMPTS - 1 or not _may_be_a_race(exc):
                     raise self.unavailable(exc) from exc
                 await asyncio.sleep(0.2 * (attempt + 1))
+
+    async def ping(self) -> None:
+        """A trivial query: does the database answer at all?"""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -279,36 +306,34 @@ class Store:
         names = sorted({row[1] for row in call_rows})
         async with self.engine.begin() as conn:
             await self._ensure_tools(conn, names)
-            if may_exist:
-                call_rows = await self._new_only(conn, calls, call_rows)
-                turn_rows = await self._new_only(conn, turns, turn_rows)
             if call_rows:
-                await self._insert_calls(conn, call_rows)
-            if turn_rows:
-                await self._insert_turns(conn, turn_rows)
+                call_rows = await self._insert_calls(conn, call_rows, may_exist=may_exist)
+            inserted_turns = await self._insert_turns(conn, turn_rows) if turn_rows else 0
             deltas = aggregate_batch(call_rows)
             if deltas:
                 await conn.execute(self._upsert_stats_sql, _stats_rows(deltas))
                 await conn.execute(self._upsert_buckets_sql, _bucket_rows(deltas))
             aggregates = await self._load_aggregates(conn, names)
         self._known_tools.update(names)
-        return len(call_rows) + len(turn_rows), aggregates
+        return len(call_rows) + inserted_turns, aggregates
 
-    async def _new_only(
-        self, conn: AsyncConnection, table: Any, rows: Sequence[_R]
-    ) -> Sequence[_R]:
-        if not rows:
-            return rows
-        existing = await self._existing_ids(conn, [row[0] for row in rows], table)
-        return [row for row in rows if row[0] not in existing]
-
-    async def _insert_turns(self, conn: AsyncConnection, rows: Sequence[TurnRow]) -> None:
+    async def _insert_turns(self, conn: AsyncConnection, rows: Sequence[TurnRow]) -> int:
         # model turns are a few per second at most: plain SQLAlchemy, no hand-written SQL
         values = [{**row._asdict(), "id": uuid.UUID(hex=row.id)} for row in rows]
         stmt = self._insert(turns).on_conflict_do_nothing(index_elements=["id"])
-        await conn.execute(stmt, values)
+        result = await conn.execute(stmt.returning(turns.c.id), values)
+        return len(result.all())
 
-    async def _insert_calls(self, conn: AsyncConnection, rows: Sequence[CallRow]) -> None:
+    async def _insert_calls(
+        self, conn: AsyncConnection, rows: Sequence[CallRow], *, may_exist: bool
+    ) -> Sequence[CallRow]:
+        """Insert ``rows`` (ids already stored are skipped: ``ON CONFLICT DO NOTHING``); returns the
+        rows actually inserted, the only ones the aggregates may count.  With ``may_exist`` the
+        database says which (``RETURNING``), so concurrent replays of one spill file can never
+        both count a row; fresh ids cannot be stored yet, so the hot path skips that."""
+        if may_exist:
+            inserted = await self._insert_calls_returning(conn, rows)
+            return [row for row in rows if row[0] in inserted]
         if self._sqlite:  # 50 rows per statement: a fifth less CPU per row than one row each
             full = len(rows) // _ROWS_PER_INSERT * _ROWS_PER_INSERT
             if full:
@@ -321,6 +346,23 @@ class Store:
                 await conn.exec_driver_sql(self._insert_calls_sql, list(rows[full:]))
         else:  # one statement over arrays: far faster than a row-by-row executemany
             await conn.exec_driver_sql(_PG_INSERT_CALLS, tuple(map(list, zip(*rows, strict=True))))
+        return rows
+
+    async def _insert_calls_returning(
+        self, conn: AsyncConnection, rows: Sequence[CallRow]
+    ) -> set[str]:
+        """The ids (32 hex digits) of ``rows`` this statement inserted."""
+        if not self._sqlite:
+            columns = tuple(map(list, zip(*rows, strict=True)))
+            result = await conn.exec_driver_sql(_PG_INSERT_CALLS_RETURNING, columns)
+            return {uuid.UUID(str(value)).hex for value in result.scalars()}
+        inserted: set[str] = set()
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            sql = _insert_calls_sql(self.engine.dialect.paramstyle, len(chunk), returning=True)
+            result = await conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+            inserted.update(uuid.UUID(str(value)).hex for value in result.scalars())
+        return inserted
 
     async def _ensure_tools(self, conn: AsyncConnection, names: Iterable[str]) -> None:
         missing = [name for name in names if name not in self._known_tools]
@@ -329,16 +371,6 @@ class Store:
             await conn.execute(
                 self._insert_tool_sql, [{"name": name, "registered_at": now} for name in missing]
             )
-
-    async def _existing_ids(
-        self, conn: AsyncConnection, ids: Sequence[str], table: Any = calls
-    ) -> set[str]:
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):  # stay under any bound-parameter limit
-            chunk = [uuid.UUID(hex=value) for value in ids[start : start + 500]]
-            result = await conn.execute(select(table.c.id).where(table.c.id.in_(chunk)))
-            found.update(uuid.UUID(str(value)).hex for value in result.scalars())
-        return found
 
     async def load_aggregates(self, names: Sequence[str] | None = None) -> dict[str, Aggregate]:
         async with self.engine.connect() as conn:
@@ -382,7 +414,11 @@ class Store:
     ) -> Sequence[Any]:
         """Rows of ``table`` in primary-key order after ``after``, optionally where one column
         equals a value (keyset pagination: no OFFSET, so each page costs the same)."""
-        query = select(table).order_by(table.c.id).limit(limit)
+        # status read as plain text: a value outside the enum must not break an export
+        columns = [
+            type_coerce(c, String).label(c.name) if c.name == "status" else c for c in table.c
+        ]
+        query = select(*columns).order_by(table.c.id).limit(limit)
         if after is not None:
             query = query.where(table.c.id > uuid.UUID(hex=after))
         column, value = match
@@ -403,7 +439,8 @@ class Store:
                 session_id=row.session_id,
                 started_at=row.started_at,
                 duration=row.duration,
-                status=CallStatus(row.status),
+                # a status no version writes (a database filled by an old replay): not "ok"
+                status=_STATUSES.get(row.status, CallStatus.ERROR),
                 error_type=row.error_type,
                 input_size=row.input_size,
                 output_size=row.output_size,

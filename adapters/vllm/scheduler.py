@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from adapters.vllm.config import PluginConfig
+from adapters.vllm.housekeeping import Housekeeper
 from adapters.vllm.pins import PinStore
 from adapters.vllm.queue import LampsRequestQueue
 from adapters.vllm.turns import TurnInfo, TurnTracker
@@ -128,6 +130,12 @@ class LampsCore:
         self._ids = 0
         self._held: list[_Held] = []
         self._stats_file = os.environ.get("LAMPS_STATS_FILE")
+        self.lock = threading.RLock()  # the engine thread's scheduler calls vs housekeeping
+        self.housekeeper = Housekeeper(
+            lock=self.lock,
+            expire=self.expire_pins,
+            write_stats=self.write_stats if self._stats_file else None,
+        )
         self.queue = LampsRequestQueue(scheduler=self.core, core_of=self.core_of, seats=self._seats)
 
     def core_of(self, request: Request) -> CoreRequest | None:
@@ -204,8 +212,7 @@ class LampsCore:
         self._set_clock()
         self._mirror_running()
         self.core.sync_view()
-        for paused in self.core.expire_pins():
-            self._release(paused, "ttl")
+        self.expire_pins()
         for paused, strategy in self.core.revisit_paused():
             if strategy is KVStrategy.SWAP:
                 self.decisions.late_swap_fallbacks += 1
@@ -213,6 +220,14 @@ class LampsCore:
         self._relieve_pressure()
         self._hold_running()
         self.queue.new_step()
+
+    def expire_pins(self) -> None:
+        """Release the pins whose time to live ran out (also called on an idle engine)."""
+        if not self.pins.pins:
+            return
+        self.core.set_time(time.time())
+        for paused in self.core.expire_pins():
+            self._release(paused, "ttl")
 
     def _relieve_pressure(self) -> None:
         """Release pins, the policy's choice first, until the running requests and the head of
@@ -280,8 +295,6 @@ class LampsCore:
             prompt = len(new.prompt_token_ids or ())
             self.prefill_computed += max(prompt - new.num_computed_tokens, 0)
             self.prefill_cached += new.num_computed_tokens
-        if self._stats_file and self.step % 50 == 0:
-            self.write_stats()
 
     def _release(self, paused: PausedKV, reason: str) -> None:
         self.pins.release(str(paused.key), reason)
@@ -402,7 +415,8 @@ class LampsCore:
 
 
 class _LampsMixin:
-    """The overrides, shared by the sync and async scheduler classes."""
+    """The overrides, shared by the sync and async scheduler classes.  Every call that may touch
+    the block pool holds the plug-in's lock, so housekeeping can run while the engine is idle."""
 
     lamps: LampsCore
 
@@ -411,40 +425,57 @@ class _LampsMixin:
         config = PluginConfig.load(getattr(sched.vllm_config, "additional_config", None))
         self.lamps = LampsCore(sched, config)
         sched.waiting = self.lamps.queue
+        self.lamps.housekeeper.start()
         log.info("lamps scheduler: policy=%s preset=%s", config.policy, config.preset)
 
     def add_request(self, request: Request) -> None:
-        if request.request_id not in self.lamps.tracked:
-            self.lamps.on_add(request)
-        super().add_request(request)  # type: ignore[misc]
+        with self.lamps.lock:
+            if request.request_id not in self.lamps.tracked:
+                self.lamps.on_add(request)
+            super().add_request(request)  # type: ignore[misc]
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        self.lamps.before_schedule()
-        try:
-            out = super().schedule(*args, **kwargs)  # type: ignore[misc]
-        except BaseException:
-            self.lamps.after_schedule_failed()
-            raise
-        self.lamps.after_schedule(out)
-        return out
+        with self.lamps.lock:
+            self.lamps.before_schedule()
+            try:
+                out = super().schedule(*args, **kwargs)  # type: ignore[misc]
+            except BaseException:
+                self.lamps.after_schedule_failed()
+                raise
+            self.lamps.after_schedule(out)
+            return out
+
+    def update_from_output(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lamps.lock:
+            return super().update_from_output(*args, **kwargs)  # type: ignore[misc]
+
+    def finish_requests(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lamps.lock:
+            return super().finish_requests(*args, **kwargs)  # type: ignore[misc]
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False) -> Any:
-        try:
-            self.lamps.on_free(request)
-        except Exception:
-            self.lamps.errors += 1
-            log.exception("lamps: turn-end handling failed for %s; discarding", request.request_id)
-        result = super()._free_request(request, delay_free_blocks)  # type: ignore[misc]
-        if not self.lamps.tracked:
-            self.lamps.write_stats()  # the engine ran dry: what an idle engine holds
-        return result
+        with self.lamps.lock:
+            try:
+                self.lamps.on_free(request)
+            except Exception:
+                self.lamps.errors += 1
+                log.exception(
+                    "lamps: turn-end handling failed for %s; discarding", request.request_id
+                )
+            result = super()._free_request(request, delay_free_blocks)  # type: ignore[misc]
+            if not self.lamps.tracked:
+                self.lamps.write_stats()  # the engine ran dry: what an idle engine holds
+            return result
 
     def lamps_stats(self) -> dict[str, Any]:
-        return self.lamps.stats()
+        with self.lamps.lock:
+            return self.lamps.stats()
 
     def shutdown(self) -> None:
-        self.lamps.write_stats()
-        self.lamps.release_all("shutdown")
+        self.lamps.housekeeper.stop()
+        with self.lamps.lock:
+            self.lamps.release_all("shutdown")
+            self.lamps.write_stats()
         super().shutdown()  # type: ignore[misc]
 
 

@@ -11,15 +11,30 @@ the next.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamps_agent.hints import HintError, LampsHints
+from lamps_agent.hints import MAX_PRIORITY, MAX_SESSION_ID_LENGTH, HintError, LampsHints
 from lamps_agent.request import KVStrategy
 
 log = logging.getLogger("lamps.vllm")
+# What the tracker may keep, bounded by bytes as well as by count: session ids come from clients.
 _MAX_SESSIONS = 100_000
+_MAX_SESSION_BYTES = 16 * 2**20
+_SESSION_OVERHEAD = 200  # bytes of a SessionHistory and its dict slot, roughly
+_MAX_REASONS = 64
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|inf|nan)", re.IGNORECASE)
+
+
+def reason_class(message: str) -> str:
+    """A malformed hint's reason without the offending value, so counts stay bounded:
+    ``hint lamps_step must be int, got 'x'`` → ``hint lamps_step must be int``."""
+    head = message.split(", got")[0]
+    head = _NUMBER.sub("N", _QUOTED.sub("S", head))
+    return head[:80]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,7 @@ class TurnTracker:
     def __init__(self, *, default_output_tokens: int) -> None:
         self.default_output_tokens = default_output_tokens
         self.sessions: dict[str, SessionHistory] = {}
+        self.session_bytes = 0
         self.counters = HintCounters()
 
     def session(self, session_id: str | None, now: float) -> SessionHistory | None:
@@ -64,10 +80,14 @@ class TurnTracker:
             return None
         hist = self.sessions.get(session_id)
         if hist is None:
-            if len(self.sessions) >= _MAX_SESSIONS:  # forget the oldest half, keep memory bounded
-                for key in list(self.sessions)[: _MAX_SESSIONS // 2]:
-                    del self.sessions[key]
+            cost = len(session_id) + _SESSION_OVERHEAD
+            if (
+                len(self.sessions) >= _MAX_SESSIONS
+                or self.session_bytes + cost > _MAX_SESSION_BYTES
+            ):
+                self._forget_oldest_half()
             hist = self.sessions[session_id] = SessionHistory(first_arrival=now)
+            self.session_bytes += cost
         elif hist.last_end is not None:
             hist.gaps += 1
             hist.gap_sum += max(now - hist.last_end, 0.0)
@@ -77,15 +97,28 @@ class TurnTracker:
                 self.counters.final_then_continued += 1
         return hist
 
+    def _forget_oldest_half(self) -> None:
+        for key in list(self.sessions)[: max(len(self.sessions) // 2, 1)]:
+            del self.sessions[key]
+            self.session_bytes -= len(key) + _SESSION_OVERHEAD
+
     def read(self, xargs: Any, session_id: Any, priority: Any, max_tokens: int | None) -> TurnInfo:
         """Hints if well-formed, else a server-side estimate.  Never raises."""
         now = time.time()
-        sid = session_id if isinstance(session_id, str) and session_id else None
+        sid = None
+        if isinstance(session_id, str) and session_id:
+            if len(session_id) <= MAX_SESSION_ID_LENGTH:
+                sid = session_id
+            else:  # never kept: a client must not grow the engine by sending huge ids
+                self._malformed(f"session_id is longer than {MAX_SESSION_ID_LENGTH} characters")
+        if isinstance(priority, int) and not isinstance(priority, bool):
+            # vLLM accepts any int; the hints' range is int32.  Clamp, don't drop the hints.
+            priority = min(max(priority, -MAX_PRIORITY - 1), MAX_PRIORITY)
+        else:
+            priority = None
         if isinstance(xargs, dict) and any(str(k).startswith("lamps_") for k in xargs):
             try:
-                hints = LampsHints.from_xargs(
-                    xargs, session_id=sid, priority=priority if isinstance(priority, int) else None
-                )
+                hints = LampsHints.from_xargs(xargs, session_id=sid, priority=priority)
             except (HintError, TypeError, ValueError) as exc:
                 self._malformed(str(exc))
             else:
@@ -105,8 +138,11 @@ class TurnTracker:
 
     def _malformed(self, reason: str) -> None:
         self.counters.malformed += 1
-        key = reason.split(",")[0][:80]
-        self.counters.reasons[key] = self.counters.reasons.get(key, 0) + 1
+        key = reason_class(reason)
+        reasons = self.counters.reasons
+        if key not in reasons and len(reasons) >= _MAX_REASONS:
+            key = "other"
+        reasons[key] = reasons.get(key, 0) + 1
         if self.counters.malformed <= 20 or self.counters.malformed % 1000 == 0:
             log.warning(
                 "ignoring malformed lamps hints (%d so far): %s", self.counters.malformed, reason

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lamps_agent.bench.output import default_out_dir, prepare_out_dir
@@ -306,7 +307,7 @@ def run_bench(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     summaries = [r.summary for r in results]
     console.print(
-        f"[bold]{config.trace_name}[/bold]: {len(config.programs)} programs, preset "
+        f"[bold]{escape(config.trace_name)}[/bold]: {len(config.programs)} programs, preset "
         f"{config.preset.name} ({config.preset.gpu_kv_tokens:,} KV tokens), seed {config.seed}; "
         f"{len(results)} runs in {elapsed:.1f} s"
     )
@@ -384,7 +385,7 @@ def _write_outputs(
                     title=f"{s.policy} ({s.predictor}), qps {s.qps:g}, {config.trace_name}",
                 )
                 written.append("kv_timeline.png")
-    console.print(f"wrote {', '.join(str(out / w) for w in written)}")
+    console.print(f"wrote {escape(', '.join(str(out / w) for w in written))}")
 
 
 def _check_reachable(url: str, flag: str, timeout: float = 3.0) -> None:
@@ -430,5 +431,5 @@ def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
     console.print(results_table(summaries, baseline, wide=args.wide))
     write_csv(summaries, args.out / "results.csv", baseline)
     write_markdown(summaries, args.out / "results.md", baseline)
-    console.print(f"wrote {args.out / 'results.csv'}, {args.out / 'results.md'}")
+    console.print(escape(f"wrote {args.out / 'results.csv'}, {args.out / 'results.md'}"))
     return 0

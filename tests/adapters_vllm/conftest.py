@@ -6,6 +6,7 @@ skipped with the reason (a skip raised here would instead break the collection).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import random
@@ -156,3 +157,22 @@ def assert_no_leak(llm: Any) -> None:
         sched.lamps.release_all("test-end")
     pool = sched.kv_cache_manager.block_pool
     assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
+
+
+@contextlib.contextmanager
+def admissions(llm: Any) -> Iterator[list[str]]:
+    """Record the ids of requests vLLM admits, in order, while the block runs."""
+    sched = scheduler_of(llm)
+    admitted: list[str] = []
+    original = sched.schedule
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        admitted.extend(r.req_id for r in out.scheduled_new_reqs)
+        return out
+
+    sched.schedule = spy
+    try:
+        yield admitted
+    finally:
+        sched.schedule = original

@@ -22,7 +22,7 @@ from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy
 from lamps_agent.request import Request as CoreRequest
 from lamps_agent.scheduler import Scheduler
-from tests.adapters_vllm.conftest import Tokens, hints, scheduler_of
+from tests.adapters_vllm.conftest import Tokens, admissions, hints, scheduler_of
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -150,19 +150,9 @@ def sim_first_pin_released(policy: str) -> str:
 
 # -- the engine's side -------------------------------------------------------------------------
 def vllm_admission_order(llm: Any) -> list[int]:
-    sched = scheduler_of(llm)
-    admitted: list[str] = []
-    original = sched.schedule
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        admitted.extend(r.req_id for r in out.scheduled_new_reqs)
-        return out
-
-    sched.schedule = spy
     tokens = Tokens(4)
     engine = llm.llm_engine
-    try:
+    with admissions(llm) as admitted:
         for i, out in enumerate(OUTPUTS):
             xargs = hints(
                 f"order-{i}", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=out
@@ -173,8 +163,6 @@ def vllm_admission_order(llm: Any) -> list[int]:
                 _params(max_tokens=3, extra_args=xargs),
             )
         _run_to_end(llm)
-    finally:
-        sched.schedule = original
     return [int(a.split("-")[0][1:]) for a in admitted]
 
 

@@ -14,6 +14,7 @@ pytest.importorskip("vllm", reason="the vllm extra is not installed")
 from lamps_agent.request import KVStrategy
 from tests.adapters_vllm.conftest import (
     Tokens,
+    admissions,
     assert_no_leak,
     generate,
     hints,
@@ -59,16 +60,6 @@ def test_ranking_follows_the_lamps_key(lamps: Any) -> None:
     """Requests submitted together are admitted smallest predicted memory × time first."""
     from vllm import SamplingParams
 
-    sched = scheduler_of(lamps)
-    admitted: list[str] = []
-    original = sched.schedule
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
-        admitted.extend(r.req_id for r in out.scheduled_new_reqs)
-        return out
-
-    sched.schedule = spy
     tokens = Tokens(4)
     outputs = [400, 10, 200, 50]  # predicted outputs; equal prompts -> area grows with output
     prompts = [{"prompt_token_ids": tokens(300)} for _ in outputs]
@@ -77,10 +68,8 @@ def test_ranking_follows_the_lamps_key(lamps: Any) -> None:
                        extra_args=hints(f"rank-{i}", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=o))
         for i, o in enumerate(outputs)
     ]  # fmt: skip
-    try:
+    with admissions(lamps) as admitted:
         results = lamps.generate(prompts, params, use_tqdm=False)
-    finally:
-        sched.schedule = original
     position = {r.request_id: i for i, r in enumerate(results)}
     # the engine appends a suffix to each request id: "<id>-<random>"
     ranked = [position[a.split("-")[0]] for a in admitted if a.split("-")[0] in position]
@@ -103,6 +92,25 @@ def test_ttl_expiry_releases_the_pin(lamps: Any) -> None:
     assert "s-ttl" not in sched.lamps.pins.pins
     assert sched.lamps_stats()["pins"]["released"].get("ttl", 0) >= 1
     assert sched.kv_cache_manager.block_pool.get_num_free_blocks() == free0
+
+
+def test_pins_expire_on_an_idle_engine(lamps: Any) -> None:
+    """No request after the pin: vLLM never schedules, the plug-in's housekeeping expires it."""
+    sched = scheduler_of(lamps)
+    pool = sched.kv_cache_manager.block_pool
+    free0 = pool.get_num_free_blocks()
+    generate(
+        lamps,
+        Tokens(15)(600),
+        max_tokens=10,
+        xargs=hints("s-idle", 0, tool="search", duration=0.1, strategy=KVStrategy.PRESERVE),
+    )
+    assert "s-idle" in sched.lamps.pins.pins and pool.get_num_free_blocks() < free0
+    deadline = time.monotonic() + 5.0
+    while "s-idle" in sched.lamps.pins.pins and time.monotonic() < deadline:
+        time.sleep(0.1)  # the engine is idle: nothing calls the scheduler
+    assert "s-idle" not in sched.lamps.pins.pins
+    assert pool.get_num_free_blocks() == free0
 
 
 def test_abort_releases_the_sessions_pin(lamps: Any) -> None:

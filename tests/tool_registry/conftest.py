@@ -102,7 +102,8 @@ def make_registry(spill_dir: Path) -> Iterator[Callable[..., ToolRegistry]]:
 
 
 class TcpProxy:
-    """A TCP forwarder that a test can cut and restore, to lose the database mid-run for real."""
+    """A TCP forwarder that a test can cut and restore, to lose the database mid-run for real, or
+    freeze: connections stay open but nothing gets through (a network partition, no reset)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -110,7 +111,16 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.start()
+
+    def freeze(self) -> None:
+        """Hold every byte in both directions (new connections too) until :meth:`thaw`."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -151,10 +161,10 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -188,7 +188,11 @@ def test_spill_files_of_dead_processes_are_replayed(
     reg = make_registry(db_url)
     reg.flush(timeout=30)
     assert reg.stats("late")[0].count == 7
-    assert list(spill_dir.iterdir()) == []
+    # the torn last line (a crash mid-write) is quarantined, not replayed
+    (quarantine,) = spill_dir.iterdir()
+    assert quarantine.name.endswith(".quarantine.jsonl") and reg.num_quarantined == 1
+    assert quarantine.read_text() == '{"torn\n'
+    quarantine.unlink()
     orphan.write_text("".join(encode(r) + "\n" for r in records))  # replayed twice: no duplicates
     again = make_registry(db_url)
     again.flush(timeout=30)

@@ -97,3 +97,22 @@ def test_mask_password() -> None:
     )
     assert mask_password("postgresql://bob@h/db") == "postgresql://bob@h/db"
     assert mask_password("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://rel:se/cret@h:1/db", "postgresql://rel:***@h:1/db"),
+        ("postgresql://rel:a@b@h/db", "postgresql://rel:***@h/db"),
+        ("postgresql://rel@h/db?password=secret&x=1", "postgresql://rel@h/db?password=***&x=1"),
+        ("postgresql:/rel:secret@h/db", "postgresql:/rel:***@h/db"),
+        ("postgresql://:pw@h/db", "postgresql://:***@h/db"),
+        ("postgresql://u:pw@/db?host=/run/pg", "postgresql://u:***@/db?host=/run/pg"),
+    ],
+)
+def test_mask_password_handles_every_form(url: str, masked: str) -> None:
+    from tool_registry.urls import redact, without_password
+
+    assert mask_password(url) == masked
+    assert "***" not in without_password(url) and ":pw" not in without_password(url)
+    assert redact(f"failed at {url}: boom", url) == f"failed at {masked}: boom"

@@ -1,0 +1,54 @@
+"""What the plug-in keeps about clients is bounded by bytes and by reason class, whatever they send."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm", reason="the vllm extra is not installed")
+
+from adapters.vllm.turns import TurnTracker, reason_class
+from lamps_agent.hints import MAX_PRIORITY, LampsHints
+from lamps_agent.request import KVStrategy
+
+
+def _hints(session: str = "s", **kw: object) -> dict[str, object]:
+    values: dict[str, object] = dict(
+        session_id=session, priority=0, agent="a", step=0, output_tokens=10, tool=None,
+        tool_duration=0.0, kv_strategy=KVStrategy.DISCARD,
+    )  # fmt: skip
+    values.update(kw)
+    return LampsHints(**values).to_xargs()  # type: ignore[arg-type]
+
+
+def test_huge_session_ids_are_never_kept() -> None:
+    t = TurnTracker(default_output_tokens=10)
+    for i in range(600):
+        t.read(None, f"{i}" + "x" * 1_000_000, None, None)
+    assert t.sessions == {} and t.session_bytes == 0
+    assert t.counters.malformed == 600
+
+
+def test_session_memory_is_bounded_by_bytes() -> None:
+    t = TurnTracker(default_output_tokens=10)
+    for i in range(200_000):
+        t.read(None, f"{i:0>250}", None, None)
+    assert t.session_bytes <= 16 * 2**20 and len(t.sessions) <= 100_000
+    assert t.session_bytes == sum(len(k) + 200 for k in t.sessions)
+
+
+def test_malformed_reasons_are_counted_by_class() -> None:
+    t = TurnTracker(default_output_tokens=10)
+    for version in range(2, 5002):
+        t.read({"lamps_hint_version": version}, "s", None, None)
+    assert t.counters.malformed == 5000
+    assert len(t.counters.reasons) == 1
+    assert reason_class("hint lamps_step must be int, got 'x'") == "hint lamps_step must be int"
+
+
+def test_a_priority_beyond_int32_is_clamped_not_a_reason_to_drop_the_hints() -> None:
+    t = TurnTracker(default_output_tokens=10)
+    xargs = _hints()
+    del xargs["lamps_priority"]
+    info = t.read(xargs, "s", 2**40, None)
+    assert info.hinted and t.counters.ok == 1 and t.counters.malformed == 0
+    assert MAX_PRIORITY == 2**31 - 1
