@@ -2,7 +2,8 @@
 
 ``LampsMiddleware`` for ``create_agent``; ``wrap(llm, registry=...)`` for custom graphs;
 ``LampsToolCallbackHandler`` for legacy ``AgentExecutor`` agents.  The hints' wire format is
-``LampsHints`` (docs/hints.md).
+``LampsHints`` (docs/hints.md).  ``adapters.langchain.testing`` has scripted chat models that work
+inside ``create_agent``, for trying all of it offline.
 """
 
 from adapters.langchain.callbacks import LampsToolCallbackHandler
