@@ -40,6 +40,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--no-tools",
         dest="tools",
         action="store_false",
+        default=argparse.SUPPRESS,  # absent: tools on (and no misleading "default: True")
         help="serve without tool calling (no parser; for models that cannot call tools)",
     )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="options passed to vLLM")
