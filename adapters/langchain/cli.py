@@ -42,6 +42,11 @@ def register_commands(subparsers: Any) -> None:
     parser.add_argument("--max-turns", type=int, help="model calls per task (apps: 8)")
     parser.add_argument("--no-priority", action="store_true", help="omit the body 'priority'")
     parser.add_argument(
+        "--create-registry",
+        action="store_true",
+        help="create the folder of a SQLite --registry that does not exist yet",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=sorted(EXAMPLES),
@@ -61,6 +66,8 @@ def run_examples(args: argparse.Namespace) -> int:
             forwarded += [f"--{flag.replace('_', '-')}", str(value)]
     if args.no_priority:
         forwarded.append("--no-priority")
+    if args.create_registry:
+        forwarded.append("--create-registry")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder.parent), env.get("PYTHONPATH")]))
     failed = []

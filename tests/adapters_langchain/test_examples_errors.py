@@ -66,3 +66,12 @@ def test_an_unreachable_registry_is_one_line(
     url = f"postgresql://user:secret@127.0.0.1:{closed_port()}/db"
     err = one_line_exit(math_app(monkeypatch), ["--registry", url, "--limit", "1"], capsys)
     assert "cannot reach the tool registry database" in err and "secret" not in err
+
+
+def test_the_examples_command_passes_create_registry_on(tmp_path: Path) -> None:
+    from lamps_agent.cli.main import main
+
+    db = tmp_path / "new" / "registry.db"
+    assert main(["examples", "--only", "math", "--limit", "1",
+                 "--registry", f"sqlite:///{db}", "--create-registry"]) == 0  # fmt: skip
+    assert db.exists()
