@@ -135,13 +135,12 @@ class LampsHints:
                 f"unsupported hint version {version} (this reader knows {HINT_VERSION})"
             )
         tool = _get(xargs, _K_TOOL, str)
+        raw_strategy = _get(xargs, _K_STRATEGY, str)  # a missing key is a HintError too
         try:
-            strategy = KVStrategy(_get(xargs, _K_STRATEGY, str))
+            strategy = KVStrategy(raw_strategy)
         except ValueError:
             valid = ", ".join(s.value for s in KVStrategy)
-            raise HintError(
-                f"{_K_STRATEGY} must be one of {valid}, got {xargs[_K_STRATEGY]!r}"
-            ) from None
+            raise HintError(f"{_K_STRATEGY} must be one of {valid}, got {raw_strategy!r}") from None
         last_tool = xargs.get(_K_LAST_TOOL)
         last_duration = xargs.get(_K_LAST_DURATION)
         return cls(

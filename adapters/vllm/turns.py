@@ -144,8 +144,10 @@ class TurnTracker:
             key = "other"
         reasons[key] = reasons.get(key, 0) + 1
         if self.counters.malformed <= 20 or self.counters.malformed % 1000 == 0:
-            log.warning(
-                "ignoring malformed lamps hints (%d so far): %s", self.counters.malformed, reason
+            log.warning(  # the reason quotes the client's value: a 1 MB value, a 1 MB line
+                "ignoring malformed lamps hints (%d so far): %.300s",
+                self.counters.malformed,
+                reason,
             )
 
     def _estimate(self, sid: str | None, now: float, max_tokens: int | None) -> TurnInfo:

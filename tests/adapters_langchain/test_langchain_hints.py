@@ -124,6 +124,19 @@ def test_missing_hints_are_reported() -> None:
         LampsHints.from_xargs(xargs)
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["lamps_session_id", "lamps_priority", "lamps_agent", "lamps_step", "lamps_output_tokens",
+     "lamps_tool", "lamps_kv_strategy"],
+)  # fmt: skip
+def test_every_missing_key_is_a_hint_error(key: str) -> None:
+    """A reader catches HintError alone; a missing kv_strategy once escaped as a KeyError."""
+    xargs = dict(sample().to_xargs())
+    del xargs[key]
+    with pytest.raises(HintError, match=key):
+        LampsHints.from_xargs(xargs)
+
+
 def test_unknown_keys_are_ignored() -> None:
     xargs: dict[str, Any] = {**sample().to_xargs(), "lamps_future_field": 1, "user_key": "x"}
     assert LampsHints.from_xargs(xargs) == sample()

@@ -52,3 +52,27 @@ def test_a_priority_beyond_int32_is_clamped_not_a_reason_to_drop_the_hints() -> 
     info = t.read(xargs, "s", 2**40, None)
     assert info.hinted and t.counters.ok == 1 and t.counters.malformed == 0
     assert MAX_PRIORITY == 2**31 - 1
+
+
+def test_a_hint_set_missing_its_kv_strategy_is_counted_not_raised() -> None:
+    """Found by ``benchmarks/chaos.py engine``: the reader raised KeyError, which the plug-in
+    counted as an error of its own and logged with a traceback per request."""
+    t = TurnTracker(default_output_tokens=10)
+    xargs = _hints()
+    del xargs["lamps_kv_strategy"]
+    info = t.read(xargs, "s", 0, 8)
+    assert not info.hinted and t.counters.malformed == 1
+    assert t.counters.reasons == {"missing hint lamps_kv_strategy": 1}
+
+
+def test_a_huge_malformed_value_is_not_copied_into_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by ``benchmarks/chaos.py engine``: a 1 MB ``lamps_kv_strategy`` was logged whole."""
+    t = TurnTracker(default_output_tokens=10)
+    xargs = _hints()
+    xargs["lamps_kv_strategy"] = "p" * 1_000_000
+    with caplog.at_level("WARNING", logger="lamps.vllm"):
+        t.read(xargs, "s", 0, 8)
+    assert t.counters.malformed == 1
+    assert caplog.records and all(len(r.getMessage()) < 500 for r in caplog.records)
