@@ -84,28 +84,30 @@ def test_a_disk_full_mid_write_leaves_no_torn_line(
 ) -> None:
     reg = make_registry(sqlite_url, batch_size=5, max_buffer=10)
     gate = block_writes(reg)
-    for _ in range(30):
-        reg.record("search", duration=0.3)
     real_write = os.write
     state = {"full": True}
 
     def half_then_full(fd: int, data: Any) -> int:
-        if state["full"]:
+        # Only the spill file's disk is full (other threads write to other files meanwhile).
+        if state["full"] and os.readlink(f"/proc/self/fd/{fd}").startswith(str(spill_dir)):
             state["full"] = False
             real_write(fd, bytes(data)[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
     monkeypatch.setattr(spill.os, "write", half_then_full)
-    reg.record("search", duration=0.3)
-    assert reg.num_lost == 1
+    recorded = 0
+    while reg.num_lost == 0 and recorded < 200:  # until the buffer overflows into the full disk
+        reg.record("search", duration=0.3)
+        recorded += 1
+    assert reg.num_lost >= 1 and not state["full"]
     for path in spill_dir.glob("*.jsonl"):
         text = path.read_text()
-        assert text.endswith("\n")
+        assert not text or text.endswith("\n")
         assert all(spill.decode(line) for line in text.splitlines())
     gate.set()
     reg.flush(timeout=30)
-    assert reg.stats("search")[0].count == 30
+    assert reg.stats("search")[0].count == recorded - reg.num_lost
 
 
 def test_a_failed_hand_over_does_not_kill_the_writer(
