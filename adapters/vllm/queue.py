@@ -54,7 +54,7 @@ class LampsRequestQueue(RequestQueue):
     def end_step(self) -> list[CoreRequest]:
         """After vLLM's schedule: the requests it took and kept are admitted; returns them."""
         admitted = []
-        for _, (core, _, _) in self._taken.items():
+        for core, _, _ in self._taken.values():
             self._sched.admit_taken(core)
             admitted.append(core)
         self._taken.clear()

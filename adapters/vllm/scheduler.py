@@ -91,6 +91,14 @@ class _Held:
     request: Request
 
 
+def _mirror(request: Request, core: CoreRequest) -> None:
+    """The core request advances as vLLM computed its turn."""
+    core.kv_tokens = request.num_computed_tokens
+    core.generated = request.num_output_tokens
+    if core.generated > 0 and core.state is RequestState.PREFILLING:
+        core.move_to(RequestState.DECODING)
+
+
 class LampsCore:
     """The plug-in's state, kept apart from vLLM's class so both scheduler variants share it."""
 
@@ -133,7 +141,7 @@ class LampsCore:
         self.lock = threading.RLock()  # the engine thread's scheduler calls vs housekeeping
         self.housekeeper = Housekeeper(
             lock=self.lock,
-            expire=self.expire_pins,
+            expire=self.expire_idle,
             write_stats=self.write_stats if self._stats_file else None,
         )
         self.queue = LampsRequestQueue(scheduler=self.core, core_of=self.core_of, seats=self._seats)
@@ -200,12 +208,8 @@ class LampsCore:
         """The core's running requests advance as vLLM computed them."""
         for request in self.sched.running:
             core = self.core_of(request)
-            if core is None:
-                continue
-            core.kv_tokens = request.num_computed_tokens
-            core.generated = request.num_output_tokens
-            if core.generated > 0 and core.state is RequestState.PREFILLING:
-                core.move_to(RequestState.DECODING)
+            if core is not None:
+                _mirror(request, core)
 
     def before_schedule(self) -> None:
         self.step += 1
@@ -222,12 +226,15 @@ class LampsCore:
         self.queue.new_step()
 
     def expire_pins(self) -> None:
-        """Release the pins whose time to live ran out (also called on an idle engine)."""
-        if not self.pins.pins:
-            return
-        self.core.set_time(time.time())
+        """Release the pins whose time to live ran out at the core's clock."""
         for paused in self.core.expire_pins():
             self._release(paused, "ttl")
+
+    def expire_idle(self) -> None:
+        """Housekeeping on an engine that may not be scheduling: set the clock, then expire."""
+        if self.pins.pins:
+            self._set_clock()
+            self.expire_pins()
 
     def _relieve_pressure(self) -> None:
         """Release pins, the policy's choice first, until the running requests and the head of
@@ -313,7 +320,7 @@ class LampsCore:
             if sid is not None and self.core.resume_paused(sid) is not None:
                 self.pins.release(sid, "abort")
             return
-        self._mirror_one(request, core)
+        _mirror(request, core)
         continues = self.turns.may_continue(info)
         self.turns.turn_ended(info, request.num_output_tokens)
         outcome = Outcome(
@@ -330,7 +337,6 @@ class LampsCore:
             outcome,
             continues=continues,
             key=sid,
-            tokens=request.num_computed_tokens,
             blocks=len(blocks),
             gap=self._gap(info),
             override=info.strategy if self.config.client_strategy == "obey" else None,
@@ -349,10 +355,6 @@ class LampsCore:
                 self.pins.pin(sid, blocks)
             else:
                 self.core.resume_paused(sid)  # nothing full to keep
-
-    def _mirror_one(self, request: Request, core: CoreRequest) -> None:
-        core.kv_tokens = request.num_computed_tokens
-        core.generated = request.num_output_tokens
 
     def _pinnable(self, request: Request) -> list[Any]:
         blocks = self.sched.kv_cache_manager.get_blocks(request.request_id).blocks[0]

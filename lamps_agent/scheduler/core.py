@@ -249,22 +249,21 @@ class Scheduler:
         req: Request,
         *,
         key: Hashable | None = None,
-        tokens: int | None = None,
         blocks: int | None = None,
         gap: float | None = None,
         override: KVStrategy | None = None,
-    ) -> tuple[PausedKV, KVStrategy]:
+    ) -> KVStrategy:
         """``req``'s turn ended in a tool call (or its session may continue): decide what to do
         with its KV and apply it to the accounting.  ``gap`` is the engine's own prediction of
         the pause (else the turn's prediction); ``override`` forces a strategy (an operator who
-        lets clients decide).  Returns the entry and the strategy taken."""
+        lets clients decide).  Returns the strategy taken."""
         if gap is None:
             gap = self._predicted_gap(req)
         req.tool_started_at = self.now
         pred = req.prediction
         paused = PausedKV(
             key=req.request_id if key is None else key,
-            tokens=req.kv_tokens if tokens is None else tokens,
+            tokens=req.kv_tokens,
             blocks=req.gpu_blocks if blocks is None else blocks,
             paused_at=self.now,
             predicted_return=self.now + gap,
@@ -279,7 +278,7 @@ class Scheduler:
         if strategy is KVStrategy.PRESERVE:
             paused.expires_at = self.now + self.pin_lifetime.ttl(gap)
         self._pending_swap_out += self._hold(req, paused, strategy)
-        return paused, strategy
+        return strategy
 
     @staticmethod
     def _predicted_gap(req: Request) -> float:
@@ -297,7 +296,6 @@ class Scheduler:
         *,
         continues: bool,
         key: Hashable | None = None,
-        tokens: int | None = None,
         blocks: int | None = None,
         gap: float | None = None,
         override: KVStrategy | None = None,
@@ -314,10 +312,7 @@ class Scheduler:
             self.finish(req, outcome)
             return None
         self.policy.on_turn_end(req, outcome)
-        _, strategy = self.pause(
-            req, key=key, tokens=tokens, blocks=blocks, gap=gap, override=override
-        )
-        return strategy
+        return self.pause(req, key=key, blocks=blocks, gap=gap, override=override)
 
     def resume_paused(self, key: Hashable) -> PausedKV | None:
         """The session behind ``key`` came back (its next turn was admitted): its preserved
@@ -581,5 +576,4 @@ class Scheduler:
             self.finish(req)
             ended.append(TurnEnd(req, None))
         else:
-            _, strategy = self.pause(req)
-            ended.append(TurnEnd(req, strategy))
+            ended.append(TurnEnd(req, self.pause(req)))

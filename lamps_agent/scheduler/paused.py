@@ -105,16 +105,6 @@ class PausedTable:
             heapq.heapify(self._expiry)
         return out
 
-    def next_expiry(self) -> float | None:
-        """When the earliest time to live runs out (None: no pin expires)."""
-        while self._expiry:
-            expires, _, key = self._expiry[0]
-            paused = self._preserved.get(key)
-            if paused is not None and paused.expires_at == expires:
-                return expires
-            heapq.heappop(self._expiry)
-        return None
-
     def worst(
         self, key: Callable[[PausedKV], float], *, exclude: Hashable | None = None
     ) -> PausedKV | None:
