@@ -66,7 +66,7 @@ def test_every_request_finishes_within_capacity_and_no_block_leaks(
     assert memory.free_gpu_blocks == memory.num_gpu_blocks  # nothing leaked
     assert memory.free_host_blocks == memory.num_host_blocks
     sched = sim.scheduler
-    assert not sched.running and not sched.paused and not sched.waiting and not sched.resuming
+    assert not sched.running and not sched.paused and not sched.waiting
     assert (
         result.timeline is not None
         and max(result.timeline.used_blocks) <= small_preset.num_gpu_blocks
@@ -193,6 +193,6 @@ def test_real_trace_runs_for_every_policy() -> None:
 def test_unknown_policy_lists_valid_names(small_preset: Preset) -> None:
     with pytest.raises(
         UnknownNameError,
-        match="valid: infercept, lamps, lamps-norank, nested-wait, sjf, vllm, wait",
+        match="valid: infercept, lamps, lamps-aging, lamps-norank, nested-wait, sjf, vllm, vllm-nocache, wait",
     ):
         make_policy("edf", predictor=make_predictor("oracle"), preset=small_preset)
