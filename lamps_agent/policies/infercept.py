@@ -36,11 +36,6 @@ class InferceptPolicy(Policy):
         nbytes = preset.cost.copy_budget_bytes(self.view.last_compute_time)
         return nbytes / preset.kv_bytes_per_token
 
-    def round_trip(self, tokens: float) -> float:
-        """Seconds to copy ``tokens`` of KV out and back in."""
-        preset = self.preset
-        return 2.0 * preset.cost.swap_time(tokens * preset.kv_bytes_per_token)
-
     def adjust_paused(self, preserved: Sequence[PausedKV]) -> list[tuple[PausedKV, KVStrategy]]:
         if not preserved:
             return []
@@ -57,6 +52,12 @@ class InferceptPolicy(Policy):
             contexts, remaining, view.load, preset.cost, preset.token_budget
         )
         best = np.minimum(w_preserve, w_discard)
+        cost = preset.cost
+        round_trip = 2.0 * (
+            cost.swap_latency_ms / 1000.0
+            + contexts * preset.kv_bytes_per_token / cost.swap_bytes_per_s
+        )
+        may_swap = (best > 0) & (remaining >= round_trip)
         budget = self.swap_budget_tokens()
         host_free = view.memory.free_host_blocks
         decisions: list[tuple[PausedKV, KVStrategy]] = []
@@ -65,12 +66,7 @@ class InferceptPolicy(Policy):
             tokens = paused.tokens
             blocks = paused.blocks
             # Within the budget the copy hides behind compute, so swapping wastes ~nothing.
-            if (
-                tokens <= budget
-                and blocks <= host_free
-                and best[i] > 0
-                and remaining[i] >= self.round_trip(tokens)
-            ):
+            if may_swap[i] and tokens <= budget and blocks <= host_free:
                 decisions.append((paused, KVStrategy.SWAP))
                 budget -= tokens
                 host_free -= blocks
