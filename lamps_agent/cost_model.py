@@ -23,6 +23,10 @@ class CostModel:
     kv_ms_per_token: float = 0.0
     swap_bytes_per_s: float = 20e9
     swap_latency_ms: float = 0.0
+    # ms per 1e6 products of prefill token × context tokens it attends:
+    # Σ chunk × (context before chunk + chunk/2)
+    prefill_attn_ms_per_mtok2: float = 0.0
+    copy_overlaps_compute: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -31,6 +35,7 @@ class CostModel:
             "decode_ms_per_seq",
             "kv_ms_per_token",
             "swap_latency_ms",
+            "prefill_attn_ms_per_mtok2",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -41,7 +46,11 @@ class CostModel:
             raise ValueError("cost model must make iterations take time")
 
     def iteration_time(
-        self, prefill_tokens: int, decode_seqs: int, resident_kv_tokens: int
+        self,
+        prefill_tokens: int,
+        decode_seqs: int,
+        resident_kv_tokens: int,
+        prefill_attn_products: float = 0.0,
     ) -> float:
         """Seconds one engine iteration takes."""
         ms = (
@@ -49,6 +58,7 @@ class CostModel:
             + self.prefill_ms_per_token * prefill_tokens
             + self.decode_ms_per_seq * decode_seqs
             + self.kv_ms_per_token * resident_kv_tokens
+            + self.prefill_attn_ms_per_mtok2 * prefill_attn_products / 1e6
         )
         return ms / 1000.0
 
