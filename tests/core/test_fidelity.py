@@ -111,7 +111,10 @@ def test_a_discard_whose_blocks_were_evicted_recomputes_them(small_preset: Prese
 # -- 2. copies overlap compute or serialise with it ----------------------------------------------
 @pytest.mark.parametrize("overlap", [True, False])
 def test_step_time_overlaps_or_serialises_copies(small_preset: Preset, overlap: bool) -> None:
-    cost = dataclasses.replace(small_preset.cost, copy_overlaps_compute=overlap)
+    # Attention off: the step's compute is then the linear terms alone.
+    cost = dataclasses.replace(
+        small_preset.cost, copy_overlaps_compute=overlap, prefill_attn_ms_per_mtok2=0.0
+    )
     preset = dataclasses.replace(small_preset, cost=cost)
     sim = Simulator(
         preset=preset, policy=make_policy("vllm", predictor=ORACLE, preset=preset), arrivals=[]
