@@ -8,6 +8,7 @@ from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
 from lamps_agent.policies.infercept import InferceptPolicy
 from lamps_agent.policies.lamps import LampsAgingPolicy, LampsNoRankPolicy, LampsPolicy
 from lamps_agent.policies.nested_wait import NestedWaitPolicy
+from lamps_agent.policies.program import ProgramPolicy
 from lamps_agent.policies.sjf import SjfPolicy
 from lamps_agent.policies.vllm_fcfs import VllmNoCachePolicy, VllmPolicy
 from lamps_agent.policies.wait import WaitPolicy
@@ -26,6 +27,7 @@ for _cls in (
     SjfPolicy,
     WaitPolicy,
     NestedWaitPolicy,
+    ProgramPolicy,
 ):
     POLICIES.register(_cls.name)(_cls)
 
@@ -49,6 +51,7 @@ __all__ = [
     "LampsPolicy",
     "NestedWaitPolicy",
     "Policy",
+    "ProgramPolicy",
     "SjfPolicy",
     "VllmNoCachePolicy",
     "VllmPolicy",

@@ -136,6 +136,11 @@ class Policy:
     def adjust_paused(self, preserved: Sequence[PausedKV]) -> list[tuple[PausedKV, KVStrategy]]:
         return []
 
+    def pin_ttl(self, paused: PausedKV) -> float | None:
+        """Seconds the KV of a turn just preserved by :meth:`on_pause` may stay pinned; ``None``
+        (the default): the scheduler's :class:`~lamps_agent.scheduler.core.PinLifetime`."""
+        return None
+
     def pin_release_key(self, paused: PausedKV) -> float:
         """Under memory pressure, preserved turns with the largest key are released first:
         by default the predicted waste of keeping them, remaining tool time × context."""

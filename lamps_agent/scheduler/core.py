@@ -285,7 +285,8 @@ class Scheduler:
             self.counters.swap_fallbacks += 1
             strategy = KVStrategy.DISCARD
         if strategy is KVStrategy.PRESERVE:
-            paused.expires_at = self.now + self.pin_lifetime.ttl(gap)
+            ttl = self.policy.pin_ttl(paused)  # a policy's own time to live, else the default
+            paused.expires_at = self.now + (self.pin_lifetime.ttl(gap) if ttl is None else ttl)
         self._pending_swap_out += self._hold(req, paused, strategy)
         return strategy
 
