@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 from lamps_agent.errors import SimulationError
@@ -35,6 +35,7 @@ from lamps_agent.policies.base import Policy
 from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import Request, RequestState
+from lamps_agent.scheduler import Scheduler
 from lamps_agent.sim.engine import Simulator
 from lamps_agent.sim.routing import ReplicaLoad, Router, Turn
 from lamps_agent.workloads.arrivals import Arrival
@@ -67,6 +68,7 @@ class FleetResult:
     run: RunResult
     routing: str
     replicas: tuple[ReplicaCounters, ...]
+    placements: Mapping[int, tuple[int, ...]]  # request id → the replica of each of its turns
 
     @property
     def summary(self) -> RunSummary:
@@ -139,7 +141,7 @@ class Fleet:
             for i, policy in enumerate(policies)
         ]
         self._loads = [r.load for r in self.replicas]
-        self._home: dict[int, int] = {}  # request id → the replica that ran its last turn
+        self._placed: dict[int, list[int]] = {}  # request id → the replica of each turn
         self._events: list[tuple[float, int, Request]] = []  # tool returns
         self._event_seq = itertools.count()
         self._ready: list[tuple[float, int]] = []  # busy replicas: (end of iteration, index)
@@ -147,6 +149,16 @@ class Fleet:
         self._next_arrival = 0
         self._finished = 0
         self._rejected = 0
+
+    @property
+    def schedulers(self) -> list[Scheduler]:
+        """Each replica's scheduler, by index (to inspect; the fleet drives them)."""
+        return [r.sim.scheduler for r in self.replicas]
+
+    @property
+    def loads(self) -> list[ReplicaLoad]:
+        """Each replica's load as the router sees it, by index."""
+        return list(self._loads)
 
     # -- the main loop -------------------------------------------------------------------
     def run(self, labels: RunLabels) -> FleetResult:
@@ -256,7 +268,7 @@ class Fleet:
             tool_duration=seg.tool_duration,
             returned_tokens=seg.returned_tokens,
         )
-        home = self._home[req.request_id]
+        home = self._placed[req.request_id][-1]
         held = req.kv_tokens if req.state in (S.PAUSED_PRESERVED, S.PAUSED_SWAPPED) else 0
         prompt = req.program.segments[req.seg_index + 1].prompt_tokens
         turn = Turn(
@@ -291,7 +303,7 @@ class Fleet:
 
     def _deliver(self, req: Request, target: int, prompt: int, at: float) -> None:
         replica = self.replicas[target]
-        self._home[req.request_id] = target
+        self._placed.setdefault(req.request_id, []).append(target)
         replica.turns += 1
         replica.load.requests += 1
         replica.load.tokens += prompt
@@ -331,7 +343,10 @@ class Fleet:
             for r, res in zip(self.replicas, per_replica, strict=True)
         )
         run = RunResult(summary=summary, requests=requests, timeline=None)
-        return FleetResult(run=run, routing=self.router.name, replicas=replicas)
+        placements = {rid: tuple(turns) for rid, turns in sorted(self._placed.items())}
+        return FleetResult(
+            run=run, routing=self.router.name, replicas=replicas, placements=placements
+        )
 
 
 def _merge_counters(summaries: Sequence[RunSummary], rejected: int) -> EngineCounters:
