@@ -3,8 +3,12 @@ sessions as each policy says; moving a session releases its KV where it was; not
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from lamps_agent.cli.main import main
 from lamps_agent.errors import UnknownNameError
 from lamps_agent.kv_memory import KVMemory
 from lamps_agent.policies import POLICIES, make_policy
@@ -329,3 +333,40 @@ def test_release_paused_drops_what_the_session_holds(
         assert req.request_id not in sched.paused
     with pytest.raises(ValueError, match="not paused"):
         sched.release_paused(Request(request_id=9, program=req.program, arrival_time=0.0))
+
+
+# -- the command ---------------------------------------------------------------------------------
+def test_fleet_command_writes_a_row_per_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rows.json"
+    args = ["fleet", "--synthetic", "10", "--set", "gpu_kv_gb=4", "--replicas", "1,2"]
+    args += ["--routing", "round-robin,session-affinity", "--qps-per-replica", "2"]
+    assert main([*args, "--duration", "5", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["replicas"], r["routing"]) for r in rows] == [
+        (1, "round-robin"),
+        (1, "session-affinity"),
+        (2, "round-robin"),
+        (2, "session-affinity"),
+    ]
+    assert rows[0]["programs"] == rows[1]["programs"] and rows[0]["e2e_mean"] == rows[1]["e2e_mean"]
+    assert rows[3]["moves"] == 0 and rows[2]["moves"] > 0
+    assert "session-affinity" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--routing", "random", "--routing: unknown routing policy 'random'"),
+        ("--replicas", "0", "--replicas: 0 must be at least 1"),
+        ("--qps-per-replica", "x", "--qps-per-replica: 'x' is not a number"),
+        ("--policy", "lamps,vllm", "--policy: give one"),
+    ],
+)
+def test_fleet_command_bad_input_is_one_line(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fleet", "--synthetic", "4", flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
