@@ -194,3 +194,9 @@ class KVMemory:
         self.free_host_blocks += host_blocks
         if self.free_host_blocks > self.num_host_blocks:
             raise RuntimeError("freed more host blocks than exist (double free)")
+
+    def drop_host(self, blocks: int) -> None:
+        """A host copy that will never be swapped back in (its session moved): freed."""
+        self.free_host_blocks += blocks
+        if self.free_host_blocks > self.num_host_blocks:
+            raise RuntimeError("freed more host blocks than exist (double free)")

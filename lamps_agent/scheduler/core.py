@@ -454,6 +454,29 @@ class Scheduler:
             self.memory.free_host_blocks += req.host_blocks
             req.host_blocks = 0
 
+    def release_paused(self, req: Request) -> int:
+        """``req``'s session continues on another engine (a fleet routed its next turn away
+        while its tool ran): the KV it still holds here — a pin, or a copy in host memory — is
+        dropped as if discarded.  Returns the tokens dropped, which its next turn recomputes."""
+        tokens = req.kv_tokens
+        if req.state is S.PAUSED_PRESERVED:
+            paused = self.paused.pop(req.request_id)
+            if paused is None:
+                raise RuntimeError(f"request {req.request_id} is preserved but has no pin")
+            self._hold(req, paused, KVStrategy.DISCARD)
+        elif req.state is S.PAUSED_SWAPPED:
+            self.memory.drop_host(req.host_blocks)
+            req.host_blocks = 0
+            req.kv_tokens = 0
+            self.counters.recomputed_tokens += tokens
+            req.recomputed_tokens += tokens
+            req.move_to(S.PAUSED_DISCARDED)
+        elif req.state is S.PAUSED_DISCARDED:
+            return 0
+        else:
+            raise ValueError(f"request {req.request_id} is {req.state.value}, not paused")
+        return tokens
+
     # -- the simulator's iteration (vLLM builds its own batch) -----------------------------
     def schedule(self) -> SchedulerOutput:
         """Build one iteration: revisit paused KV, advance resident requests (decodes first,
