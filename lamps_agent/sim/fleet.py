@@ -219,11 +219,11 @@ class Fleet:
         if out.is_empty:
             self._stalled.append(replica)  # nothing can advance until an event
             return
-        dt = sim._execute(out)
+        dt, compute = sim._execute(out)
         sim.now += dt
         replica.busy_s += dt
         sched.set_time(sim.now)
-        for end in sched.update_from_output(out, step_time=dt):
+        for end in sched.update_from_output(out, step_time=dt, compute_time=compute):
             req = end.request
             replica.load.requests -= 1
             replica.load.tokens -= req.segment.prompt_tokens
@@ -269,19 +269,28 @@ class Fleet:
             returned_tokens=seg.returned_tokens,
         )
         home = self._placed[req.request_id][-1]
-        held = req.kv_tokens if req.state in (S.PAUSED_PRESERVED, S.PAUSED_SWAPPED) else 0
         prompt = req.program.segments[req.seg_index + 1].prompt_tokens
         turn = Turn(
-            session=req.request_id,
-            prompt_tokens=prompt,
-            home=home,
-            held={home: held} if held else None,
+            session=req.request_id, prompt_tokens=prompt, home=home, held=self._held(req, home)
         )
         target = self._place(turn)
         if target != home:
             self._move(req, self.replicas[home], self.replicas[target], at)
         self.replicas[target].returns.append((req, outcome))
         self._deliver(req, target, prompt, at)
+
+    def _held(self, req: Request, home: int) -> dict[int, int] | None:
+        """The session's KV tokens on each replica that holds some: pinned or swapped on its
+        home, and its prefix still cached (not yet evicted) wherever a turn of it ran."""
+        held: dict[int, int] = {}
+        if req.state in (S.PAUSED_PRESERVED, S.PAUSED_SWAPPED):
+            held[home] = req.kv_tokens
+        for replica in self.replicas:
+            memory = replica.sim.scheduler.memory
+            cached = memory.cached_blocks(req.request_id) * memory.block_size
+            if cached > held.get(replica.index, 0):
+                held[replica.index] = cached
+        return held or None
 
     def _place(self, turn: Turn) -> int:
         target = self.router.route(turn, self._loads)
@@ -316,7 +325,7 @@ class Fleet:
             sched = r.sim.scheduler
             parts.append(
                 f"replica {r.index}: {len(sched.waiting)} waiting, {len(sched.running)} running, "
-                f"{len(sched.resuming)} to swap in"
+                f"{len(sched.paused)} pinned"
             )
         return "fleet stuck, nothing can be scheduled: " + "; ".join(parts)
 
