@@ -219,11 +219,11 @@ class Fleet:
         if out.is_empty:
             self._stalled.append(replica)  # nothing can advance until an event
             return
-        dt = sim._execute(out)
+        dt, compute = sim._execute(out)
         sim.now += dt
         replica.busy_s += dt
         sched.set_time(sim.now)
-        for end in sched.update_from_output(out, step_time=dt):
+        for end in sched.update_from_output(out, step_time=dt, compute_time=compute):
             req = end.request
             replica.load.requests -= 1
             replica.load.tokens -= req.segment.prompt_tokens
@@ -316,7 +316,7 @@ class Fleet:
             sched = r.sim.scheduler
             parts.append(
                 f"replica {r.index}: {len(sched.waiting)} waiting, {len(sched.running)} running, "
-                f"{len(sched.resuming)} to swap in"
+                f"{len(sched.paused)} pinned"
             )
         return "fleet stuck, nothing can be scheduled: " + "; ".join(parts)
 
