@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "adapters.vllm.cli",
     "adapters.langchain.cli",
     "lamps_agent.cli.predictor",
+    "lamps_agent.cli.calibrate",
 )
 
 
