@@ -192,3 +192,21 @@ def test_router_command_keeps_the_users_flags() -> None:
     assert "--cb-failure-threshold" not in cmd  # the user's value replaces the default
     assert cmd[-3:] == ["--cb-failure-threshold=5", "--log-level", "debug"]
     assert cmd[cmd.index("--health-check-interval-secs") + 1] == "2"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "/no/such/model"], "no model folder at '/no/such/model'"),
+        (["--model", "m", "--replicas", "0"], "replicas must be at least 1"),
+    ],
+)
+def test_cluster_command_refuses_bad_input_in_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lamps_agent.cli.main import main
+
+    assert main(["cluster", "--log-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lamps-agent: error: ") and message in err[-1]
+    assert not (tmp_path / "cluster.json").exists()
