@@ -269,19 +269,28 @@ class Fleet:
             returned_tokens=seg.returned_tokens,
         )
         home = self._placed[req.request_id][-1]
-        held = req.kv_tokens if req.state in (S.PAUSED_PRESERVED, S.PAUSED_SWAPPED) else 0
         prompt = req.program.segments[req.seg_index + 1].prompt_tokens
         turn = Turn(
-            session=req.request_id,
-            prompt_tokens=prompt,
-            home=home,
-            held={home: held} if held else None,
+            session=req.request_id, prompt_tokens=prompt, home=home, held=self._held(req, home)
         )
         target = self._place(turn)
         if target != home:
             self._move(req, self.replicas[home], self.replicas[target], at)
         self.replicas[target].returns.append((req, outcome))
         self._deliver(req, target, prompt, at)
+
+    def _held(self, req: Request, home: int) -> dict[int, int] | None:
+        """The session's KV tokens on each replica that holds some: pinned or swapped on its
+        home, and its prefix still cached (not yet evicted) wherever a turn of it ran."""
+        held: dict[int, int] = {}
+        if req.state in (S.PAUSED_PRESERVED, S.PAUSED_SWAPPED):
+            held[home] = req.kv_tokens
+        for replica in self.replicas:
+            memory = replica.sim.scheduler.memory
+            cached = memory.cached_blocks(req.request_id) * memory.block_size
+            if cached > held.get(replica.index, 0):
+                held[replica.index] = cached
+        return held or None
 
     def _place(self, turn: Turn) -> int:
         target = self.router.route(turn, self._loads)

@@ -11,8 +11,8 @@ import pytest
 from lamps_agent.cli.main import main
 from lamps_agent.errors import UnknownNameError
 from lamps_agent.kv_memory import KVMemory
-from lamps_agent.policies import POLICIES, make_policy
-from lamps_agent.policies.base import Policy
+from lamps_agent.policies import POLICIES, LampsPolicy, make_policy
+from lamps_agent.policies.base import AdmissionGate, Policy
 from lamps_agent.predictors import make_predictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.request import KVStrategy, Request, RequestState
@@ -236,42 +236,47 @@ def test_replicas_do_not_wait_for_each_other(small_preset: Preset) -> None:
     assert sorted(t[0] for t in pair.placements.values()) == [0, 1]
 
 
-def test_a_replica_stalled_behind_pins_waits_for_the_next_event_as_the_simulator_does() -> None:
-    """Memory full of a pin and nothing running: the waiting program cannot be admitted until
-    the pinned session's tool returns — the simulator jumps to that event, and so does the fleet's
-    replica (here woken in between by an arrival elsewhere)."""
-    preset = load_preset("a100-gptj6b", overrides={"gpu_kv_gb": 1.0, "host_swap_gb": 0.0})
-    pinned = make_program("pinned", [(20, 10.0, 10), (20, 0.0, 0)], prompt=1500)
-    blocked = make_program("blocked", [(20, 0.0, 0)], prompt=1200)
+class _ClosedUntil(LampsPolicy):
+    """LAMPS behind a gate that admits nothing before ``OPENS`` seconds: work that cannot
+    advance, with nothing running (what a gating policy can cause)."""
+
+    OPENS = 5.0
+    gates_admission = True
+
+    def admission_gate(self) -> AdmissionGate | None:
+        view = self.view
+
+        class Gate:
+            exhausted = view.now < _ClosedUntil.OPENS
+
+            def allow(self, req: Request) -> bool:
+                return view.now >= _ClosedUntil.OPENS
+
+        return Gate()
+
+
+def test_a_stalled_replica_wakes_at_the_next_event_anywhere_as_the_simulator_jumps() -> None:
+    preset = load_preset("a100-gptj6b")
+    big = make_program("big", [(20, 0.0, 0)], prompt=3000)
     small = make_program("small", [(20, 0.0, 0)], prompt=100)
-    arrivals = [Arrival(0.1, pinned), Arrival(1.0, blocked), Arrival(3.0, small)]
+    arrivals = [Arrival(0.1, big), Arrival(3.0, small), Arrival(6.0, small)]
 
-    def preserving(policy: Policy) -> Policy:
-        policy.on_pause = lambda paused: KVStrategy.PRESERVE  # type: ignore[method-assign]
-        return policy
+    def gated() -> Policy:
+        return _ClosedUntil(predictor=make_predictor("oracle"), preset=preset)
 
-    def lamps() -> Policy:
-        return preserving(make_policy("lamps", predictor=make_predictor("oracle"), preset=preset))
-
-    alone = Simulator(preset=preset, policy=lamps(), arrivals=arrivals).run(LABELS)
-    router = make_router("round-robin", replicas=1, preset=preset)
-    one = Fleet(preset=preset, policies=[lamps()], router=router, arrivals=arrivals).run(LABELS)
+    alone = Simulator(preset=preset, policy=gated(), arrivals=arrivals).run(LABELS)
+    router = make_router("least-loaded", replicas=1, preset=preset)
+    one = Fleet(preset=preset, policies=[gated()], router=router, arrivals=arrivals).run(LABELS)
     assert one.summary == alone.summary and one.run.requests == alone.requests
-    waited = {m.program_id: m.max_queue_wait for m in alone.requests}
-    assert waited["blocked"] > 9.0  # it waited for the pinned session's tool
-
-    fleet = Fleet(
-        preset=preset,
-        policies=[lamps(), lamps()],
-        router=make_router("session-affinity", replicas=2, preset=preset),
-        arrivals=arrivals,
-    )
+    # Two replicas: the big program stalls on replica 0; every later arrival goes to replica 1
+    # (least loaded), yet replica 0 wakes at each event and admits at the first after opening.
+    router = make_router("least-loaded", replicas=2, preset=preset)
+    fleet = Fleet(preset=preset, policies=[gated(), gated()], router=router, arrivals=arrivals)
     two = fleet.run(LABELS)
-    homes = {rid: turns[0] for rid, turns in two.placements.items()}
-    assert homes[0] == homes[1] != homes[2]  # the hash: pinned and blocked share a replica
-    waited_two = {m.program_id: m.max_queue_wait for m in two.run.requests}
-    assert waited_two["blocked"] == pytest.approx(waited["blocked"])
-    assert waited_two["small"] < 1.0  # the other replica was free
+    assert two.placements == {0: (0,), 1: (1,), 2: (1,)}
+    waits = [m.max_queue_wait for m in two.run.requests]
+    assert waits == pytest.approx([6.0 - 0.1, 6.0 - 3.0, 0.0])  # the gate opened at 5 s
+    assert waits == pytest.approx([m.max_queue_wait for m in alone.requests])
 
 
 def test_fleet_checks_its_inputs(small_preset: Preset, workload: list[Arrival]) -> None:
