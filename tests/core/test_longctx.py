@@ -109,4 +109,4 @@ def test_bench_runs_the_long_context_workload_from_the_cli(
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "longctx:tool-use: 20 programs" in out and "program" in out
+    assert "longctx:tool-use: 20 distinct programs" in out and "program" in out
