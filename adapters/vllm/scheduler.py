@@ -105,7 +105,7 @@ class LampsCore:
     def __init__(self, sched: Scheduler, config: PluginConfig) -> None:
         self.sched = sched
         self.config = config
-        self.preset = load_preset(config.preset)
+        self.preset = load_preset(config.preset, config_file=config.preset_file or None)
         pool = sched.kv_cache_manager.block_pool
         self.pool = pool
         self.block_size = sched.cache_config.block_size

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "adapters.vllm.cli",
     "adapters.langchain.cli",
     "lamps_agent.cli.predictor",
+    "lamps_agent.cli.calibrate",
 )
 
 

@@ -36,12 +36,13 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from lamps_agent.area import area_decode, area_prefill
 from lamps_agent.policies.base import AdmissionGate, predicted_turn
+from lamps_agent.policies.fluid import DecayedRate, Mean
 from lamps_agent.policies.lamps import LampsPolicy
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
@@ -184,24 +185,25 @@ class ToolDurations:
 
 
 def ttl_by_cost_benefit(
-    durations: list[float], *, context_tokens: float, discard_waste: float
+    durations: list[float], *, context_tokens: float, fallback_waste: float
 ) -> tuple[float, float]:
     """Continuum's cost-benefit time to live over a tool's (sorted) duration samples.
 
     Pinning for ``τ`` costs ``C · E[min(T, τ)]`` token·s of held memory, and if the tool outlasts
-    the pin, the discard it only postponed: ``(1 − F(τ)) · W_discard``.  Candidates are the
-    samples themselves (the empirical distribution's jump points).  Returns ``(τ*, cost)``.
+    the pin, the swap or discard it only postponed: ``(1 − F(τ)) · W_fallback``.  Candidates are
+    the samples themselves (the empirical distribution's jump points); ``τ = 0`` (no pin) costs
+    ``W_fallback``.  Returns ``(τ*, cost)``.
     """
     n = len(durations)
     if n == 0:
-        return 0.0, discard_waste
-    best_tau, best_cost = 0.0, discard_waste
+        return 0.0, fallback_waste
+    best_tau, best_cost = 0.0, fallback_waste
     prefix = 0.0
     for i, tau in enumerate(durations):
         prefix += tau  # Σ of the i+1 samples ≤ τ
         returned = (i + 1) / n
         held = (prefix + tau * (n - i - 1)) / n  # E[min(T, τ)]
-        cost = context_tokens * held + (1.0 - returned) * discard_waste
+        cost = context_tokens * held + (1.0 - returned) * fallback_waste
         if cost < best_cost:
             best_tau, best_cost = tau, cost
     return best_tau, best_cost
@@ -216,7 +218,10 @@ class _ProgramGate:
     def __init__(self, policy: ProgramPolicy) -> None:
         self._policy = policy
         self._pending = 0.0
+        self._pending_peaks = 0.0
         self._closed = False
+        memory = policy.view.memory
+        self._used = memory.used_gpu_blocks * memory.block_size
 
     def allow(self, req: Request) -> bool:
         policy = self._policy
@@ -227,9 +232,13 @@ class _ProgramGate:
         if not policy.in_flight and self._pending == 0.0:
             ok = True  # an engine with nothing in flight admits the head, whatever its size
         else:
-            ok = committed + term <= policy.budget_tokens
+            peak = policy.predicted_peak(req)
+            ok = committed + term <= policy.budget_tokens or (
+                self._used + self._pending_peaks + peak <= policy.open_below_tokens
+            )
         if ok:
             self._pending += term
+            self._pending_peaks += policy.predicted_peak(req)
             return True
         self._closed = True
         policy.counters_held += 1
@@ -252,6 +261,8 @@ class _InFlight:
 class ProgramPolicy(LampsPolicy):
     name = "program"
     gates_admission = True
+    adjusts_paused = True  # pins past their time to live are swapped or discarded
+    TTL_GRACE_S = 1.0
 
     def __init__(
         self,
@@ -266,6 +277,9 @@ class ProgramPolicy(LampsPolicy):
         footprint_error: float = 0.0,
         seed: int = 0,
         stale_s: float = 1800.0,
+        open_below: float = 0.5,
+        max_overcommit: float = 1.0,
+        rate_window_s: float = 120.0,
     ) -> None:
         super().__init__(predictor=predictor, preset=preset, starvation_threshold=None)
         if not 0 < target_utilization <= 4:
@@ -285,6 +299,14 @@ class ProgramPolicy(LampsPolicy):
         self.footprint_error = footprint_error
         self.seed = seed
         self.stale_s = stale_s
+        if not 0 <= open_below <= 1:
+            raise ValueError("open_below must be in [0, 1]")
+        self.open_below = open_below
+        if not max_overcommit >= 1 or not rate_window_s > 0:
+            raise ValueError("max_overcommit must be >= 1 and rate_window_s > 0")
+        self.max_overcommit = max_overcommit
+        self._arrivals = DecayedRate(rate_window_s)
+        self._program_area = Mean()
         self.durations = ToolDurations()
         self.in_flight: dict[int, _InFlight] = {}
         self.committed = 0.0  # Σ footprint terms of the programs in flight
@@ -293,12 +315,24 @@ class ProgramPolicy(LampsPolicy):
         self._area_ref = 0.0
         self._area_n = 0
         self._ttl: dict[object, float] = {}
+        self._deadlines: dict[object, float] = {}  # paused key -> when its pin's TTL runs out
         self._terms: dict[int, float] = {}  # the term computed at a request's last turn start
+        self._peaks: dict[int, float] = {}  # and the predicted peak context
 
     # -- the budget and the footprint ------------------------------------------------------
     @property
+    def memory_load(self) -> float:
+        """ρ = λ · A / C: new programs per second (decayed over ``rate_window_s``) times their
+        mean predicted memory-time area, over the KV capacity — the fluid model's memory load."""
+        rate = self._arrivals.rate(self.view.now)
+        return rate * self._program_area.value / self.preset.gpu_kv_tokens
+
+    @property
     def budget_tokens(self) -> float:
-        return self.target_utilization * self.preset.gpu_kv_tokens
+        """``u · C / clamp(ρ, 1 / max_overcommit, 1)``: at full memory load the fluid threshold
+        itself; below it, transient excursions drain, so up to ``max_overcommit`` × more."""
+        rho = min(max(self.memory_load, 1.0 / self.max_overcommit), 1.0)
+        return self.target_utilization * self.preset.gpu_kv_tokens / rho
 
     def _predict_footprint(self, req: Request) -> Footprint:
         context = req.segment.prompt_tokens
@@ -340,6 +374,16 @@ class ProgramPolicy(LampsPolicy):
         if term is None:  # predicted before it was enqueued (tests, an engine's own path)
             term = self._compute_term(req, self._predict_footprint(req))
         return term
+
+    def predicted_peak(self, req: Request) -> float:
+        peak = self._peaks.get(req.request_id)
+        return self._predict_footprint(req).peak if peak is None else peak
+
+    @property
+    def open_below_tokens(self) -> float:
+        """Below this much KV in use (``open_below × C``) a new program is admitted whatever the
+        fluid threshold says, if even its predicted peak fits: work conservation at light load."""
+        return self.open_below * self.preset.gpu_kv_tokens
 
     def _compute_term(self, req: Request, fp: Footprint) -> float:
         return self._resident_fraction(req) * (req.segment.prompt_tokens + fp.peak) / 2
@@ -384,6 +428,7 @@ class ProgramPolicy(LampsPolicy):
         fp = self._predict_footprint(req)
         term = self._compute_term(req, fp)
         self._terms[req.request_id] = term
+        self._peaks[req.request_id] = fp.peak
         flight = self.in_flight.get(req.request_id)
         if flight is not None:
             self.committed += term - flight.term
@@ -392,6 +437,9 @@ class ProgramPolicy(LampsPolicy):
         elif req.seg_index > 0:  # dropped as stale, yet it came back: in flight again
             self._add_in_flight(req, term, first_prompt=req.program.segments[0].prompt_tokens)
         req.policy_rank = self._remaining_area(req, fp)
+        if req.seg_index == 0 and req.request_id not in self.in_flight:
+            self._arrivals.add(self.view.now)
+            self._program_area.add(req.policy_rank)
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
         cls = ADMITTED if req.request_id in self.in_flight else NEW
@@ -440,6 +488,7 @@ class ProgramPolicy(LampsPolicy):
     def _leave(self, request_id: int) -> _InFlight | None:
         flight = self.in_flight.pop(request_id, None)
         self._terms.pop(request_id, None)
+        self._peaks.pop(request_id, None)
         if flight is not None:
             self.committed -= flight.term
             if not self.in_flight:
@@ -464,30 +513,55 @@ class ProgramPolicy(LampsPolicy):
             )
 
     # -- KV handling per call ------------------------------------------------------------------
-    def on_pause(self, paused: PausedKV) -> KVStrategy:
-        """Pin with Continuum's cost-benefit TTL when it beats the least waste of not pinning;
-        else swap or discard, whichever wastes less."""
+    def _alternatives(self, paused: PausedKV, remaining: float) -> dict[KVStrategy, float]:
+        """Waste of not keeping the KV: discard, and swap where the host has room."""
         memory = self.view.memory
-        predicted = paused.remaining(self.view.now)
         wastes = strategy_wastes(
             context_tokens=paused.tokens,
-            tool_duration=predicted,
+            tool_duration=remaining,
             preset=self.preset,
             load=self.view.load,
             swap_allowed=memory.can_swap_out(paused.blocks),
         )
         wastes.pop(KVStrategy.PRESERVE)
+        return wastes
+
+    def on_pause(self, paused: PausedKV) -> KVStrategy:
+        """Pin for Continuum's cost-benefit time to live when that beats the least waste of not
+        pinning; else swap or discard, whichever wastes less."""
+        predicted = paused.remaining(self.view.now)
+        wastes = self._alternatives(paused, predicted)
         alternative = pick_least(wastes)
-        samples = self.durations.samples(paused.tool, predicted)
         tau, cost = ttl_by_cost_benefit(
-            samples,
+            self.durations.samples(paused.tool, predicted),
             context_tokens=paused.tokens,
-            discard_waste=wastes[KVStrategy.DISCARD],
+            fallback_waste=wastes[alternative],
         )
         if tau > 0 and cost < wastes[alternative]:
             self._ttl[paused.key] = tau
+            self._deadlines[paused.key] = self.view.now + tau
             return KVStrategy.PRESERVE
         return alternative
 
     def pin_ttl(self, paused: PausedKV) -> float | None:
-        return self._ttl.pop(paused.key, None)
+        """The scheduler's expiry is a backstop ``TTL_GRACE_S`` after the policy's own deadline,
+        at which :meth:`adjust_paused` swaps or discards the pin, whichever wastes less."""
+        tau = self._ttl.pop(paused.key, None)
+        return None if tau is None else tau + self.TTL_GRACE_S
+
+    def adjust_paused(self, preserved: Sequence[PausedKV]) -> list[tuple[PausedKV, KVStrategy]]:
+        now = self.view.now
+        deadlines = self._deadlines
+        changes: list[tuple[PausedKV, KVStrategy]] = []
+        for paused in preserved:
+            deadline = deadlines.get(paused.key)
+            if deadline is None or now < deadline:
+                continue
+            del deadlines[paused.key]
+            # The tool outlived its pin: the rest of its wait, predicted from now on.
+            wastes = self._alternatives(paused, max(paused.remaining(now), 1.0))
+            changes.append((paused, pick_least(wastes)))
+        if len(deadlines) > 4 * len(preserved) + 64:  # entries of pins that left otherwise
+            live = {p.key for p in preserved}
+            self._deadlines = {k: v for k, v in deadlines.items() if k in live}
+        return changes

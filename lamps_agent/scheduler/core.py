@@ -10,9 +10,9 @@ the paused turns (preserved / swapped / discarded, :mod:`~lamps_agent.scheduler.
 accounting (with vLLM's automatic prefix caching unless the policy turns it off) and preemption.
 A turn whose tool returned goes through the waiting queue and admission like any other, whatever
 happened to its KV: preserved KV stays pinned (releasable under pressure) until it is admitted,
-swapped KV is copied back in when it is admitted, within the step's copy budget.  The policy plugs in through hooks on engine-neutral objects and
-declares what it needs by capability flags (``adjusts_paused``, ``uses_holds``,
-``gates_admission``), never by name.
+swapped KV is copied back in when it is admitted, within the step's copy budget.  The policy
+plugs in through hooks on engine-neutral objects and declares what it needs by capability flags
+(``adjusts_paused``, ``uses_holds``, ``gates_admission``), never by name.
 
 Two drivers:
 
@@ -61,7 +61,12 @@ class SchedulerOutput:
 
     @property
     def is_empty(self) -> bool:
-        return not self.prefills and not self.decodes and not self.swap_in_tokens
+        return (
+            not self.prefills
+            and not self.decodes
+            and not self.swap_in_tokens
+            and not self.swap_out_tokens
+        )
 
 
 @dataclass(frozen=True, slots=True)

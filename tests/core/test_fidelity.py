@@ -127,6 +127,11 @@ def test_step_time_overlaps_or_serialises_copies(small_preset: Preset, overlap: 
     assert dt == pytest.approx(max(compute, copy) if overlap else compute + copy)
 
 
+def test_a_step_that_only_copies_out_is_executed_not_dropped() -> None:
+    assert not SchedulerOutput(swap_out_tokens=512).is_empty
+    assert SchedulerOutput().is_empty
+
+
 def test_swap_ins_share_a_per_step_copy_budget(small_preset: Preset) -> None:
     """Two swapped turns come back at once: the host link moves one per step (the first always
     goes), not both in one step."""
