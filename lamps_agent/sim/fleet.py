@@ -275,7 +275,7 @@ class Fleet:
         )
         target = self._place(turn)
         if target != home:
-            self._move(req, self.replicas[home], self.replicas[target], at)
+            self._move(req, self.replicas[home], self.replicas[target])
         self.replicas[target].returns.append((req, outcome))
         self._deliver(req, target, prompt, at)
 
@@ -300,15 +300,13 @@ class Fleet:
             )
         return target
 
-    def _move(self, req: Request, old: _Replica, new: _Replica, at: float) -> None:
-        """The session leaves ``old``: the KV it holds there is released now."""
+    def _move(self, req: Request, old: _Replica, new: _Replica) -> None:
+        """The session leaves ``old``: the KV it holds there is released now.  (``old`` needs
+        no wake-up: if its work was stalled, this event has woken it already.)"""
         dropped = old.sim.scheduler.release_paused(req)
         old.moved_out += 1
         old.dropped_tokens += dropped
         new.moved_in += 1
-        if dropped and not old.busy:
-            # Memory came free on a sleeping replica: it may now admit what waits there.
-            self._make_ready(old, at)
 
     def _deliver(self, req: Request, target: int, prompt: int, at: float) -> None:
         replica = self.replicas[target]
