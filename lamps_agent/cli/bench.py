@@ -740,7 +740,7 @@ def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
     summaries = engine.run_engine_bench(args, config, console)
     name = args.baseline or ("stock" if "stock" in labels else None)
     baseline = Baseline(name) if name else None
-    rows = group(summaries)
+    rows = group(summaries, measured=[s.num_requests for s in summaries])
     console.print(
         f"{len(summaries)} replays: {args.rounds} round{'s' if args.rounds > 1 else ''} per "
         "server, interleaved; median (range) over rounds"
