@@ -45,6 +45,103 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="options passed to vLLM")
     p.set_defaults(handler=run_serve)
+    _register_cluster(sub)
+
+
+def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="start N serve replicas and vllm-router in front of them (session affinity)",
+        description="Start N `lamps-agent serve` replicas on this machine and vLLM's router "
+        "(the cluster extra) in front of them, routing every turn of an agent session to one "
+        "replica by its X-Session-ID header (docs/vllm.md, 'Many replicas'). Runs until Ctrl-C "
+        "or SIGTERM, then stops every process. Arguments after '--' go to every replica's vLLM.",
+    )
+    p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
+    p.add_argument("--replicas", type=int, default=2, help="number of vLLM replicas")
+    p.add_argument("--policy", default="lamps", choices=[*POLICIES.names(), "stock"],
+                   help="the replicas' scheduler policy (default: lamps)")  # fmt: skip
+    p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
+    p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
+    p.add_argument("--host-swap-gb", type=float, default=4.0)
+    p.add_argument("--async-scheduler", action=argparse.BooleanOptionalAction, default=None,
+                   help="LampsAsyncScheduler (default: on where a GPU is present)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address of the router and the replicas")
+    p.add_argument("--port", type=int, default=8000, help="the router's port")
+    p.add_argument("--metrics-port", type=int, default=8001, help="the router's Prometheus port")
+    p.add_argument("--replica-port", type=int, default=8100,
+                   help="first replica's port; replica i listens on this + i")  # fmt: skip
+    p.add_argument("--router-policy", default="sticky_least_loaded",
+                   choices=["sticky_least_loaded", "consistent_hash"],
+                   help="vllm-router's policy (both route by X-Session-ID)")  # fmt: skip
+    p.add_argument("--router-arg", action="append", metavar="ARG",
+                   help="an option for vllm-router, e.g. --router-arg=--log-level=debug (repeatable)")  # fmt: skip
+    p.add_argument("--log-dir", default="cluster-logs",
+                   help="replica and router logs, statistics files and cluster.json")  # fmt: skip
+    p.add_argument("--reserved-cpus", type=int, default=None,
+                   help="VLLM_CPU_NUM_OF_RESERVED_CPU for every replica (CPU build; default: 1 on a CPU-only machine)")  # fmt: skip
+    p.add_argument("--gpus-per-replica", type=int, default=None,
+                   help="CUDA_VISIBLE_DEVICES slice per replica (default: 1 where a GPU is present, else 0)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for start-up")
+    p.add_argument(
+        "--no-tools", dest="tools", action="store_false", default=argparse.SUPPRESS,
+        help="serve without tool calling (no parser; for models that cannot call tools)",
+    )  # fmt: skip
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="options passed to every replica")
+    p.set_defaults(handler=run_cluster)
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: stop the cluster as Ctrl-C would."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from adapters.vllm.cluster import Cluster, ClusterError, ClusterOptions
+    from adapters.vllm.server import gpu_available
+
+    gpu = gpu_available()
+    opts = ClusterOptions(
+        serve=_serve_options(args),
+        replicas=args.replicas,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        replica_port=args.replica_port,
+        router_policy=args.router_policy,
+        router_args=tuple(args.router_arg or ()),
+        log_dir=Path(args.log_dir),
+        reserved_cpus=args.reserved_cpus
+        if args.reserved_cpus is not None
+        else (None if gpu else 1),
+        gpus_per_replica=args.gpus_per_replica if args.gpus_per_replica is not None else int(gpu),
+        timeout=args.timeout,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    cluster = Cluster(opts)
+    try:
+        cluster.start()
+        print(f"router: {cluster.url}/v1 (policy {opts.router_policy}); Ctrl-C stops all",
+              file=sys.stderr)  # fmt: skip
+        while cluster.router_alive():
+            time.sleep(1.0)
+        print("lamps-agent: the router exited; stopping the replicas", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    except ClusterError as exc:
+        print(f"lamps-agent: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping the cluster …", file=sys.stderr)
+        cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:

@@ -24,6 +24,7 @@ class PluginConfig:
     policy: str = "lamps"  # any registered core policy
     policy_options: dict[str, Any] = field(default_factory=dict)
     preset: str = "h100-llama3-8b"  # cost constants for the waste and area estimates
+    preset_file: str = ""  # a preset file (lamps-agent profile writes one) over ``preset``
     # A client's kv_strategy hint: "advisory" (the scheduler decides at the engine's live state;
     # the hint is only counted) or "obey" (tests and operators who want clients to decide).
     client_strategy: str = "advisory"

@@ -105,7 +105,7 @@ class LampsCore:
     def __init__(self, sched: Scheduler, config: PluginConfig) -> None:
         self.sched = sched
         self.config = config
-        self.preset = load_preset(config.preset)
+        self.preset = load_preset(config.preset, config_file=config.preset_file or None)
         pool = sched.kv_cache_manager.block_pool
         self.pool = pool
         self.block_size = sched.cache_config.block_size
@@ -253,6 +253,10 @@ class LampsCore:
             paused = self.core.pin_to_release(exclude=head_session)
             if paused is None:
                 break
+            if paused.strategy is KVStrategy.SWAP:
+                # A pin cannot be copied out here (the connector copies at a turn's end):
+                # released into vLLM's prefix-cached pool instead.
+                self.decisions.late_swap_fallbacks += 1
             self._release(paused, "pressure")
 
     def _head(self) -> Request | None:

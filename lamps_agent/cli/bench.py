@@ -58,6 +58,8 @@ from lamps_agent.program import Program
 from lamps_agent.registry import Registry
 from lamps_agent.workloads import generate_programs, load_trace
 from lamps_agent.workloads.infercept import BUILTIN_TRACES
+from lamps_agent.workloads.longctx import KINDS as LONGCTX_KINDS
+from lamps_agent.workloads.longctx import generate_longctx
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,7 +72,9 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     src.add_argument(
         "--trace",
         default="multi-api",
-        help=f"INFERCEPT-format trace file, or a built-in: {', '.join(BUILTIN_TRACES)}",
+        help=f"INFERCEPT-format trace file, a built-in: {', '.join(BUILTIN_TRACES)}, or a "
+        "generated long-context agent workload: longctx (the mix) or longctx:KIND[,KIND] "
+        f"({', '.join(LONGCTX_KINDS)}); its pool holds --num-programs programs (default 1000)",
     )
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic programs instead")
     p.add_argument(
@@ -299,6 +303,10 @@ def _programs(args: argparse.Namespace) -> tuple[list[Program], str]:
         if args.synthetic < 1:
             raise ValueError("--synthetic: needs at least 1 program")
         return generate_programs(args.synthetic, seed=args.seed), f"synthetic-{args.synthetic}"
+    if args.trace == "longctx" or args.trace.startswith("longctx:"):
+        kinds = args.trace.partition(":")[2]
+        pool = generate_longctx(args.num_programs or 1000, kinds=kinds or "mix", seed=args.seed)
+        return pool, args.trace
     trace = load_trace(args.trace)
     # A built-in trace keeps its built-in name (not the name of the data file behind it).
     name = args.trace if args.trace in BUILTIN_TRACES else trace.name

@@ -21,10 +21,12 @@ import lamps_agent
 _OWN_PACKAGES = ("lamps_agent", "tool_registry", "adapters")
 COMMAND_MODULES = (
     "lamps_agent.cli.bench",
+    "lamps_agent.cli.fleet",
     "tool_registry.cli",
     "adapters.vllm.cli",
     "adapters.langchain.cli",
     "lamps_agent.cli.predictor",
+    "lamps_agent.cli.calibrate",
 )
 
 

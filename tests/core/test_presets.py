@@ -7,10 +7,12 @@ from lamps_agent.presets import PRESETS, load_preset, parse_overrides
 
 
 def test_presets_exist_with_their_capacities() -> None:
-    assert {"a100-gptj6b", "a100-vicuna13b", "h100-llama3-8b"} <= set(PRESETS.names())
+    assert {"a100-gptj6b", "a100-vicuna13b", "h100-llama3-8b", "h200-llama3-8b"} <= set(
+        PRESETS.names()
+    )
     gptj = load_preset("a100-gptj6b")
-    assert gptj.gpu_kv_gb == 40.0
-    assert gptj.num_gpu_blocks == int(40e9 // (458_752 * 16))
+    assert gptj.gpu_kv_gb == pytest.approx(26.4)  # 40 GB cap incl. weights (test_physics.py)
+    assert gptj.num_gpu_blocks == int(26.4e9 // (458_752 * 16))
     assert gptj.cost.prefill_ms_per_token == 0.0463 and gptj.cost.base_ms == 10.0
 
 
@@ -58,6 +60,6 @@ def test_config_files_toml_and_json(tmp_path) -> None:  # type: ignore[no-untype
 
 def test_unknown_preset_lists_valid_names() -> None:
     with pytest.raises(
-        UnknownNameError, match="valid: a100-gptj6b, a100-vicuna13b, h100-llama3-8b"
+        UnknownNameError, match="valid: a100-gptj6b, a100-vicuna13b, h100-llama3-70b-tp4, "
     ):
         load_preset("b200")

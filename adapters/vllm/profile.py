@@ -1,0 +1,468 @@
+"""``lamps-agent profile``: fit the simulator's cost model to a running vLLM engine's step times.
+
+An in-process engine (``LLMEngine`` over ``EngineCore``, no worker process) is driven through a
+grid: for each decode batch ``B`` and resident context ``K``, ``B`` requests of ``K`` prompt
+tokens are prefilled and left decoding; then single requests are added whose first ``C`` tokens
+are already in the prefix cache and whose last ``P`` tokens must be computed, so a step holds
+``B`` decodes and one prefill of ``P`` tokens attending ``C`` + its own.  Every step is timed
+(from ``schedule()`` to the end of ``update_from_output()``) and described by what the scheduler
+actually scheduled, read from its output — not from what the grid asked for.  The
+:class:`~lamps_agent.cost_model.CostModel` fields are then fitted by non-negative least squares
+on relative error, and written as a preset file that ``load_preset(config_file=...)`` reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lamps_agent.cost_model import CostModel
+
+log = logging.getLogger(__name__)
+
+FEATURES = (
+    "base_ms",
+    "prefill_ms_per_token",
+    "decode_ms_per_seq",
+    "kv_ms_per_token",
+    "prefill_attn_ms_per_mtok2",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepSample:
+    """One timed engine step and what it did (the cost model's inputs)."""
+
+    point: int  # index of the grid point that produced it
+    prefill_tokens: int
+    decode_seqs: int
+    resident_kv_tokens: int
+    attn_products: float  # Σ chunk × (context before chunk + chunk/2)
+    ms: float
+
+    def row(self) -> tuple[float, ...]:
+        return (
+            1.0,
+            float(self.prefill_tokens),
+            float(self.decode_seqs),
+            float(self.resident_kv_tokens),
+            self.attn_products / 1e6,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GridPoint:
+    decode_batch: int
+    context: int  # prompt tokens of each decoding request (its resident KV)
+    prefill: int  # tokens computed by the added request (0: decode only)
+    prefill_context: int  # its prefix already in the cache
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileOptions:
+    """The engine (as the served one will be configured) and the grid."""
+
+    model: str
+    kv_cache_bytes: int = 3_000_000
+    block_size: int = 32
+    max_num_seqs: int = 16
+    max_model_len: int = 4096
+    token_budget: int = 2048  # vLLM-CPU's max_num_batched_tokens for an OpenAI server
+    decode_batches: Sequence[int] = (1, 4, 8, 16)
+    contexts: Sequence[int] = (64, 256, 1024)
+    prefills: Sequence[int] = (0, 128, 512, 1536)
+    prefill_contexts: Sequence[int] = (0, 1024)
+    steps_per_point: int = 3
+    seed: int = 0
+
+    def grid(self) -> list[GridPoint]:
+        points = []
+        for b, k, p, c in itertools.product(
+            self.decode_batches, self.contexts, self.prefills, self.prefill_contexts
+        ):
+            if p == 0 and c > 0:
+                continue  # no prefill: its context means nothing
+            points.append(GridPoint(decode_batch=b, context=k, prefill=p, prefill_context=c))
+        return points
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitQuality:
+    r2: float
+    max_rel_error: float
+    median_rel_error: float
+    samples: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineFacts:
+    """What the engine really had, for the preset file."""
+
+    num_gpu_blocks: int
+    block_size: int
+    kv_bytes_per_token: int
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    dtype_bytes: int
+    token_budget: int
+    max_num_seqs: int
+    model: str
+
+
+@dataclass(kw_only=True)
+class ProfileResult:
+    facts: EngineFacts
+    samples: list[StepSample] = field(default_factory=list)
+    skipped: list[GridPoint] = field(default_factory=list)
+
+
+# -- fitting ---------------------------------------------------------------------------------------
+
+
+def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = None) -> CostModel:
+    """Non-negative least squares on relative error (each row divided by its measured time), so a
+    2 ms decode step counts as much as a 200 ms prefill.  With five unknowns the exact NNLS
+    solution is found by trying every subset of columns."""
+    import numpy as np
+
+    if len(samples) < len(FEATURES):
+        raise ValueError(f"need at least {len(FEATURES)} timed steps to fit, got {len(samples)}")
+    x = np.array([s.row() for s in samples])
+    y = np.array([s.ms for s in samples])
+    w = 1.0 / np.maximum(y, 1e-9)
+    xw, yw = x * w[:, None], y * w
+    best: tuple[float, Any] | None = None
+    for size in range(1, len(FEATURES) + 1):
+        for cols in itertools.combinations(range(len(FEATURES)), size):
+            coef, *_ = np.linalg.lstsq(xw[:, cols], yw, rcond=None)
+            if (coef < 0).any():
+                continue
+            full = np.zeros(len(FEATURES))
+            full[list(cols)] = coef
+            sse = float(((xw @ full - yw) ** 2).sum())
+            if best is None or sse < best[0]:
+                best = (sse, full)
+    assert best is not None  # a single column always has a non-negative fit (y > 0)
+    base_ms, prefill, decode, kv, attn = (float(v) for v in best[1])
+    if base_ms == prefill == decode == 0:
+        raise ValueError("the fit found no time per step; the measurements are degenerate")
+    fitted = CostModel(
+        base_ms=base_ms,
+        prefill_ms_per_token=prefill,
+        decode_ms_per_seq=decode,
+        kv_ms_per_token=kv,
+        prefill_attn_ms_per_mtok2=attn,
+    )
+    # Copies are not profiled: the base preset's host link stays.
+    return fitted if base is None else replace(fitted, swap_bytes_per_s=base.swap_bytes_per_s)
+
+
+def predict_ms(cost: CostModel, s: StepSample) -> float:
+    return 1000.0 * cost.iteration_time(
+        s.prefill_tokens, s.decode_seqs, s.resident_kv_tokens, s.attn_products
+    )
+
+
+def fit_quality(cost: CostModel, samples: Sequence[StepSample]) -> FitQuality:
+    """R² and relative errors of ``cost`` on ``samples`` (median per grid point, so a point's
+    noise does not count once per step)."""
+    measured = [s.ms for s in samples]
+    predicted = [predict_ms(cost, s) for s in samples]
+    mean = statistics.fmean(measured)
+    ss_tot = sum((m - mean) ** 2 for m in measured)
+    ss_res = sum((m - p) ** 2 for m, p in zip(measured, predicted, strict=True))
+    rel = [abs(p - m) / m for m, p in _per_point(cost, samples)]
+    return FitQuality(
+        r2=1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+        max_rel_error=max(rel),
+        median_rel_error=statistics.median(rel),
+        samples=len(samples),
+    )
+
+
+def _per_point(cost: CostModel, samples: Sequence[StepSample]) -> list[tuple[float, float]]:
+    """(median measured, median predicted) for each group of steps of identical shape."""
+    groups: dict[tuple[int, int, int], list[StepSample]] = {}
+    for s in samples:
+        key = (s.point, s.prefill_tokens, s.decode_seqs)
+        groups.setdefault(key, []).append(s)
+    return [
+        (statistics.median(s.ms for s in g), statistics.median(predict_ms(cost, s) for s in g))
+        for g in groups.values()
+    ]
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+class _StepRecorder:
+    """Wraps the scheduler's ``schedule`` / ``update_from_output`` to time each step and read
+    what it scheduled."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.samples: list[StepSample] = []
+        self.point = -1
+        self.recording = True
+        self._pending: tuple[float, int, int, int, float] | None = None
+        schedule, update = scheduler.schedule, scheduler.update_from_output
+
+        def timed_schedule(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = schedule(*args, **kwargs)
+            self._pending = (start, *self._describe(out))
+            return out
+
+        def timed_update(*args: Any, **kwargs: Any) -> Any:
+            result = update(*args, **kwargs)
+            if self._pending is not None and self.recording:
+                start, prefill, decodes, resident, attn = self._pending
+                if prefill or decodes:
+                    self.samples.append(
+                        StepSample(
+                            point=self.point, prefill_tokens=prefill, decode_seqs=decodes,
+                            resident_kv_tokens=resident, attn_products=attn,
+                            ms=(time.perf_counter() - start) * 1000.0,
+                        )
+                    )  # fmt: skip
+            self._pending = None
+            return result
+
+        scheduler.schedule, scheduler.update_from_output = timed_schedule, timed_update
+
+    def _describe(self, out: Any) -> tuple[int, int, int, float]:
+        prefill = decodes = resident = 0
+        attn = 0.0
+        for req_id, n in out.num_scheduled_tokens.items():
+            req = self.scheduler.requests[req_id]
+            before = req.num_computed_tokens - n  # V1 advances it inside schedule()
+            resident += before
+            if before < req.num_prompt_tokens:
+                prefill += n
+                attn += n * (before + n / 2)
+            else:
+                decodes += 1
+        return prefill, decodes, resident, attn
+
+
+class _Driver:
+    """Adds token-id requests to an in-process engine and steps it."""
+
+    def __init__(self, llm: Any, opts: ProfileOptions) -> None:
+        self.engine = llm.llm_engine
+        self.opts = opts
+        self.rng = random.Random(opts.seed)
+        self._ids = itertools.count()
+
+    def tokens(self, n: int) -> list[int]:
+        return [self.rng.randrange(5, 300) for _ in range(n)]
+
+    def add(self, prompt: list[int], max_tokens: int) -> str:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+        # The engine's own id (it appends a suffix): the scheduler knows requests by it.
+        return str(
+            self.engine.add_request(f"p{next(self._ids)}", {"prompt_token_ids": prompt}, params)
+        )
+
+    def step_until(self, done: Callable[[], bool], limit: int = 10_000) -> None:
+        for _ in range(limit):
+            if done():
+                return
+            self.engine.step()
+        raise RuntimeError("the engine did not reach the profiled state")
+
+    def abort(self, ids: Sequence[str]) -> None:
+        self.engine.abort_request(list(ids), internal=True)
+        while self.engine.has_unfinished_requests():
+            self.engine.step()
+
+
+def _engine_facts(llm: Any, opts: ProfileOptions) -> EngineFacts:
+    core = llm.llm_engine.engine_core.engine_core
+    cfg = llm.llm_engine.vllm_config
+    hf = cfg.model_config.hf_config
+    n_layers = int(hf.num_hidden_layers)
+    n_kv = int(getattr(hf, "num_key_value_heads", hf.num_attention_heads))
+    head_dim = int(getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
+    dtype_bytes = int(cfg.model_config.dtype.itemsize)
+    return EngineFacts(
+        num_gpu_blocks=int(core.scheduler.kv_cache_manager.block_pool.num_gpu_blocks) - 1,
+        block_size=int(cfg.cache_config.block_size),
+        kv_bytes_per_token=2 * n_layers * n_kv * head_dim * dtype_bytes,
+        n_layers=n_layers,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        dtype_bytes=dtype_bytes,
+        token_budget=int(cfg.scheduler_config.max_num_batched_tokens),
+        max_num_seqs=int(cfg.scheduler_config.max_num_seqs),
+        model=str(opts.model),
+    )
+
+
+def make_engine(opts: ProfileOptions) -> Any:
+    """An in-process engine configured as the served one is (``validate`` passes the same
+    options to its servers)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vllm import LLM
+
+    return LLM(
+        model=opts.model,
+        kv_cache_memory_bytes=opts.kv_cache_bytes,
+        block_size=opts.block_size,
+        max_num_seqs=opts.max_num_seqs,
+        max_model_len=opts.max_model_len,
+        max_num_batched_tokens=opts.token_budget,
+        enable_prefix_caching=True,
+        enforce_eager=True,
+        seed=opts.seed,
+    )
+
+
+def profile(opts: ProfileOptions, *, llm: Any = None) -> ProfileResult:
+    """Time the engine over ``opts.grid()``; points that cannot fit in its KV cache are skipped."""
+    llm = llm if llm is not None else make_engine(opts)
+    facts = _engine_facts(llm, opts)
+    core = llm.llm_engine.engine_core.engine_core
+    recorder = _StepRecorder(core.scheduler)
+    driver = _Driver(llm, opts)
+    result = ProfileResult(facts=facts)
+    capacity = facts.num_gpu_blocks * facts.block_size
+    for index, point in enumerate(opts.grid()):
+        if not _fits(point, opts, capacity):
+            result.skipped.append(point)
+            continue
+        recorder.point = index
+        _run_point(driver, recorder, point, opts)
+    result.samples = recorder.samples
+    return result
+
+
+def _fits(point: GridPoint, opts: ProfileOptions, capacity: int) -> bool:
+    decoding = point.decode_batch * (point.context + 4 * opts.steps_per_point + 8)
+    extra = point.prefill + point.prefill_context + opts.block_size
+    return (
+        decoding + extra <= capacity * 0.95
+        and point.decode_batch + 1 <= opts.max_num_seqs
+        and point.prefill <= opts.token_budget
+        and max(point.context, point.prefill + point.prefill_context) < opts.max_model_len
+    )
+
+
+def _run_point(
+    driver: _Driver, recorder: _StepRecorder, point: GridPoint, opts: ProfileOptions
+) -> None:
+    sched = recorder.scheduler
+    long = opts.max_model_len - point.context - 1
+    ids = [driver.add(driver.tokens(point.context), long) for _ in range(point.decode_batch)]
+    recorder.recording = False  # their prefill: chunked by the budget, many shapes at once
+    driver.step_until(lambda: all(sched.requests[i].num_output_tokens >= 1 for i in ids))
+    recorder.recording = True
+    for _ in range(opts.steps_per_point):
+        driver.engine.step()
+    if point.prefill:
+        for _ in range(opts.steps_per_point):
+            _one_prefill(driver, recorder, point)
+    driver.abort(ids)
+
+
+def _one_prefill(driver: _Driver, recorder: _StepRecorder, point: GridPoint) -> None:
+    sched = recorder.scheduler
+    prefix = driver.tokens(point.prefill_context)
+    if prefix:
+        recorder.recording = False  # warm the prefix cache with a finished request
+        warm = driver.add(prefix, 1)
+        driver.step_until(lambda: warm not in sched.requests)
+        recorder.recording = True
+    rid = driver.add(prefix + driver.tokens(point.prefill), 1)
+    driver.step_until(lambda: rid not in sched.requests)
+
+
+# -- the preset file ---------------------------------------------------------------------------
+
+
+def preset_fields(
+    facts: EngineFacts, cost: CostModel, quality: FitQuality, *, base: str, host_swap_gb: float
+) -> dict[str, Any]:
+    """The preset file's content: a base preset, the measured engine, the fitted costs."""
+    cost_fields = {name: getattr(cost, name) for name in FEATURES}
+    return {
+        "base": base,
+        "description": (
+            f"fitted by lamps-agent profile on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
+            f"{facts.model} on {hardware()}; R² {quality.r2:.3f}, max rel. error "
+            f"{quality.max_rel_error:.0%} over {quality.samples} steps"
+        ),
+        "gpu_kv_gb": facts.num_gpu_blocks * facts.block_size * facts.kv_bytes_per_token / 1e9,
+        "host_swap_gb": host_swap_gb,
+        "block_size": facts.block_size,
+        "token_budget": facts.token_budget,
+        "max_num_seqs": facts.max_num_seqs,
+        "model": {
+            "name": Path(facts.model).name or facts.model,
+            "n_layers": facts.n_layers,
+            "n_kv_heads": facts.n_kv_heads,
+            "head_dim": facts.head_dim,
+            "dtype_bytes": facts.dtype_bytes,
+        },
+        "cost": cost_fields,
+    }
+
+
+def write_preset(path: Path, fields: dict[str, Any]) -> None:
+    if path.suffix == ".toml":
+        path.write_text(_toml(fields))
+    else:
+        path.write_text(json.dumps(fields, indent=2) + "\n")
+
+
+def _toml(fields: dict[str, Any]) -> str:
+    top = [f"{k} = {_toml_value(v)}" for k, v in fields.items() if not isinstance(v, dict)]
+    tables = [
+        f"\n[{k}]\n" + "\n".join(f"{sk} = {_toml_value(sv)}" for sk, sv in v.items())
+        for k, v in fields.items()
+        if isinstance(v, dict)
+    ]
+    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def hardware() -> str:
+    """The machine the profile ran on, in words."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} cores), vLLM-CPU"
+
+
+def iter_report(quality: FitQuality, cost: CostModel) -> Iterator[str]:
+    yield f"fit over {quality.samples} steps: R² {quality.r2:.3f}, per-point relative error " \
+        f"median {quality.median_rel_error:.1%}, max {quality.max_rel_error:.1%}"  # fmt: skip
+    for name in FEATURES:
+        yield f"  {name} = {getattr(cost, name):.6g}"

@@ -1,0 +1,312 @@
+"""``lamps-agent validate``: the simulator against the real engine, on the same workload.
+
+The workload's tool times are scaled once (``time_scale``) and programs longer than the engine's
+``max_model_len`` are left out; the same Poisson arrivals (same seed) are then replayed against a
+real vLLM server per policy (stock vLLM for the simulator's ``vllm``, the plug-in for the others)
+and simulated with the fitted preset.  Per policy the report holds mean E2E, P99 E2E and
+recomputed tokens from both sides with the relative error, and whether the two rank the
+policies alike (by mean E2E).  Every server runs with the same CPU layout
+(``VLLM_CPU_NUM_OF_RESERVED_CPU=1``) and the same engine options as the profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.vllm.profile import ProfileOptions
+from lamps_agent.bench.runner import BenchConfig, RunSpec, run_one
+from lamps_agent.metrics import RunSummary
+from lamps_agent.presets import Preset
+from lamps_agent.program import Program
+from lamps_agent.workloads.arrivals import Arrival, poisson_workload
+
+ENGINE_POLICY = {"vllm": "stock"}  # the simulator's name -> the server's (plug-in policy names)
+TARGETS = {"e2e_mean": 0.10, "e2e_p99": 0.15, "recomputed": 0.10}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidateOptions:
+    engine: ProfileOptions  # the served engine's settings (model, KV, block, limits)
+    policies: Sequence[str]
+    qps: float
+    num_programs: int
+    time_scale: float
+    seed: int = 0
+    swap: bool = True  # plug-in servers get the host swap store (stock has none)
+    port: int = 8011
+    unloaded: bool = True  # also replay each program alone on the stock server
+    log_dir: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metric:
+    real: float
+    sim: float
+
+    @property
+    def rel_error(self) -> float:
+        """(sim − real) / real; NaN where the real value is 0."""
+        return (self.sim - self.real) / self.real if self.real else math.nan
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyComparison:
+    policy: str
+    e2e_mean: Metric
+    e2e_p99: Metric
+    recomputed: Metric
+
+    def within_targets(self) -> dict[str, bool]:
+        return {
+            name: abs(getattr(self, name).rel_error) <= bound for name, bound in TARGETS.items()
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationReport:
+    workload: str
+    programs: int
+    qps: float
+    comparisons: tuple[PolicyComparison, ...]
+    unloaded_p99: float | None  # stock, each program alone (real engine)
+
+    @property
+    def ranking_real(self) -> list[str]:
+        return [c.policy for c in sorted(self.comparisons, key=lambda c: c.e2e_mean.real)]
+
+    @property
+    def ranking_sim(self) -> list[str]:
+        return [c.policy for c in sorted(self.comparisons, key=lambda c: c.e2e_mean.sim)]
+
+    @property
+    def ranking_agrees(self) -> bool:
+        return self.ranking_real == self.ranking_sim
+
+    @property
+    def load_factor(self) -> float | None:
+        """Stock vLLM's P99 under this load over its unloaded P99 (the target wants >= 2)."""
+        stock = [c for c in self.comparisons if c.policy == "vllm"]
+        if not stock or not self.unloaded_p99:
+            return None
+        return stock[0].e2e_p99.real / self.unloaded_p99
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for c, d in zip(self.comparisons, out["comparisons"], strict=True):
+            for name in TARGETS:
+                d[name]["rel_error"] = getattr(c, name).rel_error
+            d["within_targets"] = c.within_targets()
+        out.update(
+            ranking_real=self.ranking_real,
+            ranking_sim=self.ranking_sim,
+            ranking_agrees=self.ranking_agrees,
+            load_factor=self.load_factor,
+        )
+        return out
+
+
+def scale_tools(programs: Sequence[Program], time_scale: float) -> list[Program]:
+    """The programs with every tool duration multiplied by ``time_scale``."""
+    return [
+        dataclasses.replace(
+            p,
+            segments=tuple(
+                dataclasses.replace(s, tool_duration=s.tool_duration * time_scale)
+                for s in p.segments
+            ),
+        )
+        for p in programs
+    ]
+
+
+def fitting(programs: Sequence[Program], max_model_len: int) -> list[Program]:
+    """Programs whose final context fits the engine (the server refuses longer prompts)."""
+    last = [p.segments[-1] for p in programs]
+    return [p for p, s in zip(programs, last, strict=True) if s.prompt_tokens + s.output_tokens
+            < max_model_len]  # fmt: skip
+
+
+def workload(
+    programs: Sequence[Program], opts: ValidateOptions
+) -> tuple[list[Program], list[Arrival]]:
+    usable = fitting(scale_tools(programs, opts.time_scale), opts.engine.max_model_len)
+    if not usable:
+        raise ValueError(f"no program fits max_model_len {opts.engine.max_model_len}")
+    arrivals = poisson_workload(
+        usable, qps=opts.qps, seed=opts.seed, num_programs=opts.num_programs
+    )
+    return usable, arrivals
+
+
+def simulate(
+    programs: Sequence[Program], preset: Preset, opts: ValidateOptions, name: str
+) -> dict[str, RunSummary]:
+    config = BenchConfig(
+        programs=programs,
+        trace_name=name,
+        preset=preset,
+        qps=[opts.qps],
+        policies=list(opts.policies),
+        seed=opts.seed,
+        num_programs=opts.num_programs,
+    )
+    return {
+        policy: run_one(config, RunSpec(policy=policy, predictor="oracle", qps=opts.qps)).summary
+        for policy in opts.policies
+    }
+
+
+def engine_args(engine: ProfileOptions) -> tuple[str, ...]:
+    """The server options that make it the engine the profile measured."""
+    return (
+        f"--kv-cache-memory-bytes={engine.kv_cache_bytes}",
+        "--enforce-eager",
+        f"--block-size={engine.block_size}",
+        f"--max-model-len={engine.max_model_len}",
+        f"--max-num-seqs={engine.max_num_seqs}",
+        f"--max-num-batched-tokens={engine.token_budget}",
+        "--enable-prefix-caching",
+    )
+
+
+def replay_real(
+    arrivals: Sequence[Arrival],
+    opts: ValidateOptions,
+    name: str,
+    *,
+    preset_file: Path,
+    say: Callable[[str], None] = print,
+) -> tuple[dict[str, RunSummary], float | None]:
+    """Each policy's server in turn, the same arrivals replayed on each; the unloaded P99 from
+    the stock server after its loaded run (so its cache does not help the measured one)."""
+    from adapters.vllm.server import ManagedServer, ServeOptions
+
+    os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "1"  # every server the same CPU layout
+    os.environ["LAMPS_PRESET_FILE"] = str(preset_file)  # the plug-in decides on the fitted costs
+    summaries: dict[str, RunSummary] = {}
+    unloaded: float | None = None
+    for policy in opts.policies:
+        served = ENGINE_POLICY.get(policy, policy)
+        serve = ServeOptions(
+            model=opts.engine.model, policy=served, preset="h100-llama3-8b",
+            swap=opts.swap and served != "stock", port=opts.port, tools=False,
+            vllm_args=engine_args(opts.engine),
+        )  # fmt: skip
+        log = opts.log_dir / f"server-{served}.log" if opts.log_dir else None
+        say(f"starting vLLM ({served}) …")
+        with ManagedServer(serve, log_path=log) as server:
+            summaries[policy] = _replay_once(server.url, arrivals, opts, policy, name)
+            if served == "stock" and opts.unloaded:
+                unloaded = _unloaded_p99(server.url, arrivals, opts)
+    return summaries, unloaded
+
+
+def _replay_opts(url: str, opts: ValidateOptions) -> Any:
+    from adapters.vllm.replay import ReplayOptions
+
+    # Tool times are already scaled in the programs: the replay waits them as they are.
+    return ReplayOptions(url=url, model=opts.engine.model, time_scale=1.0, seed=opts.seed)
+
+
+def _replay_once(
+    url: str, arrivals: Sequence[Arrival], opts: ValidateOptions, policy: str, name: str
+) -> RunSummary:
+    from adapters.vllm.replay import replay, summarize
+    from adapters.vllm.server import scrape_metrics
+
+    before = scrape_metrics(url)
+    results = asyncio.run(replay(arrivals, _replay_opts(url, opts)))
+    after = scrape_metrics(url)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    computed = delta("vllm:prompt_tokens_total") - delta("vllm:prompt_tokens_cached_total")
+    return summarize(
+        results, policy=policy, trace=name, qps=opts.qps, seed=opts.seed,
+        prefill_computed=int(computed), time_scale=1.0,
+    )  # fmt: skip
+
+
+def _unloaded_p99(url: str, arrivals: Sequence[Arrival], opts: ValidateOptions) -> float:
+    """P99 E2E with each program alone on the engine (one after another)."""
+    import numpy as np
+
+    from adapters.vllm.replay import replay
+
+    e2e = []
+    for arrival in arrivals:
+        (result,) = asyncio.run(replay([Arrival(0.0, arrival.program)], _replay_opts(url, opts)))
+        e2e.append(result.finish - result.arrival)
+    return float(np.percentile(e2e, 99))
+
+
+def compare(
+    real: dict[str, RunSummary], sim: dict[str, RunSummary], *, name: str, programs: int,
+    qps: float, unloaded_p99: float | None,
+) -> ValidationReport:  # fmt: skip
+    comparisons = tuple(
+        PolicyComparison(
+            policy=policy,
+            e2e_mean=Metric(real=real[policy].e2e.mean, sim=sim[policy].e2e.mean),
+            e2e_p99=Metric(real=real[policy].e2e.p99, sim=sim[policy].e2e.p99),
+            recomputed=Metric(
+                real=float(real[policy].recomputed_tokens),
+                sim=float(sim[policy].recomputed_tokens),
+            ),
+        )
+        for policy in real
+    )
+    return ValidationReport(
+        workload=name, programs=programs, qps=qps, comparisons=comparisons,
+        unloaded_p99=unloaded_p99,
+    )  # fmt: skip
+
+
+def report_lines(report: ValidationReport) -> list[str]:
+    """The report as a Markdown table and a verdict."""
+
+    def pct(m: Metric) -> str:
+        return "n/a" if math.isnan(m.rel_error) else f"{m.rel_error:+.1%}"
+
+    lines = [
+        f"{report.workload}: {report.programs} programs, qps {report.qps:g}",
+        "",
+        "| policy | E2E mean real s | sim s | err | E2E P99 real s | sim s | err "
+        "| recomputed real | sim | err |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in report.comparisons:
+        lines.append(
+            f"| {c.policy} | {c.e2e_mean.real:.2f} | {c.e2e_mean.sim:.2f} | {pct(c.e2e_mean)} "
+            f"| {c.e2e_p99.real:.2f} | {c.e2e_p99.sim:.2f} | {pct(c.e2e_p99)} "
+            f"| {c.recomputed.real:,.0f} | {c.recomputed.sim:,.0f} | {pct(c.recomputed)} |"
+        )
+    lines.append("")
+    agree = "agrees" if report.ranking_agrees else "DIFFERS"
+    lines.append(
+        f"ranking by mean E2E: real {' < '.join(report.ranking_real)}; sim "
+        f"{' < '.join(report.ranking_sim)} ({agree})"
+    )
+    if report.unloaded_p99 is not None:
+        factor = report.load_factor
+        lines.append(
+            f"stock unloaded P99 {report.unloaded_p99:.2f} s"
+            + (f"; loaded/unloaded P99 = {factor:.2f} (target >= 2)" if factor else "")
+        )
+    missed = [
+        f"{c.policy} {name}" for c in report.comparisons
+        for name, ok in c.within_targets().items() if not ok
+    ]  # fmt: skip
+    lines.append(
+        "targets (mean 10 %, P99 15 %, recomputed 10 %): "
+        + ("all met" if not missed else "missed: " + ", ".join(missed))
+    )
+    return lines

@@ -1,0 +1,183 @@
+"""``lamps-agent profile`` and ``lamps-agent validate``: calibrate the simulator on a real engine.
+
+``profile`` times a vLLM engine's steps over a grid and writes a fitted preset file;
+``validate`` replays one workload on the real engine and in the simulator with that preset, per
+policy, and prints the error.  Both need the vllm extra: it is imported inside the handlers, so
+the core runs without it (docs/benchmarks.md, "Simulator vs real engine").
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from lamps_agent.policies import POLICIES
+from lamps_agent.presets import load_preset
+from lamps_agent.workloads import generate_programs, load_trace
+from lamps_agent.workloads.infercept import BUILTIN_TRACES
+
+
+def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="fit a preset to a vLLM engine's measured step times",
+        description="Time an in-process vLLM engine's steps over a grid of (prefill tokens, "
+        "decode batch, resident KV, prefill context), fit the cost model by non-negative least "
+        "squares and write a preset file (needs the vllm extra).",
+    )
+    _engine_options(p)
+    p.add_argument("--out", type=Path, required=True, help="preset file to write (.toml or .json)")
+    p.set_defaults(handler=run_profile)
+
+    v = sub.add_parser(
+        "validate",
+        help="the simulator against the real engine on the same workload",
+        description="Profile the engine (or take --preset-file), replay the same arrivals on a "
+        "real vLLM server per policy and in the simulator with the fitted preset, and print the "
+        "error of mean E2E, P99 E2E and recomputed tokens (needs the vllm extra).",
+    )
+    _engine_options(v)
+    v.add_argument("--preset-file", type=Path, help="a fitted preset; skips profiling")
+    src = v.add_mutually_exclusive_group()
+    src.add_argument("--trace", default="multi-api", help=f"a trace file or: {', '.join(BUILTIN_TRACES)}")  # fmt: skip
+    src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic programs instead")
+    v.add_argument("--policies", default="vllm,lamps,infercept",
+                   help=f"simulator names (vllm = stock vLLM on the engine), from: {', '.join(POLICIES.names())}")  # fmt: skip
+    v.add_argument("--qps", type=float, default=2.0)
+    v.add_argument("--num-programs", type=int, default=40)
+    v.add_argument("--time-scale", type=float, default=0.02, help="multiply tool durations")
+    v.add_argument("--no-swap", action="store_true", help="plug-in servers without the swap store")
+    v.add_argument("--no-unloaded", action="store_true", help="skip the unloaded stock P99 pass")
+    v.add_argument("--port", type=int, default=8011)
+    v.add_argument("--out", type=Path, required=True, help="folder for preset, report and logs")
+    v.set_defaults(handler=run_validate)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise ValueError(f"expected comma-separated integers >= 0, got {text!r}")
+    return values
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine", "as the served engine runs (validate's servers get these)")
+    g.add_argument("--model", required=True, help="model folder (e.g. /tmp/tiny-llama)")
+    g.add_argument("--kv-cache-bytes", type=int, default=3_000_000)
+    g.add_argument("--block-size", type=int, default=32)
+    g.add_argument("--max-num-seqs", type=int, default=16)
+    g.add_argument("--max-model-len", type=int, default=4096)
+    g.add_argument("--token-budget", type=int, default=2048, help="max_num_batched_tokens")
+    g.add_argument("--decode-batches", type=_ints, default=(1, 4, 8, 16))
+    g.add_argument("--contexts", type=_ints, default=(64, 256, 1024))
+    g.add_argument("--prefills", type=_ints, default=(0, 128, 512, 1536))
+    g.add_argument("--prefill-contexts", type=_ints, default=(0, 1024))
+    g.add_argument("--steps-per-point", type=int, default=3)
+    g.add_argument("--base", default="h100-llama3-8b", help="preset the fitted file builds on")
+    g.add_argument("--host-swap-gb", type=float, default=4.0, help="the plug-in's swap store")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _profile_options(args: argparse.Namespace) -> Any:
+    from adapters.vllm.profile import ProfileOptions
+
+    load_preset(args.base)  # an unknown base fails now, with the valid names
+    return ProfileOptions(
+        model=args.model, kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+        token_budget=args.token_budget, decode_batches=args.decode_batches,
+        contexts=args.contexts, prefills=args.prefills, prefill_contexts=args.prefill_contexts,
+        steps_per_point=args.steps_per_point, seed=args.seed,
+    )  # fmt: skip
+
+
+def _import_vllm_adapter() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"this command needs the vllm extra: {exc}") from None
+
+
+def profile_to_file(args: argparse.Namespace, out: Path) -> None:
+    """Profile, fit, write ``out`` and print the fit's quality."""
+    from adapters.vllm import profile as prof
+
+    opts = _profile_options(args)
+    started = time.perf_counter()
+    llm = prof.make_engine(opts)
+    result = prof.profile(opts, llm=llm)
+    del llm
+    gc.collect()
+    base = load_preset(args.base)
+    cost = prof.fit_cost_model(result.samples, base=base.cost)
+    quality = prof.fit_quality(cost, result.samples)
+    fields = prof.preset_fields(
+        result.facts, cost, quality, base=args.base, host_swap_gb=args.host_swap_gb
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prof.write_preset(out, fields)
+    load_preset(config_file=out)  # what was written must load
+    print(
+        f"profiled {len(opts.grid()) - len(result.skipped)} grid points "
+        f"({len(result.skipped)} skipped: do not fit the KV cache or the limits) in "
+        f"{time.perf_counter() - started:.0f} s; engine: {result.facts.num_gpu_blocks} blocks "
+        f"of {result.facts.block_size}, budget {result.facts.token_budget}"
+    )
+    for line in prof.iter_report(quality, cost):
+        print(line)
+    print(f"wrote {out}")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    _import_vllm_adapter()
+    if args.out.suffix not in (".toml", ".json"):
+        raise ValueError(f"--out {args.out}: must end in .toml or .json")
+    profile_to_file(args, args.out)
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    _import_vllm_adapter()
+    from adapters.vllm import validate as val
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    for policy in policies:
+        POLICIES.get(policy)  # lists the valid names on a typo
+    if not policies:
+        raise ValueError("--policies: give at least one")
+    args.out.mkdir(parents=True, exist_ok=True)
+    preset_file = args.preset_file
+    if preset_file is None:
+        preset_file = args.out / "preset.json"
+        profile_to_file(args, preset_file)
+    preset = load_preset(config_file=preset_file)
+    if args.synthetic is not None:
+        programs, name = generate_programs(args.synthetic, seed=args.seed), "synthetic"
+    else:
+        programs = list(load_trace(args.trace).programs)
+        name = args.trace if args.trace in BUILTIN_TRACES else Path(args.trace).stem
+    opts = val.ValidateOptions(
+        engine=_profile_options(args), policies=policies, qps=args.qps,
+        num_programs=args.num_programs, time_scale=args.time_scale, seed=args.seed,
+        swap=not args.no_swap, port=args.port, unloaded=not args.no_unloaded, log_dir=args.out,
+    )  # fmt: skip
+    usable, arrivals = val.workload(programs, opts)
+    print(f"{name}: {len(usable)} of {len(programs)} programs fit; {len(arrivals)} arrivals")
+    sim = val.simulate(usable, preset, opts, name)
+    real, unloaded = val.replay_real(arrivals, opts, name, preset_file=preset_file.resolve())
+    report = val.compare(
+        real, sim, name=name, programs=len(arrivals), qps=args.qps, unloaded_p99=unloaded
+    )
+    lines = val.report_lines(report)
+    print("\n".join(lines))
+    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    (args.out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'}")
+    return 0
