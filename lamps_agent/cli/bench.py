@@ -564,7 +564,10 @@ def _capacities(
         found = search(stable, **search_args)
         p99 = None
         if args.p99_target is not None:
-            p99 = search(within, **{**search_args, "start": found.low or start})
+            # P99 within the target implies stable: search below the stable bracket's top
+            # (already simulated, so bracketing costs nothing new)
+            top = found.high if found.high is not None else args.capacity_max
+            p99 = search(within, **{**search_args, "start": found.low or start, "max_qps": top})
         caps.append(
             Capacity(
                 policy=policy,

@@ -212,3 +212,10 @@ def test_bench_prints_the_window_and_leads_with_capacity(
     assert out.index("capacity:") < out.index("alone s")
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("| policy | highest stable qps |")
+
+
+def test_capacity_never_tries_beyond_its_limits() -> None:
+    tried: list[float] = []
+    found = search(lambda q: tried.append(q) or q <= 5.0, start=4.0, max_qps=6.0, resolution=0.1)
+    assert max(tried) == 6.0 and tried[:2] == [4.0, 6.0]
+    assert found.low is not None and found.low <= 5.0 < (found.high or 0)
