@@ -480,11 +480,15 @@ def _print_header(
     elapsed: float,
 ) -> None:
     w = points[0].window
-    per_qps: dict[float, tuple[int, int]] = {}
+    per_qps: dict[float, tuple[list[int], list[int]]] = {}
     for p in points:
-        per_qps.setdefault(p.spec.qps, (p.simulated, p.measured))
+        sims, meas = per_qps.setdefault(p.spec.qps, ([], []))
+        sims.append(p.simulated)
+        meas.append(p.measured)
     counts = ", ".join(
-        f"qps {q:g}: {s:,} simulated / {m:,} measured" for q, (s, m) in per_qps.items()
+        f"qps {q:g}: {int(statistics.median(s)):,} simulated / {int(statistics.median(m)):,} "
+        "measured"
+        for q, (s, m) in per_qps.items()
     )
     mode = (
         f"{config.num_programs:,} arrivals per run"
