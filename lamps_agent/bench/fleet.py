@@ -94,7 +94,7 @@ class FleetRow:
     e2e_p99: float
     engine_mean: float  # E2E minus tool time: what scheduling and routing control
     recomputed_tokens: int
-    moved_tokens: int  # KV released because a session moved (part of recomputed_tokens)
+    moved_tokens: int  # KV released because a session moved (a prefix hit may take some back)
     moves: int
     turns: int
     preemptions: int

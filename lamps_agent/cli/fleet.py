@@ -41,7 +41,8 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     src.add_argument(
         "--trace",
         default="multi-api",
-        help=f"INFERCEPT-format trace file, or a built-in: {', '.join(BUILTIN_TRACES)}",
+        help=f"INFERCEPT-format trace file, a built-in: {', '.join(BUILTIN_TRACES)}, or a generated "
+        "long-context agent workload: longctx or longctx:KIND[,KIND]",
     )
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic programs instead")
     p.add_argument("--replicas", default="1,4", help="comma-separated fleet sizes")
@@ -81,7 +82,9 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="LAMPS starvation bound in iterations, or 'off'",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    p.set_defaults(handler=run_fleet_command)
+    # bench's workload loader reads num_programs (the pool size of a generated workload);
+    # a fleet sizes its runs in seconds, so the pool keeps bench's default.
+    p.set_defaults(handler=run_fleet_command, num_programs=None)
 
 
 def _sizes(text: str) -> list[int]:
@@ -153,7 +156,7 @@ def fleet_table(rows: list[FleetRow]) -> Table:
         "E2E P99 s",
         "engine mean s",
         "recomputed tok",
-        "of which moves",
+        "released by moves",
         "moves / turns",
         "busiest busy",
     ):

@@ -3,10 +3,11 @@
 A router is asked once per turn — a program's first turn when it arrives, and every later turn
 when its tool returns — and sees what a router in front of real engines can see: each replica's
 load (turns in flight and their context tokens, :class:`ReplicaLoad`) and, for the turn, the
-replica that ran the session's previous turn and how much of the session's KV that replica still
-holds (pinned on its GPU or swapped to its host memory, :class:`Turn`).  Routing a turn away from
+replica that ran the session's previous turn and how much of the session's KV each replica still
+holds (pinned on its GPU or swapped to its host memory at home, its prefix in any replica's prefix
+cache, :class:`Turn`).  Routing a turn away from
 the replica that holds its KV costs that KV: the fleet releases it there and the turn recomputes
-its whole context on the new replica.
+its context on the new replica (less what that replica's prefix cache still holds of it).
 
 Five policies, found by name through :data:`ROUTERS`:
 

@@ -124,6 +124,29 @@ def test_cache_aware_returns_to_the_replica_that_holds_the_kv(
     assert result.dropped_tokens == 0
 
 
+def test_cache_aware_follows_a_prefix_still_cached_where_least_loaded_does_not() -> None:
+    """vLLM's policy discards at every tool call; the prefix stays in the replica's prefix cache.
+    When the tool returns, the session's replica is the busier one: least-loaded moves the turn
+    (a full recompute), cache-aware goes back to the cached prefix."""
+    preset = load_preset("h100-llama3-8b")
+    busy_small = make_program("x", [(2000, 0.0, 0)], prompt=1000)
+    session = make_program("a", [(10, 1.0, 10), (10, 0.0, 0)], prompt=2000)
+    busy_big = make_program("y", [(2000, 0.0, 0)], prompt=3000)
+    arrivals = [Arrival(0.0, busy_small), Arrival(0.1, session), Arrival(0.5, busy_big)]
+    runs = {}
+    for routing in ("least-loaded", "cache-aware"):
+        policies = [
+            make_policy("vllm", predictor=make_predictor("oracle"), preset=preset) for _ in range(2)
+        ]
+        router = make_router(routing, replicas=2, preset=preset)
+        fleet = Fleet(preset=preset, policies=policies, router=router, arrivals=arrivals)
+        runs[routing] = fleet.run(LABELS)
+    assert runs["least-loaded"].placements[1] == (1, 0)
+    assert runs["cache-aware"].placements[1] == (1, 1)
+    assert runs["cache-aware"].summary.prefix_hit_tokens >= 2000
+    assert runs["least-loaded"].summary.prefix_hit_tokens == 0
+
+
 def test_spill_over_moves_only_past_its_threshold(
     small_preset: Preset, workload: list[Arrival]
 ) -> None:
