@@ -49,16 +49,16 @@ def search(
     q = start
     if test(q):
         low = q
-        while high is None and q * 2 <= hi_limit:
-            q *= 2
+        while high is None and q < hi_limit:
+            q = min(q * 2, hi_limit)  # the limit itself is the last rate tried
             if test(q):
                 low = q
             else:
                 high = q
     else:
         high = q
-        while low is None and q / 2 >= lo_limit:
-            q /= 2
+        while low is None and q > lo_limit:
+            q = max(q / 2, lo_limit)
             if test(q):
                 low = q
             else:

@@ -26,7 +26,7 @@ class RunSpec:
     policy: str
     predictor: str
     qps: float
-    seed: int = 0
+    seed: int | None = None  # None: the config's seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,9 +73,10 @@ def arrivals_for(config: BenchConfig, qps: float, seed: int) -> list[Arrival]:
 
 def run_one(config: BenchConfig, spec: RunSpec, arrivals: list[Arrival] | None = None) -> RunResult:
     """One simulation, every arrival to completion (warm-up and drain included)."""
+    seed = seed_of(config, spec)
     if arrivals is None:
-        arrivals = arrivals_for(config, spec.qps, spec.seed)
-    predictor = make_predictor(spec.predictor, seed=spec.seed, hints=config.hints)
+        arrivals = arrivals_for(config, spec.qps, seed)
+    predictor = make_predictor(spec.predictor, seed=seed, hints=config.hints)
     predictor_label = ran_predictor_label(spec.predictor, predictor.name)
     options = config.policy_options if spec.policy.startswith("lamps") else {}
     policy = make_policy(spec.policy, predictor=predictor, preset=config.preset, **options)
@@ -91,9 +92,13 @@ def run_one(config: BenchConfig, spec: RunSpec, arrivals: list[Arrival] | None =
             predictor=predictor_label,
             trace=config.trace_name,
             qps=spec.qps,
-            seed=spec.seed,
+            seed=seed,
         )
     )
+
+
+def seed_of(config: BenchConfig, spec: RunSpec) -> int:
+    return spec.seed if spec.seed is not None else config.seed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,7 +152,11 @@ def measure(
         rejected=full.rejected,
     )
     labels = RunLabels(
-        policy=full.policy, predictor=full.predictor, trace=full.trace, qps=full.qps, seed=spec.seed
+        policy=full.policy,
+        predictor=full.predictor,
+        trace=full.trace,
+        qps=full.qps,
+        seed=seed_of(config, spec),
     )
     summary = summarize(measured, labels=labels, preset=full.preset, counters=counters)
     unloaded_engine = sum(a.engine for a in alone) / len(alone)
@@ -164,7 +173,7 @@ def measure(
 
 
 def run_point(config: BenchConfig, spec: RunSpec, bound: ContentionFreeBound) -> Point:
-    arrivals = arrivals_for(config, spec.qps, spec.seed)
+    arrivals = arrivals_for(config, spec.qps, seed_of(config, spec))
     return measure(config, spec, run_one(config, spec, arrivals), arrivals, bound)
 
 

@@ -73,20 +73,22 @@ def rows_table(
 def rows_markdown(rows: Sequence[Row], baseline: Baseline | None) -> str:
     """The Markdown table docs/benchmarks.md quotes: medians with (min–max) over the repeats."""
     bases = _bases(rows, baseline)
-    head = (
-        "| policy | qps | stable | programs measured | alone E2E s | E2E mean s | E2E P99 s "
-        "| TTFT mean s | engine mean s | recomputed tok |"
-    )
-    rule = "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|"
+    judged = any(r.stable is not None for r in rows)  # simulator rows; a real engine's are not
+    head = "| policy | qps |" + (" stable |" if judged else "") + " programs measured |"
+    head += (" alone E2E s |" if judged else "") + " E2E mean s | E2E P99 s | TTFT mean s |"
+    head += " engine mean s | recomputed tok |"
+    rule = "|---|---:|" + (":---:|" if judged else "") + "---:|" + ("---:|" if judged else "")
+    rule += "---:|---:|---:|---:|---:|"
     if baseline:
         b = baseline.label
         head += f" E2E vs {b} | P99 vs {b} | TTFT vs {b} |"
         rule += "---:|---:|---:|"
     lines = [head, rule]
     for row in rows:
-        line = (
-            f"| {row.label} | {row.qps:g} | {_stable_text(row)} | {row.measured:,} | "
-            f"{_fmt_alone(row)} | {row.spread('e2e_mean').text()} | "
+        line = f"| {row.label} | {row.qps:g} |" + (f" {_stable_text(row)} |" if judged else "")
+        line += f" {row.measured:,} |" + (f" {_fmt_alone(row)} |" if judged else "")
+        line += (
+            f" {row.spread('e2e_mean').text()} | "
             f"{row.spread('e2e_p99').text()} | {row.spread('ttft_mean').text('.3f')} | "
             f"{row.spread('engine_mean').text()} | {row.spread('recomputed').text(',.0f')} |"
         )

@@ -480,11 +480,15 @@ def _print_header(
     elapsed: float,
 ) -> None:
     w = points[0].window
-    per_qps: dict[float, tuple[int, int]] = {}
+    per_qps: dict[float, tuple[list[int], list[int]]] = {}
     for p in points:
-        per_qps.setdefault(p.spec.qps, (p.simulated, p.measured))
+        sims, meas = per_qps.setdefault(p.spec.qps, ([], []))
+        sims.append(p.simulated)
+        meas.append(p.measured)
     counts = ", ".join(
-        f"qps {q:g}: {s:,} simulated / {m:,} measured" for q, (s, m) in per_qps.items()
+        f"qps {q:g}: {int(statistics.median(s)):,} simulated / {int(statistics.median(m)):,} "
+        "measured"
+        for q, (s, m) in per_qps.items()
     )
     mode = (
         f"{config.num_programs:,} arrivals per run"
@@ -564,7 +568,10 @@ def _capacities(
         found = search(stable, **search_args)
         p99 = None
         if args.p99_target is not None:
-            p99 = search(within, **{**search_args, "start": found.low or start})
+            # P99 within the target implies stable: search below the stable bracket's top
+            # (already simulated, so bracketing costs nothing new)
+            top = found.high if found.high is not None else args.capacity_max
+            p99 = search(within, **{**search_args, "start": found.low or start, "max_qps": top})
         caps.append(
             Capacity(
                 policy=policy,
@@ -748,7 +755,7 @@ def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
     summaries = engine.run_engine_bench(args, config, console)
     name = args.baseline or ("stock" if "stock" in labels else None)
     baseline = Baseline(name) if name else None
-    rows = group(summaries)
+    rows = group(summaries, measured=[s.num_requests for s in summaries])
     console.print(
         f"{len(summaries)} replays: {args.rounds} round{'s' if args.rounds > 1 else ''} per "
         "server, interleaved; median (range) over rounds"

@@ -219,7 +219,7 @@ def test_reductions_against_a_fixed_predictor(summaries: list[RunSummary]) -> No
 def test_the_kv_timeline_defaults_to_the_recommended_policy() -> None:
     args = build_parser().parse_args(["bench", "--policies", "lamps,vllm", "--qps", "2,5"])
     timeline = bench_cli._timeline(args, ["lamps", "vllm"], ["oracle"], [2.0, 5.0])
-    assert timeline == RunSpec(policy=RECOMMENDED_POLICY, predictor="oracle", qps=5.0)
+    assert timeline == RunSpec(policy=RECOMMENDED_POLICY, predictor="oracle", qps=5.0, seed=0)
     timeline = bench_cli._timeline(args, ["sjf", "vllm"], ["oracle"], [2.0, 5.0])
     assert timeline is not None and timeline.policy == "vllm"
 

@@ -212,3 +212,25 @@ def test_bench_prints_the_window_and_leads_with_capacity(
     assert out.index("capacity:") < out.index("alone s")
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("| policy | highest stable qps |")
+
+
+def test_capacity_never_tries_beyond_its_limits() -> None:
+    tried: list[float] = []
+    found = search(lambda q: tried.append(q) or q <= 5.0, start=4.0, max_qps=6.0, resolution=0.1)
+    assert max(tried) == 6.0 and tried[:2] == [4.0, 6.0]
+    assert found.low is not None and found.low <= 5.0 < (found.high or 0)
+
+
+def test_a_spec_without_a_seed_runs_the_configs_seed(small_preset: Preset) -> None:
+    config = BenchConfig(
+        programs=generate_programs(4, seed=0),
+        trace_name="t",
+        preset=small_preset,
+        qps=[2.0],
+        policies=["vllm"],
+        seed=5,
+        num_programs=6,
+    )
+    run = run_one(config, RunSpec(policy="vllm", predictor="oracle", qps=2.0))
+    assert run.summary.seed == 5
+    assert [m.arrival for m in run.requests] == [a.time for a in arrivals_for(config, 2.0, 5)]
