@@ -123,6 +123,7 @@ def profile_to_file(args: argparse.Namespace, out: Path) -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     prof.write_preset(out, fields)
+    prof.write_samples(out.with_suffix(".samples.csv"), result.samples)
     load_preset(config_file=out)  # what was written must load
     print(
         f"profiled {len(opts.grid()) - len(result.skipped)} grid points "
@@ -132,7 +133,7 @@ def profile_to_file(args: argparse.Namespace, out: Path) -> None:
     )
     for line in prof.iter_report(quality, cost):
         print(line)
-    print(f"wrote {out}")
+    print(f"wrote {out} and its timed steps, {out.with_suffix('.samples.csv')}")
 
 
 def run_profile(args: argparse.Namespace) -> int:
