@@ -352,7 +352,11 @@ def profile(opts: ProfileOptions, *, llm: Any = None) -> ProfileResult:
     driver = _Driver(llm, opts)
     result = ProfileResult(facts=facts)
     capacity = facts.num_gpu_blocks * facts.block_size
-    for index, point in enumerate(opts.grid()):
+    grid = list(enumerate(opts.grid()))
+    # A seeded random order: a drift in the machine's speed (other jobs on a shared host) then
+    # spreads over every feature instead of looking like the cost of the last batch sizes.
+    random.Random(opts.seed).shuffle(grid)
+    for index, point in grid:
         if not _fits(point, opts, capacity):
             result.skipped.append(point)
             continue
