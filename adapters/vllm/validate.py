@@ -215,6 +215,7 @@ def replay_real(
             model=opts.engine.model, policy=served, preset="h100-llama3-8b",
             swap=opts.swap and served != "stock", port=opts.port, tools=False,
             vllm_args=engine_args(opts.engine),
+            stats_file=str(opts.log_dir / f"stats-{served}.json") if opts.log_dir else None,
         )  # fmt: skip
         log = opts.log_dir / f"server-{served}.log" if opts.log_dir else None
         say(f"starting vLLM ({served}) …")
