@@ -131,16 +131,37 @@ class ProfileResult:
 # -- fitting ---------------------------------------------------------------------------------------
 
 
+def medians(samples: Sequence[StepSample]) -> list[StepSample]:
+    """One sample per group of steps of the same shape (grid point, prefill tokens, decoding
+    sequences), each field its median: a step slowed by another process on a shared machine
+    moves a median little and a mean much."""
+    groups: dict[tuple[int, int, int], list[StepSample]] = {}
+    for s in samples:
+        groups.setdefault((s.point, s.prefill_tokens, s.decode_seqs), []).append(s)
+    return [
+        StepSample(
+            point=point,
+            prefill_tokens=prefill,
+            decode_seqs=decodes,
+            resident_kv_tokens=int(statistics.median(s.resident_kv_tokens for s in g)),
+            attn_products=statistics.median(s.attn_products for s in g),
+            ms=statistics.median(s.ms for s in g),
+        )
+        for (point, prefill, decodes), g in groups.items()
+    ]
+
+
 def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = None) -> CostModel:
-    """Non-negative least squares on relative error (each row divided by its measured time), so a
-    2 ms decode step counts as much as a 200 ms prefill.  With five unknowns the exact NNLS
-    solution is found by trying every subset of columns."""
+    """Non-negative least squares on relative error (each row divided by its measured time, so a
+    2 ms decode step counts as much as a 200 ms prefill) over the :func:`medians` of the steps.
+    With five unknowns the exact NNLS solution is found by trying every subset of columns."""
     import numpy as np
 
-    if len(samples) < len(FEATURES):
-        raise ValueError(f"need at least {len(FEATURES)} timed steps to fit, got {len(samples)}")
-    x = np.array([s.row() for s in samples])
-    y = np.array([s.ms for s in samples])
+    rows = medians(samples)
+    if len(rows) < len(FEATURES):
+        raise ValueError(f"need at least {len(FEATURES)} step shapes to fit, got {len(rows)}")
+    x = np.array([s.row() for s in rows])
+    y = np.array([s.ms for s in rows])
     w = 1.0 / np.maximum(y, 1e-9)
     xw, yw = x * w[:, None], y * w
     best: tuple[float, Any] | None = None
@@ -176,32 +197,20 @@ def predict_ms(cost: CostModel, s: StepSample) -> float:
 
 
 def fit_quality(cost: CostModel, samples: Sequence[StepSample]) -> FitQuality:
-    """R² and relative errors of ``cost`` on ``samples`` (median per grid point, so a point's
-    noise does not count once per step)."""
-    measured = [s.ms for s in samples]
-    predicted = [predict_ms(cost, s) for s in samples]
+    """R² and relative errors of ``cost`` on the :func:`medians` of ``samples``."""
+    rows = medians(samples)
+    measured = [s.ms for s in rows]
+    predicted = [predict_ms(cost, s) for s in rows]
     mean = statistics.fmean(measured)
     ss_tot = sum((m - mean) ** 2 for m in measured)
     ss_res = sum((m - p) ** 2 for m, p in zip(measured, predicted, strict=True))
-    rel = [abs(p - m) / m for m, p in _per_point(cost, samples)]
+    rel = [abs(p - m) / m for m, p in zip(measured, predicted, strict=True)]
     return FitQuality(
         r2=1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
         max_rel_error=max(rel),
         median_rel_error=statistics.median(rel),
         samples=len(samples),
     )
-
-
-def _per_point(cost: CostModel, samples: Sequence[StepSample]) -> list[tuple[float, float]]:
-    """(median measured, median predicted) for each group of steps of identical shape."""
-    groups: dict[tuple[int, int, int], list[StepSample]] = {}
-    for s in samples:
-        key = (s.point, s.prefill_tokens, s.decode_seqs)
-        groups.setdefault(key, []).append(s)
-    return [
-        (statistics.median(s.ms for s in g), statistics.median(predict_ms(cost, s) for s in g))
-        for g in groups.values()
-    ]
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -318,6 +327,7 @@ def make_engine(opts: ProfileOptions) -> Any:
     options to its servers)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # the layout validate's servers get
     from vllm import LLM
 
     return LLM(
@@ -342,7 +352,11 @@ def profile(opts: ProfileOptions, *, llm: Any = None) -> ProfileResult:
     driver = _Driver(llm, opts)
     result = ProfileResult(facts=facts)
     capacity = facts.num_gpu_blocks * facts.block_size
-    for index, point in enumerate(opts.grid()):
+    grid = list(enumerate(opts.grid()))
+    # A seeded random order: a drift in the machine's speed (other jobs on a shared host) then
+    # spreads over every feature instead of looking like the cost of the last batch sizes.
+    random.Random(opts.seed).shuffle(grid)
+    for index, point in grid:
         if not _fits(point, opts, capacity):
             result.skipped.append(point)
             continue
@@ -421,6 +435,14 @@ def preset_fields(
         },
         "cost": cost_fields,
     }
+
+
+def write_samples(path: Path, samples: Sequence[StepSample]) -> None:
+    """Every timed step as CSV, to look at what the fit saw."""
+    names = ("point", "prefill_tokens", "decode_seqs", "resident_kv_tokens", "attn_products", "ms")
+    rows = [",".join(names)]
+    rows += [",".join(str(getattr(s, n)) for n in names) for s in samples]
+    path.write_text("\n".join(rows) + "\n")
 
 
 def write_preset(path: Path, fields: dict[str, Any]) -> None:

@@ -41,7 +41,10 @@ class ValidateOptions:
     seed: int = 0
     swap: bool = True  # plug-in servers get the host swap store (stock has none)
     port: int = 8011
-    unloaded: bool = True  # also replay each program alone on the stock server
+    unloaded: bool = True  # also replay programs alone on the stock server
+    # ... only the programs the fitted model ranks longest alone (0: all); P99 of n programs
+    # interpolates between the two longest, so a handful of the longest gives it
+    unloaded_programs: int = 8
     log_dir: Path | None = None
 
 
@@ -57,11 +60,23 @@ class Metric:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EngineDiagnostics:
+    """What the real engine did, from its ``/metrics``, to tell which part of the model errs."""
+
+    steps: int
+    preemptions: int
+    mean_itl_ms: float  # mean inter-token latency: about one decode step
+
+
+@dataclass(frozen=True, kw_only=True)
 class PolicyComparison:
     policy: str
     e2e_mean: Metric
     e2e_p99: Metric
     recomputed: Metric
+    steps: Metric | None = None
+    preemptions: Metric | None = None
+    real_mean_itl_ms: float | None = None
 
     def within_targets(self) -> dict[str, bool]:
         return {
@@ -182,15 +197,17 @@ def replay_real(
     name: str,
     *,
     preset_file: Path,
+    preset: Preset,
     say: Callable[[str], None] = print,
-) -> tuple[dict[str, RunSummary], float | None]:
+) -> tuple[dict[str, tuple[RunSummary, EngineDiagnostics]], float | None]:
     """Each policy's server in turn, the same arrivals replayed on each; the unloaded P99 from
     the stock server after its loaded run (so its cache does not help the measured one)."""
     from adapters.vllm.server import ManagedServer, ServeOptions
 
     os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "1"  # every server the same CPU layout
+    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # servers as users run them
     os.environ["LAMPS_PRESET_FILE"] = str(preset_file)  # the plug-in decides on the fitted costs
-    summaries: dict[str, RunSummary] = {}
+    summaries: dict[str, tuple[RunSummary, EngineDiagnostics]] = {}
     unloaded: float | None = None
     for policy in opts.policies:
         served = ENGINE_POLICY.get(policy, policy)
@@ -198,13 +215,14 @@ def replay_real(
             model=opts.engine.model, policy=served, preset="h100-llama3-8b",
             swap=opts.swap and served != "stock", port=opts.port, tools=False,
             vllm_args=engine_args(opts.engine),
+            stats_file=str(opts.log_dir / f"stats-{served}.json") if opts.log_dir else None,
         )  # fmt: skip
         log = opts.log_dir / f"server-{served}.log" if opts.log_dir else None
         say(f"starting vLLM ({served}) …")
         with ManagedServer(serve, log_path=log) as server:
             summaries[policy] = _replay_once(server.url, arrivals, opts, policy, name)
             if served == "stock" and opts.unloaded:
-                unloaded = _unloaded_p99(server.url, arrivals, opts)
+                unloaded = _unloaded_p99(server.url, arrivals, opts, preset)
     return summaries, unloaded
 
 
@@ -217,7 +235,7 @@ def _replay_opts(url: str, opts: ValidateOptions) -> Any:
 
 def _replay_once(
     url: str, arrivals: Sequence[Arrival], opts: ValidateOptions, policy: str, name: str
-) -> RunSummary:
+) -> tuple[RunSummary, EngineDiagnostics]:
     from adapters.vllm.replay import replay, summarize
     from adapters.vllm.server import scrape_metrics
 
@@ -229,40 +247,68 @@ def _replay_once(
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     computed = delta("vllm:prompt_tokens_total") - delta("vllm:prompt_tokens_cached_total")
-    return summarize(
+    summary = summarize(
         results, policy=policy, trace=name, qps=opts.qps, seed=opts.seed,
         prefill_computed=int(computed), time_scale=1.0,
     )  # fmt: skip
+    itl_count = delta("vllm:inter_token_latency_seconds_count")
+    diag = EngineDiagnostics(
+        steps=int(delta("vllm:iteration_tokens_total_count")),
+        preemptions=int(delta("vllm:num_preemptions_total")),
+        mean_itl_ms=1000 * delta("vllm:inter_token_latency_seconds_sum") / itl_count
+        if itl_count
+        else math.nan,
+    )
+    return summary, diag
 
 
-def _unloaded_p99(url: str, arrivals: Sequence[Arrival], opts: ValidateOptions) -> float:
-    """P99 E2E with each program alone on the engine (one after another)."""
+def alone_seconds(program: Program, preset: Preset) -> float:
+    """The fitted model's estimate of a program's E2E alone on the engine."""
+    cost = preset.cost
+    total = program.total_tool_time
+    for seg in program.segments:
+        total += cost.prefill_time(seg.prompt_tokens, preset.token_budget)
+        total += seg.output_tokens * cost.iteration_time(0, 1, seg.prompt_tokens)
+    return total
+
+
+def _unloaded_p99(
+    url: str, arrivals: Sequence[Arrival], opts: ValidateOptions, preset: Preset
+) -> float:
+    """P99 E2E with each program alone on the engine (one after another).  With
+    ``unloaded_programs`` = k, only the k the model ranks longest are replayed; the others count
+    as 0 s, which leaves the P99 exact as long as the two truly longest are among the k."""
     import numpy as np
 
     from adapters.vllm.replay import replay
 
-    e2e = []
-    for arrival in arrivals:
+    chosen = sorted(arrivals, key=lambda a: alone_seconds(a.program, preset), reverse=True)
+    if opts.unloaded_programs:
+        chosen = chosen[: opts.unloaded_programs]
+    e2e = [0.0] * (len(arrivals) - len(chosen))
+    for arrival in chosen:
         (result,) = asyncio.run(replay([Arrival(0.0, arrival.program)], _replay_opts(url, opts)))
         e2e.append(result.finish - result.arrival)
     return float(np.percentile(e2e, 99))
 
 
 def compare(
-    real: dict[str, RunSummary], sim: dict[str, RunSummary], *, name: str, programs: int,
-    qps: float, unloaded_p99: float | None,
+    real: dict[str, tuple[RunSummary, EngineDiagnostics]], sim: dict[str, RunSummary], *,
+    name: str, programs: int, qps: float, unloaded_p99: float | None,
 ) -> ValidationReport:  # fmt: skip
     comparisons = tuple(
         PolicyComparison(
             policy=policy,
-            e2e_mean=Metric(real=real[policy].e2e.mean, sim=sim[policy].e2e.mean),
-            e2e_p99=Metric(real=real[policy].e2e.p99, sim=sim[policy].e2e.p99),
+            e2e_mean=Metric(real=r.e2e.mean, sim=sim[policy].e2e.mean),
+            e2e_p99=Metric(real=r.e2e.p99, sim=sim[policy].e2e.p99),
             recomputed=Metric(
-                real=float(real[policy].recomputed_tokens),
-                sim=float(sim[policy].recomputed_tokens),
+                real=float(r.recomputed_tokens), sim=float(sim[policy].recomputed_tokens)
             ),
+            steps=Metric(real=float(d.steps), sim=float(sim[policy].iterations)),
+            preemptions=Metric(real=float(d.preemptions), sim=float(sim[policy].preemptions)),
+            real_mean_itl_ms=d.mean_itl_ms,
         )
-        for policy in real
+        for policy, (r, d) in real.items()
     )
     return ValidationReport(
         workload=name, programs=programs, qps=qps, comparisons=comparisons,
@@ -289,6 +335,14 @@ def report_lines(report: ValidationReport) -> list[str]:
             f"| {c.e2e_p99.real:.2f} | {c.e2e_p99.sim:.2f} | {pct(c.e2e_p99)} "
             f"| {c.recomputed.real:,.0f} | {c.recomputed.sim:,.0f} | {pct(c.recomputed)} |"
         )
+    lines.append("")
+    for c in report.comparisons:
+        if c.steps is not None and c.preemptions is not None:
+            lines.append(
+                f"{c.policy}: engine steps real {c.steps.real:,.0f} / sim {c.steps.sim:,.0f}; "
+                f"preemptions real {c.preemptions.real:,.0f} / sim {c.preemptions.sim:,.0f}; "
+                f"real mean inter-token latency {c.real_mean_itl_ms:.1f} ms"
+            )
     lines.append("")
     agree = "agrees" if report.ranking_agrees else "DIFFERS"
     lines.append(

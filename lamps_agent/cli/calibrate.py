@@ -53,6 +53,8 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     v.add_argument("--time-scale", type=float, default=0.02, help="multiply tool durations")
     v.add_argument("--no-swap", action="store_true", help="plug-in servers without the swap store")
     v.add_argument("--no-unloaded", action="store_true", help="skip the unloaded stock P99 pass")
+    v.add_argument("--unloaded-programs", type=int, default=8,
+                   help="replay alone only the N programs the fitted model ranks longest (0: all)")  # fmt: skip
     v.add_argument("--port", type=int, default=8011)
     v.add_argument("--out", type=Path, required=True, help="folder for preset, report and logs")
     v.set_defaults(handler=run_validate)
@@ -130,6 +132,7 @@ def profile_to_file(args: argparse.Namespace, out: Path) -> None:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     prof.write_preset(out, fields)
+    prof.write_samples(out.with_suffix(".samples.csv"), result.samples)
     load_preset(config_file=out)  # what was written must load
     print(
         f"profiled {len(opts.grid()) - len(result.skipped)} grid points "
@@ -139,7 +142,7 @@ def profile_to_file(args: argparse.Namespace, out: Path) -> None:
     )
     for line in prof.iter_report(quality, cost):
         print(line)
-    print(f"wrote {out}")
+    print(f"wrote {out} and its timed steps, {out.with_suffix('.samples.csv')}")
 
 
 def run_profile(args: argparse.Namespace) -> int:
@@ -173,12 +176,15 @@ def run_validate(args: argparse.Namespace) -> int:
     opts = val.ValidateOptions(
         engine=_profile_options(args), policies=policies, qps=args.qps,
         num_programs=args.num_programs, time_scale=args.time_scale, seed=args.seed,
-        swap=not args.no_swap, port=args.port, unloaded=not args.no_unloaded, log_dir=args.out,
+        swap=not args.no_swap, port=args.port, unloaded=not args.no_unloaded,
+        unloaded_programs=args.unloaded_programs, log_dir=args.out,
     )  # fmt: skip
     usable, arrivals = val.workload(programs, opts)
     print(f"{name}: {len(usable)} of {len(programs)} programs fit; {len(arrivals)} arrivals")
     sim = val.simulate(usable, preset, opts, name)
-    real, unloaded = val.replay_real(arrivals, opts, name, preset_file=preset_file.resolve())
+    real, unloaded = val.replay_real(
+        arrivals, opts, name, preset_file=preset_file.resolve(), preset=preset
+    )
     report = val.compare(
         real, sim, name=name, programs=len(arrivals), qps=args.qps, unloaded_p99=unloaded
     )

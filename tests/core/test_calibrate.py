@@ -78,7 +78,7 @@ def test_a_column_that_would_go_negative_is_dropped() -> None:
         for i, k in enumerate((0, 500, 1000, 1500, 2000, 2500))
     ]
     assert fit_cost_model(samples).kv_ms_per_token == 0.0
-    with pytest.raises(ValueError, match="at least 5"):
+    with pytest.raises(ValueError, match="at least 5 step shapes"):
         fit_cost_model(samples[:2])
 
 
