@@ -166,7 +166,11 @@ class LampsCore:
             core = self._core_request(request, info)
             self.tracked[request.request_id] = Tracked(core, info)
             self._set_clock()
-            self.core.add_request(core)
+            # A session's later turn queues as the simulator queues a returning turn: stock
+            # order puts it at the back (it is a new request to vLLM), not at the session's start.
+            hist = self.turns.sessions.get(info.session_id) if info.session_id else None
+            later = hist is not None and hist.turns > 0
+            self.core.add_request(core, resumed=later)
         except Exception:
             self.errors += 1
             self.tracked.pop(request.request_id, None)

@@ -165,11 +165,14 @@ class Scheduler:
         peak = self.memory.blocks_for(last.prompt_tokens + last.output_tokens)
         return peak + self.watermark_blocks <= self.memory.num_gpu_blocks
 
-    def add_request(self, req: Request) -> None:
-        """A new turn became schedulable: the policy predicts it and it joins the waiting queue."""
+    def add_request(self, req: Request, *, resumed: bool = False) -> None:
+        """A new turn became schedulable: the policy predicts it and it joins the waiting queue.
+
+        ``resumed``: the turn continues a session after a tool (an engine that sees each turn as
+        a request of its own says so), queued as :meth:`tool_returned` queues a later turn."""
         self.sync_view()
         self.policy.on_turn_start(req)
-        self._enqueue(req, resumed=False)
+        self._enqueue(req, resumed=resumed)
 
     def _enqueue(self, req: Request, *, resumed: bool) -> None:
         req.enqueued_at = self.now

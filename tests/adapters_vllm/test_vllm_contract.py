@@ -22,7 +22,7 @@ from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy
 from lamps_agent.request import Request as CoreRequest
 from lamps_agent.scheduler import Scheduler
-from tests.adapters_vllm.conftest import Tokens, admissions, hints, scheduler_of
+from tests.adapters_vllm.conftest import Tokens, admissions, generate, hints, scheduler_of
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -261,3 +261,40 @@ def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
     stats = scheduler_of(llm).lamps_stats()
     assert stats["gate_held_steps"] >= 1  # the gate held requests it had seats for ...
     assert finished == {f"g{i}" for i in range(7)}  # ... and admitted every one of them
+
+
+def test_a_sessions_next_turn_queues_by_its_own_arrival_under_stock_order(engines: Any) -> None:
+    """Stock order: a session's turn after a tool is a new request to vLLM, so a program that
+    arrived in between goes first — in the simulator (the turn re-enters at "now") and in the
+    plug-in (which once queued it at the session's first arrival, INFERCEPT's order)."""
+    # The simulator's scheduler.
+    sched = sim_scheduler("vllm")
+    session = core_turn(0, prompt=PROMPT, output=5, tool="search", duration=1.0)
+    sched.add_request(session)
+    sched.admit(session)
+    session.kv_tokens = PROMPT + 5
+    outcome = Outcome(output_tokens=5, tool="search", tool_duration=1.0, returned_tokens=0)
+    sched.end_turn(session, outcome, continues=True, key="S", override=KVStrategy.DISCARD)
+    sched.set_time(1.0)
+    newcomer = core_turn(1, prompt=PROMPT, output=5, tool=None, duration=0.0)
+    sched.add_request(newcomer)
+    sched.set_time(2.0)
+    sched.tool_returned(session, outcome)
+    assert [r.request_id for r in sched.admissible(8)] == [1, 0]
+
+    # The engine.
+    llm = engines("vllm")
+    tokens = Tokens(21)
+    first = tokens(PROMPT)
+    xargs = hints("S", 0, tool="search", duration=1.0, strategy=KVStrategy.DISCARD, output=5)
+    out = generate(llm, first, max_tokens=5, xargs=xargs)
+    engine = llm.llm_engine
+    with admissions(llm) as admitted:
+        engine.add_request("N", {"prompt_token_ids": tokens(PROMPT)}, _params(max_tokens=3))
+        follow = first + list(out.outputs[0].token_ids) + tokens(5)
+        xargs = hints("S", 1, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=3)
+        engine.add_request(
+            "S1", {"prompt_token_ids": follow}, _params(max_tokens=3, extra_args=xargs)
+        )
+        _run_to_end(llm)
+    assert [a.split("-")[0] for a in admitted] == ["N", "S1"]
