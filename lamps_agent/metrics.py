@@ -72,6 +72,9 @@ class RunSummary:
     preemptions: int
     pins_released: int
     swap_fallbacks: int
+    prefix_hit_tokens: int  # context tokens found in the prefix cache instead of recomputed
+    admissions: int  # requests taken from the waiting queue (0 where the engine does not say)
+    starved_admissions: int  # ... of them promoted by a starvation bound
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +116,9 @@ class EngineCounters:
     pins_released: int = 0
     swap_fallbacks: int = 0
     rejected: int = 0
+    prefix_hit_tokens: int = 0
+    admissions: int = 0
+    starved_admissions: int = 0
 
 
 def summarize(
@@ -149,6 +155,9 @@ def summarize(
         preemptions=counters.preemptions,
         pins_released=counters.pins_released,
         swap_fallbacks=counters.swap_fallbacks,
+        prefix_hit_tokens=counters.prefix_hit_tokens,
+        admissions=counters.admissions,
+        starved_admissions=counters.starved_admissions,
     )
 
 

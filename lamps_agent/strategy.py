@@ -33,9 +33,7 @@ def strategy_wastes(
     """Waste (token·seconds) of each strategy for one paused context."""
     wastes = {
         KVStrategy.PRESERVE: preserve_waste(context_tokens, tool_duration),
-        KVStrategy.DISCARD: discard_waste(
-            context_tokens, load, preset.cost, preset.saturation_tokens
-        ),
+        KVStrategy.DISCARD: discard_waste(context_tokens, load, preset.cost, preset.token_budget),
     }
     if swap_allowed:
         wastes[KVStrategy.SWAP] = swap_waste(

@@ -15,7 +15,7 @@ from adapters.langchain.hints import (
     LampsHints,
     merge_extra_body,
 )
-from adapters.langchain.middleware import LampsMiddleware, hint_body
+from adapters.langchain.middleware import SESSION_HEADER, LampsMiddleware, hint_body
 from adapters.langchain.planner import (
     HintPlanner,
     ModelTurn,
@@ -26,6 +26,7 @@ from adapters.langchain.planner import (
 
 __all__ = [
     "HINT_VERSION",
+    "SESSION_HEADER",
     "XARGS_PREFIX",
     "HintError",
     "HintPlanner",

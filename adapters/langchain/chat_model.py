@@ -24,7 +24,14 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict
 
-from adapters.langchain.middleware import Transport, hint_body, sends_hints
+from adapters.langchain.middleware import (
+    SESSION_HEADER,
+    Transport,
+    check_session_header,
+    hint_body,
+    hint_headers,
+    sends_hints,
+)
 from adapters.langchain.planner import (
     HintPlanner,
     ModelTurn,
@@ -47,6 +54,7 @@ class LampsChatModel(BaseChatModel):
     planner: HintPlanner
     transport: Literal["auto", "extra_body", "none"] = "auto"
     send_priority: bool = True
+    session_header: str | None = SESSION_HEADER
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -209,6 +217,14 @@ class LampsChatModel(BaseChatModel):
             model_extra_body=getattr(self.inner, "extra_body", None),
             call_extra_body=kwargs.get("extra_body"),
         )
+        headers = hint_headers(
+            turn.hints.session_id,
+            header=self.session_header,
+            model=self.inner,
+            call_headers=kwargs.get("extra_headers"),
+        )
+        if headers is not None:
+            kwargs["extra_headers"] = headers
         return turn, kwargs
 
 
@@ -267,6 +283,7 @@ def wrap(
     send_priority: bool = True,
     record_prompts: bool = False,
     planner: HintPlanner | None = None,
+    session_header: str | None = SESSION_HEADER,
 ) -> LampsChatModel:
     """Wrap ``llm`` so every call carries LAMPS hints (arguments as for ``LampsMiddleware``).
 
@@ -277,6 +294,7 @@ def wrap(
         raise TypeError(f"wrap() needs a LangChain chat model, got {type(llm).__name__}")
     if transport not in ("auto", "extra_body", "none"):
         raise ValueError(f"transport must be 'auto', 'extra_body' or 'none', got {transport!r}")
+    check_session_header(session_header)
     if planner is None:
         planner = HintPlanner(
             agent=agent,
@@ -289,5 +307,9 @@ def wrap(
             record_prompts=record_prompts,
         )
     return LampsChatModel(
-        inner=llm, planner=planner, transport=transport, send_priority=send_priority
+        inner=llm,
+        planner=planner,
+        transport=transport,
+        send_priority=send_priority,
+        session_header=session_header,
     )

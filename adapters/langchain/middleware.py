@@ -13,6 +13,7 @@ middleware behaves the same under ``invoke``, ``ainvoke`` and streaming.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,9 +42,14 @@ from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
 
 Transport = Literal["auto", "extra_body", "none"]
+# The header that carries the session id next to the body's ``session_id``: vllm-router's
+# session-affinity policies read it first (the body only as a fallback), and vLLM reads it as the
+# request's session id.  One setting, so a user never configures the session twice.
+SESSION_HEADER = "X-Session-ID"
 ModelResult = ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]
 ToolResult = ToolMessage | Command[Any]
 _TRANSPORTS = ("auto", "extra_body", "none")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 logger = logging.getLogger(__name__)
 _silent_models: set[type] = set()  # model classes already warned about (see sends_hints)
 _silent_lock = threading.Lock()
@@ -82,6 +88,10 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         record_prompts: also store each turn's prompt tail (its last 2,000 characters) with the
             turn in the registry, for training the learned predictor on text.  Off by default:
             prompts may hold private data; without it a turn is stored as counts only.
+        session_header: the HTTP header that carries the session id with every request the hints
+            go with (``X-Session-ID``, which vllm-router routes sessions by; see docs/vllm.md,
+            "Many replicas"); ``None`` sends none.  A session header the user set on the model
+            or the call wins.
 
     A registry with ``record_turn`` (``tool_registry.ToolRegistry``) gets every model turn: the
     agent, step, tool the reply called (``None`` for a final answer), output tokens (the model's
@@ -101,12 +111,14 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         transport: Transport = "auto",
         send_priority: bool = True,
         record_prompts: bool = False,
+        session_header: str | None = SESSION_HEADER,
     ) -> None:
         super().__init__()
         if transport not in _TRANSPORTS:
             raise ValueError(
                 f"transport must be one of {', '.join(_TRANSPORTS)}, got {transport!r}"
             )
+        check_session_header(session_header)
         self.planner = HintPlanner(
             agent=agent,
             registry=registry,
@@ -119,6 +131,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         )
         self.transport: Transport = transport
         self.send_priority = bool(send_priority)
+        self.session_header = session_header
         self._auto: dict[type, bool] = {}  # model class -> has an extra_body field
 
     # -- model calls --------------------------------------------------------------------------
@@ -158,6 +171,14 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
             model_extra_body=getattr(request.model, "extra_body", None),
             call_extra_body=settings.get("extra_body"),
         )
+        headers = hint_headers(
+            turn.hints.session_id,
+            header=self.session_header,
+            model=request.model,
+            call_headers=settings.get("extra_headers"),
+        )
+        if headers is not None:
+            settings["extra_headers"] = headers
         return turn, with_model_settings(request, settings)
 
     def _sends_to(self, model: BaseChatModel) -> bool:
@@ -279,6 +300,36 @@ def hint_body(
     if not send_priority:
         del ours["priority"]
     return merge_extra_body(ours, model_extra_body, call_extra_body)
+
+
+def check_session_header(header: str | None) -> None:
+    """Raise ``ValueError`` unless ``header`` is ``None`` or a valid HTTP header name."""
+    if header is None:
+        return
+    if not isinstance(header, str) or not header or not _HEADER_NAME.fullmatch(header):
+        raise ValueError(f"session_header must be an HTTP header name or None, got {header!r}")
+
+
+def hint_headers(
+    session_id: str,
+    *,
+    header: str | None,
+    model: object,
+    call_headers: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The per-call ``extra_headers``: the session id under ``header``, with the headers the user
+    gave the model (``model_kwargs["extra_headers"]``, which a per-call value would otherwise
+    replace) and the call.  ``None`` (leave the call's headers as they are) when ``header`` is
+    ``None`` or the user set that header already (there, or in the model's ``default_headers``)."""
+    if header is None:
+        return None
+    model_kwargs = getattr(model, "model_kwargs", None)
+    model_headers = model_kwargs.get("extra_headers") if isinstance(model_kwargs, Mapping) else None
+    default_headers = getattr(model, "default_headers", None)
+    user: dict[str, Any] = {**(model_headers or {}), **(call_headers or {})}
+    if header.lower() in {str(k).lower() for k in (*user, *(default_headers or {}))}:
+        return None
+    return {header: session_id, **user}
 
 
 def with_model_settings(request: ModelRequest[Any], settings: dict[str, Any]) -> ModelRequest[Any]:

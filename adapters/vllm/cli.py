@@ -45,6 +45,103 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="options passed to vLLM")
     p.set_defaults(handler=run_serve)
+    _register_cluster(sub)
+
+
+def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="start N serve replicas and vllm-router in front of them (session affinity)",
+        description="Start N `lamps-agent serve` replicas on this machine and vLLM's router "
+        "(the cluster extra) in front of them, routing every turn of an agent session to one "
+        "replica by its X-Session-ID header (docs/vllm.md, 'Many replicas'). Runs until Ctrl-C "
+        "or SIGTERM, then stops every process. Arguments after '--' go to every replica's vLLM.",
+    )
+    p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
+    p.add_argument("--replicas", type=int, default=2, help="number of vLLM replicas")
+    p.add_argument("--policy", default="lamps", choices=[*POLICIES.names(), "stock"],
+                   help="the replicas' scheduler policy (default: lamps)")  # fmt: skip
+    p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
+    p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
+    p.add_argument("--host-swap-gb", type=float, default=4.0)
+    p.add_argument("--async-scheduler", action=argparse.BooleanOptionalAction, default=None,
+                   help="LampsAsyncScheduler (default: on where a GPU is present)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address of the router and the replicas")
+    p.add_argument("--port", type=int, default=8000, help="the router's port")
+    p.add_argument("--metrics-port", type=int, default=8001, help="the router's Prometheus port")
+    p.add_argument("--replica-port", type=int, default=8100,
+                   help="first replica's port; replica i listens on this + i")  # fmt: skip
+    p.add_argument("--router-policy", default="sticky_least_loaded",
+                   choices=["sticky_least_loaded", "consistent_hash"],
+                   help="vllm-router's policy (both route by X-Session-ID)")  # fmt: skip
+    p.add_argument("--router-arg", action="append", metavar="ARG",
+                   help="an option for vllm-router, e.g. --router-arg=--log-level=debug (repeatable)")  # fmt: skip
+    p.add_argument("--log-dir", default="cluster-logs",
+                   help="replica and router logs, statistics files and cluster.json")  # fmt: skip
+    p.add_argument("--reserved-cpus", type=int, default=None,
+                   help="VLLM_CPU_NUM_OF_RESERVED_CPU for every replica (CPU build; default: 1 on a CPU-only machine)")  # fmt: skip
+    p.add_argument("--gpus-per-replica", type=int, default=None,
+                   help="CUDA_VISIBLE_DEVICES slice per replica (default: 1 where a GPU is present, else 0)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for start-up")
+    p.add_argument(
+        "--no-tools", dest="tools", action="store_false", default=argparse.SUPPRESS,
+        help="serve without tool calling (no parser; for models that cannot call tools)",
+    )  # fmt: skip
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="options passed to every replica")
+    p.set_defaults(handler=run_cluster)
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: stop the cluster as Ctrl-C would."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from adapters.vllm.cluster import Cluster, ClusterError, ClusterOptions
+    from adapters.vllm.server import gpu_available
+
+    gpu = gpu_available()
+    opts = ClusterOptions(
+        serve=_serve_options(args),
+        replicas=args.replicas,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        replica_port=args.replica_port,
+        router_policy=args.router_policy,
+        router_args=tuple(args.router_arg or ()),
+        log_dir=Path(args.log_dir),
+        reserved_cpus=args.reserved_cpus
+        if args.reserved_cpus is not None
+        else (None if gpu else 1),
+        gpus_per_replica=args.gpus_per_replica if args.gpus_per_replica is not None else int(gpu),
+        timeout=args.timeout,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    cluster = Cluster(opts)
+    try:
+        cluster.start()
+        print(f"router: {cluster.url}/v1 (policy {opts.router_policy}); Ctrl-C stops all",
+              file=sys.stderr)  # fmt: skip
+        while cluster.router_alive():
+            time.sleep(1.0)
+        print("lamps-agent: the router exited; stopping the replicas", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Stop):
+        return 0
+    except ClusterError as exc:
+        print(f"lamps-agent: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping the cluster …", file=sys.stderr)
+        cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -60,6 +157,7 @@ def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
         "async_scheduler": getattr(args, "async_scheduler", None),
         "host": getattr(args, "host", "127.0.0.1"),
         "port": args.port,
+        "reserved_cpus": getattr(args, "reserved_cpus", None),
         "tools": getattr(args, "tools", True),
         "vllm_args": tuple(vllm_args),
     }
@@ -81,47 +179,112 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+NOOP = "noop"
+"""The standing control of a comparison: the plug-in loaded with stock vLLM's order (the ``vllm``
+policy: FCFS, every paused turn discarded, so no pins and nothing swapped)."""
+
+
+def server_policy(label: str) -> str:
+    """The ``--policy`` a comparison label runs: ``noop`` is the plug-in with the ``vllm`` policy."""
+    return "vllm" if label == NOOP else label
+
+
+def compare_labels(text: str) -> list[str]:
+    """``--engine-policies`` for a comparison; the no-op control is added after stock (or first)
+    when it is missing, so every comparison has it."""
+    labels = [p.strip() for p in text.split(",") if p.strip()]
+    if NOOP not in labels:
+        at = labels.index("stock") + 1 if "stock" in labels else 0
+        labels.insert(at, NOOP)
+    return labels
+
+
 def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> list[Any]:
-    """``bench --engine URL`` replays against a running server; ``--engine compare`` starts one
-    server per ``--engine-policies`` entry in turn, same settings, and replays the same workload."""
+    """``bench --engine URL`` replays against a running server, ``--rounds`` times.
+
+    ``--engine compare`` starts one server per ``--engine-policies`` entry (the no-op control
+    always among them), all with the same settings: the same vLLM arguments, the same
+    ``VLLM_CPU_NUM_OF_RESERVED_CPU`` and the same KV connector (stock included); it checks from
+    their start-up logs that their CPU layout and engine config are identical, then replays the
+    same workload on each in turn, round after round (A B C D A B C D …).  Each round draws new
+    token ids and session ids, so no round finds another's prefixes cached."""
+    from contextlib import ExitStack
+
     from adapters.vllm.replay import ReplayOptions, replay, summarize
     from adapters.vllm.server import ManagedServer, scrape_metrics
     from lamps_agent.workloads.arrivals import poisson_workload
 
     summaries = []
-    for qps in config.qps:
-        arrivals = poisson_workload(
-            config.programs,
-            qps=qps,
-            seed=config.seed,
-            num_programs=config.num_programs,
-            duration=config.duration,
-        )
+    with ExitStack() as stack:
         if args.engine == "compare":
             if not args.model:
                 raise ValueError("--engine compare needs --model")
-            policies = [p.strip() for p in args.engine_policies.split(",") if p.strip()]
-            for policy in policies:
-                stats = Path(tempfile.gettempdir()) / f"lamps-stats-{os.getpid()}-{policy}.json"
-                opts = _serve_options(
-                    args, policy=policy, swap=args.swap and policy != "stock", stats_file=str(stats),
-                    vllm_args=tuple(args.vllm_arg or ()), async_scheduler=None, host="127.0.0.1",
-                    tools=False,  # the replay sends token prompts, no tools
-                )  # fmt: skip
-                log = Path(args.out) / f"server-{policy}.log"
-                Path(args.out).mkdir(parents=True, exist_ok=True)
-                console.print(f"starting vLLM ({policy}) …")
-                with ManagedServer(opts, log_path=log) as server:
-                    summaries.append(_replay_once(args, config, arrivals, qps, policy, server.url, replay,
-                                                  ReplayOptions, summarize, scrape_metrics))  # fmt: skip
+            servers = _start_servers(args, stack, ManagedServer, console)
         else:
-            summaries.append(_replay_once(args, config, arrivals, qps, args.engine_label, args.engine,
-                                          replay, ReplayOptions, summarize, scrape_metrics))  # fmt: skip
+            servers = {args.engine_label: args.engine}
+        for qps in config.qps:
+            arrivals = poisson_workload(
+                config.programs,
+                qps=qps,
+                seed=config.seed,
+                num_programs=config.num_programs,
+                duration=config.duration,
+            )
+            for rnd in range(args.rounds):
+                for label, url in servers.items():
+                    console.print(f"round {rnd + 1}/{args.rounds}: {label} at qps {qps:g} …")
+                    summaries.append(
+                        _replay_once(args, config, arrivals, qps, label, url, rnd, replay,
+                                     ReplayOptions, summarize, scrape_metrics)
+                    )  # fmt: skip
     return summaries
 
 
+def _start_servers(
+    args: argparse.Namespace, stack: Any, managed_server: Any, console: Any
+) -> dict[str, str]:
+    """Start every server of a comparison (one port each), print their layout, and refuse a
+    comparison whose servers are not laid out alike."""
+    from adapters.vllm.server import server_layout
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    servers: dict[str, str] = {}
+    layouts = {}
+    for i, label in enumerate(compare_labels(args.engine_policies)):
+        stats = Path(tempfile.gettempdir()) / f"lamps-stats-{os.getpid()}-{label}.json"
+        opts = _serve_options(
+            args, policy=server_policy(label), swap=args.swap, stats_file=str(stats),
+            vllm_args=tuple(args.vllm_arg or ()), async_scheduler=None, host="127.0.0.1",
+            port=args.port + i, reserved_cpus=args.reserved_cpus,
+            tools=False,  # the replay sends token prompts, no tools
+        )  # fmt: skip
+        log = out / f"server-{label}.log"
+        console.print(f"starting vLLM ({label}) on port {opts.port} …")
+        server = stack.enter_context(managed_server(opts, log_path=log))
+        servers[label] = server.url
+        layouts[label] = server_layout(log.read_text(errors="replace"))
+    reserved = "unset" if args.reserved_cpus is None else str(args.reserved_cpus)
+    console.print(f"layout (VLLM_CPU_NUM_OF_RESERVED_CPU={reserved} for every server):")
+    for label, layout in layouts.items():
+        console.print(f"  {label}: {layout.text()}")
+    first = next(iter(layouts.values()))
+    odd = [label for label, layout in layouts.items() if not layout.same_as(first)]
+    if odd:
+        raise ValueError(
+            f"the servers are not laid out alike ({', '.join(odd)} differ; see {out}/server-*.log)"
+            ": set --reserved-cpus, and the same --vllm-arg for all"
+        )
+    (out / "layout.txt").write_text(
+        f"VLLM_CPU_NUM_OF_RESERVED_CPU={reserved}\n"
+        + "".join(f"{label}: {layout.text()}\n" for label, layout in layouts.items())
+        + f"engine config (all servers): {first.engine_config}\n"
+    )
+    return servers
+
+
 def _replay_once(
-    args, config, arrivals, qps, label, url, replay, ReplayOptions, summarize, scrape_metrics
+    args, config, arrivals, qps, label, url, rnd, replay, ReplayOptions, summarize, scrape_metrics
 ):  # type: ignore[no-untyped-def]
     model = args.model or _served_model(url)
     opts = ReplayOptions(
@@ -131,7 +294,8 @@ def _replay_once(
         send_hints=not args.no_hints,
         vocab_high=args.vocab_high,
         preset=config.preset.name,
-        seed=config.seed,
+        seed=config.seed * 1000 + rnd,
+        session_prefix=f"r{rnd}-",
     )
     before = scrape_metrics(opts.url)
     results = asyncio.run(replay(arrivals, opts))
@@ -145,7 +309,7 @@ def _replay_once(
         policy=label,
         trace=config.trace_name,
         qps=qps,
-        seed=config.seed,
+        seed=rnd,
         prefill_computed=int(prompt - cached),
         time_scale=args.time_scale,
     )

@@ -37,7 +37,10 @@ class ReplayOptions:
     vocab_low: int = 5  # random token ids are drawn from [vocab_low, vocab_high)
     vocab_high: int = 300
     preset: str = "h100-llama3-8b"
-    seed: int = 0
+    seed: int = 0  # token ids (not arrivals): a repeat with another seed shares no prefix
+    session_prefix: str = (
+        ""  # session ids are PREFIXagent-N (a repeat on the same server: new ones)
+    )
     request_timeout: float = 600.0
 
 
@@ -103,7 +106,7 @@ async def _agent(
         }
         if opts.send_hints:
             hints = LampsHints(
-                session_id=f"agent-{index}",
+                session_id=f"{opts.session_prefix}agent-{index}",
                 priority=0,
                 agent=program.agent,
                 step=step,

@@ -253,6 +253,10 @@ class LampsCore:
             paused = self.core.pin_to_release(exclude=head_session)
             if paused is None:
                 break
+            if paused.strategy is KVStrategy.SWAP:
+                # A pin cannot be copied out here (the connector copies at a turn's end):
+                # released into vLLM's prefix-cached pool instead.
+                self.decisions.late_swap_fallbacks += 1
             self._release(paused, "pressure")
 
     def _head(self) -> Request | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,9 @@ class ServeOptions:
     port: int = 8000
     host: str = "127.0.0.1"
     stats_file: str | None = None
+    # VLLM_CPU_NUM_OF_RESERVED_CPU for the server (None: vLLM's own rule, which reserves one more
+    # core when a KV connector is loaded; a comparison sets it equally for every server)
+    reserved_cpus: int | None = None
     tools: bool = True  # serve tool calls (parser, template, structured outputs; see tool_setup)
     vllm_args: Sequence[str] = field(default_factory=tuple)
 
@@ -66,12 +70,12 @@ def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[s
             "--additional-config",
             json.dumps({"lamps": {"policy": opts.policy, "preset": opts.preset}}),
         ]
-        if opts.swap:
-            connector = {
-                **CONNECTOR,
-                "kv_connector_extra_config": {"host_swap_gb": opts.host_swap_gb},
-            }
-            cmd += ["--kv-transfer-config", json.dumps(connector)]
+    if opts.swap:
+        # Stock vLLM loads the same connector: with nothing marked for swap it saves and loads
+        # nothing, and the engine is configured as the plug-in servers are (vLLM-CPU reserves a
+        # core for a connector, and the connector adds its hooks to every step).
+        connector = {**CONNECTOR, "kv_connector_extra_config": {"host_swap_gb": opts.host_swap_gb}}
+        cmd += ["--kv-transfer-config", json.dumps(connector)]
     return [*cmd, *opts.vllm_args]
 
 
@@ -91,6 +95,8 @@ def server_env(opts: ServeOptions) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     if opts.stats_file:
         env["LAMPS_STATS_FILE"] = opts.stats_file
+    if opts.reserved_cpus is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(opts.reserved_cpus)
     return env
 
 
@@ -140,6 +146,52 @@ class ManagedServer:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+_LAYOUT = {
+    "reserve": re.compile(r"reserve_cpu_num=(\d+)"),
+    "cores": re.compile(r"local_rank=0, core ids=(\[[^\]]*\])"),
+    "reserved": re.compile(r"reserved_cpus=(\[[^\]]*\])"),
+    "connector": re.compile(r"Creating v1 connector with name: (\S+)"),
+    "config": re.compile(r"with config: (.*)"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerLayout:
+    """How a started vLLM-CPU server placed its threads, read from its start-up log."""
+
+    omp_cores: str  # the engine's OpenMP threads, e.g. "[0]"
+    reserved_cores: str  # cores left to the API server and the scheduler, e.g. "[1]"
+    connector: str  # the KV connector vLLM created, or "none"
+    engine_config: str  # vLLM's effective engine config line (scheduler class and connector aside)
+
+    def text(self) -> str:
+        return f"OpenMP cores {self.omp_cores}, reserved {self.reserved_cores}, connector {self.connector}"
+
+    def same_as(self, other: ServerLayout) -> bool:
+        return (self.omp_cores, self.reserved_cores, self.connector, self.engine_config) == (
+            other.omp_cores,
+            other.reserved_cores,
+            other.connector,
+            other.engine_config,
+        )
+
+
+def server_layout(log_text: str) -> ServerLayout:
+    """The layout from a server's start-up log ("?" for what the log does not say: a GPU build
+    binds no OpenMP threads)."""
+
+    def find(key: str, default: str = "?") -> str:
+        m = _LAYOUT[key].search(log_text)
+        return m.group(1).strip() if m else default
+
+    return ServerLayout(
+        omp_cores=find("cores"),
+        reserved_cores=find("reserved"),
+        connector=find("connector", "none"),
+        engine_config=find("config"),
+    )
 
 
 def scrape_metrics(url: str) -> dict[str, float]:

@@ -136,13 +136,20 @@ def results_table(
 
 
 def write_csv(
-    summaries: Sequence[RunSummary], path: Path, baseline: Baseline | str | None = None
+    summaries: Sequence[RunSummary],
+    path: Path,
+    baseline: Baseline | str | None = None,
+    *,
+    extra: Sequence[dict[str, Any]] | None = None,
 ) -> None:
+    """One row per run; ``extra``: more columns per run (the protocol's window and verdict)."""
     base = _as_baseline(baseline)
     reds = reductions(summaries, base) if base else {}
     rows = []
     for i, s in enumerate(summaries):
         row = s.flat()
+        if extra is not None:
+            row.update(extra[i])
         r = reds.get(i)
         if r is not None and base is not None:
             row["baseline"] = base.policy
@@ -159,8 +166,18 @@ def write_csv(
         writer.writerows(rows)
 
 
-def write_json(summaries: Sequence[RunSummary], path: Path, config: dict[str, Any]) -> None:
-    payload = {"config": config, "runs": [s.to_dict() for s in summaries]}
+def write_json(
+    summaries: Sequence[RunSummary],
+    path: Path,
+    config: dict[str, Any],
+    *,
+    extra: Sequence[dict[str, Any]] | None = None,
+) -> None:
+    runs = [s.to_dict() for s in summaries]
+    if extra is not None:
+        for run, more in zip(runs, extra, strict=True):
+            run.update(more)
+    payload = {"config": config, "runs": runs}
     path.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
 
 

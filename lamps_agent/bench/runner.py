@@ -1,4 +1,5 @@
-"""Running grids of simulations: every (policy, predictor, qps) on the same arrivals."""
+"""Running grids of simulations: every (policy, predictor, qps, seed) on the same arrivals, each
+measured under the steady-state protocol (:mod:`lamps_agent.bench.protocol`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamps_agent.metrics import RunResult
+from lamps_agent.bench.bound import ContentionFreeBound
+from lamps_agent.bench.protocol import Stability, Window, judge_stability
+from lamps_agent.metrics import EngineCounters, RunLabels, RunResult, RunSummary, summarize
 from lamps_agent.policies import make_policy
 from lamps_agent.predictors import DurationSource, make_predictor
 from lamps_agent.presets import Preset
 from lamps_agent.program import Program
-from lamps_agent.sim import RunLabels, Simulator
-from lamps_agent.workloads.arrivals import poisson_workload
+from lamps_agent.sim import Simulator
+from lamps_agent.workloads.arrivals import Arrival, poisson_workload
 
 RECOMMENDED_POLICY = "lamps"
 """The policy the project recommends; plots that show one run default to it."""
@@ -23,6 +26,7 @@ class RunSpec:
     policy: str
     predictor: str
     qps: float
+    seed: int | None = None  # None: the config's seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,31 +38,45 @@ class BenchConfig:
     policies: Sequence[str]
     predictors: Sequence[str] = ("oracle",)
     seed: int = 0
+    num_seeds: int = 1  # seeds seed, seed + 1, ...
     num_programs: int | None = None
-    duration: float | None = None
+    duration: float | None = None  # arrivals in [0, duration]
+    warmup: float = 0.0  # arrivals before this are simulated, not measured
     policy_options: dict[str, Any] = field(default_factory=dict)
     hints: DurationSource | None = None
     timeline_for: RunSpec | None = None  # record KV use over time for this run
 
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_seeds)]
+
     def specs(self) -> list[RunSpec]:
         return [
-            RunSpec(policy=pol, predictor=pred, qps=q)
+            RunSpec(policy=pol, predictor=pred, qps=q, seed=seed)
             for q in self.qps
             for pol in self.policies
             for pred in self.predictors
+            for seed in self.seeds
         ]
 
 
-def run_one(config: BenchConfig, spec: RunSpec) -> RunResult:
-    """One simulation.  Arrivals depend only on (seed, qps), so every policy sees the same ones."""
-    arrivals = poisson_workload(
+def arrivals_for(config: BenchConfig, qps: float, seed: int) -> list[Arrival]:
+    """The run's arrivals: they depend only on (seed, qps), so every policy sees the same ones."""
+    return poisson_workload(
         config.programs,
-        qps=spec.qps,
-        seed=config.seed,
+        qps=qps,
+        seed=seed,
         num_programs=config.num_programs,
         duration=config.duration,
     )
-    predictor = make_predictor(spec.predictor, seed=config.seed, hints=config.hints)
+
+
+def run_one(config: BenchConfig, spec: RunSpec, arrivals: list[Arrival] | None = None) -> RunResult:
+    """One simulation, every arrival to completion (warm-up and drain included)."""
+    seed = seed_of(config, spec)
+    if arrivals is None:
+        arrivals = arrivals_for(config, spec.qps, seed)
+    predictor = make_predictor(spec.predictor, seed=seed, hints=config.hints)
     predictor_label = ran_predictor_label(spec.predictor, predictor.name)
     options = config.policy_options if spec.policy.startswith("lamps") else {}
     policy = make_policy(spec.policy, predictor=predictor, preset=config.preset, **options)
@@ -74,9 +92,89 @@ def run_one(config: BenchConfig, spec: RunSpec) -> RunResult:
             predictor=predictor_label,
             trace=config.trace_name,
             qps=spec.qps,
-            seed=config.seed,
+            seed=seed,
         )
     )
+
+
+def seed_of(config: BenchConfig, spec: RunSpec) -> int:
+    return spec.seed if spec.seed is not None else config.seed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Point:
+    """One run under the protocol: the summary covers the measured programs only."""
+
+    spec: RunSpec
+    summary: RunSummary
+    window: Window
+    simulated: int  # programs that arrived (warm-up included)
+    measured: int
+    stability: Stability
+    alone_e2e: float  # mean contention-free E2E of the measured programs
+    result: RunResult  # the whole run (every program), for plots
+
+
+def window_of(config: BenchConfig, arrivals: list[Arrival]) -> Window:
+    """``[warmup, duration]``; a run sized in programs ends at its last arrival."""
+    end = config.duration if config.duration is not None else arrivals[-1].time
+    return Window(warmup=config.warmup, end=end)
+
+
+def measure(
+    config: BenchConfig,
+    spec: RunSpec,
+    result: RunResult,
+    arrivals: list[Arrival],
+    bound: ContentionFreeBound,
+) -> Point:
+    """Cut a finished run to its measured window, judge its stability and attach the bound."""
+    window = window_of(config, arrivals)
+    measured = window.measured(result.requests)
+    if not measured:
+        raise ValueError(
+            f"no program arrived in the measured window [{window.warmup:g}, {window.end:g}] s "
+            f"at qps {spec.qps:g}: lengthen --duration or shorten --warmup"
+        )
+    programs = {a.program.program_id: a.program for a in arrivals}
+    alone = [bound.of(programs[m.program_id]) for m in measured]
+    full = result.summary
+    counters = EngineCounters(
+        recomputed_tokens=sum(m.recomputed_tokens for m in measured),
+        swapped_bytes=full.swapped_bytes,
+        memory_waste_token_s=full.memory_waste_token_s,
+        peak_kv_blocks=full.peak_kv_blocks,
+        peak_kv_fraction=full.peak_kv_fraction,
+        iterations=full.iterations,
+        preemptions=sum(m.preemptions for m in measured),
+        pins_released=full.pins_released,
+        swap_fallbacks=full.swap_fallbacks,
+        rejected=full.rejected,
+    )
+    labels = RunLabels(
+        policy=full.policy,
+        predictor=full.predictor,
+        trace=full.trace,
+        qps=full.qps,
+        seed=seed_of(config, spec),
+    )
+    summary = summarize(measured, labels=labels, preset=full.preset, counters=counters)
+    unloaded_engine = sum(a.engine for a in alone) / len(alone)
+    return Point(
+        spec=spec,
+        summary=summary,
+        window=window,
+        simulated=len(arrivals),
+        measured=len(measured),
+        stability=judge_stability(measured, window, unloaded_engine=unloaded_engine),
+        alone_e2e=sum(a.e2e for a in alone) / len(alone),
+        result=result,
+    )
+
+
+def run_point(config: BenchConfig, spec: RunSpec, bound: ContentionFreeBound) -> Point:
+    arrivals = arrivals_for(config, spec.qps, seed_of(config, spec))
+    return measure(config, spec, run_one(config, spec, arrivals), arrivals, bound)
 
 
 def ran_predictor_label(requested: str, ran: str) -> str:
@@ -85,13 +183,21 @@ def ran_predictor_label(requested: str, ran: str) -> str:
     return requested if requested.partition(":")[0] == ran else f"{requested}→{ran}"
 
 
+def make_bound(config: BenchConfig) -> ContentionFreeBound:
+    return ContentionFreeBound(preset=config.preset, policies=config.policies)
+
+
 def run_grid(
-    config: BenchConfig, *, on_done: Callable[[RunSpec, RunResult], None] | None = None
-) -> list[RunResult]:
-    results = []
+    config: BenchConfig,
+    *,
+    bound: ContentionFreeBound | None = None,
+    on_done: Callable[[RunSpec, Point], None] | None = None,
+) -> list[Point]:
+    bound = bound or make_bound(config)
+    points = []
     for spec in config.specs():
-        result = run_one(config, spec)
-        results.append(result)
+        point = run_point(config, spec, bound)
+        points.append(point)
         if on_done is not None:
-            on_done(spec, result)
-    return results
+            on_done(spec, point)
+    return points

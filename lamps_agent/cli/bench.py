@@ -13,6 +13,8 @@ import dataclasses
 import importlib
 import math
 import socket
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,17 +24,33 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lamps_agent.bench.aggregate import Row, group
+from lamps_agent.bench.bound import ContentionFreeBound
+from lamps_agent.bench.capacity import search
 from lamps_agent.bench.output import default_out_dir, prepare_out_dir
 from lamps_agent.bench.plots import plot_kv_timeline, plot_latency_vs_qps
+from lamps_agent.bench.protocol import WARMUP_FACTOR, WINDOW_FACTOR, default_window
 from lamps_agent.bench.report import (
     Baseline,
-    results_table,
     write_csv,
     write_json,
-    write_markdown,
 )
-from lamps_agent.bench.runner import RECOMMENDED_POLICY, BenchConfig, RunSpec, run_grid
-from lamps_agent.metrics import RunResult, RunSummary
+from lamps_agent.bench.runner import (
+    RECOMMENDED_POLICY,
+    BenchConfig,
+    Point,
+    RunSpec,
+    make_bound,
+    run_point,
+)
+from lamps_agent.bench.tables import (
+    Capacity,
+    capacity_markdown,
+    capacity_table,
+    rows_markdown,
+    rows_table,
+)
+from lamps_agent.metrics import RunSummary
 from lamps_agent.policies import POLICIES
 from lamps_agent.predictors import PREDICTORS, make_predictor
 from lamps_agent.presets import PRESETS, load_preset, parse_overrides
@@ -40,6 +58,8 @@ from lamps_agent.program import Program
 from lamps_agent.registry import Registry
 from lamps_agent.workloads import generate_programs, load_trace
 from lamps_agent.workloads.infercept import BUILTIN_TRACES
+from lamps_agent.workloads.longctx import KINDS as LONGCTX_KINDS
+from lamps_agent.workloads.longctx import generate_longctx
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,7 +72,9 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     src.add_argument(
         "--trace",
         default="multi-api",
-        help=f"INFERCEPT-format trace file, or a built-in: {', '.join(BUILTIN_TRACES)}",
+        help=f"INFERCEPT-format trace file, a built-in: {', '.join(BUILTIN_TRACES)}, or a "
+        "generated long-context agent workload: longctx (the mix) or longctx:KIND[,KIND] "
+        f"({', '.join(LONGCTX_KINDS)}); its pool holds --num-programs programs (default 1000)",
     )
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic programs instead")
     p.add_argument(
@@ -85,9 +107,64 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "compares with its oracle run)",
     )
     p.add_argument("--seed", type=int, default=0, help="arrivals and noisy-predictor seed")
-    p.add_argument("--num-programs", type=int, help="sample this many programs with replacement")
     p.add_argument(
-        "--duration", type=float, help="arrivals for this many seconds (with replacement)"
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="repeat every point with seeds SEED..SEED+N-1; tables show the median and the "
+        "range, and a difference within the range is reported as none (≈)",
+    )
+    p.add_argument(
+        "--num-programs",
+        type=int,
+        help="instead of the steady-state window: this many arrivals (sampled with replacement)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="arrival window, warm-up included (programs sampled with replacement); default: "
+        f"the warm-up plus {WINDOW_FACTOR:g}× the trace's unloaded mean E2E",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        metavar="SECONDS",
+        help="first part of the window, simulated but not measured (default: "
+        f"{WARMUP_FACTOR:g}× the unloaded mean E2E; 0 with --num-programs)",
+    )
+    cap = p.add_argument_group("capacity", "lead with the highest stable rate of each policy")
+    cap.add_argument(
+        "--capacity",
+        action="store_true",
+        help="search each policy's highest stable qps (bracket, then bisection) before the grid",
+    )
+    cap.add_argument(
+        "--p99-target",
+        type=float,
+        metavar="SECONDS",
+        help="with --capacity: also the highest qps at which P99 E2E stays within this",
+    )
+    cap.add_argument(
+        "--capacity-start",
+        type=float,
+        metavar="QPS",
+        help="rate the search starts from (default: the highest --qps)",
+    )
+    cap.add_argument(
+        "--capacity-resolution",
+        type=float,
+        default=0.05,
+        metavar="FRACTION",
+        help="stop bisecting when the bracket is narrower than this fraction of its low end",
+    )
+    cap.add_argument(
+        "--capacity-max",
+        type=float,
+        default=64.0,
+        metavar="QPS",
+        help="highest rate the search tries",
     )
     p.add_argument(
         "--starvation-threshold",
@@ -123,11 +200,35 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--engine-policies entry in turn (same settings) and replay the same workload on each",
     )
     eng.add_argument("--model", help="model folder for --engine compare (e.g. a tiny local model)")
-    eng.add_argument("--engine-policies", default="stock,lamps,infercept", help="for compare")
+    eng.add_argument(
+        "--engine-policies",
+        default="stock,noop,lamps,infercept",
+        help="servers for compare: stock (vLLM's scheduler), noop (the plug-in in stock order, "
+        "no pins; always added as the control), or any policy",
+    )
+    eng.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="replays per server, interleaved (A B C A B C …); tables show median and range",
+    )
+    eng.add_argument(
+        "--reserved-cpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="VLLM_CPU_NUM_OF_RESERVED_CPU for every compare server (vLLM-CPU otherwise "
+        "reserves one more core for a server with a KV connector)",
+    )
     eng.add_argument("--engine-label", default="engine", help="policy label of a --engine URL run")
     eng.add_argument("--time-scale", type=float, default=1.0, help="multiply tool durations")
     eng.add_argument("--no-hints", action="store_true", help="send no lamps hints")
-    eng.add_argument("--swap", action="store_true", help="servers get the host-memory swap store")
+    eng.add_argument(
+        "--swap",
+        action="store_true",
+        help="every compare server loads the host-memory swap connector (stock too, where it "
+        "stays idle), so all are configured alike",
+    )
     eng.add_argument("--vocab-high", type=int, default=300, help="random token ids below this")
     eng.add_argument("--port", type=int, default=8011, help="port for --engine compare servers")
     eng.add_argument(
@@ -202,6 +303,10 @@ def _programs(args: argparse.Namespace) -> tuple[list[Program], str]:
         if args.synthetic < 1:
             raise ValueError("--synthetic: needs at least 1 program")
         return generate_programs(args.synthetic, seed=args.seed), f"synthetic-{args.synthetic}"
+    if args.trace == "longctx" or args.trace.startswith("longctx:"):
+        kinds = args.trace.partition(":")[2]
+        pool = generate_longctx(args.num_programs or 1000, kinds=kinds or "mix", seed=args.seed)
+        return pool, args.trace
     trace = load_trace(args.trace)
     # A built-in trace keeps its built-in name (not the name of the data file behind it).
     name = args.trace if args.trace in BUILTIN_TRACES else trace.name
@@ -219,7 +324,7 @@ def _timeline(
         return None
     if not args.timeline:
         policy = RECOMMENDED_POLICY if RECOMMENDED_POLICY in policies else policies[-1]
-        return RunSpec(policy=policy, predictor=predictors[0], qps=max(qps))
+        return RunSpec(policy=policy, predictor=predictors[0], qps=max(qps), seed=args.seed)
     policy, _, rate = args.timeline.partition("@")
     if policy not in policies:
         raise ValueError(
@@ -232,18 +337,40 @@ def _timeline(
             f"--timeline {args.timeline}: qps {at:g} is not run; --qps: "
             f"{', '.join(f'{q:g}' for q in qps)}"
         )
-    return RunSpec(policy=policy, predictor=predictors[0], qps=at)
+    return RunSpec(policy=policy, predictor=predictors[0], qps=at, seed=args.seed)
 
 
 def build_config(args: argparse.Namespace) -> BenchConfig:
-    """Every option checked, each error naming its flag, before anything is simulated."""
+    """Every option checked, each error naming its flag, before anything is simulated.  The
+    steady-state window is set later (:func:`with_window`): it needs the programs' bound."""
     policies = _names(args.policies, "--policies", POLICIES)
     predictors = _names(args.predictors, "--predictors", PREDICTORS, spec_args=True)
     qps = _rates(args.qps)
     threshold = _threshold(args.starvation_threshold)
-    for flag, value in (("--num-programs", args.num_programs), ("--duration", args.duration)):
-        if value is not None and value <= 0:
+    for flag, value in (
+        ("--num-programs", args.num_programs),
+        ("--duration", args.duration),
+        ("--seeds", args.seeds),
+        ("--p99-target", args.p99_target),
+        ("--capacity-start", args.capacity_start),
+        ("--capacity-max", args.capacity_max),
+    ):
+        if value is not None and not value > 0:
             raise ValueError(f"{flag}: must be positive, got {value}")
+    if args.warmup is not None and not (math.isfinite(args.warmup) and args.warmup >= 0):
+        raise ValueError(f"--warmup: must be >= 0, got {args.warmup}")
+    if args.num_programs is not None and args.duration is not None:
+        raise ValueError("--num-programs and --duration: give one (programs or seconds)")
+    if args.duration is not None and args.warmup is not None and args.warmup >= args.duration:
+        raise ValueError(f"--warmup {args.warmup:g}: must be shorter than --duration")
+    if not 0 < args.capacity_resolution < 1:
+        raise ValueError(
+            f"--capacity-resolution: must be in (0, 1), got {args.capacity_resolution}"
+        )
+    if not args.capacity:
+        for flag in ("p99_target", "capacity_start"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')}: only with --capacity")
     preset = load_preset(
         args.preset, config_file=args.preset_file, overrides=parse_overrides(args.set)
     )
@@ -257,11 +384,25 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         policies=policies,
         predictors=predictors,
         seed=args.seed,
+        num_seeds=args.seeds,
         num_programs=args.num_programs,
         duration=args.duration,
+        warmup=args.warmup or 0.0,
         policy_options={"starvation_threshold": threshold},
         timeline_for=timeline,
     )
+
+
+def with_window(
+    config: BenchConfig, args: argparse.Namespace, bound: ContentionFreeBound
+) -> tuple[BenchConfig, float]:
+    """The steady-state window (unless the run is sized in programs), and the trace's unloaded
+    mean E2E it derives from (every distinct program alone, weighted as sampling draws them)."""
+    unloaded = bound.mean_e2e(config.programs)
+    if config.num_programs is not None:
+        return config, unloaded
+    window = default_window(unloaded, duration=args.duration, warmup=args.warmup)
+    return dataclasses.replace(config, duration=window.end, warmup=window.warmup), unloaded
 
 
 def choose_baseline(
@@ -303,22 +444,150 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     console = _table_console(args.wide)
     started = time.perf_counter()
-    results = _simulate(config, quiet=args.quiet)
+    bound = make_bound(config)
+    config, unloaded = with_window(config, args, bound)
+    cache: dict[RunSpec, Point] = {}
+    caps = _capacities(args, config, bound, cache) if args.capacity else []
+    points = _simulate(config, bound, cache, quiet=args.quiet)
     elapsed = time.perf_counter() - started
-    summaries = [r.summary for r in results]
-    console.print(
-        f"[bold]{escape(config.trace_name)}[/bold]: {len(config.programs)} programs, preset "
-        f"{config.preset.name} ({config.preset.gpu_kv_tokens:,} KV tokens), seed {config.seed}; "
-        f"{len(results)} runs in {elapsed:.1f} s"
-    )
-    console.print(results_table(summaries, baseline, wide=args.wide))
-    _note_fallbacks(summaries, console)
-    _write_outputs(args, config, results, baseline, console)
+    _print_header(console, config, points, unloaded, len(cache), elapsed)
+    if caps:
+        console.print(capacity_table(caps, p99_target=args.p99_target))
+    rows = _rows(points)
+    console.print(rows_table(rows, baseline, wide=args.wide))
+    _note_unstable(points, console)
+    _note_fallbacks([p.summary for p in points], console)
+    _write_outputs(args, config, points, rows, caps, baseline, unloaded, console)
     return 0
 
 
-def _simulate(config: BenchConfig, *, quiet: bool) -> list[RunResult]:
-    results: list[RunResult] = []
+def _rows(points: list[Point]) -> list[Row]:
+    return group(
+        [p.summary for p in points],
+        stable=[p.stability.stable for p in points],
+        alone=[p.alone_e2e for p in points],
+        simulated=[p.simulated for p in points],
+        measured=[p.measured for p in points],
+    )
+
+
+def _print_header(
+    console: Console,
+    config: BenchConfig,
+    points: list[Point],
+    unloaded: float,
+    runs: int,
+    elapsed: float,
+) -> None:
+    w = points[0].window
+    per_qps: dict[float, tuple[list[int], list[int]]] = {}
+    for p in points:
+        sims, meas = per_qps.setdefault(p.spec.qps, ([], []))
+        sims.append(p.simulated)
+        meas.append(p.measured)
+    counts = ", ".join(
+        f"qps {q:g}: {int(statistics.median(s)):,} simulated / {int(statistics.median(m)):,} "
+        "measured"
+        for q, (s, m) in per_qps.items()
+    )
+    mode = (
+        f"{config.num_programs:,} arrivals per run"
+        if config.num_programs is not None
+        else f"arrivals for {w.end:g} s, the first {w.warmup:g} s warm-up (not measured), "
+        f"measured window {w.measured_length:g} s = {w.measured_length / unloaded:.1f}× the "
+        f"unloaded mean E2E ({unloaded:.2f} s)"
+    )
+    seeds = ", ".join(str(s) for s in config.seeds)
+    console.print(
+        f"[bold]{escape(config.trace_name)}[/bold]: {len(config.programs)} distinct programs, "
+        f"preset {config.preset.name} ({config.preset.gpu_kv_tokens:,} KV tokens), "
+        f"seed{'s' if config.num_seeds > 1 else ''} {seeds}; {escape(mode)}; every arrival "
+        f"runs to completion (drain); {escape(counts)} (per run; median over seeds); "
+        f"{runs} simulations in {elapsed:.1f} s"
+    )
+    if config.num_seeds == 1:
+        console.print("one seed: no range, so no difference is tested against noise (--seeds 3)")
+
+
+def _note_unstable(points: list[Point], console: Console) -> None:
+    for p in points:
+        if not p.stability.stable:
+            console.print(
+                f"unstable: {p.spec.policy} qps {p.spec.qps:g} seed {p.spec.seed}: "
+                f"{escape(p.stability.reason)} (tolerance {p.stability.threshold:.2f} s)"
+            )
+
+
+def _evaluate(
+    config: BenchConfig, bound: ContentionFreeBound, cache: dict[RunSpec, Point], spec: RunSpec
+) -> Point:
+    point = cache.get(spec)
+    if point is None:
+        point = run_point(config, spec, bound)
+        cache[spec] = point
+    return point
+
+
+def _capacities(
+    args: argparse.Namespace,
+    config: BenchConfig,
+    bound: ContentionFreeBound,
+    cache: dict[RunSpec, Point],
+) -> list[Capacity]:
+    """Per policy (first predictor): the highest stable qps, and with ``--p99-target`` the highest
+    qps whose P99 E2E (median over seeds) is within it.  Stable means stable on every seed."""
+    predictor = config.predictors[0]
+    start = args.capacity_start or max(config.qps)
+    caps = []
+    for policy in config.policies:
+
+        def points(q: float, policy: str = policy) -> list[Point]:
+            specs = [
+                RunSpec(policy=policy, predictor=predictor, qps=q, seed=s) for s in config.seeds
+            ]
+            out = [_evaluate(config, bound, cache, spec) for spec in specs]
+            if not args.quiet:
+                verdict = "stable" if all(p.stability.stable for p in out) else "unstable"
+                print(f"capacity: {policy} qps {q:.4g}: {verdict}", file=sys.stderr, flush=True)
+            return out
+
+        def stable(q: float) -> bool:
+            return all(p.stability.stable for p in points(q))
+
+        def within(q: float) -> bool:
+            pts = points(q)
+            p99 = statistics.median(p.summary.e2e.p99 for p in pts)
+            return all(p.stability.stable for p in pts) and p99 <= args.p99_target
+
+        before = len(cache)
+        search_args = {
+            "start": start,
+            "resolution": args.capacity_resolution,
+            "max_qps": args.capacity_max,
+        }
+        found = search(stable, **search_args)
+        p99 = None
+        if args.p99_target is not None:
+            # P99 within the target implies stable: search below the stable bracket's top
+            # (already simulated, so bracketing costs nothing new)
+            top = found.high if found.high is not None else args.capacity_max
+            p99 = search(within, **{**search_args, "start": found.low or start, "max_qps": top})
+        caps.append(
+            Capacity(
+                policy=policy,
+                stable=found,
+                p99=p99,
+                evaluations=(len(cache) - before) // config.num_seeds,
+            )
+        )
+    return caps
+
+
+def _simulate(
+    config: BenchConfig, bound: ContentionFreeBound, cache: dict[RunSpec, Point], *, quiet: bool
+) -> list[Point]:
+    points: list[Point] = []
+    specs = config.specs()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -328,16 +597,22 @@ def _simulate(config: BenchConfig, *, quiet: bool) -> list[RunResult]:
         disable=quiet,
         transient=True,
     ) as progress:
-        task = progress.add_task("simulating", total=len(config.specs()))
-
-        def done(spec: RunSpec, result: RunResult) -> None:
-            results.append(result)
+        task = progress.add_task("simulating", total=len(specs))
+        for spec in specs:
+            timeline = spec == config.timeline_for
+            if timeline:  # the run whose KV use is plotted records its timeline
+                cache.pop(spec, None)
+                point = run_point(dataclasses.replace(config, timeline_for=spec), spec, bound)
+                cache[spec] = point
+            else:
+                point = _evaluate(config, bound, cache, spec)
+            points.append(point)
             progress.update(
-                task, advance=1, description=f"{spec.policy} {spec.predictor} qps={spec.qps:g}"
+                task,
+                advance=1,
+                description=f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}",
             )
-
-        run_grid(config, on_done=done)
-    return results
+    return points
 
 
 def _note_fallbacks(summaries: list[RunSummary], console: Console) -> None:
@@ -352,13 +627,17 @@ def _note_fallbacks(summaries: list[RunSummary], console: Console) -> None:
 def _write_outputs(
     args: argparse.Namespace,
     config: BenchConfig,
-    results: list[RunResult],
+    points: list[Point],
+    rows: list[Row],
+    caps: list[Capacity],
     baseline: Baseline | None,
+    unloaded: float,
     console: Console,
 ) -> None:
     out: Path = args.out
-    summaries = [r.summary for r in results]
-    write_csv(summaries, out / "results.csv", baseline)
+    summaries = [p.summary for p in points]
+    write_csv(summaries, out / "results.csv", baseline, extra=[_point_fields(p) for p in points])
+    window = points[0].window
     meta: dict[str, Any] = {
         "trace": config.trace_name,
         "programs": len(config.programs),
@@ -367,25 +646,60 @@ def _write_outputs(
         "qps": list(config.qps),
         "policies": list(config.policies),
         "predictors": list(config.predictors),
-        "seed": config.seed,
+        "seeds": config.seeds,
+        "window": {"warmup_s": window.warmup, "end_s": window.end},
+        "num_programs": config.num_programs,
+        "unloaded_mean_e2e_s": unloaded,
         "baseline": dataclasses.asdict(baseline) if baseline else None,
+        "capacity": [
+            {
+                "policy": c.policy,
+                "stable_low": c.stable.low,
+                "stable_high": c.stable.high,
+                "p99_target_s": args.p99_target,
+                "p99_low": c.p99.low if c.p99 else None,
+                "p99_high": c.p99.high if c.p99 else None,
+                "tried": [list(t) for t in c.stable.tried],
+            }
+            for c in caps
+        ],
     }
-    write_json(summaries, out / "results.json", meta)
-    write_markdown(summaries, out / "results.md", baseline)
+    write_json(summaries, out / "results.json", meta, extra=[_point_fields(p) for p in points])
+    md = rows_markdown(rows, baseline)
+    if caps:
+        md = capacity_markdown(caps, p99_target=args.p99_target) + "\n" + md
+    (out / "results.md").write_text(md)
     written = ["results.csv", "results.json", "results.md"]
     if not args.no_plots:
-        plot_latency_vs_qps(summaries, out / "latency_vs_qps.png", title=config.trace_name)
+        first = [p for p in points if p.spec.seed == config.seed]
+        plot_latency_vs_qps(
+            [p.summary for p in first], out / "latency_vs_qps.png", title=config.trace_name
+        )
         written.append("latency_vs_qps.png")
-        for r in results:
-            if r.timeline is not None:
-                s = r.summary
+        for p in first:
+            if p.result.timeline is not None:
+                s = p.summary
                 plot_kv_timeline(
-                    r.timeline,
+                    p.result.timeline,
                     out / "kv_timeline.png",
                     title=f"{s.policy} ({s.predictor}), qps {s.qps:g}, {config.trace_name}",
                 )
                 written.append("kv_timeline.png")
     console.print(f"wrote {escape(', '.join(str(out / w) for w in written))}")
+
+
+def _point_fields(p: Point) -> dict[str, Any]:
+    return {
+        "stable": p.stability.stable,
+        "stability_first_third_engine_s": p.stability.first_engine_mean,
+        "stability_last_third_engine_s": p.stability.last_engine_mean,
+        "stability_tolerance_s": p.stability.threshold,
+        "alone_e2e_mean_s": p.alone_e2e,
+        "programs_simulated": p.simulated,
+        "programs_measured": p.measured,
+        "warmup_s": p.window.warmup,
+        "window_end_s": p.window.end,
+    }
 
 
 def _check_reachable(url: str, flag: str, timeout: float = 3.0) -> None:
@@ -402,34 +716,52 @@ def _check_reachable(url: str, flag: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def _engine_labels(args: argparse.Namespace) -> list[str]:
-    if args.engine == "compare":
-        return _split(args.engine_policies)
-    return [args.engine_label]
+def _engine_labels(args: argparse.Namespace, engine: Any) -> list[str]:
+    if args.engine != "compare":
+        return [args.engine_label]
+    labels: list[str] = engine.compare_labels(args.engine_policies)
+    for label in labels:
+        if label not in ("stock", engine.NOOP) and label not in POLICIES.names():
+            raise ValueError(
+                f"--engine-policies: unknown server {label!r}; valid: stock, noop, "
+                + ", ".join(POLICIES.names())
+            )
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ValueError(f"--engine-policies: {', '.join(twice)} listed twice")
+    return labels
 
 
 def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
-    labels = _engine_labels(args)
-    if not labels:
-        raise ValueError("--engine-policies: give at least one")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds: must be >= 1, got {args.rounds}")
+    if args.reserved_cpus is not None and args.reserved_cpus < 0:
+        raise ValueError(f"--reserved-cpus: must be >= 0, got {args.reserved_cpus}")
+    try:
+        engine = importlib.import_module("adapters.vllm.cli")
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"--engine needs the vllm adapter and its extra: {exc}") from None
+    labels = _engine_labels(args, engine)
     if args.baseline is not None and args.baseline not in labels:
         raise ValueError(
             f"--baseline {args.baseline}: not among the engine runs ({', '.join(labels)})"
         )
     if args.engine != "compare":
         _check_reachable(args.engine, "--engine")
-    try:
-        engine = importlib.import_module("adapters.vllm.cli")
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"--engine needs the vllm adapter and its extra: {exc}") from None
     args.out = prepare_out_dir(
         args.out or default_out_dir(f"engine-{config.trace_name}"), overwrite=args.overwrite
     )
     console = _table_console(args.wide)
     summaries = engine.run_engine_bench(args, config, console)
-    baseline = args.baseline or ("stock" if "stock" in labels else None)
-    console.print(results_table(summaries, baseline, wide=args.wide))
+    name = args.baseline or ("stock" if "stock" in labels else None)
+    baseline = Baseline(name) if name else None
+    rows = group(summaries, measured=[s.num_requests for s in summaries])
+    console.print(
+        f"{len(summaries)} replays: {args.rounds} round{'s' if args.rounds > 1 else ''} per "
+        "server, interleaved; median (range) over rounds"
+    )
+    console.print(rows_table(rows, baseline, wide=args.wide, repeats="rounds"))
     write_csv(summaries, args.out / "results.csv", baseline)
-    write_markdown(summaries, args.out / "results.md", baseline)
+    (args.out / "results.md").write_text(rows_markdown(rows, baseline))
     console.print(escape(f"wrote {args.out / 'results.csv'}, {args.out / 'results.md'}"))
     return 0

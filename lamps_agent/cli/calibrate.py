@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import time
 from pathlib import Path
@@ -88,7 +89,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def _profile_options(args: argparse.Namespace) -> Any:
-    from adapters.vllm.profile import ProfileOptions
+    ProfileOptions = _adapter("profile").ProfileOptions
 
     load_preset(args.base)  # an unknown base fails now, with the valid names
     return ProfileOptions(
@@ -100,6 +101,12 @@ def _profile_options(args: argparse.Namespace) -> Any:
     )  # fmt: skip
 
 
+def _adapter(name: str) -> Any:
+    """``adapters.vllm.<name>``, imported at run time: the core does not depend on the adapter
+    (nor is it type-checked through it)."""
+    return importlib.import_module(f"adapters.vllm.{name}")
+
+
 def _import_vllm_adapter() -> None:
     try:
         import vllm  # noqa: F401
@@ -109,7 +116,7 @@ def _import_vllm_adapter() -> None:
 
 def profile_to_file(args: argparse.Namespace, out: Path) -> None:
     """Profile, fit, write ``out`` and print the fit's quality."""
-    from adapters.vllm import profile as prof
+    prof = _adapter("profile")
 
     opts = _profile_options(args)
     started = time.perf_counter()
@@ -148,7 +155,7 @@ def run_profile(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     _import_vllm_adapter()
-    from adapters.vllm import validate as val
+    val = _adapter("validate")
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     for policy in policies:

@@ -6,10 +6,11 @@ from typing import Any
 
 from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
 from lamps_agent.policies.infercept import InferceptPolicy
-from lamps_agent.policies.lamps import LampsNoRankPolicy, LampsPolicy
+from lamps_agent.policies.lamps import LampsAgingPolicy, LampsNoRankPolicy, LampsPolicy
 from lamps_agent.policies.nested_wait import NestedWaitPolicy
+from lamps_agent.policies.program import ProgramPolicy
 from lamps_agent.policies.sjf import SjfPolicy
-from lamps_agent.policies.vllm_fcfs import VllmPolicy
+from lamps_agent.policies.vllm_fcfs import VllmNoCachePolicy, VllmPolicy
 from lamps_agent.policies.wait import WaitPolicy
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
@@ -18,12 +19,15 @@ from lamps_agent.registry import Registry
 POLICIES: Registry[type[Policy]] = Registry("policy")
 for _cls in (
     VllmPolicy,
+    VllmNoCachePolicy,
     InferceptPolicy,
     LampsPolicy,
+    LampsAgingPolicy,
     LampsNoRankPolicy,
     SjfPolicy,
     WaitPolicy,
     NestedWaitPolicy,
+    ProgramPolicy,
 ):
     POLICIES.register(_cls.name)(_cls)
 
@@ -42,11 +46,14 @@ __all__ = [
     "AdmissionGate",
     "EngineView",
     "InferceptPolicy",
+    "LampsAgingPolicy",
     "LampsNoRankPolicy",
     "LampsPolicy",
     "NestedWaitPolicy",
     "Policy",
+    "ProgramPolicy",
     "SjfPolicy",
+    "VllmNoCachePolicy",
     "VllmPolicy",
     "WaitPolicy",
     "make_policy",

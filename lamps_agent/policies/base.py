@@ -9,7 +9,8 @@ its policy the same questions and does what it is told:
 * ``on_pause(paused)`` — preserve, discard or swap the KV of a turn that ended in a tool call;
 * ``adjust_paused(preserved)`` — once per iteration, revisit paused turns still holding KV
   (only if ``adjusts_paused``);
-* ``pin_release_key(paused)`` — under memory pressure, which preserved KV goes first;
+* ``pin_release_key(paused)`` — under memory pressure, which preserved KV goes first, and
+  ``release_strategy(paused)`` — whether it is swapped or discarded;
 * ``admission_gate()`` — how many of which requests may be admitted this iteration (only if
   ``gates_admission``);
 * ``hold(req)`` — keep a resident request from advancing this iteration (only if ``uses_holds``).
@@ -30,7 +31,7 @@ from lamps_agent.kv_memory import KVMemory
 from lamps_agent.predictors.base import Outcome, Prediction, PredictionQuery, Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
-from lamps_agent.waste import EngineLoad
+from lamps_agent.waste import EngineLoad, discard_waste, swap_waste
 
 if TYPE_CHECKING:
     from lamps_agent.scheduler.paused import PausedKV
@@ -47,7 +48,8 @@ class EngineView:
     running_tokens: int = 0  # KV tokens held by resident, advancing requests
     num_running: int = 0
     batch_query_tokens: int = 0  # query tokens of the last iteration
-    last_iteration_time: float = 0.0
+    last_iteration_time: float = 0.0  # the last step's duration (compute and copies)
+    last_compute_time: float = 0.0  # the last step's compute alone
 
     @property
     def load(self) -> EngineLoad:
@@ -80,6 +82,8 @@ class Policy:
     adjusts_paused: ClassVar[bool] = False  # the scheduler calls adjust_paused only if True
     uses_holds: ClassVar[bool] = False  # ... begin_iteration and hold only if True
     gates_admission: ClassVar[bool] = False  # ... admission_gate only if True
+    # vLLM's automatic prefix caching in the simulated engine (on in vLLM V1 by default).
+    prefix_caching: ClassVar[bool] = True
     starvation_threshold: int | None = None
 
     def __init__(self, *, predictor: Predictor, preset: Preset) -> None:
@@ -132,10 +136,20 @@ class Policy:
     def adjust_paused(self, preserved: Sequence[PausedKV]) -> list[tuple[PausedKV, KVStrategy]]:
         return []
 
+    def pin_ttl(self, paused: PausedKV) -> float | None:
+        """Seconds the KV of a turn just preserved by :meth:`on_pause` may stay pinned; ``None``
+        (the default): the scheduler's :class:`~lamps_agent.scheduler.core.PinLifetime`."""
+        return None
+
     def pin_release_key(self, paused: PausedKV) -> float:
         """Under memory pressure, preserved turns with the largest key are released first:
         by default the predicted waste of keeping them, remaining tool time × context."""
         return paused.remaining(self.view.now) * paused.tokens
+
+    def release_strategy(self, paused: PausedKV) -> KVStrategy:
+        """How a pin released under memory pressure gives up its GPU blocks: discard by default
+        (stock vLLM has no swap); policies that swap override it (:func:`least_waste_release`)."""
+        return KVStrategy.DISCARD
 
     # -- admission -----------------------------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
@@ -158,6 +172,20 @@ class Policy:
 
     def on_leave(self, req: Request) -> None:
         """A resident request stopped being resident (finished, paused, preempted)."""
+
+
+def least_waste_release(policy: Policy, paused: PausedKV) -> KVStrategy:
+    """Swap or discard a released pin, whichever wastes less; swap only with host room and a
+    remaining tool time that covers the copy out and back in."""
+    view = policy.view
+    preset = policy.preset
+    remaining = paused.remaining(view.now)
+    round_trip = 2.0 * preset.cost.swap_time(paused.tokens * preset.kv_bytes_per_token)
+    if not view.memory.can_swap_out(paused.blocks) or remaining < round_trip:
+        return KVStrategy.DISCARD
+    w_swap = swap_waste(paused.tokens, view.running_tokens, preset.cost, preset.kv_bytes_per_token)
+    w_discard = discard_waste(paused.tokens, view.load, preset.cost, preset.token_budget)
+    return KVStrategy.SWAP if w_swap < w_discard else KVStrategy.DISCARD
 
 
 def predicted_turn(req: Request) -> Prediction:

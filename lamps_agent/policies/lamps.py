@@ -4,16 +4,29 @@ At the start of each turn (arrival, or return from a tool into the queue) the po
 output before the tool call Ô and the tool's duration T̂, chooses
 ``argmin(W_preserve, W_swap, W_discard)`` at ``C = P + Ô`` under the engine's current load, and
 ranks the request by the area under its predicted memory-over-time curve for that strategy
-(:mod:`lamps_agent.area`), smallest first.  A request that waited ``starvation_threshold``
-iterations (default 100, the paper's choice) goes to the head of the queue.
+(:mod:`lamps_agent.area`), smallest first.
+
+Starvation, ``starvation=``:
+
+* ``counter`` (the paper's, ``lamps``): a request that waited ``starvation_threshold`` iterations
+  (default 100) goes to the head of the queue, oldest first.  Under overload nearly everyone
+  waits that long, and the order becomes FIFO (docs/benchmarks.md, "Starvation: counter vs
+  aging").
+* ``aging`` (``lamps-aging``): the rank decays with waiting time, ``ln(area) − wait/aging_s``;
+  since every waiting key decays at the same rate, the order is the fixed key
+  ``ln(area) + entered/aging_s``.  Bound: a request of area A is passed only by requests that
+  entered the queue less than ``aging_s · ln(A / A')`` seconds after it (A' theirs, areas below
+  1 token·s count as 1), so never by one that entered more than ``aging_s · ln(A)`` after it.
 
 ``lamps-norank`` is the paper's ablation: the same predicted strategies, FCFS order.
 """
 
 from __future__ import annotations
 
+import math
+
 from lamps_agent.area import Timing, TurnShape, turn_area
-from lamps_agent.policies.base import Policy, predicted_turn
+from lamps_agent.policies.base import Policy, least_waste_release, predicted_turn
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
@@ -21,11 +34,14 @@ from lamps_agent.scheduler.paused import PausedKV
 from lamps_agent.strategy import choose_strategy
 
 DEFAULT_STARVATION_THRESHOLD = 100
+DEFAULT_AGING_S = 10.0
+STARVATION_RULES = ("counter", "aging")
 
 
 class LampsPolicy(Policy):
     name = "lamps"
     rank_by_area = True
+    default_starvation = "counter"
 
     def __init__(
         self,
@@ -33,11 +49,23 @@ class LampsPolicy(Policy):
         predictor: Predictor,
         preset: Preset,
         starvation_threshold: int | None = DEFAULT_STARVATION_THRESHOLD,
+        starvation: str | None = None,
+        aging_s: float = DEFAULT_AGING_S,
     ) -> None:
         super().__init__(predictor=predictor, preset=preset)
+        rule = self.default_starvation if starvation is None else starvation
+        if rule not in STARVATION_RULES:
+            raise ValueError(
+                f"starvation must be one of {', '.join(STARVATION_RULES)}, got {rule!r}"
+            )
         if starvation_threshold is not None and starvation_threshold < 1:
             raise ValueError("starvation_threshold must be >= 1, or None to disable")
-        self.starvation_threshold = starvation_threshold if self.rank_by_area else None
+        if not (math.isfinite(aging_s) and aging_s > 0):
+            raise ValueError(f"aging_s must be > 0, got {aging_s}")
+        self.starvation = rule
+        self.aging_s = aging_s
+        counter = self.rank_by_area and rule == "counter"
+        self.starvation_threshold = starvation_threshold if counter else None
 
     def timing(self) -> Timing:
         cost = self.preset.cost
@@ -81,7 +109,14 @@ class LampsPolicy(Policy):
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
         if not self.rank_by_area:
             return (req.arrival_time, float(req.request_id))
+        if self.starvation == "aging":
+            aged = math.log(max(req.policy_rank, 1.0)) + self.view.now / self.aging_s
+            return (aged, req.arrival_time, float(req.request_id))
         return (req.policy_rank, req.arrival_time, float(req.request_id))
+
+    def release_strategy(self, paused: PausedKV) -> KVStrategy:
+        """A pin released under pressure: swap or discard, whichever wastes less."""
+        return least_waste_release(self, paused)
 
     def on_pause(self, paused: PausedKV) -> KVStrategy:
         """The strategy chosen when the turn started; for a pause nobody predicted (the predictor
@@ -101,3 +136,11 @@ class LampsPolicy(Policy):
 class LampsNoRankPolicy(LampsPolicy):
     name = "lamps-norank"
     rank_by_area = False
+
+
+class LampsAgingPolicy(LampsPolicy):
+    """LAMPS with aging instead of the paper's starvation counter (the project's default LAMPS
+    variant, docs/scheduling.md)."""
+
+    name = "lamps-aging"
+    default_starvation = "aging"

@@ -1,7 +1,10 @@
-"""Stock vLLM: first come, first served; a tool call ends the request and discards its KV.
+"""Stock vLLM: first come, first served; a tool call ends the request and frees its KV.
 
-The continuation after the tool is a new request to vLLM, so it joins the back of the queue and
-recomputes its whole context.  Preemption frees and recomputes (vLLM V1 has no swap preemption).
+The continuation after the tool is a new request to vLLM, so it joins the back of the queue.
+``vllm`` is vLLM as users run it (automatic prefix caching on): the freed full blocks stay in the
+LRU free pool and the continuation reuses whatever was not evicted, recomputing the rest.
+``vllm-nocache`` is the baseline the INFERCEPT and LAMPS papers compare against: no prefix cache,
+the whole context recomputed.  Preemption frees and recomputes (vLLM V1 has no swap preemption).
 """
 
 from __future__ import annotations
@@ -20,3 +23,8 @@ class VllmPolicy(Policy):
 
     def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.DISCARD
+
+
+class VllmNoCachePolicy(VllmPolicy):
+    name = "vllm-nocache"
+    prefix_caching = False

@@ -7,9 +7,12 @@ engine does not know — a turn ended in a tool call (:meth:`Scheduler.pause`), 
 
 It owns the waiting queue (in the policy's order, with its starvation bound), the running set,
 the paused turns (preserved / swapped / discarded, :mod:`~lamps_agent.scheduler.paused`), the KV
-accounting and preemption.  The policy plugs in through hooks on engine-neutral objects and
-declares what it needs by capability flags (``adjusts_paused``, ``uses_holds``,
-``gates_admission``), never by name.
+accounting (with vLLM's automatic prefix caching unless the policy turns it off) and preemption.
+A turn whose tool returned goes through the waiting queue and admission like any other, whatever
+happened to its KV: preserved KV stays pinned (releasable under pressure) until it is admitted,
+swapped KV is copied back in when it is admitted, within the step's copy budget.  The policy
+plugs in through hooks on engine-neutral objects and declares what it needs by capability flags
+(``adjusts_paused``, ``uses_holds``, ``gates_admission``), never by name.
 
 Two drivers:
 
@@ -25,7 +28,6 @@ Two drivers:
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
@@ -59,7 +61,12 @@ class SchedulerOutput:
 
     @property
     def is_empty(self) -> bool:
-        return not self.prefills and not self.decodes and not self.swap_in_tokens
+        return (
+            not self.prefills
+            and not self.decodes
+            and not self.swap_in_tokens
+            and not self.swap_out_tokens
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,9 @@ class SchedulerCounters:
     pins_expired: int = 0  # preserved KV dropped when its time to live ran out
     swap_fallbacks: int = 0  # swap chosen, no host room: discarded instead
     rejected: int = 0
+    prefix_hit_tokens: int = 0  # context tokens a turn found in the prefix cache (not recomputed)
+    admissions: int = 0  # requests taken from the waiting queue
+    starved_admissions: int = 0  # ... of them because the starvation bound promoted them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +128,7 @@ class Scheduler:
             num_gpu_blocks=preset.num_gpu_blocks,
             num_host_blocks=preset.num_host_blocks,
             block_size=preset.block_size,
+            prefix_caching=policy.prefix_caching,
         )
         self.view = EngineView(preset=preset, memory=self.memory)
         policy.bind(self.view)
@@ -125,7 +136,6 @@ class Scheduler:
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
         self.running: list[Request] = []
         self.paused = PausedTable()
-        self.resuming: deque[Request] = deque()
         self.counters = SchedulerCounters()
         self.watermark_blocks = max(1, self.memory.num_gpu_blocks // 100)
         self.now = 0.0
@@ -146,7 +156,7 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting or self.resuming)
+        return bool(self.running or self.waiting)
 
     # -- requests in ---------------------------------------------------------------------
     def fits(self, req: Request) -> bool:
@@ -172,23 +182,25 @@ class Scheduler:
             req.max_queue_wait = wait
 
     def tool_returned(self, req: Request, outcome: Outcome) -> None:
-        """The tool of ``req``'s paused turn returned: start its next turn."""
+        """The tool of ``req``'s paused turn returned: its next turn waits for admission in the
+        policy's order like any other.  Preserved KV stays pinned meanwhile (no longer subject to
+        its time to live; still releasable under pressure); swapped KV is copied back in when
+        the request is admitted."""
         self.policy.on_turn_end(req, outcome)
         state = req.state
         req.start_next_segment()
         self.sync_view()
         self.policy.on_turn_start(req)
         if state is S.PAUSED_PRESERVED:
-            self.paused.pop(req.request_id)
-            req.move_to(S.PREFILLING)
-            self.running.append(req)
+            paused = self.paused.get(req.request_id)
+            if paused is not None:  # it waits in the queue as PAUSED_PRESERVED, KV pinned
+                paused.returned = True
+                paused.expires_at = math.inf
         elif state is S.PAUSED_SWAPPED:
             req.move_to(S.RESUMING_SWAPPED)
-            req.enqueued_at = self.now
-            self.resuming.append(req)
         else:
             req.move_to(S.WAITING)
-            self._enqueue(req, resumed=True)
+        self._enqueue(req, resumed=True)
 
     # -- decisions both engines ask for ----------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
@@ -233,9 +245,11 @@ class Scheduler:
         self._enqueue(req, resumed=False)
 
     def _dequeue(self, req: Request) -> None:
+        self.counters.admissions += 1
         if self.waiting.is_starved(req, self.iteration):
             # The promotion sticks: last to be preempted, and back at the head if it is.
             req.queue_key = (-math.inf, float(req.enqueued_iteration), float(req.request_id))
+            self.counters.starved_admissions += 1
         self.waiting.remove(req)
 
     def _place(self, req: Request) -> None:
@@ -276,7 +290,8 @@ class Scheduler:
             self.counters.swap_fallbacks += 1
             strategy = KVStrategy.DISCARD
         if strategy is KVStrategy.PRESERVE:
-            paused.expires_at = self.now + self.pin_lifetime.ttl(gap)
+            ttl = self.policy.pin_ttl(paused)  # a policy's own time to live, else the default
+            paused.expires_at = self.now + (self.pin_lifetime.ttl(gap) if ttl is None else ttl)
         self._pending_swap_out += self._hold(req, paused, strategy)
         return strategy
 
@@ -334,11 +349,7 @@ class Scheduler:
             req.swapped_out_tokens += req.kv_tokens
             req.move_to(S.PAUSED_SWAPPED)
             return req.kv_tokens
-        memory.free(req.gpu_blocks)
-        self.counters.recomputed_tokens += req.kv_tokens
-        req.recomputed_tokens += req.kv_tokens
-        req.gpu_blocks = 0
-        req.kv_tokens = 0
+        self._release_kv(req)
         req.move_to(S.PAUSED_DISCARDED)
         return 0
 
@@ -365,23 +376,53 @@ class Scheduler:
         return out
 
     def pin_to_release(self, *, exclude: Hashable | None = None) -> PausedKV | None:
-        """Under memory pressure: the preserved entry the policy would give up first, removed."""
+        """Under memory pressure: the preserved entry the policy would give up first, removed,
+        with the policy's choice of swap or discard in its ``strategy`` (a pin whose tool already
+        returned is discarded: it is about to be used, a copy out and back buys nothing)."""
         worst = self.paused.worst(self.policy.pin_release_key, exclude=exclude)
         if worst is not None:
             self.paused.pop(worst.key)
-            worst.strategy = KVStrategy.DISCARD
+            worst.strategy = (
+                KVStrategy.DISCARD if worst.returned else self.policy.release_strategy(worst)
+            )
             self.counters.pins_released += 1
         return worst
+
+    def _release_kv(self, req: Request) -> None:
+        """Free ``req``'s GPU KV for a recompute: its full blocks stay in the prefix cache (if
+        any) until evicted; the tokens count as recomputed until a hit takes them back."""
+        memory = self.memory
+        memory.free(req.gpu_blocks, owner=req.request_id, cached=req.kv_tokens // memory.block_size)
+        self.counters.recomputed_tokens += req.kv_tokens
+        req.recomputed_tokens += req.kv_tokens
+        req.gpu_blocks = 0
+        req.kv_tokens = 0
+
+    def _prefix_hit_blocks(self, req: Request) -> int:
+        """Blocks of ``req``'s cached prefix its next prefill can reuse (vLLM recomputes at
+        least the last prompt token)."""
+        if req.gpu_blocks or req.host_blocks or not self.memory.prefix_caching:
+            return 0
+        cached = self.memory.cached_blocks(req.request_id)
+        if not cached:
+            return 0
+        return min(cached, (req.context_target - 1) // self.memory.block_size)
+
+    def _take_prefix(self, req: Request, blocks: int) -> None:
+        memory = self.memory
+        taken = memory.take_cached(req.request_id, blocks)
+        tokens = taken * memory.block_size
+        req.gpu_blocks += taken
+        req.kv_tokens += tokens
+        req.recomputed_tokens -= tokens
+        self.counters.recomputed_tokens -= tokens
+        self.counters.prefix_hit_tokens += tokens
 
     def preempt(self, req: Request) -> None:
         """Free a running request's KV and send it back to wait, keeping its place (as vLLM)."""
         self.running.remove(req)
         self.policy.on_leave(req)
-        self.memory.free(req.gpu_blocks)
-        self.counters.recomputed_tokens += req.kv_tokens
-        req.recomputed_tokens += req.kv_tokens
-        req.gpu_blocks = 0
-        req.kv_tokens = 0
+        self._release_kv(req)
         req.preemptions += 1
         self.counters.preemptions += 1
         req.move_to(S.WAITING)
@@ -412,39 +453,78 @@ class Scheduler:
             self.running.remove(req)
             self.policy.on_leave(req)
         self.paused.pop(req.request_id)
-        if req in self.resuming:
-            self.resuming.remove(req)
         self.memory.free(req.gpu_blocks)
         req.gpu_blocks = 0
+        if req.host_blocks:
+            self.memory.free_host_blocks += req.host_blocks
+            req.host_blocks = 0
+
+    def release_paused(self, req: Request) -> int:
+        """``req``'s session continues on another engine (a fleet routed its next turn away
+        while its tool ran): the KV it still holds here — a pin, or a copy in host memory — is
+        dropped as if discarded.  Returns the tokens dropped, which its next turn recomputes."""
+        tokens = req.kv_tokens
+        if req.state is S.PAUSED_PRESERVED:
+            paused = self.paused.pop(req.request_id)
+            if paused is None:
+                raise RuntimeError(f"request {req.request_id} is preserved but has no pin")
+            self._hold(req, paused, KVStrategy.DISCARD)
+        elif req.state is S.PAUSED_SWAPPED:
+            self.memory.drop_host(req.host_blocks)
+            req.host_blocks = 0
+            req.kv_tokens = 0
+            self.counters.recomputed_tokens += tokens
+            req.recomputed_tokens += tokens
+            req.move_to(S.PAUSED_DISCARDED)
+        elif req.state is S.PAUSED_DISCARDED:
+            return 0
+        else:
+            raise ValueError(f"request {req.request_id} is {req.state.value}, not paused")
+        return tokens
 
     # -- the simulator's iteration (vLLM builds its own batch) -----------------------------
     def schedule(self) -> SchedulerOutput:
         """Build one iteration: revisit paused KV, advance resident requests (decodes first,
         then prefill continuations; releasing pins, then preempting, when a block is missing),
-        swap in resumed requests, admit from the waiting queue through the policy's gate."""
+        admit from the waiting queue through the policy's gate (releasing pins rather than
+        blocking on them; swapped requests are copied back in within the step's copy budget)."""
         self.sync_view()
-        out = SchedulerOutput(swap_out_tokens=self._pending_swap_out)
-        self._pending_swap_out = 0
+        out = SchedulerOutput()
         for paused in self.expire_pins():
             self._drop_preserved(paused, KVStrategy.DISCARD)
         for paused, strategy in self.revisit_paused():
-            out.swap_out_tokens += self._drop_preserved(paused, strategy)
+            self._drop_preserved(paused, strategy)
         if self.policy.uses_holds:
             self.policy.begin_iteration(self.running)
         budget = self.preset.token_budget
         budget = self._advance_decodes(out, budget)
         budget = self._advance_prefills(out, budget)
-        self._swap_in(out)
         if budget > 0:
             self._admit(out, budget)
+        out.swap_out_tokens += self._pending_swap_out
+        self._pending_swap_out = 0
         return out
 
-    def _drop_preserved(self, paused: PausedKV, strategy: KVStrategy) -> int:
-        """Apply a decision about a preserved entry to its request; returns tokens to copy out."""
+    def _drop_preserved(self, paused: PausedKV, strategy: KVStrategy) -> None:
+        """Apply a decision about a preserved entry to its request; its copy out (if any) goes
+        into the coming step."""
         req = paused.request
         if req is None:
             raise RuntimeError(f"paused entry {paused.key!r} has no request to apply it to")
-        return self._hold(req, paused, strategy)
+        if paused.returned:  # its tool returned; it waits for admission
+            paused.strategy = KVStrategy.DISCARD
+            self._release_kv(req)
+            req.move_to(S.PAUSED_DISCARDED)
+            req.move_to(S.WAITING)
+            return
+        self._pending_swap_out += self._hold(req, paused, strategy)
+
+    def _release_a_pin(self, *, exclude: Hashable | None = None) -> bool:
+        pinned = self.pin_to_release(exclude=exclude)
+        if pinned is None:
+            return False
+        self._drop_preserved(pinned, pinned.strategy)
+        return True
 
     def _advance_decodes(self, out: SchedulerOutput, budget: int) -> int:
         memory = self.memory
@@ -487,9 +567,7 @@ class Scheduler:
         False if ``req`` itself had to be preempted."""
         memory = self.memory
         while not memory.can_allocate(need):
-            pinned = self.pin_to_release()
-            if pinned is not None:
-                self._drop_preserved(pinned, KVStrategy.DISCARD)
+            if self._release_a_pin():
                 continue
             candidates = [r for r in self.running if r.scheduled_iteration != self.iteration]
             victim = max(candidates, key=self.policy.preemption_key)
@@ -500,54 +578,80 @@ class Scheduler:
         req.gpu_blocks += need
         return True
 
-    def _swap_in(self, out: SchedulerOutput) -> None:
-        memory = self.memory
-        while self.resuming and len(self.running) < self.preset.max_num_seqs:
-            req = self.resuming[0]
-            blocks = memory.blocks_for(req.kv_tokens)
-            if not memory.can_allocate(blocks + self.watermark_blocks):
-                break
-            self.resuming.popleft()
-            memory.swap_in(req.host_blocks, blocks)
-            req.host_blocks = 0
-            req.gpu_blocks = blocks
-            out.swap_in_tokens += req.kv_tokens
-            self._note_dequeued(req)
-            req.move_to(S.PREFILLING)
-            self.running.append(req)
-
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
-        memory = self.memory
-        if not self.waiting or memory.free_gpu_blocks <= self.watermark_blocks:
+        """Admit from the waiting queue in the policy's order: new turns (reusing a cached
+        prefix), turns back from a tool with pinned KV, and swapped turns (copied in while the
+        step's copy budget lasts; the first always goes)."""
+        if not self.waiting:
             return
+        memory = self.memory
+        block_size = memory.block_size
+        watermark = self.watermark_blocks
         admitted: list[Request] = []
         seats = self.preset.max_num_seqs - len(self.running)
+        copy_budget = self._copy_budget_tokens()
+        copied = False
 
-        def need_for(req: Request) -> tuple[int, int]:
-            chunk = min(req.remaining_prefill, budget)
-            finishing = 1 if chunk == req.remaining_prefill else 0
-            return chunk, memory.blocks_for(req.kv_tokens + chunk + finishing) - req.gpu_blocks
+        def need_for(req: Request) -> tuple[int, int, int]:
+            """(prefill chunk, new blocks, cached prefix blocks to take)."""
+            hit = self._prefix_hit_blocks(req)
+            have = req.kv_tokens + hit * block_size
+            remaining = req.context_target - have
+            chunk = min(remaining, budget)
+            finishing = 1 if chunk == remaining else 0
+            new = memory.blocks_for(have + chunk + finishing) - req.gpu_blocks - hit
+            return chunk, new, hit
 
         def blocked(req: Request) -> bool:
-            return budget <= 0 or not memory.can_allocate(need_for(req)[1] + self.watermark_blocks)
+            if budget <= 0:
+                return True
+            if req.host_blocks and copied and req.kv_tokens > copy_budget:
+                return True  # the host link is spent for this step; it goes first next step
+            while True:
+                _, new, hit = need_for(req)
+                if memory.can_allocate(new + hit + watermark):
+                    return False
+                if not self._release_a_pin(exclude=req.request_id):
+                    return True
 
         for req in self.admissible(seats, blocked=blocked):
-            chunk, need = need_for(req)
+            chunk, new, hit = need_for(req)
             self._dequeue(req)
             admitted.append(req)
-            memory.allocate(need)
-            req.gpu_blocks += need
+            if req.host_blocks:
+                memory.swap_in(req.host_blocks, new)
+                req.host_blocks = 0
+                out.swap_in_tokens += req.kv_tokens
+                copy_budget -= req.kv_tokens
+                copied = True
+            else:
+                if hit:
+                    self._take_prefix(req, hit)
+                elif req.gpu_blocks:
+                    self.paused.pop(req.request_id)  # its pin is in use again
+                memory.allocate(new)
+            req.gpu_blocks += new
             req.scheduled_iteration = self.iteration
             out.prefills.append((req, chunk))
             budget -= chunk
         for req in admitted:  # everyone leaves the queue before the policy hears of any
             self._place(req)
 
-    def update_from_output(self, out: SchedulerOutput, *, step_time: float) -> list[TurnEnd]:
+    def _copy_budget_tokens(self) -> float:
+        """KV tokens the host link moves during one step's compute (the last step's)."""
+        preset = self.preset
+        nbytes = preset.cost.copy_budget_bytes(self.view.last_compute_time)
+        return nbytes / preset.kv_bytes_per_token
+
+    def update_from_output(
+        self, out: SchedulerOutput, *, step_time: float, compute_time: float | None = None
+    ) -> list[TurnEnd]:
         """Advance every scheduled request by what the iteration computed (``self.now`` is the
-        iteration's end); returns the turns that ended."""
+        iteration's end); returns the turns that ended.  ``compute_time``: the step's compute
+        without its copies (default: all of ``step_time``)."""
         self.counters.swapped_tokens += out.swap_in_tokens + out.swap_out_tokens
         self.view.last_iteration_time = step_time
+        self.view.last_compute_time = step_time if compute_time is None else compute_time
         self.view.batch_query_tokens = out.query_tokens
         ended: list[TurnEnd] = []
         for req, chunk in out.prefills:

@@ -38,6 +38,7 @@ class PausedKV:
     strategy: KVStrategy = KVStrategy.PRESERVE  # how the KV is held now
     expires_at: float = float("inf")
     request: Request | None = None  # the engine-neutral request behind it, where there is one
+    returned: bool = False  # its tool returned; it waits for admission with its KV pinned
 
     def remaining(self, now: float) -> float:
         """Predicted seconds until the tool returns (0 once overdue)."""

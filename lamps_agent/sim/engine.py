@@ -3,8 +3,8 @@
 It keeps only the clock, the event heap (arrivals, tool returns) and the cost model; every
 scheduling decision belongs to the core :class:`~lamps_agent.scheduler.core.Scheduler`, driven
 here through vLLM's contract: ``schedule()`` builds an iteration, the cost model says how long it
-takes (compute, or the swap traffic if that is longer — copies overlap compute, as INFERCEPT
-pipelines them), ``update_from_output()`` advances every scheduled request and reports the turns
+takes (compute, including prefill attention over the existing context, and the step's copies:
+overlapping compute or serialised with it, as the preset says), ``update_from_output()`` advances every scheduled request and reports the turns
 that ended.  When nothing can run the clock jumps to the next event.  Everything is deterministic:
 same workload, policy and predictor seed → identical results.
 """
@@ -75,10 +75,10 @@ class Simulator:
                 # Nothing can advance until a tool returns or a request arrives.
                 self._jump_to_next_event()
                 continue
-            dt = self._execute(out)
+            dt, compute = self._execute(out)
             self.now += dt
             sched.set_time(self.now)
-            for end in sched.update_from_output(out, step_time=dt):
+            for end in sched.update_from_output(out, step_time=dt, compute_time=compute):
                 if end.strategy is None:
                     self._done.append(end.request)
                 else:
@@ -99,7 +99,7 @@ class Simulator:
             sched = self.scheduler
             raise SimulationError(
                 f"stuck at t={self.now:.3f}s: {len(sched.waiting)} waiting, {len(sched.running)} "
-                f"running, {len(sched.resuming)} to swap in, nothing can be scheduled"
+                f"running, {len(sched.paused)} pinned, nothing can be scheduled"
             )
         if t > self.now:
             self._advance_clock(t - self.now)
@@ -109,14 +109,21 @@ class Simulator:
         self.now += dt
         self.scheduler.set_time(self.now)
 
-    def _execute(self, out: SchedulerOutput) -> float:
-        """Seconds the iteration takes on the cost model."""
+    def _execute(self, out: SchedulerOutput) -> tuple[float, float]:
+        """Seconds the iteration takes on the cost model, and its compute alone."""
         preset = self.preset
-        resident = sum(r.kv_tokens for r in out.decodes) + sum(r.kv_tokens for r, _ in out.prefills)
-        compute = preset.cost.iteration_time(out.prefill_tokens, len(out.decodes), resident)
+        cost = preset.cost
+        resident = sum(r.kv_tokens for r in out.decodes)
+        prefill_tokens = 0
+        products = 0.0
+        for r, chunk in out.prefills:  # kv_tokens: the context before this chunk
+            resident += r.kv_tokens
+            prefill_tokens += chunk
+            products += chunk * (r.kv_tokens + chunk / 2.0)
+        compute = cost.iteration_time(prefill_tokens, len(out.decodes), resident, products)
         moved = out.swap_in_tokens + out.swap_out_tokens
-        transfer = preset.cost.swap_time(moved * preset.kv_bytes_per_token)
-        dt = max(compute, transfer)
+        transfer = cost.swap_time(moved * preset.kv_bytes_per_token) if moved else 0.0
+        dt = cost.step_time(compute, transfer)
         preserved = self.scheduler.paused.preserved_tokens
         self.memory_waste_token_s += preserved * dt
         if self._record:
@@ -124,7 +131,7 @@ class Simulator:
             self._t_times.append(self.now + dt)
             self._t_used.append(memory.used_gpu_blocks)
             self._t_pinned.append(memory.blocks_for(preserved))
-        return dt
+        return dt, compute
 
     # -- events --------------------------------------------------------------------------
     def _absorb_events(self) -> None:
@@ -179,6 +186,9 @@ class Simulator:
             pins_released=c.pins_released,
             swap_fallbacks=c.swap_fallbacks,
             rejected=c.rejected,
+            prefix_hit_tokens=c.prefix_hit_tokens,
+            admissions=c.admissions,
+            starved_admissions=c.starved_admissions,
         )
         summary = summarize(metrics, labels=labels, preset=self.preset.name, counters=counters)
         timeline = None

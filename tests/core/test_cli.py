@@ -18,6 +18,8 @@ def test_bench_writes_table_csv_json_markdown_and_plots(
             "40",
             "--qps",
             "2,4",
+            "--duration",
+            "60",
             "--policies",
             "vllm,infercept,lamps",
             "--set",

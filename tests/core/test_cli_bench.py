@@ -113,7 +113,7 @@ def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: Any, **__: Any) -> None:
         raise AssertionError("simulated before the output folder was checked")
 
-    monkeypatch.setattr(bench_cli, "run_grid", refuse)
+    monkeypatch.setattr(bench_cli, "make_bound", refuse)
 
 
 @pytest.mark.usefixtures("no_simulation")
@@ -141,7 +141,7 @@ def test_results_are_never_overwritten_silently(
         raise AssertionError("simulated although the folder holds an earlier run")
 
     with monkeypatch.context() as m:
-        m.setattr(bench_cli, "run_grid", refuse)
+        m.setattr(bench_cli, "make_bound", refuse)
         assert bench("--qps", "2", "--policies", "lamps", "--out", str(out)) == 2
     assert "holds an earlier run" in one_line_error(capsys)
     assert (out / "results.json").read_text() == first
@@ -219,7 +219,7 @@ def test_reductions_against_a_fixed_predictor(summaries: list[RunSummary]) -> No
 def test_the_kv_timeline_defaults_to_the_recommended_policy() -> None:
     args = build_parser().parse_args(["bench", "--policies", "lamps,vllm", "--qps", "2,5"])
     timeline = bench_cli._timeline(args, ["lamps", "vllm"], ["oracle"], [2.0, 5.0])
-    assert timeline == RunSpec(policy=RECOMMENDED_POLICY, predictor="oracle", qps=5.0)
+    assert timeline == RunSpec(policy=RECOMMENDED_POLICY, predictor="oracle", qps=5.0, seed=0)
     timeline = bench_cli._timeline(args, ["sjf", "vllm"], ["oracle"], [2.0, 5.0])
     assert timeline is not None and timeline.policy == "vllm"
 

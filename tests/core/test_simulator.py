@@ -27,6 +27,9 @@ class CheckedMemory(KVMemory):
         super().allocate(blocks)
         assert 0 <= self.free_gpu_blocks <= self.num_gpu_blocks
         assert 0 <= self.free_host_blocks <= self.num_host_blocks
+        if self.prefix_caching:  # the LRU pool holds exactly the free blocks
+            assert sum(run.blocks for run in self._lru) == self.free_gpu_blocks
+            assert 0 <= self.cached_gpu_blocks <= self.free_gpu_blocks
 
 
 def _simulate(
@@ -40,6 +43,7 @@ def _simulate(
         num_gpu_blocks=preset.num_gpu_blocks,
         num_host_blocks=preset.num_host_blocks,
         block_size=preset.block_size,
+        prefix_caching=policy.prefix_caching,
     )
     sim.scheduler.memory = sim.scheduler.view.memory = checked
     result = sim.run(RunLabels(policy=policy_name, predictor=predictor))
@@ -66,7 +70,7 @@ def test_every_request_finishes_within_capacity_and_no_block_leaks(
     assert memory.free_gpu_blocks == memory.num_gpu_blocks  # nothing leaked
     assert memory.free_host_blocks == memory.num_host_blocks
     sched = sim.scheduler
-    assert not sched.running and not sched.paused and not sched.waiting and not sched.resuming
+    assert not sched.running and not sched.paused and not sched.waiting
     assert (
         result.timeline is not None
         and max(result.timeline.used_blocks) <= small_preset.num_gpu_blocks
@@ -92,13 +96,24 @@ def test_different_seeds_differ(small_preset: Preset) -> None:
     assert a.summary.e2e.mean != b.summary.e2e.mean
 
 
-def test_vllm_discards_at_every_tool_call_and_recomputes_the_context(small_preset: Preset) -> None:
+def test_vllm_nocache_discards_at_every_tool_call_and_recomputes_the_context(
+    small_preset: Preset,
+) -> None:
+    big = dataclasses.replace(small_preset, gpu_kv_gb=40.0)
+    program = make_program("p", [(10, 1.0, 5), (10, 1.0, 5), (10, 0, 0)], prompt=300)
+    _, result = _simulate(big, "vllm-nocache", [Arrival(0.0, program)])
+    # contexts lost at the two pauses: 300+10 and 315+10
+    assert result.summary.recomputed_tokens == 310 + 325
+    assert result.summary.swapped_bytes == 0 and result.summary.prefix_hit_tokens == 0
+
+
+def test_vllm_reuses_the_cached_prefix_after_a_tool_call(small_preset: Preset) -> None:
     big = dataclasses.replace(small_preset, gpu_kv_gb=40.0)
     program = make_program("p", [(10, 1.0, 5), (10, 1.0, 5), (10, 0, 0)], prompt=300)
     _, result = _simulate(big, "vllm", [Arrival(0.0, program)])
-    # contexts lost at the two pauses: 300+10 and 315+10
-    assert result.summary.recomputed_tokens == 310 + 325
-    assert result.summary.swapped_bytes == 0
+    # Full 16-token blocks survive in the idle engine's free pool: 304 of 310, 320 of 325.
+    assert result.summary.prefix_hit_tokens == 304 + 320
+    assert result.summary.recomputed_tokens == (310 - 304) + (325 - 320)
 
 
 def test_lamps_preserves_short_calls_without_recompute(small_preset: Preset) -> None:
@@ -193,6 +208,6 @@ def test_real_trace_runs_for_every_policy() -> None:
 def test_unknown_policy_lists_valid_names(small_preset: Preset) -> None:
     with pytest.raises(
         UnknownNameError,
-        match="valid: infercept, lamps, lamps-norank, nested-wait, sjf, vllm, wait",
+        match="valid: infercept, lamps, lamps-aging, lamps-norank, nested-wait, program, sjf, vllm, vllm-nocache, wait",
     ):
         make_policy("edf", predictor=make_predictor("oracle"), preset=small_preset)

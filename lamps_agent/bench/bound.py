@@ -1,0 +1,65 @@
+"""The contention-free bound: each program alone on the engine.
+
+A program's bound is its E2E latency when it is the only program the engine serves: no queueing,
+no other request's KV competing for memory, every step at batch size one.  It is simulated with the
+same engine, cost model and preset as the runs it bounds, once per policy of the benchmark, and the
+lowest is kept (alone, the policies differ only in what they do with a paused turn's KV, and the
+best of them is the one no scheduler can beat on this engine).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lamps_agent.policies import make_policy
+from lamps_agent.predictors import make_predictor
+from lamps_agent.presets import Preset
+from lamps_agent.program import Program
+from lamps_agent.sim import RunLabels, Simulator
+from lamps_agent.workloads.arrivals import Arrival
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alone:
+    """One program's contention-free latencies (seconds)."""
+
+    e2e: float
+    engine: float  # e2e minus the program's own tool time
+
+
+def alone_latency(program: Program, *, preset: Preset, policy: str) -> Alone:
+    """``program`` alone on the engine under ``policy`` (oracle predictions)."""
+    sim = Simulator(
+        preset=preset,
+        policy=make_policy(policy, predictor=make_predictor("oracle"), preset=preset),
+        arrivals=[Arrival(0.0, program)],
+    )
+    (m,) = sim.run(RunLabels(policy=policy, predictor="oracle")).requests
+    return Alone(e2e=m.e2e, engine=m.e2e - m.tool_time)
+
+
+class ContentionFreeBound:
+    """The bound of each program, computed once per distinct program and cached."""
+
+    def __init__(self, *, preset: Preset, policies: Sequence[str]) -> None:
+        if not policies:
+            raise ValueError("the bound needs at least one policy")
+        self.preset = preset
+        self.policies = tuple(policies)
+        self._cache: dict[Program, Alone] = {}
+
+    def of(self, program: Program) -> Alone:
+        hit = self._cache.get(program)
+        if hit is None:
+            runs = [alone_latency(program, preset=self.preset, policy=p) for p in self.policies]
+            hit = min(runs, key=lambda a: a.e2e)
+            self._cache[program] = hit
+        return hit
+
+    def mean_e2e(self, programs: Iterable[Program]) -> float:
+        return statistics.fmean(self.of(p).e2e for p in programs)
+
+    def mean_engine(self, programs: Iterable[Program]) -> float:
+        return statistics.fmean(self.of(p).engine for p in programs)

@@ -1,0 +1,157 @@
+"""Tables of protocol rows (median and range over repeats, stability, the contention-free bound)
+and of capacities, for the terminal and for Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich import box
+from rich.table import Table
+
+from lamps_agent.bench.aggregate import Row, base_of, baseline_rows, difference
+from lamps_agent.bench.capacity import Bracket
+from lamps_agent.bench.report import Baseline
+
+_DELTAS = (("ΔE2E", "e2e_mean"), ("ΔP99", "e2e_p99"), ("ΔTTFT", "ttft_mean"))
+
+
+def _stable_text(row: Row) -> str:
+    return "—" if row.stable is None else ("yes" if row.stable else "NO")
+
+
+def _fmt_alone(row: Row) -> str:
+    return "—" if row.alone_e2e != row.alone_e2e else f"{row.alone_e2e:.2f}"  # nan check
+
+
+def _bases(rows: Sequence[Row], baseline: Baseline | None) -> dict[tuple[float, str], Row]:
+    return baseline_rows(rows, baseline.policy, baseline.predictor) if baseline else {}
+
+
+def rows_table(
+    rows: Sequence[Row], baseline: Baseline | None, *, wide: bool = False, repeats: str = "seeds"
+) -> Table:
+    """Medians per row (with several repeats, the range of the E2E mean too)."""
+    bases = _bases(rows, baseline)
+    several = any(len(r.samples) > 1 for r in rows)
+    title = None
+    if baseline:
+        title = (
+            f"Δ: % lower than {baseline.label} (negative: higher); ≈: within the range over "
+            f"{repeats}; unstable: no steady state, no Δ"
+        )
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    heads = ["policy", "qps", "stable", "alone s", "E2E s"]
+    if several:
+        heads.append("±")  # half the range over the repeats
+    heads += ["P99 s", "TTFT s"]
+    if wide:
+        heads += ["engine s", "measured", "recomputed"]
+    if baseline:
+        heads += [d for d, _ in _DELTAS]
+    for h in heads:
+        table.add_column(h, justify="left" if h == "policy" else "right", no_wrap=True)
+    for row in rows:
+        e2e = row.spread("e2e_mean")
+        cells = [row.label, f"{row.qps:g}", _stable_text(row), _fmt_alone(row), f"{e2e.median:.2f}"]
+        if several:
+            cells.append(f"{e2e.width / 2:.2f}" if e2e.n > 1 else "")
+        cells += [f"{row.spread('e2e_p99').median:.2f}", f"{row.spread('ttft_mean').median:.3f}"]
+        if wide:
+            cells += [
+                f"{row.spread('engine_mean').median:.2f}",
+                f"{row.measured:,}",
+                f"{row.spread('recomputed').median:,.0f}",
+            ]
+        if baseline:
+            base = base_of(row, bases)
+            cells += [difference(row, base, m) if base else "—" for _, m in _DELTAS]
+        table.add_row(*cells)
+    return table
+
+
+def rows_markdown(rows: Sequence[Row], baseline: Baseline | None) -> str:
+    """The Markdown table docs/benchmarks.md quotes: medians with (min–max) over the repeats."""
+    bases = _bases(rows, baseline)
+    judged = any(r.stable is not None for r in rows)  # simulator rows; a real engine's are not
+    head = "| policy | qps |" + (" stable |" if judged else "") + " programs measured |"
+    head += (" alone E2E s |" if judged else "") + " E2E mean s | E2E P99 s | TTFT mean s |"
+    head += " engine mean s | recomputed tok |"
+    rule = "|---|---:|" + (":---:|" if judged else "") + "---:|" + ("---:|" if judged else "")
+    rule += "---:|---:|---:|---:|---:|"
+    if baseline:
+        b = baseline.label
+        head += f" E2E vs {b} | P99 vs {b} | TTFT vs {b} |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
+    for row in rows:
+        line = f"| {row.label} | {row.qps:g} |" + (f" {_stable_text(row)} |" if judged else "")
+        line += f" {row.measured:,} |" + (f" {_fmt_alone(row)} |" if judged else "")
+        line += (
+            f" {row.spread('e2e_mean').text()} | "
+            f"{row.spread('e2e_p99').text()} | {row.spread('ttft_mean').text('.3f')} | "
+            f"{row.spread('engine_mean').text()} | {row.spread('recomputed').text(',.0f')} |"
+        )
+        if baseline:
+            base = base_of(row, bases)
+            line += "".join(f" {difference(row, base, m) if base else '—'} |" for _, m in _DELTAS)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capacity:
+    policy: str
+    stable: Bracket
+    p99: Bracket | None  # with a P99 target
+    evaluations: int
+
+
+def capacity_table(caps: Sequence[Capacity], *, p99_target: float | None) -> Table:
+    table = Table(
+        title="capacity: highest stable qps (bracket: stable at low, unstable at high)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for h in (
+        "policy",
+        "stable qps",
+        "bracket",
+        *(["P99 ≤ target qps"] if p99_target else []),
+        "runs",
+    ):
+        table.add_column(h, justify="left" if h == "policy" else "right", no_wrap=True)
+    for c in caps:
+        cells = [c.policy, _low(c.stable), _range(c.stable)]
+        if p99_target:
+            cells.append(_low(c.p99) if c.p99 else "—")
+        cells.append(str(c.evaluations))
+        table.add_row(*cells)
+    return table
+
+
+def capacity_markdown(caps: Sequence[Capacity], *, p99_target: float | None) -> str:
+    head = "| policy | highest stable qps | bracket (stable – unstable) |"
+    rule = "|---|---:|---:|"
+    if p99_target:
+        head += f" highest qps with P99 E2E ≤ {p99_target:g} s |"
+        rule += "---:|"
+    lines = [head, rule]
+    for c in caps:
+        line = f"| {c.policy} | {_low(c.stable)} | {_range(c.stable)} |"
+        if p99_target:
+            line += f" {_low(c.p99) if c.p99 else '—'} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _low(b: Bracket) -> str:
+    if b.low is None:
+        return f"< {b.high:.3g}" if b.high is not None else "—"
+    return f"≥ {b.low:.3g}" if b.high is None else f"{b.low:.3g}"
+
+
+def _range(b: Bracket) -> str:
+    lo = "—" if b.low is None else f"{b.low:.3g}"
+    hi = "—" if b.high is None else f"{b.high:.3g}"
+    return f"{lo} – {hi}"

@@ -1,0 +1,192 @@
+"""The program-aware policy: threshold admission, footprint prediction, aging bound, TTL rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from lamps_agent.policies import make_policy
+from lamps_agent.policies.program import (
+    ADMITTED,
+    NEW,
+    FootprintPredictor,
+    ProgramPolicy,
+    ttl_by_cost_benefit,
+)
+from lamps_agent.predictors import make_predictor
+from lamps_agent.presets import Preset, load_preset
+from lamps_agent.request import KVStrategy, Request, RequestState
+from lamps_agent.scheduler import PausedKV, Scheduler
+from lamps_agent.sim import RunLabels, Simulator
+from lamps_agent.workloads import poisson_workload
+from lamps_agent.workloads.longctx import generate_longctx
+from tests.core.conftest import make_program
+
+
+def _policy(preset: Preset, **options: object) -> tuple[ProgramPolicy, Scheduler]:
+    policy = make_policy("program", predictor=make_predictor("oracle"), preset=preset, **options)
+    assert isinstance(policy, ProgramPolicy)
+    return policy, Scheduler(preset=preset, policy=policy)
+
+
+def _request(rid: int, *, prompt: int = 2000, agent: str = "a") -> Request:
+    program = make_program(f"p{rid}", [(50, 1.0, 500)] * 4, prompt=prompt, agent=agent)
+    return Request(request_id=rid, program=program, arrival_time=float(rid))
+
+
+def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Preset) -> None:
+    # A budget of about one program: the first is admitted, the next new ones are held.
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    first, second, third = _request(1), _request(2), _request(3)
+    for req in (first, second, third):
+        sched.add_request(req)
+    admitted = list(sched.admissible(10))
+    assert admitted == [first]  # the gate refused the second and stopped the walk
+    sched.admit(first)
+    assert policy.committed + policy.footprint_term(second) > policy.budget_tokens
+    assert list(sched.admissible(10)) == []
+    # The first program's turn was preempted (or its tool returned to the queue): it goes first,
+    # past the held new programs, though the budget is still exceeded.
+    sched.preempt(first)
+    assert first.queue_key[0] == ADMITTED and second.queue_key[0] == NEW
+    assert list(sched.admissible(10)) == [first]
+
+
+def test_an_engine_with_nothing_in_flight_admits_even_a_program_over_budget(
+    small_preset: Preset,
+) -> None:
+    policy, sched = _policy(small_preset, target_utilization=0.001, open_below=0.0)
+    big = _request(1, prompt=8000)
+    sched.add_request(big)
+    assert policy.footprint_term(big) > policy.budget_tokens
+    assert list(sched.admissible(10)) == [big]
+
+
+def test_footprint_predictor_uses_the_prior_then_learns_per_agent() -> None:
+    fp = FootprintPredictor(prior_turns=8, prior_growth=1000, min_programs=3)
+    assert fp.predict(agent="coder", step=0, context=4000).peak == pytest.approx(12_000)
+    for turns, peak in ((4, 5000), (4, 5000), (6, 7000)):  # 1000 tokens per turn
+        fp.observe(agent="coder", turns=turns, first_prompt=1000, peak=peak)
+    assert fp.known("coder") and not fp.known("chat")
+    start = fp.predict(agent="coder", step=0, context=1000)
+    assert start.growth == pytest.approx(1000)
+    assert start.remaining_turns == pytest.approx(14 / 3)  # mean of 4, 4, 6
+    late = fp.predict(agent="coder", step=4, context=5000)  # only the 6-turn program went on
+    assert late.remaining_turns == pytest.approx(2)
+    assert late.peak == pytest.approx(7000)
+    past = fp.predict(agent="coder", step=9, context=10_000)  # longer than any seen: one more
+    assert past.remaining_turns == pytest.approx(1)
+    assert fp.predict(agent="chat", step=0, context=500).peak == pytest.approx(8500)
+
+
+@dataclass
+class _Turn:
+    agent: str
+    step: int
+    output_tokens: int
+    prompt_tokens: int | None
+    session_id: str | None
+
+
+def test_footprint_predictor_learns_from_recorded_turns() -> None:
+    records = [_Turn("coder", step, 100, 1000 + 600 * step, "s1") for step in range(5)] + [
+        _Turn("coder", 0, 100, None, "s2"),
+        _Turn("coder", 0, 100, 500, None),
+    ]
+    fp = FootprintPredictor(min_programs=1)
+    assert fp.seed_from_turns(records) == 1  # s2 has no prompt sizes, the last no session
+    got = fp.predict(agent="coder", step=0, context=1000)
+    assert got.remaining_turns == pytest.approx(5)
+    assert got.growth == pytest.approx((1000 + 2400 + 100 - 1000) / 5)
+
+
+def test_the_policy_learns_footprints_from_finished_programs(small_preset: Preset) -> None:
+    programs = [make_program(f"p{i}", [(30, 0.1, 100)] * 5, agent="x") for i in range(6)]
+    arrivals = poisson_workload(programs, qps=0.5, seed=0)
+    policy, _ = _policy(small_preset)
+    Simulator(preset=small_preset, policy=policy, arrivals=arrivals).run(
+        RunLabels(policy="program", predictor="oracle")
+    )
+    assert policy.footprints.known("x")
+    got = policy.footprints.predict(agent="x", step=0, context=200)
+    assert got.remaining_turns == pytest.approx(5)
+    assert got.growth == pytest.approx(130 * 4 / 5 + 30 / 5)
+    assert not policy.in_flight and policy.committed == 0.0
+
+
+def test_aging_bounds_how_late_an_entrant_can_pass(small_preset: Preset) -> None:
+    policy, sched = _policy(small_preset, max_age_s=60.0)
+    huge, tiny, later = _request(1), _request(2), _request(3)
+    for area in (1e6, 2e6, 3e6):  # the running mean area the handicaps are relative to
+        policy._aged_key(huge, area, NEW)
+    key_huge = policy._aged_key(huge, 1e9, NEW)
+    sched.set_time(10.0)  # a far smaller program 10 s later goes first
+    key_tiny = policy._aged_key(tiny, 1.0, NEW)
+    assert key_tiny < key_huge
+    sched.set_time(60.0)  # max_age_s later: never ahead, however small its area
+    key_later = policy._aged_key(later, 0.0, NEW)
+    assert key_huge < key_later
+    for area in (0.0, 1.0, 1e3, 1e6, 1e12):
+        handicap = policy._aged_key(later, area, NEW)[1] - 60.0
+        assert 0.0 <= handicap < 60.0
+        assert policy._aged_key(later, area, ADMITTED)[1] - 60.0 < policy.turn_max_age_s
+
+
+def test_ttl_rule_pins_as_long_as_the_held_memory_is_worth_it() -> None:
+    durations = [1.0, 2.0, 3.0, 4.0]
+    # Cheap to hold (1 token): pin until every call has returned.
+    assert ttl_by_cost_benefit(durations, context_tokens=1, fallback_waste=10) == (4.0, 2.5)
+    # Expensive to hold: every TTL costs more than not pinning at all.
+    assert ttl_by_cost_benefit(durations, context_tokens=10, fallback_waste=10) == (0.0, 10)
+    # In between: pin for the bulk of the distribution, not its tail.
+    tau, _ = ttl_by_cost_benefit([1.0] * 9 + [100.0], context_tokens=1, fallback_waste=5)
+    assert tau == 1.0
+
+
+def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: Preset) -> None:
+    policy, sched = _policy(small_preset)
+    for _ in range(20):  # a 10 ms tool: holding 350 tokens that long beats swap or recompute
+        policy.durations.observe("tool", 0.01)
+    req = _request(1, prompt=300)
+    sched.add_request(req)
+    sched.admit(req)
+    req.move_to(RequestState.DECODING)
+    req.kv_tokens = 350
+    req.gpu_blocks = sched.memory.blocks_for(350)
+    sched.memory.allocate(req.gpu_blocks)
+    assert sched.pause(req) is KVStrategy.PRESERVE
+    pin = sched.paused.get(req.request_id)
+    assert isinstance(pin, PausedKV)
+    assert pin.expires_at == pytest.approx(0.01 + ProgramPolicy.TTL_GRACE_S)
+    sched.set_time(0.005)
+    assert sched.revisit_paused() == []
+    sched.set_time(0.01)  # the policy's deadline: the pin goes, by least waste
+    changes = sched.revisit_paused()
+    assert [(p.key, s in (KVStrategy.SWAP, KVStrategy.DISCARD)) for p, s in changes] == [(1, True)]
+
+
+def test_program_policy_runs_a_long_context_workload_without_losing_requests() -> None:
+    preset = load_preset("h100-llama3-8b", overrides={"gpu_kv_gb": 8})
+    programs = generate_longctx(30, seed=4, max_context=32_768)
+    arrivals = poisson_workload(programs, qps=0.2, seed=0)
+    policy, _ = _policy(preset)
+    sim = Simulator(preset=preset, policy=policy, arrivals=arrivals)
+    result = sim.run(RunLabels(policy="program", predictor="oracle"))
+    assert result.summary.num_requests == len(arrivals)
+    assert result.summary.rejected == 0
+    assert sim.scheduler.memory.free_gpu_blocks == sim.scheduler.memory.num_gpu_blocks
+    assert sim.scheduler.memory.free_host_blocks == sim.scheduler.memory.num_host_blocks
+    assert not policy.in_flight
+
+
+def test_bad_options_are_refused(small_preset: Preset) -> None:
+    for bad in (
+        {"target_utilization": 0},
+        {"max_age_s": 0},
+        {"footprint_source": "psychic"},
+        {"footprint_error": -0.1},
+        {"open_below": 2},
+    ):
+        with pytest.raises(ValueError):
+            make_policy("program", predictor=make_predictor("oracle"), preset=small_preset, **bad)

@@ -1,0 +1,236 @@
+"""The steady-state benchmark protocol: the window, warm-up exclusion, the stability flag, the
+capacity search and "≈" for differences within the spread."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from lamps_agent.bench.aggregate import APPROX, UNSTABLE, Row, Spread, difference, group
+from lamps_agent.bench.bound import ContentionFreeBound, alone_latency
+from lamps_agent.bench.capacity import search
+from lamps_agent.bench.protocol import Window, default_window, judge_stability
+from lamps_agent.bench.runner import BenchConfig, RunSpec, arrivals_for, measure, run_one
+from lamps_agent.cli.main import main
+from lamps_agent.metrics import EngineCounters, RequestMetrics, RunLabels, RunSummary, summarize
+from lamps_agent.presets import Preset
+from lamps_agent.workloads import generate_programs
+from tests.core.conftest import make_program
+
+
+def request(i: int, arrival: float, engine: float, tool: float = 1.0) -> RequestMetrics:
+    return RequestMetrics(
+        request_id=i,
+        program_id=f"p{i}",
+        agent="a",
+        arrival=arrival,
+        finish=arrival + engine + tool,
+        e2e=engine + tool,
+        tool_time=tool,
+        ttft=0.1,
+        normalized_latency=0.01,
+        max_queue_wait=0.0,
+        output_tokens=100,
+        tool_calls=1,
+        recomputed_tokens=0,
+        preemptions=0,
+    )
+
+
+def summary(policy: str, e2e: float, *, qps: float = 1.0, seed: int = 0) -> RunSummary:
+    return summarize(
+        [request(0, 0.0, e2e - 1.0)],
+        labels=RunLabels(policy=policy, predictor="oracle", qps=qps, seed=seed),
+        preset="p",
+        counters=EngineCounters(recomputed_tokens=0),
+    )
+
+
+# -- the window ------------------------------------------------------------------------------
+
+
+def test_the_default_window_is_a_warmup_plus_twenty_unloaded_latencies() -> None:
+    w = default_window(53.0)
+    assert w.warmup == 110.0  # 2 × 53 s, rounded up to 10 s
+    assert w.measured_length == 1060.0 and w.end == 1170.0
+    # a duration the user gives is the whole window; the warm-up stays inside it
+    assert default_window(53.0, duration=1800) == Window(warmup=110.0, end=1800.0)
+    assert default_window(53.0, duration=60).warmup == pytest.approx(6.0)
+    assert default_window(53.0, duration=1800, warmup=0) == Window(warmup=0.0, end=1800.0)
+    with pytest.raises(ValueError, match="shorter than --duration"):
+        default_window(53.0, duration=100, warmup=100)
+
+
+def test_warmup_arrivals_run_but_are_not_measured(small_preset: Preset) -> None:
+    config = BenchConfig(
+        programs=generate_programs(6, seed=0),
+        trace_name="t",
+        preset=small_preset,
+        qps=[1.0],
+        policies=["lamps"],
+        duration=60.0,
+        warmup=20.0,
+    )
+    spec = RunSpec(policy="lamps", predictor="oracle", qps=1.0)
+    arrivals = arrivals_for(config, 1.0, 0)
+    result = run_one(config, spec, arrivals)
+    point = measure(
+        config, spec, result, arrivals, ContentionFreeBound(preset=small_preset, policies=["lamps"])
+    )
+    early = [a for a in arrivals if a.time < 20.0]
+    assert early and len(result.requests) == len(arrivals)  # every arrival ran to completion
+    assert point.simulated == len(arrivals) and point.measured == len(arrivals) - len(early)
+    assert point.summary.num_requests == point.measured
+    # measured in the window, and finishing after it (the drain) still counts
+    late = max(m.finish for m in result.requests)
+    assert late > 60.0 and point.summary.makespan == pytest.approx(late)
+
+
+def test_the_bound_is_the_program_alone_and_below_any_loaded_run(small_preset: Preset) -> None:
+    prog = make_program("x", [(50, 2.0, 10), (30, 0.0, 0)])
+    alone = alone_latency(prog, preset=small_preset, policy="lamps")
+    assert alone.e2e == pytest.approx(alone.engine + 2.0) and alone.engine > 0
+    bound = ContentionFreeBound(preset=small_preset, policies=["vllm", "lamps"])
+    assert bound.of(prog).e2e <= alone.e2e
+    assert bound.of(prog) is bound.of(prog)  # cached
+
+
+# -- the stability flag ------------------------------------------------------------------------
+
+
+def _run(engine_at: float, *, slope: float, n: int = 300, seed: int = 0) -> list[RequestMetrics]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        t = 10.0 + 90.0 * i / n
+        out.append(request(i, t, max(0.01, engine_at + slope * (t - 10.0) + rng.gauss(0, 0.3))))
+    return out
+
+
+def test_a_flat_run_is_stable_and_a_growing_one_is_not() -> None:
+    window = Window(warmup=10.0, end=100.0)
+    flat = judge_stability(_run(2.0, slope=0.0), window, unloaded_engine=1.0)
+    assert flat.stable and flat.growth < flat.threshold
+    growing = judge_stability(_run(2.0, slope=0.05), window, unloaded_engine=1.0)
+    assert not growing.stable and "grew" in growing.reason
+    assert growing.growth == pytest.approx(0.05 * 60, rel=0.1)  # thirds 30 s apart on average
+    # noise alone never trips it: a heavy-tailed flat run over many seeds
+    for seed in range(20):
+        assert judge_stability(_run(2.0, slope=0.0, seed=seed), window).stable
+
+
+def test_too_few_programs_cannot_be_judged_stable() -> None:
+    window = Window(warmup=0.0, end=90.0)
+    verdict = judge_stability([request(i, 30.0 * i, 1.0) for i in range(4)], window)
+    assert not verdict.stable and "too few" in verdict.reason
+
+
+# -- capacity ----------------------------------------------------------------------------------
+
+
+def test_capacity_brackets_then_bisects_to_the_resolution() -> None:
+    calls: list[float] = []
+
+    def passes(q: float) -> bool:
+        calls.append(q)
+        return q <= 7.3
+
+    found = search(passes, start=2.0, resolution=0.05)
+    assert found.low is not None and found.high is not None
+    assert found.low <= 7.3 < found.high and found.high - found.low <= 0.05 * found.low
+    assert calls[:3] == [2.0, 4.0, 8.0]  # doubling until the first failure
+    assert len(calls) == len(set(calls)) == len(found.tried)
+
+
+def test_capacity_searches_down_and_reports_open_brackets() -> None:
+    found = search(lambda q: q <= 0.3, start=4.0, resolution=0.1)
+    assert found.low is not None and found.high is not None and found.low <= 0.3 < found.high
+    never = search(lambda q: False, start=1.0, min_qps=0.25)
+    assert never.low is None and never.high == 0.25
+    always = search(lambda q: True, start=1.0, max_qps=8.0)
+    assert always.low == 8.0 and always.high is None
+
+
+# -- "≈" ---------------------------------------------------------------------------------------
+
+
+def _row(policy: str, e2es: list[float], stable: bool | None = True) -> Row:
+    (row,) = group(
+        [summary(policy, e, seed=i) for i, e in enumerate(e2es)], stable=[stable] * len(e2es)
+    )
+    return row
+
+
+def test_a_difference_within_the_spread_is_reported_as_none() -> None:
+    base = _row("infercept", [10.0, 10.4, 9.8])
+    assert difference(_row("lamps", [9.9, 10.1, 9.7]), base, "e2e_mean") == APPROX
+    assert difference(_row("lamps", [8.0, 8.1, 7.9]), base, "e2e_mean") == "+20.0%"
+    # one repeat has no spread: the difference is printed as it is
+    assert difference(_row("lamps", [9.9]), _row("infercept", [10.0]), "e2e_mean") == "+1.0%"
+
+
+def test_unstable_rows_print_no_reduction() -> None:
+    base = _row("infercept", [10.0, 10.4, 9.8])
+    assert difference(_row("lamps", [5.0, 5.1, 5.2], stable=False), base, "e2e_mean") == UNSTABLE
+    # one unstable seed makes the row unstable
+    (row,) = group(
+        [summary("lamps", 5.0, seed=0), summary("lamps", 5.0, seed=1)], stable=[True, False]
+    )
+    assert row.stable is False
+    assert (
+        difference(_row("lamps", [5.0]), _row("infercept", [9.0], stable=False), "e2e_mean")
+        == UNSTABLE
+    )
+
+
+def test_spread_text() -> None:
+    assert Spread.of([3.0, 1.0, 2.0]).text() == "2.00 (1.00–3.00)"
+    assert Spread.of([2.0]).text() == "2.00"
+    assert math.isnan(Spread.of([]).median)
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def test_bench_prints_the_window_and_leads_with_capacity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "bench", "--synthetic", "6", "--set", "gpu_kv_gb=4", "-q", "--no-plots",
+            "--policies", "lamps", "--qps", "0.5", "--duration", "120", "--warmup", "20",
+            "--capacity", "--capacity-resolution", "0.5", "--capacity-max", "2",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "arrivals for 120 s, the first 20 s warm-up" in out and "simulated /" in out
+    assert out.index("capacity:") < out.index("alone s")
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("| policy | highest stable qps |")
+
+
+def test_capacity_never_tries_beyond_its_limits() -> None:
+    tried: list[float] = []
+    found = search(lambda q: tried.append(q) or q <= 5.0, start=4.0, max_qps=6.0, resolution=0.1)
+    assert max(tried) == 6.0 and tried[:2] == [4.0, 6.0]
+    assert found.low is not None and found.low <= 5.0 < (found.high or 0)
+
+
+def test_a_spec_without_a_seed_runs_the_configs_seed(small_preset: Preset) -> None:
+    config = BenchConfig(
+        programs=generate_programs(4, seed=0),
+        trace_name="t",
+        preset=small_preset,
+        qps=[2.0],
+        policies=["vllm"],
+        seed=5,
+        num_programs=6,
+    )
+    run = run_one(config, RunSpec(policy="vllm", predictor="oracle", qps=2.0))
+    assert run.summary.seed == 5
+    assert [m.arrival for m in run.requests] == [a.time for a in arrivals_for(config, 2.0, 5)]
