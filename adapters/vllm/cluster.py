@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters.vllm.server import ServeOptions, server_command, server_env, tool_setup
+
+log = logging.getLogger(__name__)
 
 ROUTER_POLICIES = ("sticky_least_loaded", "consistent_hash")
 # Router settings that make a dead replica's sessions move within seconds (its defaults: a health
@@ -260,12 +263,27 @@ class Cluster:
                 member.proc.wait()
             # the server's own children (engine processes) may outlive its main process
             _signal_group(member.proc, signal.SIGKILL)
+        for member in members:
+            _wait_group_gone(member.proc, timeout=10.0)
         self.router, self.replicas = None, []
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # else the whole group is gone
         os.killpg(proc.pid, sig)  # the group's id is the leader's pid (start_new_session)
+
+
+def _wait_group_gone(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """Until no process of the group is left (a killed engine process takes a moment to be
+    reaped), so that a stopped cluster has really stopped when ``stop`` returns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    log.warning("process group %d still has members %.0f s after SIGKILL", proc.pid, timeout)
 
 
 def _die_with_parent() -> None:
