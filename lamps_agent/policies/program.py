@@ -211,22 +211,28 @@ def ttl_by_cost_benefit(
 
 # -- the admission gate ------------------------------------------------------------------------
 class _ProgramGate:
-    """Lets later turns through; new programs while the fluid footprint stays under budget.
-    The queue puts every later turn ahead of every new program, so the first refused new program
-    ends the walk (``exhausted``)."""
+    """Later turns pass when their whole context fits in the free KV (else they wait for memory,
+    not for anyone's rank); new programs while the fluid footprint stays under budget and no
+    later turn is waiting for memory.  The queue puts every later turn ahead of every new
+    program, so the first refused new program ends the walk (``exhausted``)."""
 
     def __init__(self, policy: ProgramPolicy) -> None:
         self._policy = policy
         self._pending = 0.0
         self._pending_peaks = 0.0
         self._closed = False
+        self._turn_waits = False
         memory = policy.view.memory
+        self._free_blocks = memory.free_gpu_blocks - max(1, memory.num_gpu_blocks // 100)
         self._used = memory.used_gpu_blocks * memory.block_size
 
     def allow(self, req: Request) -> bool:
         policy = self._policy
         if req.request_id in policy.in_flight:
-            return True
+            return self._allow_turn(req)
+        if self._turn_waits:
+            self._closed = True
+            return False
         term = policy.footprint_term(req)
         committed = policy.committed + self._pending
         if not policy.in_flight and self._pending == 0.0:
@@ -239,9 +245,21 @@ class _ProgramGate:
         if ok:
             self._pending += term
             self._pending_peaks += policy.predicted_peak(req)
+            self._free_blocks -= policy.view.memory.blocks_for(req.remaining_prefill + 1)
             return True
         self._closed = True
         policy.counters_held += 1
+        return False
+
+    def _allow_turn(self, req: Request) -> bool:
+        """A chunked prefill reserves one chunk at a time: a long context recomputed into memory
+        that cannot hold it preempts others chunk by chunk (and they it).  Start it only when
+        all of it fits, or when nothing else runs."""
+        need = self._policy.view.memory.blocks_for(req.remaining_prefill + 1)
+        if need <= self._free_blocks or self._policy.view.num_running == 0:
+            self._free_blocks -= need
+            return True
+        self._turn_waits = True
         return False
 
     @property
@@ -358,18 +376,8 @@ class ProgramPolicy(LampsPolicy):
             )
         return fp
 
-    def _resident_fraction(self, req: Request) -> float:
-        """h: the predicted share of the program's time its KV is on the GPU (engine time per
-        turn against tool time, by the turn's planned strategy), at least 1/4."""
-        pred = predicted_turn(req)
-        if not pred.has_tool_call or req.strategy is KVStrategy.PRESERVE:
-            return 1.0
-        engine = pred.output_tokens * self.view.decode_step_time
-        engine += self.preset.cost.prefill_time(req.remaining_prefill, self.preset.token_budget)
-        return max(engine / max(engine + pred.tool_duration, 1e-9), 0.25)
-
     def footprint_term(self, req: Request) -> float:
-        """``h · (c + P) / 2``: the program's fluid mean KV footprint for the rest of its life."""
+        """``(c + P) / 2``: the program's fluid mean KV footprint for the rest of its life."""
         term = self._terms.get(req.request_id)
         if term is None:  # predicted before it was enqueued (tests, an engine's own path)
             term = self._compute_term(req, self._predict_footprint(req))
@@ -386,7 +394,7 @@ class ProgramPolicy(LampsPolicy):
         return self.open_below * self.preset.gpu_kv_tokens
 
     def _compute_term(self, req: Request, fp: Footprint) -> float:
-        return self._resident_fraction(req) * (req.segment.prompt_tokens + fp.peak) / 2
+        return (req.segment.prompt_tokens + fp.peak) / 2
 
     # -- ranking ---------------------------------------------------------------------------
     def _remaining_area(self, req: Request, fp: Footprint) -> float:
