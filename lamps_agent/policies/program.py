@@ -5,13 +5,13 @@ of tools.  This policy joins them at the level of the agent *program*:
 
 * **Admission by a fluid-model threshold on predicted KV footprints.**  A program whose context
   grows from ``c`` to a predicted peak ``P`` holds ``(c + P) / 2`` tokens on average over the rest
-  of its life (WAIT's ``prompt + output/2``, a linear growth at the level of turns), times ``h``,
-  the predicted fraction of its time its KV sits on the GPU (its engine time per turn against its
-  tool time, by the turn's planned strategy).  A new program (its first turn) is admitted only
-  while ``Σ h·(c + P)/2`` over the programs in flight, the newcomer included, stays under
-  ``target_utilization × KV capacity``.  Later turns of admitted programs are never gated and
-  always sort ahead of new programs.  An engine with no program in flight admits the head of the
-  queue whatever its footprint.
+  of its life (WAIT's ``prompt + output/2``, a linear growth at the level of turns).  A new program
+  (its first turn) is admitted only while ``Σ (c + P)/2`` over the programs in flight, the
+  newcomer included, stays under ``target_utilization × KV capacity`` — or while the KV in use
+  plus the newcomer's predicted peak stays under ``open_below × capacity`` (work conservation at
+  light load).  Later turns of admitted programs are never held behind new programs: they always
+  sort ahead of them, and wait only until their whole context fits in free KV.  An engine with
+  no program in flight admits the head of the queue whatever its footprint.
 * **The footprint is predicted** by a :class:`FootprintPredictor`: per agent, the turns per
   program and tokens added per turn of the programs that finished (online here; server-side it
   can be seeded from the tool registry's recorded turns), with a prior for agents never seen.
@@ -21,10 +21,13 @@ of tools.  This policy joins them at the level of the agent *program*:
   the running mean area.  Stated bound: a waiting request is never passed by one that entered
   its class more than ``max_age_s`` later (``turn_max_age_s`` for later turns) — aging, no hard
   starvation switch.
-* **KV per call**: least waste (LAMPS) when the turn starts; at the pause, a preserved pin gets a
-  time to live from the tool's duration distribution by Continuum's cost-benefit rule — pin for
-  the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_discard``, against the least waste of
-  not pinning at all (``min(W_discard, W_swap)``).  Host swap uses the preset's ``host_swap_gb``.
+* **KV per call**: LAMPS' least-waste plan when the turn starts (it sets the turn's area); at the
+  pause, the pin's time to live comes from the tool's duration distribution by Continuum's
+  cost-benefit rule — pin for the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_fallback``,
+  ``W_fallback = min(W_discard, W_swap)``, if that beats not pinning (``W_fallback``); a pin that
+  reaches its TTL is swapped or discarded, whichever wastes less.  The host tier is the preset's
+  ``host_swap_gb``.  Swap-in ahead of the predicted tool return is not done: the core has no
+  transition for it (see docs).
 * **Preemption** takes the most recently admitted program first, so programs in flight longest
   keep moving.
 
@@ -42,7 +45,6 @@ from typing import Protocol
 
 from lamps_agent.area import area_decode, area_prefill
 from lamps_agent.policies.base import AdmissionGate, predicted_turn
-from lamps_agent.policies.fluid import DecayedRate, Mean
 from lamps_agent.policies.lamps import LampsPolicy
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
@@ -296,8 +298,6 @@ class ProgramPolicy(LampsPolicy):
         seed: int = 0,
         stale_s: float = 1800.0,
         open_below: float = 0.5,
-        max_overcommit: float = 1.0,
-        rate_window_s: float = 120.0,
     ) -> None:
         super().__init__(predictor=predictor, preset=preset, starvation_threshold=None)
         if not 0 < target_utilization <= 4:
@@ -320,11 +320,6 @@ class ProgramPolicy(LampsPolicy):
         if not 0 <= open_below <= 1:
             raise ValueError("open_below must be in [0, 1]")
         self.open_below = open_below
-        if not max_overcommit >= 1 or not rate_window_s > 0:
-            raise ValueError("max_overcommit must be >= 1 and rate_window_s > 0")
-        self.max_overcommit = max_overcommit
-        self._arrivals = DecayedRate(rate_window_s)
-        self._program_area = Mean()
         self.durations = ToolDurations()
         self.in_flight: dict[int, _InFlight] = {}
         self.committed = 0.0  # Σ footprint terms of the programs in flight
@@ -339,18 +334,9 @@ class ProgramPolicy(LampsPolicy):
 
     # -- the budget and the footprint ------------------------------------------------------
     @property
-    def memory_load(self) -> float:
-        """ρ = λ · A / C: new programs per second (decayed over ``rate_window_s``) times their
-        mean predicted memory-time area, over the KV capacity — the fluid model's memory load."""
-        rate = self._arrivals.rate(self.view.now)
-        return rate * self._program_area.value / self.preset.gpu_kv_tokens
-
-    @property
     def budget_tokens(self) -> float:
-        """``u · C / clamp(ρ, 1 / max_overcommit, 1)``: at full memory load the fluid threshold
-        itself; below it, transient excursions drain, so up to ``max_overcommit`` × more."""
-        rho = min(max(self.memory_load, 1.0 / self.max_overcommit), 1.0)
-        return self.target_utilization * self.preset.gpu_kv_tokens / rho
+        """``u · C``: the fluid footprints in flight may fill this much of the KV capacity."""
+        return self.target_utilization * self.preset.gpu_kv_tokens
 
     def _predict_footprint(self, req: Request) -> Footprint:
         context = req.segment.prompt_tokens
@@ -445,9 +431,6 @@ class ProgramPolicy(LampsPolicy):
         elif req.seg_index > 0:  # dropped as stale, yet it came back: in flight again
             self._add_in_flight(req, term, first_prompt=req.program.segments[0].prompt_tokens)
         req.policy_rank = self._remaining_area(req, fp)
-        if req.seg_index == 0 and req.request_id not in self.in_flight:
-            self._arrivals.add(self.view.now)
-            self._program_area.add(req.policy_rank)
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
         cls = ADMITTED if req.request_id in self.in_flight else NEW
