@@ -235,6 +235,9 @@ class _ProgramGate:
         if self._turn_waits:
             self._closed = True
             return False
+        patience = policy.patience
+        if patience is not None and policy.view.iteration - req.enqueued_iteration >= patience:
+            return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
         term = policy.footprint_term(req)
         committed = policy.committed + self._pending
         if not policy.in_flight and self._pending == 0.0:
@@ -276,6 +279,7 @@ class _InFlight:
     admitted_seq: int
     term: float
     last_seen: float
+    overdue_at: float = math.inf  # in a tool: when it is forgotten if it has not come back
 
 
 class ProgramPolicy(LampsPolicy):
@@ -298,6 +302,7 @@ class ProgramPolicy(LampsPolicy):
         seed: int = 0,
         stale_s: float = 1800.0,
         open_below: float = 0.5,
+        patience: int | None = None,
     ) -> None:
         super().__init__(predictor=predictor, preset=preset, starvation_threshold=None)
         if not 0 < target_utilization <= 4:
@@ -320,6 +325,9 @@ class ProgramPolicy(LampsPolicy):
         if not 0 <= open_below <= 1:
             raise ValueError("open_below must be in [0, 1]")
         self.open_below = open_below
+        if patience is not None and patience < 1:
+            raise ValueError("patience must be >= 1 iterations, or None")
+        self.patience = patience
         self.durations = ToolDurations()
         self.in_flight: dict[int, _InFlight] = {}
         self.committed = 0.0  # Σ footprint terms of the programs in flight
@@ -335,8 +343,14 @@ class ProgramPolicy(LampsPolicy):
     # -- the budget and the footprint ------------------------------------------------------
     @property
     def budget_tokens(self) -> float:
-        """``u · C``: the fluid footprints in flight may fill this much of the KV capacity."""
-        return self.target_utilization * self.preset.gpu_kv_tokens
+        """``u · C``: the fluid footprints in flight may fill this much of the KV capacity (the
+        engine's: the simulator's blocks, or vLLM's block pool as the plug-in mirrors it)."""
+        return self.target_utilization * self._capacity_tokens
+
+    @property
+    def _capacity_tokens(self) -> int:
+        memory = self.view.memory
+        return memory.num_gpu_blocks * memory.block_size
 
     def _predict_footprint(self, req: Request) -> Footprint:
         context = req.segment.prompt_tokens
@@ -377,7 +391,7 @@ class ProgramPolicy(LampsPolicy):
     def open_below_tokens(self) -> float:
         """Below this much KV in use (``open_below × C``) a new program is admitted whatever the
         fluid threshold says, if even its predicted peak fits: work conservation at light load."""
-        return self.open_below * self.preset.gpu_kv_tokens
+        return self.open_below * self._capacity_tokens
 
     def _compute_term(self, req: Request, fp: Footprint) -> float:
         return (req.segment.prompt_tokens + fp.peak) / 2
@@ -428,6 +442,7 @@ class ProgramPolicy(LampsPolicy):
             self.committed += term - flight.term
             flight.term = term
             flight.last_seen = self.view.now
+            flight.overdue_at = math.inf
         elif req.seg_index > 0:  # dropped as stale, yet it came back: in flight again
             self._add_in_flight(req, term, first_prompt=req.program.segments[0].prompt_tokens)
         req.policy_rank = self._remaining_area(req, fp)
@@ -467,12 +482,18 @@ class ProgramPolicy(LampsPolicy):
         self.committed += term
 
     def _drop_stale(self) -> None:
-        """Forget programs not heard of in ``stale_s`` (an aborted session in a serving engine
-        never finishes): their footprint would hold the gate shut forever."""
+        """Forget programs that will not come back: not heard of in ``stale_s``, or still in a
+        tool at twice its predicted duration plus 30 s.  In a serving engine an aborted session
+        never finishes, and the vLLM plug-in makes each turn a request of its own, so the turn
+        that paused never resumes; their footprints would hold the gate shut.  A program in the
+        simulator that does come back is counted again from its next turn."""
         if not self.in_flight:
             return
-        horizon = self.view.now - self.stale_s
-        stale = [rid for rid, f in self.in_flight.items() if f.last_seen < horizon]
+        now = self.view.now
+        horizon = now - self.stale_s
+        stale = [
+            rid for rid, f in self.in_flight.items() if f.last_seen < horizon or f.overdue_at < now
+        ]
         for rid in stale:
             self._leave(rid)
 
@@ -493,6 +514,9 @@ class ProgramPolicy(LampsPolicy):
             flight = self.in_flight.get(req.request_id)
             if flight is not None:
                 flight.last_seen = self.view.now
+                pred = req.prediction
+                expected = pred.tool_duration if pred is not None else outcome.tool_duration
+                flight.overdue_at = self.view.now + 2 * expected + 30.0
             return
         flight = self._leave(req.request_id)
         if flight is not None:
