@@ -224,6 +224,9 @@ class _ProgramGate:
         self._pending_peaks = 0.0
         self._closed = False
         self._turn_waits = False
+        # Idle: no program in flight but turns paused in a tool whose return this engine cannot
+        # see (the vLLM plug-in reports the pause; the next turn arrives as a new request).
+        self._idle = all(f.overdue_at != math.inf for f in policy.in_flight.values())
         memory = policy.view.memory
         self._free_blocks = memory.free_gpu_blocks - max(1, memory.num_gpu_blocks // 100)
         self._used = memory.used_gpu_blocks * memory.block_size
@@ -240,7 +243,7 @@ class _ProgramGate:
             return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
         term = policy.footprint_term(req)
         committed = policy.committed + self._pending
-        if not policy.in_flight and self._pending == 0.0:
+        if self._idle and self._pending == 0.0:
             ok = True  # an engine with nothing in flight admits the head, whatever its size
         else:
             peak = policy.predicted_peak(req)
