@@ -398,8 +398,11 @@ def main() -> None:
         )
         print("| t s | committed / budget | programs in flight | new programs held (cumulative) |")
         print("|---:|---:|---:|---:|")
+        shown = set()
         for t, frac, flight, held in first.trace:
-            if burst[0] - 120 <= t <= burst[0] + 300 and int(t) % 30 == 0:
+            mark = int(t // 30)
+            if burst[0] - 120 <= t <= burst[0] + 300 and mark not in shown:
+                shown.add(mark)
                 print(f"| {t:.0f} | {frac:.2f} | {flight} | {held:,} |")
     print(f"\n(total wall {time.perf_counter() - started:.0f} s)")
 
