@@ -5,13 +5,13 @@ of tools.  This policy joins them at the level of the agent *program*:
 
 * **Admission by a fluid-model threshold on predicted KV footprints.**  A program whose context
   grows from ``c`` to a predicted peak ``P`` holds ``(c + P) / 2`` tokens on average over the rest
-  of its life (WAIT's ``prompt + output/2``, a linear growth at the level of turns), times ``h``,
-  the predicted fraction of its time its KV sits on the GPU (its engine time per turn against its
-  tool time, by the turn's planned strategy).  A new program (its first turn) is admitted only
-  while ``Σ h·(c + P)/2`` over the programs in flight, the newcomer included, stays under
-  ``target_utilization × KV capacity``.  Later turns of admitted programs are never gated and
-  always sort ahead of new programs.  An engine with no program in flight admits the head of the
-  queue whatever its footprint.
+  of its life (WAIT's ``prompt + output/2``, a linear growth at the level of turns).  A new program
+  (its first turn) is admitted only while ``Σ (c + P)/2`` over the programs in flight, the
+  newcomer included, stays under ``target_utilization × KV capacity`` — or while the KV in use
+  plus the newcomer's predicted peak stays under ``open_below × capacity`` (work conservation at
+  light load).  Later turns of admitted programs are never held behind new programs: they always
+  sort ahead of them, and wait only until their whole context fits in free KV.  An engine with
+  no program in flight admits the head of the queue whatever its footprint.
 * **The footprint is predicted** by a :class:`FootprintPredictor`: per agent, the turns per
   program and tokens added per turn of the programs that finished (online here; server-side it
   can be seeded from the tool registry's recorded turns), with a prior for agents never seen.
@@ -21,10 +21,13 @@ of tools.  This policy joins them at the level of the agent *program*:
   the running mean area.  Stated bound: a waiting request is never passed by one that entered
   its class more than ``max_age_s`` later (``turn_max_age_s`` for later turns) — aging, no hard
   starvation switch.
-* **KV per call**: least waste (LAMPS) when the turn starts; at the pause, a preserved pin gets a
-  time to live from the tool's duration distribution by Continuum's cost-benefit rule — pin for
-  the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_discard``, against the least waste of
-  not pinning at all (``min(W_discard, W_swap)``).  Host swap uses the preset's ``host_swap_gb``.
+* **KV per call**: LAMPS' least-waste plan when the turn starts (it sets the turn's area); at the
+  pause, the pin's time to live comes from the tool's duration distribution by Continuum's
+  cost-benefit rule — pin for the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_fallback``,
+  ``W_fallback = min(W_discard, W_swap)``, if that beats not pinning (``W_fallback``); a pin that
+  reaches its TTL is swapped or discarded, whichever wastes less.  The host tier is the preset's
+  ``host_swap_gb``.  Swap-in ahead of the predicted tool return is not done: the core has no
+  transition for it (see docs).
 * **Preemption** takes the most recently admitted program first, so programs in flight longest
   keep moving.
 
@@ -42,7 +45,6 @@ from typing import Protocol
 
 from lamps_agent.area import area_decode, area_prefill
 from lamps_agent.policies.base import AdmissionGate, predicted_turn
-from lamps_agent.policies.fluid import DecayedRate, Mean
 from lamps_agent.policies.lamps import LampsPolicy
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
@@ -211,25 +213,37 @@ def ttl_by_cost_benefit(
 
 # -- the admission gate ------------------------------------------------------------------------
 class _ProgramGate:
-    """Lets later turns through; new programs while the fluid footprint stays under budget.
-    The queue puts every later turn ahead of every new program, so the first refused new program
-    ends the walk (``exhausted``)."""
+    """Later turns pass when their whole context fits in the free KV (else they wait for memory,
+    not for anyone's rank); new programs while the fluid footprint stays under budget and no
+    later turn is waiting for memory.  The queue puts every later turn ahead of every new
+    program, so the first refused new program ends the walk (``exhausted``)."""
 
     def __init__(self, policy: ProgramPolicy) -> None:
         self._policy = policy
         self._pending = 0.0
         self._pending_peaks = 0.0
         self._closed = False
+        self._turn_waits = False
+        # Idle: no program in flight but turns paused in a tool whose return this engine cannot
+        # see (the vLLM plug-in reports the pause; the next turn arrives as a new request).
+        self._idle = all(f.overdue_at != math.inf for f in policy.in_flight.values())
         memory = policy.view.memory
+        self._free_blocks = memory.free_gpu_blocks - max(1, memory.num_gpu_blocks // 100)
         self._used = memory.used_gpu_blocks * memory.block_size
 
     def allow(self, req: Request) -> bool:
         policy = self._policy
         if req.request_id in policy.in_flight:
-            return True
+            return self._allow_turn(req)
+        if self._turn_waits:
+            self._closed = True
+            return False
+        patience = policy.patience
+        if patience is not None and policy.view.iteration - req.enqueued_iteration >= patience:
+            return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
         term = policy.footprint_term(req)
         committed = policy.committed + self._pending
-        if not policy.in_flight and self._pending == 0.0:
+        if self._idle and self._pending == 0.0:
             ok = True  # an engine with nothing in flight admits the head, whatever its size
         else:
             peak = policy.predicted_peak(req)
@@ -239,9 +253,21 @@ class _ProgramGate:
         if ok:
             self._pending += term
             self._pending_peaks += policy.predicted_peak(req)
+            self._free_blocks -= policy.view.memory.blocks_for(req.remaining_prefill + 1)
             return True
         self._closed = True
         policy.counters_held += 1
+        return False
+
+    def _allow_turn(self, req: Request) -> bool:
+        """A chunked prefill reserves one chunk at a time: a long context recomputed into memory
+        that cannot hold it preempts others chunk by chunk (and they it).  Start it only when
+        all of it fits, or when nothing else runs."""
+        need = self._policy.view.memory.blocks_for(req.remaining_prefill + 1)
+        if need <= self._free_blocks or self._policy.view.num_running == 0:
+            self._free_blocks -= need
+            return True
+        self._turn_waits = True
         return False
 
     @property
@@ -256,6 +282,7 @@ class _InFlight:
     admitted_seq: int
     term: float
     last_seen: float
+    overdue_at: float = math.inf  # in a tool: when it is forgotten if it has not come back
 
 
 class ProgramPolicy(LampsPolicy):
@@ -278,8 +305,7 @@ class ProgramPolicy(LampsPolicy):
         seed: int = 0,
         stale_s: float = 1800.0,
         open_below: float = 0.5,
-        max_overcommit: float = 1.0,
-        rate_window_s: float = 120.0,
+        patience: int | None = None,
     ) -> None:
         super().__init__(predictor=predictor, preset=preset, starvation_threshold=None)
         if not 0 < target_utilization <= 4:
@@ -302,11 +328,9 @@ class ProgramPolicy(LampsPolicy):
         if not 0 <= open_below <= 1:
             raise ValueError("open_below must be in [0, 1]")
         self.open_below = open_below
-        if not max_overcommit >= 1 or not rate_window_s > 0:
-            raise ValueError("max_overcommit must be >= 1 and rate_window_s > 0")
-        self.max_overcommit = max_overcommit
-        self._arrivals = DecayedRate(rate_window_s)
-        self._program_area = Mean()
+        if patience is not None and patience < 1:
+            raise ValueError("patience must be >= 1 iterations, or None")
+        self.patience = patience
         self.durations = ToolDurations()
         self.in_flight: dict[int, _InFlight] = {}
         self.committed = 0.0  # Σ footprint terms of the programs in flight
@@ -321,18 +345,15 @@ class ProgramPolicy(LampsPolicy):
 
     # -- the budget and the footprint ------------------------------------------------------
     @property
-    def memory_load(self) -> float:
-        """ρ = λ · A / C: new programs per second (decayed over ``rate_window_s``) times their
-        mean predicted memory-time area, over the KV capacity — the fluid model's memory load."""
-        rate = self._arrivals.rate(self.view.now)
-        return rate * self._program_area.value / self.preset.gpu_kv_tokens
+    def budget_tokens(self) -> float:
+        """``u · C``: the fluid footprints in flight may fill this much of the KV capacity (the
+        engine's: the simulator's blocks, or vLLM's block pool as the plug-in mirrors it)."""
+        return self.target_utilization * self._capacity_tokens
 
     @property
-    def budget_tokens(self) -> float:
-        """``u · C / clamp(ρ, 1 / max_overcommit, 1)``: at full memory load the fluid threshold
-        itself; below it, transient excursions drain, so up to ``max_overcommit`` × more."""
-        rho = min(max(self.memory_load, 1.0 / self.max_overcommit), 1.0)
-        return self.target_utilization * self.preset.gpu_kv_tokens / rho
+    def _capacity_tokens(self) -> int:
+        memory = self.view.memory
+        return memory.num_gpu_blocks * memory.block_size
 
     def _predict_footprint(self, req: Request) -> Footprint:
         context = req.segment.prompt_tokens
@@ -358,18 +379,8 @@ class ProgramPolicy(LampsPolicy):
             )
         return fp
 
-    def _resident_fraction(self, req: Request) -> float:
-        """h: the predicted share of the program's time its KV is on the GPU (engine time per
-        turn against tool time, by the turn's planned strategy), at least 1/4."""
-        pred = predicted_turn(req)
-        if not pred.has_tool_call or req.strategy is KVStrategy.PRESERVE:
-            return 1.0
-        engine = pred.output_tokens * self.view.decode_step_time
-        engine += self.preset.cost.prefill_time(req.remaining_prefill, self.preset.token_budget)
-        return max(engine / max(engine + pred.tool_duration, 1e-9), 0.25)
-
     def footprint_term(self, req: Request) -> float:
-        """``h · (c + P) / 2``: the program's fluid mean KV footprint for the rest of its life."""
+        """``(c + P) / 2``: the program's fluid mean KV footprint for the rest of its life."""
         term = self._terms.get(req.request_id)
         if term is None:  # predicted before it was enqueued (tests, an engine's own path)
             term = self._compute_term(req, self._predict_footprint(req))
@@ -383,10 +394,10 @@ class ProgramPolicy(LampsPolicy):
     def open_below_tokens(self) -> float:
         """Below this much KV in use (``open_below × C``) a new program is admitted whatever the
         fluid threshold says, if even its predicted peak fits: work conservation at light load."""
-        return self.open_below * self.preset.gpu_kv_tokens
+        return self.open_below * self._capacity_tokens
 
     def _compute_term(self, req: Request, fp: Footprint) -> float:
-        return self._resident_fraction(req) * (req.segment.prompt_tokens + fp.peak) / 2
+        return (req.segment.prompt_tokens + fp.peak) / 2
 
     # -- ranking ---------------------------------------------------------------------------
     def _remaining_area(self, req: Request, fp: Footprint) -> float:
@@ -434,12 +445,10 @@ class ProgramPolicy(LampsPolicy):
             self.committed += term - flight.term
             flight.term = term
             flight.last_seen = self.view.now
+            flight.overdue_at = math.inf
         elif req.seg_index > 0:  # dropped as stale, yet it came back: in flight again
             self._add_in_flight(req, term, first_prompt=req.program.segments[0].prompt_tokens)
         req.policy_rank = self._remaining_area(req, fp)
-        if req.seg_index == 0 and req.request_id not in self.in_flight:
-            self._arrivals.add(self.view.now)
-            self._program_area.add(req.policy_rank)
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
         cls = ADMITTED if req.request_id in self.in_flight else NEW
@@ -476,12 +485,18 @@ class ProgramPolicy(LampsPolicy):
         self.committed += term
 
     def _drop_stale(self) -> None:
-        """Forget programs not heard of in ``stale_s`` (an aborted session in a serving engine
-        never finishes): their footprint would hold the gate shut forever."""
+        """Forget programs that will not come back: not heard of in ``stale_s``, or still in a
+        tool at twice its predicted duration plus 30 s.  In a serving engine an aborted session
+        never finishes, and the vLLM plug-in makes each turn a request of its own, so the turn
+        that paused never resumes; their footprints would hold the gate shut.  A program in the
+        simulator that does come back is counted again from its next turn."""
         if not self.in_flight:
             return
-        horizon = self.view.now - self.stale_s
-        stale = [rid for rid, f in self.in_flight.items() if f.last_seen < horizon]
+        now = self.view.now
+        horizon = now - self.stale_s
+        stale = [
+            rid for rid, f in self.in_flight.items() if f.last_seen < horizon or f.overdue_at < now
+        ]
         for rid in stale:
             self._leave(rid)
 
@@ -502,6 +517,9 @@ class ProgramPolicy(LampsPolicy):
             flight = self.in_flight.get(req.request_id)
             if flight is not None:
                 flight.last_seen = self.view.now
+                pred = req.prediction
+                expected = pred.tool_duration if pred is not None else outcome.tool_duration
+                flight.overdue_at = self.view.now + 2 * expected + 30.0
             return
         flight = self._leave(req.request_id)
         if flight is not None:

@@ -36,11 +36,18 @@ def sim_preset() -> Preset:
     return dataclasses.replace(load_preset(PRESET), host_swap_gb=0.0)
 
 
-def sim_scheduler(policy: str, preset: Preset | None = None) -> Scheduler:
+# The program policy's gate is work-conserving while the KV is mostly free (as it is for a few
+# short requests): a budget of about one request puts it under the pressure these tests need.
+GATE_PRESSURE: dict[str, dict[str, Any]] = {
+    "program": {"target_utilization": 0.001, "open_below": 0.0}
+}
+
+
+def sim_scheduler(policy: str, preset: Preset | None = None, **options: Any) -> Scheduler:
     preset = preset or sim_preset()
     return Scheduler(
         preset=preset,
-        policy=make_policy(policy, predictor=OraclePredictor(), preset=preset),
+        policy=make_policy(policy, predictor=OraclePredictor(), preset=preset, **options),
     )
 
 
@@ -79,6 +86,8 @@ def engines(engine_factory: Any) -> Any:
             if client_strategy == "obey" and POLICIES.get(policy).gates_admission:
                 # Pressure needs concurrent requests: a gate that waits one step at most.
                 options = {"policy_options": {"patience": 1}}
+            elif policy in GATE_PRESSURE:
+                options = {"policy_options": GATE_PRESSURE[policy]}
             cache[key] = engine_factory(policy, client_strategy=client_strategy, **options)
         return cache[key]
 
@@ -230,7 +239,7 @@ def test_which_pin_is_released_first(engines: Any, policy: str) -> None:
 @pytest.mark.parametrize("gated", [n for n in POLICIES.names() if POLICIES.get(n).gates_admission])
 def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
     # The simulator's scheduler: one request running, six arriving together: some are held.
-    sched = sim_scheduler(gated)
+    sched = sim_scheduler(gated, **GATE_PRESSURE.get(gated, {}))
     first = core_turn(0, prompt=PROMPT, output=200, tool=None, duration=0.0)
     sched.add_request(first)
     sched.admit(first)

@@ -14,7 +14,7 @@ from lamps_agent.policies.program import (
     ProgramPolicy,
     ttl_by_cost_benefit,
 )
-from lamps_agent.predictors import make_predictor
+from lamps_agent.predictors import Outcome, make_predictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.request import KVStrategy, Request, RequestState
 from lamps_agent.scheduler import PausedKV, Scheduler
@@ -190,3 +190,20 @@ def test_bad_options_are_refused(small_preset: Preset) -> None:
     ):
         with pytest.raises(ValueError):
             make_policy("program", predictor=make_predictor("oracle"), preset=small_preset, **bad)
+
+
+def test_a_turn_that_paused_and_never_came_back_is_forgotten(small_preset: Preset) -> None:
+    # The vLLM plug-in makes each turn a request of its own: the paused one never resumes.
+    policy, sched = _policy(small_preset)
+    req = _request(1)
+    sched.add_request(req)
+    sched.admit(req)
+    assert req.prediction is not None and policy.committed > 0
+    outcome = Outcome(output_tokens=50, tool="tool", tool_duration=1.0, returned_tokens=500)
+    policy.on_turn_end(req, outcome)  # what end_turn(continues=True) reports at the pause
+    sched.set_time(2 * 1.0 + 29.0)
+    policy.admission_gate()
+    assert 1 in policy.in_flight  # still within its tool's grace
+    sched.set_time(2 * 1.0 + 31.0)
+    policy.admission_gate()
+    assert not policy.in_flight and policy.committed == 0.0
