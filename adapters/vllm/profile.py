@@ -13,6 +13,7 @@ on relative error, and written as a preset file that ``load_preset(config_file=.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -344,8 +345,20 @@ def make_engine(opts: ProfileOptions) -> Any:
 
 
 def profile(opts: ProfileOptions, *, llm: Any = None) -> ProfileResult:
-    """Time the engine over ``opts.grid()``; points that cannot fit in its KV cache are skipped."""
-    llm = llm if llm is not None else make_engine(opts)
+    """Time the engine over ``opts.grid()``; points that cannot fit in its KV cache are skipped.
+    An engine made here is collected before returning: collected later, at the garbage
+    collector's whim, it would tear down vLLM's process-wide state under another engine."""
+    if llm is not None:
+        return _profile(opts, llm)
+    llm = make_engine(opts)
+    try:
+        return _profile(opts, llm)
+    finally:
+        del llm
+        gc.collect()
+
+
+def _profile(opts: ProfileOptions, llm: Any) -> ProfileResult:
     facts = _engine_facts(llm, opts)
     core = llm.llm_engine.engine_core.engine_core
     recorder = _StepRecorder(core.scheduler)
