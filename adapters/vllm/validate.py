@@ -12,10 +12,11 @@ policies alike (by mean E2E).  Every server runs with the same CPU layout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,11 +203,35 @@ def replay_real(
 ) -> tuple[dict[str, tuple[RunSummary, EngineDiagnostics]], float | None]:
     """Each policy's server in turn, the same arrivals replayed on each; the unloaded P99 from
     the stock server after its loaded run (so its cache does not help the measured one)."""
-    from adapters.vllm.server import ManagedServer, ServeOptions
+    with _server_environment(preset_file):
+        return _replay_servers(arrivals, opts, name, preset=preset, say=say)
 
+
+@contextlib.contextmanager
+def _server_environment(preset_file: Path) -> Iterator[None]:
+    """The servers' environment (they inherit ours), restored afterwards: a caller's process
+    (a test session with in-process engines) keeps its own."""
+    saved = dict(os.environ)
     os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "1"  # every server the same CPU layout
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # servers as users run them
     os.environ["LAMPS_PRESET_FILE"] = str(preset_file)  # the plug-in decides on the fitted costs
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _replay_servers(
+    arrivals: Sequence[Arrival],
+    opts: ValidateOptions,
+    name: str,
+    *,
+    preset: Preset,
+    say: Callable[[str], None],
+) -> tuple[dict[str, tuple[RunSummary, EngineDiagnostics]], float | None]:
+    from adapters.vllm.server import ManagedServer, ServeOptions
+
     summaries: dict[str, tuple[RunSummary, EngineDiagnostics]] = {}
     unloaded: float | None = None
     for policy in opts.policies:
