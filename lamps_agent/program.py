@@ -54,15 +54,26 @@ class Segment:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Program:
-    """An agent program: ordered segments; every segment but the last ends in a tool call."""
+    """An agent program: ordered segments; every segment but the last ends in a tool call.
+
+    A serving engine sees one turn of a session at a time: the vLLM plug-in makes each turn a
+    program of its own, with ``session_id`` naming the agent session it belongs to and
+    ``first_step`` its turn index in that session, so that a policy can link a session's turns
+    (``session_key`` and ``step_of``).  In the simulator a program is the whole session.
+    """
 
     program_id: str
     agent: str
     segments: tuple[Segment, ...]
+    session_id: str | None = None
+    first_step: int = 0
 
     def __post_init__(self) -> None:
         if not self.segments:
             raise ValueError(f"program {self.program_id!r} has no segments")
+        if self.session_id is not None and not self.session_id:
+            raise ValueError(f"program {self.program_id!r}: session_id must not be empty")
+        _check_count("first_step", self.first_step, minimum=0)
         for i, seg in enumerate(self.segments[:-1]):
             if not seg.has_tool_call:
                 raise ValueError(

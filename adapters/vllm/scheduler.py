@@ -196,7 +196,13 @@ class LampsCore:
         self._ids += 1
         return CoreRequest(
             request_id=self._ids,
-            program=Program(program_id=request.request_id, agent="vllm", segments=segments),
+            program=Program(
+                program_id=request.request_id,
+                agent=info.agent or "vllm",
+                segments=segments,
+                session_id=info.session_id,
+                first_step=info.step,
+            ),
             arrival_time=hist.first_arrival if hist is not None else request.arrival_time,
         )
 

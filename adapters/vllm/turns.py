@@ -25,6 +25,7 @@ _MAX_SESSIONS = 100_000
 _MAX_SESSION_BYTES = 16 * 2**20
 _SESSION_OVERHEAD = 200  # bytes of a SessionHistory and its dict slot, roughly
 _MAX_REASONS = 64
+_MAX_STEP = 1_000_000  # a hinted turn index beyond any session's (hints allow int32)
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|inf|nan)", re.IGNORECASE)
 
@@ -45,6 +46,8 @@ class TurnInfo:
     tool_duration: float
     strategy: KVStrategy | None  # from the hints; None: let the policy choose
     hinted: bool
+    agent: str | None = None  # the hinted agent name
+    step: int = 0  # the turn's index in its session: hinted, else the session's turns so far
 
 
 @dataclass(slots=True)
@@ -131,6 +134,8 @@ class TurnTracker:
                     tool_duration=hints.tool_duration,
                     strategy=hints.kv_strategy,
                     hinted=True,
+                    agent=hints.agent,
+                    step=min(hints.step, _MAX_STEP),
                 )
         else:
             self.counters.missing += 1
@@ -160,7 +165,8 @@ class TurnTracker:
             tool, duration = "unknown", hist.gap_sum / hist.gaps
         if max_tokens is not None and max_tokens > 0:
             output = min(output, float(max_tokens))
-        return TurnInfo(sid, max(output, 1.0), tool, duration, None, hinted=False)
+        step = hist.turns if hist is not None else 0
+        return TurnInfo(sid, max(output, 1.0), tool, duration, None, hinted=False, step=step)
 
     def mean_gap(self, session_id: str | None) -> float | None:
         """The session's mean pause between a turn's end and its next turn (None: no history)."""

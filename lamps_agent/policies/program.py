@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -53,6 +53,19 @@ from lamps_agent.scheduler.paused import PausedKV
 from lamps_agent.strategy import pick_least, strategy_wastes
 
 NEW, ADMITTED = 1.0, 0.0  # the key's class: later turns of admitted programs sort first
+
+
+def program_key(req: Request) -> Hashable:
+    """The program a request is a turn of: its session where the engine names one (the vLLM
+    plug-in makes each turn a request of its own), else the request (the simulator's request is
+    the whole program)."""
+    session = req.program.session_id
+    return req.request_id if session is None else session
+
+
+def program_step(req: Request) -> int:
+    """The turn's index in its program (its session's turn count where the engine names it)."""
+    return req.program.first_step + req.seg_index
 
 
 # -- the footprint predictor -----------------------------------------------------------------
@@ -233,7 +246,7 @@ class _ProgramGate:
 
     def allow(self, req: Request) -> bool:
         policy = self._policy
-        if req.request_id in policy.in_flight:
+        if program_key(req) in policy.in_flight:
             return self._allow_turn(req)
         if self._turn_waits:
             self._closed = True
@@ -332,7 +345,7 @@ class ProgramPolicy(LampsPolicy):
             raise ValueError("patience must be >= 1 iterations, or None")
         self.patience = patience
         self.durations = ToolDurations()
-        self.in_flight: dict[int, _InFlight] = {}
+        self.in_flight: dict[Hashable, _InFlight] = {}  # by program_key
         self.committed = 0.0  # Σ footprint terms of the programs in flight
         self.counters_held = 0  # new programs refused by the gate (one per refusal)
         self._admissions = 0
@@ -367,7 +380,7 @@ class ProgramPolicy(LampsPolicy):
             )
         else:
             fp = self.footprints.predict(
-                agent=req.program.agent, step=req.seg_index, context=context
+                agent=req.program.agent, step=program_step(req), context=context
             )
         if self.footprint_error > 0:
             # One error per program, the same at every turn: e ~ N(0, error), clipped at -90 %.
@@ -440,22 +453,22 @@ class ProgramPolicy(LampsPolicy):
         term = self._compute_term(req, fp)
         self._terms[req.request_id] = term
         self._peaks[req.request_id] = fp.peak
-        flight = self.in_flight.get(req.request_id)
+        flight = self.in_flight.get(program_key(req))
         if flight is not None:
             self.committed += term - flight.term
             flight.term = term
             flight.last_seen = self.view.now
             flight.overdue_at = math.inf
-        elif req.seg_index > 0:  # dropped as stale, yet it came back: in flight again
+        elif program_step(req) > 0:  # dropped as stale (or never seen), yet a later turn came
             self._add_in_flight(req, term, first_prompt=req.program.segments[0].prompt_tokens)
         req.policy_rank = self._remaining_area(req, fp)
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
-        cls = ADMITTED if req.request_id in self.in_flight else NEW
+        cls = ADMITTED if program_key(req) in self.in_flight else NEW
         return self._aged_key(req, req.policy_rank, cls)
 
     def preemption_key(self, req: Request) -> tuple[float, ...]:
-        flight = self.in_flight.get(req.request_id)
+        flight = self.in_flight.get(program_key(req))
         seq = flight.admitted_seq if flight is not None else math.inf
         return (float(seq), float(req.request_id))
 
@@ -465,7 +478,7 @@ class ProgramPolicy(LampsPolicy):
         return _ProgramGate(self)
 
     def on_admit(self, req: Request) -> None:
-        if req.request_id not in self.in_flight:
+        if program_key(req) not in self.in_flight:
             term = self._terms.get(req.request_id)
             if term is None:
                 term = self.footprint_term(req)
@@ -475,7 +488,7 @@ class ProgramPolicy(LampsPolicy):
 
     def _add_in_flight(self, req: Request, term: float, *, first_prompt: int) -> None:
         self._admissions += 1
-        self.in_flight[req.request_id] = _InFlight(
+        self.in_flight[program_key(req)] = _InFlight(
             agent=req.program.agent,
             first_prompt=first_prompt,
             admitted_seq=self._admissions,
@@ -495,15 +508,13 @@ class ProgramPolicy(LampsPolicy):
         now = self.view.now
         horizon = now - self.stale_s
         stale = [
-            rid for rid, f in self.in_flight.items() if f.last_seen < horizon or f.overdue_at < now
+            key for key, f in self.in_flight.items() if f.last_seen < horizon or f.overdue_at < now
         ]
-        for rid in stale:
-            self._leave(rid)
+        for key in stale:
+            self._leave(key)
 
-    def _leave(self, request_id: int) -> _InFlight | None:
-        flight = self.in_flight.pop(request_id, None)
-        self._terms.pop(request_id, None)
-        self._peaks.pop(request_id, None)
+    def _leave(self, key: Hashable) -> _InFlight | None:
+        flight = self.in_flight.pop(key, None)
         if flight is not None:
             self.committed -= flight.term
             if not self.in_flight:
@@ -512,20 +523,24 @@ class ProgramPolicy(LampsPolicy):
 
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         super().on_turn_end(req, outcome)
+        # Computed afresh at the next turn's start; a serving engine's turn never has one.
+        self._terms.pop(req.request_id, None)
+        self._peaks.pop(req.request_id, None)
+        key = program_key(req)
         if outcome.tool is not None:
             self.durations.observe(outcome.tool, outcome.tool_duration)
-            flight = self.in_flight.get(req.request_id)
+            flight = self.in_flight.get(key)
             if flight is not None:
                 flight.last_seen = self.view.now
                 pred = req.prediction
                 expected = pred.tool_duration if pred is not None else outcome.tool_duration
                 flight.overdue_at = self.view.now + 2 * expected + 30.0
             return
-        flight = self._leave(req.request_id)
+        flight = self._leave(key)
         if flight is not None:
             self.footprints.observe(
                 agent=flight.agent,
-                turns=req.seg_index + 1,
+                turns=program_step(req) + 1,
                 first_prompt=flight.first_prompt,
                 peak=req.segment.prompt_tokens + outcome.output_tokens,
             )

@@ -76,3 +76,16 @@ def test_a_huge_malformed_value_is_not_copied_into_the_log(
         t.read(xargs, "s", 0, 8)
     assert t.counters.malformed == 1
     assert caplog.records and all(len(r.getMessage()) < 500 for r in caplog.records)
+
+
+def test_a_turn_knows_its_agent_and_step_hinted_or_counted() -> None:
+    """What the program policy links a session's turns by (agent, step, session)."""
+    t = TurnTracker(default_output_tokens=10)
+    hinted = t.read(_hints(session="h", agent="coder", step=3), "h", 0, None)
+    assert (hinted.agent, hinted.step, hinted.session_id) == ("coder", 3, "h")
+    huge = t.read(_hints(session="h", step=2**31 - 1), "h", 0, None)
+    assert huge.step == 1_000_000  # clamped: a program's step, not an int32
+    unhinted = [t.read(None, "u", None, None) for _ in range(2)]
+    assert [i.step for i in unhinted] == [0, 0]  # no turn of "u" has ended yet
+    t.turn_ended(unhinted[0], 12)
+    assert t.read(None, "u", None, None).step == 1 and unhinted[0].agent is None

@@ -16,6 +16,7 @@ from lamps_agent.policies.program import (
 )
 from lamps_agent.predictors import Outcome, make_predictor
 from lamps_agent.presets import Preset, load_preset
+from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy, Request, RequestState
 from lamps_agent.scheduler import PausedKV, Scheduler
 from lamps_agent.sim import RunLabels, Simulator
@@ -207,3 +208,52 @@ def test_a_turn_that_paused_and_never_came_back_is_forgotten(small_preset: Prese
     sched.set_time(2 * 1.0 + 31.0)
     policy.admission_gate()
     assert not policy.in_flight and policy.committed == 0.0
+
+
+def _serving_turn(
+    rid: int, *, session: str, step: int, prompt: int, final: bool = False
+) -> Request:
+    """A turn as the vLLM plug-in hands it to the core: a program of this turn alone (and a
+    one-token turn after its predicted tool), named by its session and step."""
+    first = Segment(
+        prompt_tokens=prompt,
+        output_tokens=50,
+        tool=None if final else "tool",
+        tool_duration=0.0 if final else 1.0,
+    )
+    segments = (first,) if final else (first, Segment(prompt_tokens=prompt + 50, output_tokens=1))
+    program = Program(
+        program_id=f"vllm-{rid}", agent="coder", segments=segments, session_id=session,
+        first_step=step,
+    )  # fmt: skip
+    return Request(request_id=rid, program=program, arrival_time=0.0)
+
+
+def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
+    small_preset: Preset,
+) -> None:
+    # A budget of about one program, as in the threshold test, but every turn its own request.
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    first = _serving_turn(1, session="s1", step=0, prompt=2000)
+    sched.add_request(first)
+    sched.admit(first)
+    outcome = Outcome(output_tokens=50, tool="tool", tool_duration=1.0, returned_tokens=0)
+    policy.on_turn_end(first, outcome)  # the pause; this request never resumes
+    assert "s1" in policy.in_flight
+    newcomer = _serving_turn(2, session="s2", step=0, prompt=2000)
+    later = _serving_turn(3, session="s1", step=1, prompt=2050, final=True)
+    sched.add_request(newcomer)
+    sched.add_request(later)
+    # The session's next turn is a later turn of an admitted program: ahead of the new program,
+    # and past the gate that holds the new one.
+    assert later.queue_key[0] == ADMITTED and newcomer.queue_key[0] == NEW
+    assert list(sched.admissible(10)) == [later]
+    sched.admit(later)
+    assert set(policy.in_flight) == {"s1"}
+    policy.on_turn_end(
+        later, Outcome(output_tokens=50, tool=None, tool_duration=0.0, returned_tokens=0)
+    )
+    assert not policy.in_flight and policy.committed == 0.0
+    # The finished session taught the footprint predictor a two-turn program of its agent.
+    hist = policy.footprints._agents["coder"]
+    assert list(hist.turns) == [2]
