@@ -10,7 +10,7 @@ import asyncio
 import os
 import shlex
 import sys
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,7 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
     from adapters.vllm.server import ManagedServer, scrape_metrics
     from lamps_agent.workloads.arrivals import poisson_workload
 
+    programs = _fitting_programs(config.programs, args.vllm_arg or (), console)
     summaries = []
     with ExitStack() as stack:
         if args.engine == "compare":
@@ -224,7 +225,7 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
             servers = {args.engine_label: args.engine}
         for qps in config.qps:
             arrivals = poisson_workload(
-                config.programs,
+                programs,
                 qps=qps,
                 seed=config.seed,
                 num_programs=config.num_programs,
@@ -240,6 +241,45 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
     return summaries
 
 
+def max_model_len(vllm_args: Sequence[str]) -> int | None:
+    """``--max-model-len`` among vLLM options (``--max-model-len=N`` or ``--max-model-len N``),
+    or None where it is not given (the server then takes the model's own limit)."""
+    found = None
+    for i, arg in enumerate(vllm_args):
+        name, eq, value = arg.partition("=")
+        if name == "--max-model-len":
+            if not eq:
+                value = vllm_args[i + 1] if i + 1 < len(vllm_args) else ""
+            try:
+                found = int(value)
+            except ValueError:
+                raise ValueError(
+                    f"--vllm-arg: --max-model-len {value!r} is not an integer"
+                ) from None
+    return found
+
+
+def _fitting_programs(programs: Sequence[Any], vllm_args: Sequence[str], console: Any) -> list[Any]:
+    """The programs a server with the given ``--max-model-len`` accepts; the others are left out
+    (counted), and a workload of which none fits is refused."""
+    from lamps_agent.workloads.scale import fitting
+
+    limit = max_model_len(vllm_args)
+    if limit is None:
+        return list(programs)
+    usable = fitting(programs, limit)
+    if not usable:
+        raise ValueError(
+            f"no program fits --max-model-len {limit}: scale the workload (--token-scale)"
+        )
+    if len(usable) < len(programs):
+        console.print(
+            f"{len(programs) - len(usable)} of {len(programs)} programs are longer than "
+            f"--max-model-len {limit}: left out"
+        )
+    return usable
+
+
 def _start_servers(
     args: argparse.Namespace, stack: Any, managed_server: Any, console: Any
 ) -> dict[str, str]:
@@ -252,7 +292,7 @@ def _start_servers(
     servers: dict[str, str] = {}
     layouts = {}
     for i, label in enumerate(compare_labels(args.engine_policies)):
-        stats = Path(tempfile.gettempdir()) / f"lamps-stats-{os.getpid()}-{label}.json"
+        stats = (out / f"stats-{label}.json").resolve()  # the plug-in's counters, kept
         opts = _serve_options(
             args, policy=server_policy(label), swap=args.swap, stats_file=str(stats),
             vllm_args=tuple(args.vllm_arg or ()), async_scheduler=None, host="127.0.0.1",

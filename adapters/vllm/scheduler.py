@@ -417,6 +417,7 @@ class LampsCore:
             "free_blocks": self.pool.get_num_free_blocks(),
             "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
             "gate_held_steps": self.queue.gate_held_steps,
+            "policy_state": self.policy.state(),
         }
 
     def write_stats(self) -> None:

@@ -27,6 +27,7 @@ from lamps_agent.metrics import RunSummary
 from lamps_agent.presets import Preset
 from lamps_agent.program import Program
 from lamps_agent.workloads.arrivals import Arrival, poisson_workload
+from lamps_agent.workloads.scale import fitting
 
 ENGINE_POLICY = {"vllm": "stock"}  # the simulator's name -> the server's (plug-in policy names)
 TARGETS = {"e2e_mean": 0.10, "e2e_p99": 0.15, "recomputed": 0.10}
@@ -140,13 +141,6 @@ def scale_tools(programs: Sequence[Program], time_scale: float) -> list[Program]
         )
         for p in programs
     ]
-
-
-def fitting(programs: Sequence[Program], max_model_len: int) -> list[Program]:
-    """Programs whose final context fits the engine (the server refuses longer prompts)."""
-    last = [p.segments[-1] for p in programs]
-    return [p for p, s in zip(programs, last, strict=True) if s.prompt_tokens + s.output_tokens
-            < max_model_len]  # fmt: skip
 
 
 def workload(

@@ -60,6 +60,7 @@ from lamps_agent.workloads import generate_programs, load_trace
 from lamps_agent.workloads.infercept import BUILTIN_TRACES
 from lamps_agent.workloads.longctx import KINDS as LONGCTX_KINDS
 from lamps_agent.workloads.longctx import generate_longctx
+from lamps_agent.workloads.scale import parse_scale, scale_tokens
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,6 +106,14 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="policy the reductions (Δ columns) are relative to; one of --policies (default: "
         "infercept if run, else the first policy; a run of one policy under several predictors "
         "compares with its oracle run)",
+    )
+    p.add_argument(
+        "--token-scale",
+        default="1",
+        metavar="FACTOR",
+        help="multiply every token count of the programs (first prompt, outputs, tool returns) "
+        "by this, e.g. 1/32, so a long-context workload fits a small engine (the tiny CPU "
+        "model); the simulator and --engine replay the same scaled programs (default: 1)",
     )
     p.add_argument("--seed", type=int, default=0, help="arrivals and noisy-predictor seed")
     p.add_argument(
@@ -299,6 +308,16 @@ def _threshold(text: str) -> int | None:
 
 
 def _programs(args: argparse.Namespace) -> tuple[list[Program], str]:
+    """The workload's programs and its name, token counts scaled by ``--token-scale`` (the name
+    then says so: ``longctx:coding-tok0.03125``)."""
+    factor = parse_scale(args.token_scale, "--token-scale")
+    programs, name = _unscaled_programs(args)
+    if factor == 1:
+        return programs, name
+    return scale_tokens(programs, factor), f"{name}-tok{factor:g}"
+
+
+def _unscaled_programs(args: argparse.Namespace) -> tuple[list[Program], str]:
     if args.synthetic is not None:
         if args.synthetic < 1:
             raise ValueError("--synthetic: needs at least 1 program")

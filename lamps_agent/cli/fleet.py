@@ -82,9 +82,10 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="LAMPS starvation bound in iterations, or 'off'",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    # bench's workload loader reads num_programs (the pool size of a generated workload);
-    # a fleet sizes its runs in seconds, so the pool keeps bench's default.
-    p.set_defaults(handler=run_fleet_command, num_programs=None)
+    # bench's workload loader reads num_programs (the pool size of a generated workload) and
+    # token_scale; a fleet sizes its runs in seconds, so the pool keeps bench's default size and
+    # its programs their token counts.
+    p.set_defaults(handler=run_fleet_command, num_programs=None, token_scale="1")
 
 
 def _sizes(text: str) -> list[int]:

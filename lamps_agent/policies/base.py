@@ -173,6 +173,11 @@ class Policy:
     def on_leave(self, req: Request) -> None:
         """A resident request stopped being resident (finished, paused, preempted)."""
 
+    # -- reporting -------------------------------------------------------------------------
+    def state(self) -> dict[str, float]:
+        """The policy's own counts for a serving engine's statistics (none by default)."""
+        return {}
+
 
 def least_waste_release(policy: Policy, paused: PausedKV) -> KVStrategy:
     """Swap or discard a released pin, whichever wastes less; swap only with host room and a

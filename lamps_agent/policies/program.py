@@ -153,6 +153,10 @@ class FootprintPredictor:
             )
         return len(sessions)
 
+    def learned(self) -> int:
+        """How many agents are predicted from their history (the rest use the prior)."""
+        return sum(1 for agent in self._agents if self.known(agent))
+
     def known(self, agent: str) -> bool:
         hist = self._agents.get(agent)
         return hist is not None and hist.growth_n >= self.min_programs
@@ -598,3 +602,19 @@ class ProgramPolicy(LampsPolicy):
             live = {p.key for p in preserved}
             self._deadlines = {k: v for k, v in deadlines.items() if k in live}
         return changes
+
+    # -- reporting ---------------------------------------------------------------------------
+    def state(self) -> dict[str, float]:
+        """What the gate saw last: programs in flight (and how many of them are in a tool), their
+        committed fluid footprint against the budget, admissions and refusals, and how many
+        agents' footprints are learned rather than the prior's."""
+        in_tool = sum(1 for f in self.in_flight.values() if f.overdue_at != math.inf)
+        return {
+            "in_flight": len(self.in_flight),
+            "in_flight_in_tool": in_tool,
+            "committed_tokens": round(self.committed, 1),
+            "budget_tokens": round(self.budget_tokens, 1),
+            "admissions": self._admissions,
+            "gate_refusals": self.counters_held,
+            "agents_learned": self.footprints.learned(),
+        }

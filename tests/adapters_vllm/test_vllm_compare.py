@@ -8,8 +8,10 @@ import json
 
 import pytest
 
-from adapters.vllm.cli import NOOP, compare_labels, server_policy
+from adapters.vllm.cli import NOOP, _fitting_programs, compare_labels, max_model_len, server_policy
 from adapters.vllm.server import ServeOptions, server_command, server_env, server_layout
+from lamps_agent.workloads.longctx import generate_longctx, peak_context
+from lamps_agent.workloads.scale import scale_tokens
 
 LOG = """\
 (APIServer pid=1) INFO [api_utils.py:286] non-default args: {'model': '/tmp/tiny-llama'}
@@ -63,3 +65,33 @@ def test_the_layout_is_read_from_the_startup_log() -> None:
     assert not default_connector.same_as(even) and not plain.same_as(even)
     assert even.same_as(server_layout(log(1, "[0]", "[1]", connector=True)))
     assert even.text() == "OpenMP cores [0], reserved [1], connector HostSwapConnector"
+
+
+def test_the_servers_max_model_len_is_read_from_the_vllm_args() -> None:
+    assert max_model_len(["--enforce-eager", "--max-model-len=4096"]) == 4096
+    assert max_model_len(["--max-model-len", "2048", "--block-size=32"]) == 2048
+    assert max_model_len(["--block-size=32"]) is None
+    with pytest.raises(ValueError, match="--max-model-len 'x'"):
+        max_model_len(["--max-model-len=x"])
+
+
+class _Console:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def print(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_programs_longer_than_the_server_are_left_out_and_counted() -> None:
+    programs = scale_tokens(generate_longctx(40, kinds="coding", seed=0), 1 / 16)
+    console = _Console()
+    kept = _fitting_programs(programs, ["--max-model-len=2048"], console)
+    assert kept and all(peak_context(p) < 2048 for p in kept)
+    assert console.lines == [
+        f"{len(programs) - len(kept)} of {len(programs)} programs are longer than "
+        "--max-model-len 2048: left out"
+    ]
+    assert _fitting_programs(programs, [], console) == programs
+    with pytest.raises(ValueError, match="--token-scale"):
+        _fitting_programs(generate_longctx(5, kinds="coding"), ["--max-model-len=1000"], console)

@@ -257,3 +257,23 @@ def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
     # The finished session taught the footprint predictor a two-turn program of its agent.
     hist = policy.footprints._agents["coder"]
     assert list(hist.turns) == [2]
+
+
+def test_the_policy_reports_what_its_gate_holds(small_preset: Preset) -> None:
+    # What a serving engine's statistics show (LAMPS_STATS_FILE): sessions linked, refusals.
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    first = _serving_turn(1, session="s1", step=0, prompt=2000)
+    sched.add_request(first)
+    sched.admit(first)
+    sched.add_request(_serving_turn(2, session="s2", step=0, prompt=2000))
+    assert list(sched.admissible(10)) == []  # over budget while s1 runs
+    state = policy.state()
+    assert state["in_flight"] == 1 and state["in_flight_in_tool"] == 0
+    assert state["admissions"] == 1 and state["gate_refusals"] == 1
+    assert state["committed_tokens"] == round(policy.committed, 1) > 0
+    assert state["budget_tokens"] == round(policy.budget_tokens, 1)
+    policy.on_turn_end(
+        first, Outcome(output_tokens=50, tool="t", tool_duration=1.0, returned_tokens=0)
+    )
+    assert policy.state()["in_flight_in_tool"] == 1
+    assert policy.state()["agents_learned"] == 0
