@@ -121,6 +121,7 @@ class LampsCore:
         policy = make_policy(
             config.policy, predictor=OraclePredictor(), preset=self.preset, **config.policy_options
         )
+        policy.limit_context(sched.max_model_len)
         self.core = CoreScheduler(
             preset=self.preset, policy=policy, memory=memory, pin_lifetime=config.pin_lifetime
         )
@@ -164,6 +165,7 @@ class LampsCore:
                 getattr(params, "max_tokens", None) if params is not None else None,
             )
             core = self._core_request(request, info)
+            self._credit_pin(core, info.session_id)
             self.tracked[request.request_id] = Tracked(core, info)
             self._set_clock()
             # A session's later turn queues as the simulator queues a returning turn: stock
@@ -317,8 +319,23 @@ class LampsCore:
             self.prefill_computed += max(prompt - new.num_computed_tokens, 0)
             self.prefill_cached += new.num_computed_tokens
 
+    def _credit_pin(self, core: CoreRequest, session_id: str | None) -> None:
+        """A later turn whose session's KV is pinned waits with that KV resident, as a preserved
+        turn waits in the simulator: the policy sees only its new tokens as prefill to place.
+        (A vLLM request starts with no computed tokens, so a gate that waits for room for the
+        whole context would count the pinned blocks twice: once as used, once as needed.)"""
+        blocks = self.pins.pins.get(session_id) if session_id is not None else None
+        if blocks:
+            core.kv_tokens = min(len(blocks) * self.block_size, core.segment.prompt_tokens)
+
     def _release(self, paused: PausedKV, reason: str) -> None:
-        self.pins.release(str(paused.key), reason)
+        sid = str(paused.key)
+        if self.pins.release(sid, reason):
+            # The session's waiting turn no longer has that KV resident.
+            for tracked in self.tracked.values():
+                core = tracked.core
+                if tracked.info.session_id == sid and core.state is RequestState.WAITING:
+                    core.kv_tokens = 0
 
     # -- turns out -----------------------------------------------------------------------------
     def on_free(self, request: Request) -> None:

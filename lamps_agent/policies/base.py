@@ -173,6 +173,10 @@ class Policy:
     def on_leave(self, req: Request) -> None:
         """A resident request stopped being resident (finished, paused, preempted)."""
 
+    def limit_context(self, tokens: int) -> None:
+        """The engine's longest context (a server's ``max_model_len``): no request's context can
+        grow past it.  Policies that predict context growth cap their predictions here."""
+
     # -- reporting -------------------------------------------------------------------------
     def state(self) -> dict[str, float]:
         """The policy's own counts for a serving engine's statistics (none by default)."""

@@ -348,6 +348,7 @@ class ProgramPolicy(LampsPolicy):
         if patience is not None and patience < 1:
             raise ValueError("patience must be >= 1 iterations, or None")
         self.patience = patience
+        self.max_context = math.inf  # the engine's context limit (limit_context)
         self.durations = ToolDurations()
         self.in_flight: dict[Hashable, _InFlight] = {}  # by program_key
         self.committed = 0.0  # Σ footprint terms of the programs in flight
@@ -394,6 +395,14 @@ class ProgramPolicy(LampsPolicy):
             fp = Footprint(
                 peak=context + grown, remaining_turns=fp.remaining_turns, growth=fp.growth * (1 + e)
             )
+        if fp.peak > self.max_context:
+            # No context outgrows the engine: a prior from larger deployments (or a history
+            # learned elsewhere) must not hold the gate shut on a small engine.
+            fp = Footprint(
+                peak=max(self.max_context, float(context)),
+                remaining_turns=fp.remaining_turns,
+                growth=fp.growth,
+            )
         return fp
 
     def footprint_term(self, req: Request) -> float:
@@ -415,6 +424,11 @@ class ProgramPolicy(LampsPolicy):
 
     def _compute_term(self, req: Request, fp: Footprint) -> float:
         return (req.segment.prompt_tokens + fp.peak) / 2
+
+    def limit_context(self, tokens: int) -> None:
+        if tokens < 1:
+            raise ValueError(f"context limit must be >= 1 token, got {tokens}")
+        self.max_context = float(tokens)
 
     # -- ranking ---------------------------------------------------------------------------
     def _remaining_area(self, req: Request, fp: Footprint) -> float:

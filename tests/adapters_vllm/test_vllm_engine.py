@@ -134,6 +134,43 @@ def test_abort_releases_the_sessions_pin(lamps: Any) -> None:
     assert not engine.has_unfinished_requests()
 
 
+def test_a_waiting_turn_counts_its_pinned_kv_as_resident(lamps: Any) -> None:
+    """The session's next turn waits with its pinned prefix resident, as in the simulator: only
+    its new tokens are prefill to place (a gate that waited for room for the whole context would
+    count the pinned blocks twice).  When the pin goes, so does the credit."""
+    from vllm import SamplingParams
+
+    sched = scheduler_of(lamps)
+    tokens = Tokens(9)
+    p1 = tokens(600)
+    out = generate(
+        lamps,
+        p1,
+        max_tokens=10,
+        xargs=hints("s-credit", 0, tool="search", duration=30.0, strategy=KVStrategy.PRESERVE),
+    )
+    pinned = len(sched.lamps.pins.pins["s-credit"]) * 32
+    assert pinned >= 576
+    p2 = p1 + list(out.outputs[0].token_ids) + tokens(50)
+    engine = lamps.llm_engine
+    try:  # no engine step runs here: the turn stays waiting
+        engine.add_request("credit-next", {"prompt_token_ids": p2},
+                           SamplingParams(max_tokens=2, extra_args=hints("s-credit", 1, tool=None, duration=0.0, strategy=KVStrategy.DISCARD)))  # fmt: skip
+        (waiting,) = [
+            t.core for t in sched.lamps.tracked.values() if t.info.session_id == "s-credit"
+        ]
+        assert waiting.kv_tokens == pinned
+        assert waiting.remaining_prefill == len(p2) - pinned
+        paused = sched.lamps.core.pin_to_release()
+        assert paused is not None and paused.key == "s-credit"
+        sched.lamps._release(paused, "pressure")
+        assert waiting.kv_tokens == 0 and waiting.remaining_prefill == len(p2)
+    finally:
+        engine.abort_request(["credit-next"])
+    assert not engine.has_unfinished_requests()
+    assert "s-credit" not in sched.lamps.pins.pins
+
+
 @pytest.mark.parametrize(
     "garbage",
     [

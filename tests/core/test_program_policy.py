@@ -277,3 +277,29 @@ def test_the_policy_reports_what_its_gate_holds(small_preset: Preset) -> None:
     )
     assert policy.state()["in_flight_in_tool"] == 1
     assert policy.state()["agents_learned"] == 0
+
+
+def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) -> None:
+    # An agent never seen gets the prior (8 turns × 1,500 tokens): on a small engine (the CPU
+    # engine's tiny model, a scaled workload) that is more than any context it can hold, and the
+    # gate would admit one program at a time until three had finished.
+    def gate(limit: int | None) -> list[Request]:
+        policy, sched = _policy(small_preset, open_below=0.0)
+        capacity = policy.budget_tokens / policy.target_utilization
+        policy.target_utilization = 1_200 / capacity  # room for two programs of ≤ 1,000 tokens
+        if limit is not None:
+            policy.limit_context(limit)
+        for rid in (1, 2):
+            sched.add_request(_serving_turn(rid, session=f"s{rid}", step=0, prompt=100))
+        return list(sched.admissible(10))
+
+    policy, _ = _policy(small_preset)
+    turn = _serving_turn(1, session="s1", step=0, prompt=100)
+    assert policy.predicted_peak(turn) == 100 + 8 * 1_500
+    policy.limit_context(1_000)
+    assert policy.predicted_peak(turn) == 1_000
+    assert policy.footprint_term(turn) == (100 + 1_000) / 2
+    assert len(gate(None)) == 1  # the prior's 12k-token peak: only the idle rule admits
+    assert len(gate(1_000)) == 2
+    with pytest.raises(ValueError, match="context limit"):
+        policy.limit_context(0)
