@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shlex
 import sys
@@ -215,6 +216,7 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
     from lamps_agent.workloads.arrivals import poisson_workload
 
     programs = _fitting_programs(config.programs, args.vllm_arg or (), console)
+    alone: dict[str, float] = {}
     summaries = []
     with ExitStack() as stack:
         if args.engine == "compare":
@@ -238,7 +240,60 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
                         _replay_once(args, config, arrivals, qps, label, url, rnd, replay,
                                      ReplayOptions, summarize, scrape_metrics)
                     )  # fmt: skip
+            if args.unloaded:
+                label = "stock" if "stock" in servers else next(iter(servers))
+                alone = _report_unloaded(args, arrivals, qps, label, servers[label], alone,
+                                         summaries, console)  # fmt: skip
     return summaries
+
+
+def _report_unloaded(
+    args: argparse.Namespace,
+    arrivals: Sequence[Any],
+    qps: float,
+    label: str,
+    url: str,
+    alone: dict[str, float],
+    summaries: Sequence[Any],
+    console: Any,
+) -> dict[str, float]:
+    """``--unloaded``: each distinct program of the arrivals replayed alone on ``label``'s server,
+    one after another (programs already timed at another rate are not replayed again); prints
+    the unloaded mean and P99 over the arrivals beside the loaded P99 (median over rounds) and
+    appends them to ``unloaded.json``.  Returns the E2E alone by program id."""
+    import json
+    import statistics
+
+    import numpy as np
+
+    from adapters.vllm.replay import ReplayOptions, replay
+    from lamps_agent.workloads.arrivals import Arrival
+
+    todo = {a.program.program_id: a.program for a in arrivals if a.program.program_id not in alone}
+    console.print(f"unloaded: {len(todo)} programs alone on {label} …")
+    for i, program in enumerate(todo.values()):
+        opts = ReplayOptions(
+            url=url.rstrip("/"), model=args.model or _served_model(url),
+            time_scale=args.time_scale, send_hints=not args.no_hints, vocab_high=args.vocab_high,
+            seed=10_000 + i, session_prefix=f"alone{i}-",
+        )  # fmt: skip
+        (result,) = asyncio.run(replay([Arrival(0.0, program)], opts))
+        alone[program.program_id] = result.finish - result.arrival
+    e2e = [alone[a.program.program_id] for a in arrivals]
+    p99 = float(np.percentile(e2e, 99))
+    loaded = [s.e2e.p99 for s in summaries if s.policy == label and s.qps == qps]
+    factor = statistics.median(loaded) / p99 if loaded and p99 > 0 else math.nan
+    record = {"qps": qps, "server": label, "unloaded_mean_s": statistics.fmean(e2e),
+              "unloaded_p99_s": p99, "loaded_p99_s": statistics.median(loaded) if loaded else None,
+              "loaded_over_unloaded_p99": factor}  # fmt: skip
+    console.print(
+        f"{label} unloaded at qps {qps:g}: mean {record['unloaded_mean_s']:.2f} s, P99 {p99:.2f} s "
+        f"(each program alone); loaded P99 / unloaded P99 = {factor:.2f}"
+    )
+    path = Path(args.out) / "unloaded.json"
+    previous = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([*previous, record], indent=2) + "\n")
+    return alone
 
 
 def max_model_len(vllm_args: Sequence[str]) -> int | None:

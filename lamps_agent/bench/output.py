@@ -18,6 +18,7 @@ RESULT_FILES = (
     "results.md",
     "latency_vs_qps.png",
     "kv_timeline.png",
+    "unloaded.json",
 )
 DEFAULT_ROOT = Path("results")
 

@@ -238,6 +238,12 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="every compare server loads the host-memory swap connector (stock too, where it "
         "stays idle), so all are configured alike",
     )
+    eng.add_argument(
+        "--unloaded",
+        action="store_true",
+        help="after the rounds, replay each distinct program alone on the stock server (else the "
+        "first) and print the unloaded mean and P99 E2E beside the loaded P99 (unloaded.json)",
+    )
     eng.add_argument("--vocab-high", type=int, default=300, help="random token ids below this")
     eng.add_argument("--port", type=int, default=8011, help="port for --engine compare servers")
     eng.add_argument(

@@ -5,6 +5,7 @@ No engine is started here (the real run is in docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,40 @@ def test_programs_longer_than_the_server_are_left_out_and_counted() -> None:
     assert _fitting_programs(programs, [], console) == programs
     with pytest.raises(ValueError, match="--token-scale"):
         _fitting_programs(generate_longctx(5, kinds="coding"), ["--max-model-len=1000"], console)
+
+
+def test_the_unloaded_p99_times_each_program_alone_once(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import types
+
+    from adapters.vllm import replay as replay_mod
+    from adapters.vllm.cli import _report_unloaded
+    from adapters.vllm.replay import ProgramResult
+    from lamps_agent.workloads.arrivals import Arrival
+
+    programs = generate_longctx(3, kinds="coding", seed=0)
+    seconds = {p.program_id: 2.0 + i for i, p in enumerate(programs)}
+    calls: list[str] = []
+
+    async def alone(arrivals: Any, opts: Any) -> list[ProgramResult]:
+        (a,) = arrivals
+        calls.append(a.program.program_id)
+        return [ProgramResult(a.program, 0.0, seconds[a.program.program_id], 0.1, 0)]
+
+    monkeypatch.setattr(replay_mod, "replay", alone)
+    args = argparse.Namespace(
+        model="m", time_scale=0.05, no_hints=False, vocab_high=300, out=str(tmp_path)
+    )
+    arrivals = [Arrival(float(i), programs[i % 2]) for i in range(4)]  # two programs, twice each
+    loaded = [types.SimpleNamespace(policy="stock", qps=3.0, e2e=types.SimpleNamespace(p99=9.0))]
+    known = _report_unloaded(args, arrivals, 3.0, "stock", "http://x", {}, loaded, _Console())
+    assert sorted(calls) == sorted(p.program_id for p in programs[:2])
+    (record,) = json.loads((tmp_path / "unloaded.json").read_text())
+    assert record["unloaded_mean_s"] == 2.5 and record["unloaded_p99_s"] == pytest.approx(3.0)
+    assert record["loaded_over_unloaded_p99"] == pytest.approx(3.0)
+    # At the next rate, only programs not yet timed are replayed.
+    _report_unloaded(args, [Arrival(0.0, programs[2]), *arrivals], 4.0, "stock", "http://x",
+                     known, loaded, _Console())  # fmt: skip
+    assert len(calls) == 3
