@@ -53,6 +53,7 @@ from lamps_agent.scheduler.paused import PausedKV
 from lamps_agent.strategy import pick_least, strategy_wastes
 
 NEW, ADMITTED = 1.0, 0.0  # the key's class: later turns of admitted programs sort first
+RELEASE_FRACTION = 0.8  # the rules release below 0.8 x engage_at (hysteresis)
 
 
 def program_key(req: Request) -> Hashable:
@@ -319,8 +320,12 @@ class ProgramPolicy(LampsPolicy):
         stale_s: float = 1800.0,
         open_below: float = 0.5,
         patience: int | None = None,
+        engage_at: float = 0.5,
+        load_window_s: float = 120.0,
     ) -> None:
-        super().__init__(predictor=predictor, preset=preset, starvation_threshold=None)
+        super().__init__(
+            predictor=predictor, preset=preset, starvation_threshold=None, starvation="aging"
+        )
         if not 0 < target_utilization <= 4:
             raise ValueError("target_utilization must be in (0, 4]")
         if not max_age_s > 0 or not turn_max_age_s > 0 or not stale_s > 0:
@@ -344,6 +349,18 @@ class ProgramPolicy(LampsPolicy):
         if patience is not None and patience < 1:
             raise ValueError("patience must be >= 1 iterations, or None")
         self.patience = patience
+        if not 0 <= engage_at <= 4:
+            raise ValueError("engage_at must be in [0, 4] (a fraction of the KV capacity)")
+        if not load_window_s > 0:
+            raise ValueError("load_window_s must be > 0")
+        self.engage_at = engage_at
+        self.release_at = RELEASE_FRACTION * engage_at
+        self.load_window_s = load_window_s
+        self.load = 0.0  # the fluid load: time-averaged committed footprint / KV capacity
+        self._load_at: float | None = None
+        self.engaged = engage_at == 0.0
+        self.engagements = 0  # times the program-level rules engaged
+        self._turn_areas: dict[int, float] = {}  # LAMPS' area of the turn, for the open order
         self.durations = ToolDurations()
         self.in_flight: dict[Hashable, _InFlight] = {}  # by program_key
         self.committed = 0.0  # Σ footprint terms of the programs in flight
@@ -448,7 +465,8 @@ class ProgramPolicy(LampsPolicy):
         return (cls, self.view.now + handicap, req.arrival_time, float(req.request_id))
 
     def on_turn_start(self, req: Request) -> None:
-        super().on_turn_start(req)  # LAMPS: the turn's prediction and planned strategy
+        super().on_turn_start(req)  # LAMPS: the turn's prediction, planned strategy and area
+        self._turn_areas[req.request_id] = req.policy_rank
         fp = self._predict_footprint(req)
         term = self._compute_term(req, fp)
         self._terms[req.request_id] = term
@@ -464,18 +482,48 @@ class ProgramPolicy(LampsPolicy):
         req.policy_rank = self._remaining_area(req, fp)
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
+        if not self.engaged:
+            # LAMPS with aging (``lamps-aging``'s order, in seconds: entered + aging_s · ln A).
+            area = max(self._turn_areas.get(req.request_id, req.policy_rank), 1.0)
+            entered = self.view.now + self.aging_s * math.log(area)
+            return (ADMITTED, entered, req.arrival_time, float(req.request_id))
         cls = ADMITTED if program_key(req) in self.in_flight else NEW
         return self._aged_key(req, req.policy_rank, cls)
 
     def preemption_key(self, req: Request) -> tuple[float, ...]:
+        if not self.engaged:
+            return req.queue_key
         flight = self.in_flight.get(program_key(req))
         seq = flight.admitted_seq if flight is not None else math.inf
         return (float(seq), float(req.request_id))
 
+    # -- the fluid load and the engage rule ---------------------------------------------------
+    def _update_load(self) -> None:
+        """Time-average the committed footprint over ``load_window_s`` (exponentially) and engage
+        the program-level rules when it passes ``engage_at × C``; release below
+        ``RELEASE_FRACTION × engage_at``.  Below it the memory sustains the arrivals (WAIT's fluid
+        argument: the gate only matters when the fluid load nears capacity), and the policy
+        orders and keeps KV as LAMPS does."""
+        now = self.view.now
+        memory = self.view.memory
+        level = memory.used_gpu_blocks / max(memory.num_gpu_blocks, 1)
+        if self._load_at is None:
+            self.load = level
+        elif now > self._load_at:
+            weight = 1.0 - math.exp(-(now - self._load_at) / self.load_window_s)
+            self.load += weight * (level - self.load)
+        self._load_at = now
+        if not self.engaged and self.load >= self.engage_at:
+            self.engaged = True
+            self.engagements += 1
+        elif self.engaged and self.load < self.release_at:
+            self.engaged = False
+
     # -- admission -------------------------------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
         self._drop_stale()
-        return _ProgramGate(self)
+        self._update_load()
+        return _ProgramGate(self) if self.engaged else None
 
     def on_admit(self, req: Request) -> None:
         if program_key(req) not in self.in_flight:
@@ -526,6 +574,7 @@ class ProgramPolicy(LampsPolicy):
         # Computed afresh at the next turn's start; a serving engine's turn never has one.
         self._terms.pop(req.request_id, None)
         self._peaks.pop(req.request_id, None)
+        self._turn_areas.pop(req.request_id, None)
         key = program_key(req)
         if outcome.tool is not None:
             self.durations.observe(outcome.tool, outcome.tool_duration)
@@ -562,6 +611,8 @@ class ProgramPolicy(LampsPolicy):
     def on_pause(self, paused: PausedKV) -> KVStrategy:
         """Pin for Continuum's cost-benefit time to live when that beats the least waste of not
         pinning; else swap or discard, whichever wastes less."""
+        if not self.engaged:
+            return super().on_pause(paused)  # LAMPS: the strategy planned at the turn's start
         predicted = paused.remaining(self.view.now)
         wastes = self._alternatives(paused, predicted)
         alternative = pick_least(wastes)

@@ -38,7 +38,7 @@ def _request(rid: int, *, prompt: int = 2000, agent: str = "a") -> Request:
 
 def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Preset) -> None:
     # A budget of about one program: the first is admitted, the next new ones are held.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
     first, second, third = _request(1), _request(2), _request(3)
     for req in (first, second, third):
         sched.add_request(req)
@@ -57,7 +57,7 @@ def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Prese
 def test_an_engine_with_nothing_in_flight_admits_even_a_program_over_budget(
     small_preset: Preset,
 ) -> None:
-    policy, sched = _policy(small_preset, target_utilization=0.001, open_below=0.0)
+    policy, sched = _policy(small_preset, target_utilization=0.001, open_below=0.0, engage_at=0.0)
     big = _request(1, prompt=8000)
     sched.add_request(big)
     assert policy.footprint_term(big) > policy.budget_tokens
@@ -146,7 +146,7 @@ def test_ttl_rule_pins_as_long_as_the_held_memory_is_worth_it() -> None:
 
 
 def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: Preset) -> None:
-    policy, sched = _policy(small_preset)
+    policy, sched = _policy(small_preset, engage_at=0.0)
     for _ in range(20):  # a 10 ms tool: holding 350 tokens that long beats swap or recompute
         policy.durations.observe("tool", 0.01)
     req = _request(1, prompt=300)
@@ -233,7 +233,7 @@ def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
     small_preset: Preset,
 ) -> None:
     # A budget of about one program, as in the threshold test, but every turn its own request.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
     first = _serving_turn(1, session="s1", step=0, prompt=2000)
     sched.add_request(first)
     sched.admit(first)
@@ -257,3 +257,42 @@ def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
     # The finished session taught the footprint predictor a two-turn program of its agent.
     hist = policy.footprints._agents["coder"]
     assert list(hist.turns) == [2]
+
+
+def test_the_program_rules_engage_only_under_a_sustained_kv_load(small_preset: Preset) -> None:
+    policy, sched = _policy(small_preset, engage_at=0.5, load_window_s=10.0)
+    assert policy.admission_gate() is None and not policy.engaged  # an idle engine: open
+    quiet = _request(1)
+    sched.add_request(quiet)  # LAMPS-aging's order: one class, entered + aging_s · ln(area)
+    assert quiet.queue_key[0] == ADMITTED
+    memory = sched.memory
+    memory.allocate(int(0.6 * memory.num_gpu_blocks))  # 60 % of the KV in use from now on
+    sched.set_time(1.0)
+    policy.admission_gate()
+    assert not policy.engaged and policy.load < 0.1  # a spike is not a load
+    sched.set_time(30.0)  # three windows at 60 %: the time average passes 0.5
+    assert policy.admission_gate() is not None and policy.engaged
+    newcomer = _request(2)
+    sched.add_request(newcomer)
+    assert newcomer.queue_key[0] == NEW  # the program classes apply
+    memory.free(int(0.6 * memory.num_gpu_blocks))
+    sched.set_time(32.0)
+    policy.admission_gate()
+    assert policy.engaged  # hysteresis: still above 0.8 x 0.5
+    sched.set_time(60.0)
+    assert policy.admission_gate() is None and not policy.engaged
+    assert policy.engagements == 1
+
+
+def test_below_the_engage_level_the_policy_schedules_as_lamps_aging(small_preset: Preset) -> None:
+    programs = [make_program(f"p{i}", [(40, 0.5, 200)] * 4, agent="x") for i in range(30)]
+    arrivals = poisson_workload(programs, qps=0.5, seed=3)
+    results = {}
+    for name in ("program", "lamps-aging"):
+        policy = make_policy(name, predictor=make_predictor("oracle"), preset=small_preset)
+        results[name] = Simulator(preset=small_preset, policy=policy, arrivals=arrivals).run(
+            RunLabels(policy=name, predictor="oracle")
+        )
+    prog, lamps = results["program"], results["lamps-aging"]
+    assert [r.e2e for r in prog.requests] == [r.e2e for r in lamps.requests]
+    assert [r.ttft for r in prog.requests] == [r.ttft for r in lamps.requests]
