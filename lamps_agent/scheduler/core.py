@@ -40,7 +40,7 @@ from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
 from lamps_agent.scheduler.queue import WaitingQueue
 
 S = RequestState
-PREFETCH_RESERVE = 0.1  # a prefetch leaves at least this fraction of the GPU blocks free
+PREFETCH_RESERVE = 0.3  # a prefetch leaves at least this fraction of the GPU blocks free
 
 
 @dataclass(slots=True)
@@ -521,7 +521,7 @@ class Scheduler:
         budget = self._advance_prefills(out, budget)
         if budget > 0:
             self._admit(out, budget)
-        if self.swapped:
+        if self.swapped and not self.waiting:
             self._prefetch(out)
         out.swap_out_tokens += self._pending_swap_out
         self._pending_swap_out = 0
@@ -663,8 +663,8 @@ class Scheduler:
         """Copy swapped turns back in ahead of their tools' predicted returns, when the policy
         says so (:meth:`~lamps_agent.policies.base.Policy.prefetch_lead`), within what is left of
         the step's copy budget (the first copy of a step always goes, as in admission), and
-        only while the GPU keeps ``PREFETCH_RESERVE`` of its blocks
-        free afterwards (the queue's admissions came first this step).  The turn becomes a pin
+        only while nothing waits for admission (a copy in must not take blocks a queued turn
+        could use) and the GPU keeps ``PREFETCH_RESERVE`` of its blocks free afterwards.  The turn becomes a pin
         whose tool is still running: it is admitted without a copy when the tool returns, and
         is releasable under pressure like any pin."""
         memory = self.memory
