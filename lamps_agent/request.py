@@ -55,7 +55,8 @@ _TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     ),
     S.PAUSED_PRESERVED: frozenset({S.PREFILLING, S.PAUSED_SWAPPED, S.PAUSED_DISCARDED}),
     # → discarded: the session moved to another replica of a fleet; the host copy is dropped.
-    S.PAUSED_SWAPPED: frozenset({S.RESUMING_SWAPPED, S.PAUSED_DISCARDED}),
+    # → preserved: copied back in ahead of the tool's predicted return (a policy's prefetch).
+    S.PAUSED_SWAPPED: frozenset({S.RESUMING_SWAPPED, S.PAUSED_DISCARDED, S.PAUSED_PRESERVED}),
     S.PAUSED_DISCARDED: frozenset({S.WAITING}),
     S.RESUMING_SWAPPED: frozenset({S.PREFILLING}),
     S.FINISHED: frozenset(),

@@ -376,6 +376,8 @@ class LampsCore:
         if sid is None or strategy is None:
             return
         if strategy is KVStrategy.SWAP:
+            # The next turn is a new request; the connector's LRU store keeps the copy.
+            self.core.release_host_copy(core)
             if self.swap_available:
                 setattr(request, SWAP_MARK, True)  # the host-swap connector copies it out
                 self.swaps += 1

@@ -9,7 +9,14 @@ from typing import Any
 
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.protocol import Stability, Window, judge_stability
-from lamps_agent.metrics import EngineCounters, RunLabels, RunResult, RunSummary, summarize
+from lamps_agent.metrics import (
+    EngineCounters,
+    RequestMetrics,
+    RunLabels,
+    RunResult,
+    RunSummary,
+    summarize,
+)
 from lamps_agent.policies import make_policy
 from lamps_agent.predictors import DurationSource, make_predictor
 from lamps_agent.presets import Preset
@@ -121,6 +128,30 @@ def window_of(config: BenchConfig, arrivals: list[Arrival]) -> Window:
     return Window(warmup=config.warmup, end=end)
 
 
+def measured_summary(
+    result: RunResult, measured: Sequence[RequestMetrics], *, seed: int = 0
+) -> RunSummary:
+    """The summary of a run's ``measured`` programs: their own latencies, recomputed tokens and
+    preemptions; the engine-wide counters (swaps, waste, peaks, iterations) of the whole run."""
+    full = result.summary
+    counters = EngineCounters(
+        recomputed_tokens=sum(m.recomputed_tokens for m in measured),
+        swapped_bytes=full.swapped_bytes,
+        memory_waste_token_s=full.memory_waste_token_s,
+        peak_kv_blocks=full.peak_kv_blocks,
+        peak_kv_fraction=full.peak_kv_fraction,
+        iterations=full.iterations,
+        preemptions=sum(m.preemptions for m in measured),
+        pins_released=full.pins_released,
+        swap_fallbacks=full.swap_fallbacks,
+        rejected=full.rejected,
+    )
+    labels = RunLabels(
+        policy=full.policy, predictor=full.predictor, trace=full.trace, qps=full.qps, seed=seed
+    )
+    return summarize(measured, labels=labels, preset=full.preset, counters=counters)
+
+
 def measure(
     config: BenchConfig,
     spec: RunSpec,
@@ -138,27 +169,7 @@ def measure(
         )
     programs = {a.program.program_id: a.program for a in arrivals}
     alone = [bound.of(programs[m.program_id]) for m in measured]
-    full = result.summary
-    counters = EngineCounters(
-        recomputed_tokens=sum(m.recomputed_tokens for m in measured),
-        swapped_bytes=full.swapped_bytes,
-        memory_waste_token_s=full.memory_waste_token_s,
-        peak_kv_blocks=full.peak_kv_blocks,
-        peak_kv_fraction=full.peak_kv_fraction,
-        iterations=full.iterations,
-        preemptions=sum(m.preemptions for m in measured),
-        pins_released=full.pins_released,
-        swap_fallbacks=full.swap_fallbacks,
-        rejected=full.rejected,
-    )
-    labels = RunLabels(
-        policy=full.policy,
-        predictor=full.predictor,
-        trace=full.trace,
-        qps=full.qps,
-        seed=seed_of(config, spec),
-    )
-    summary = summarize(measured, labels=labels, preset=full.preset, counters=counters)
+    summary = measured_summary(result, measured, seed=seed_of(config, spec))
     unloaded_engine = sum(a.engine for a in alone) / len(alone)
     return Point(
         spec=spec,

@@ -26,8 +26,9 @@ of tools.  This policy joins them at the level of the agent *program*:
   cost-benefit rule — pin for the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_fallback``,
   ``W_fallback = min(W_discard, W_swap)``, if that beats not pinning (``W_fallback``); a pin that
   reaches its TTL is swapped or discarded, whichever wastes less.  The host tier is the preset's
-  ``host_swap_gb``.  Swap-in ahead of the predicted tool return is not done: the core has no
-  transition for it (see docs).
+  ``host_swap_gb``; a swapped turn is copied back in ahead of its tool's predicted return
+  (:meth:`prefetch_lead`), where the engine can (the simulator; vLLM's connector API loads KV
+  only for a scheduled request).
 * **Preemption** takes the most recently admitted program first, so programs in flight longest
   keep moving.
 
@@ -53,6 +54,7 @@ from lamps_agent.scheduler.paused import PausedKV
 from lamps_agent.strategy import pick_least, strategy_wastes
 
 NEW, ADMITTED = 1.0, 0.0  # the key's class: later turns of admitted programs sort first
+RELEASE_FRACTION = 0.8  # the rules release below 0.8 x engage_at (hysteresis)
 
 
 def program_key(req: Request) -> Hashable:
@@ -306,6 +308,7 @@ class ProgramPolicy(LampsPolicy):
     name = "program"
     gates_admission = True
     adjusts_paused = True  # pins past their time to live are swapped or discarded
+    prefetches = True  # swapped turns are copied back in ahead of the tool's predicted return
     TTL_GRACE_S = 1.0
 
     def __init__(
@@ -323,8 +326,12 @@ class ProgramPolicy(LampsPolicy):
         stale_s: float = 1800.0,
         open_below: float = 0.5,
         patience: int | None = None,
+        engage_at: float = 0.5,
+        load_window_s: float = 120.0,
     ) -> None:
-        super().__init__(predictor=predictor, preset=preset, starvation_threshold=None)
+        super().__init__(
+            predictor=predictor, preset=preset, starvation_threshold=None, starvation="aging"
+        )
         if not 0 < target_utilization <= 4:
             raise ValueError("target_utilization must be in (0, 4]")
         if not max_age_s > 0 or not turn_max_age_s > 0 or not stale_s > 0:
@@ -349,6 +356,18 @@ class ProgramPolicy(LampsPolicy):
             raise ValueError("patience must be >= 1 iterations, or None")
         self.patience = patience
         self.max_context = math.inf  # the engine's context limit (limit_context)
+        if not 0 <= engage_at <= 4:
+            raise ValueError("engage_at must be in [0, 4] (a fraction of the KV capacity)")
+        if not load_window_s > 0:
+            raise ValueError("load_window_s must be > 0")
+        self.engage_at = engage_at
+        self.release_at = RELEASE_FRACTION * engage_at
+        self.load_window_s = load_window_s
+        self.load = 0.0  # the fluid load: time-averaged committed footprint / KV capacity
+        self._load_at: float | None = None
+        self.engaged = engage_at == 0.0
+        self.engagements = 0  # times the program-level rules engaged
+        self._turn_areas: dict[int, float] = {}  # LAMPS' area of the turn, for the open order
         self.durations = ToolDurations()
         self.in_flight: dict[Hashable, _InFlight] = {}  # by program_key
         self.committed = 0.0  # Σ footprint terms of the programs in flight
@@ -466,7 +485,8 @@ class ProgramPolicy(LampsPolicy):
         return (cls, self.view.now + handicap, req.arrival_time, float(req.request_id))
 
     def on_turn_start(self, req: Request) -> None:
-        super().on_turn_start(req)  # LAMPS: the turn's prediction and planned strategy
+        super().on_turn_start(req)  # LAMPS: the turn's prediction, planned strategy and area
+        self._turn_areas[req.request_id] = req.policy_rank
         fp = self._predict_footprint(req)
         term = self._compute_term(req, fp)
         self._terms[req.request_id] = term
@@ -482,18 +502,48 @@ class ProgramPolicy(LampsPolicy):
         req.policy_rank = self._remaining_area(req, fp)
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
+        if not self.engaged:
+            # LAMPS with aging (``lamps-aging``'s order, in seconds: entered + aging_s · ln A).
+            area = max(self._turn_areas.get(req.request_id, req.policy_rank), 1.0)
+            entered = self.view.now + self.aging_s * math.log(area)
+            return (ADMITTED, entered, req.arrival_time, float(req.request_id))
         cls = ADMITTED if program_key(req) in self.in_flight else NEW
         return self._aged_key(req, req.policy_rank, cls)
 
     def preemption_key(self, req: Request) -> tuple[float, ...]:
+        if not self.engaged:
+            return req.queue_key
         flight = self.in_flight.get(program_key(req))
         seq = flight.admitted_seq if flight is not None else math.inf
         return (float(seq), float(req.request_id))
 
+    # -- the fluid load and the engage rule ---------------------------------------------------
+    def _update_load(self) -> None:
+        """Time-average the committed footprint over ``load_window_s`` (exponentially) and engage
+        the program-level rules when it passes ``engage_at × C``; release below
+        ``RELEASE_FRACTION × engage_at``.  Below it the memory sustains the arrivals (WAIT's fluid
+        argument: the gate only matters when the fluid load nears capacity), and the policy
+        orders and keeps KV as LAMPS does."""
+        now = self.view.now
+        memory = self.view.memory
+        level = memory.used_gpu_blocks / max(memory.num_gpu_blocks, 1)
+        if self._load_at is None:
+            self.load = level
+        elif now > self._load_at:
+            weight = 1.0 - math.exp(-(now - self._load_at) / self.load_window_s)
+            self.load += weight * (level - self.load)
+        self._load_at = now
+        if not self.engaged and self.load >= self.engage_at:
+            self.engaged = True
+            self.engagements += 1
+        elif self.engaged and self.load < self.release_at:
+            self.engaged = False
+
     # -- admission -------------------------------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
         self._drop_stale()
-        return _ProgramGate(self)
+        self._update_load()
+        return _ProgramGate(self) if self.engaged else None
 
     def on_admit(self, req: Request) -> None:
         if program_key(req) not in self.in_flight:
@@ -544,6 +594,7 @@ class ProgramPolicy(LampsPolicy):
         # Computed afresh at the next turn's start; a serving engine's turn never has one.
         self._terms.pop(req.request_id, None)
         self._peaks.pop(req.request_id, None)
+        self._turn_areas.pop(req.request_id, None)
         key = program_key(req)
         if outcome.tool is not None:
             self.durations.observe(outcome.tool, outcome.tool_duration)
@@ -580,6 +631,8 @@ class ProgramPolicy(LampsPolicy):
     def on_pause(self, paused: PausedKV) -> KVStrategy:
         """Pin for Continuum's cost-benefit time to live when that beats the least waste of not
         pinning; else swap or discard, whichever wastes less."""
+        if not self.engaged:
+            return super().on_pause(paused)  # LAMPS: the strategy planned at the turn's start
         predicted = paused.remaining(self.view.now)
         wastes = self._alternatives(paused, predicted)
         alternative = pick_least(wastes)
@@ -593,6 +646,17 @@ class ProgramPolicy(LampsPolicy):
             self._deadlines[paused.key] = self.view.now + tau
             return KVStrategy.PRESERVE
         return alternative
+
+    def prefetch_lead(self, paused: PausedKV) -> float | None:
+        """While engaged: start the copy back in so that it ends one step before the tool's
+        predicted return — 1.5 × the copy time (the link is shared with the step's other
+        copies) plus a decode step.  A tool that outlives its prediction keeps the turn as a
+        pin until the scheduler's pin lifetime; a released pin is swapped or discarded by least
+        waste, as any other."""
+        if not self.engaged:
+            return None
+        copy = self.timing().transfer_seconds(paused.tokens)
+        return 1.5 * copy + self.view.decode_step_time
 
     def pin_ttl(self, paused: PausedKV) -> float | None:
         """The scheduler's expiry is a backstop ``TTL_GRACE_S`` after the policy's own deadline,
@@ -620,8 +684,8 @@ class ProgramPolicy(LampsPolicy):
     # -- reporting ---------------------------------------------------------------------------
     def state(self) -> dict[str, float]:
         """What the gate saw last: programs in flight (and how many of them are in a tool), their
-        committed fluid footprint against the budget, admissions and refusals, and how many
-        agents' footprints are learned rather than the prior's."""
+        committed fluid footprint against the budget, admissions and refusals, how many agents'
+        footprints are learned rather than the prior's, and the engage rule's state."""
         in_tool = sum(1 for f in self.in_flight.values() if f.overdue_at != math.inf)
         return {
             "in_flight": len(self.in_flight),
@@ -631,4 +695,7 @@ class ProgramPolicy(LampsPolicy):
             "admissions": self._admissions,
             "gate_refusals": self.counters_held,
             "agents_learned": self.footprints.learned(),
+            "engaged": int(self.engaged),
+            "engagements": self.engagements,
+            "load": round(self.load, 3),
         }

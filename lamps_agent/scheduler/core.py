@@ -40,6 +40,7 @@ from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
 from lamps_agent.scheduler.queue import WaitingQueue
 
 S = RequestState
+PREFETCH_RESERVE = 0.3  # a prefetch leaves at least this fraction of the GPU blocks free
 
 
 @dataclass(slots=True)
@@ -88,6 +89,7 @@ class SchedulerCounters:
     rejected: int = 0
     prefix_hit_tokens: int = 0  # context tokens a turn found in the prefix cache (not recomputed)
     admissions: int = 0  # requests taken from the waiting queue
+    prefetches: int = 0  # swapped turns copied back in ahead of their tool's return
     starved_admissions: int = 0  # ... of them because the starvation bound promoted them
 
 
@@ -136,6 +138,7 @@ class Scheduler:
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
         self.running: list[Request] = []
         self.paused = PausedTable()
+        self.swapped: dict[int, PausedKV] = {}  # swapped turns a prefetching policy may copy in
         self.counters = SchedulerCounters()
         self.watermark_blocks = max(1, self.memory.num_gpu_blocks // 100)
         self.now = 0.0
@@ -200,6 +203,7 @@ class Scheduler:
                 paused.returned = True
                 paused.expires_at = math.inf
         elif state is S.PAUSED_SWAPPED:
+            self.swapped.pop(req.request_id, None)
             req.move_to(S.RESUMING_SWAPPED)
         else:
             req.move_to(S.WAITING)
@@ -346,6 +350,8 @@ class Scheduler:
             self.paused.add(paused)
             return 0
         if strategy is KVStrategy.SWAP:
+            if self.policy.prefetches:
+                self.swapped[req.request_id] = paused
             memory.swap_out(req.gpu_blocks)
             req.host_blocks = req.gpu_blocks
             req.gpu_blocks = 0
@@ -462,6 +468,17 @@ class Scheduler:
             self.memory.free_host_blocks += req.host_blocks
             req.host_blocks = 0
 
+    def release_host_copy(self, req: Request) -> None:
+        """An engine whose turns are requests of their own (vLLM) swapped ``req``'s KV into its
+        own host store (an LRU cache that evicts rather than fills): this request never resumes
+        here, so the core stops accounting for its host copy."""
+        if req.state is not S.PAUSED_SWAPPED:
+            raise ValueError(f"request {req.request_id} is {req.state.value}, not swapped")
+        self.swapped.pop(req.request_id, None)
+        self.memory.drop_host(req.host_blocks)
+        req.host_blocks = 0
+        req.move_to(S.PAUSED_DISCARDED)
+
     def release_paused(self, req: Request) -> int:
         """``req``'s session continues on another engine (a fleet routed its next turn away
         while its tool ran): the KV it still holds here — a pin, or a copy in host memory — is
@@ -504,6 +521,8 @@ class Scheduler:
         budget = self._advance_prefills(out, budget)
         if budget > 0:
             self._admit(out, budget)
+        if self.swapped and not self.waiting:
+            self._prefetch(out)
         out.swap_out_tokens += self._pending_swap_out
         self._pending_swap_out = 0
         return out
@@ -639,6 +658,44 @@ class Scheduler:
             budget -= chunk
         for req in admitted:  # everyone leaves the queue before the policy hears of any
             self._place(req)
+
+    def _prefetch(self, out: SchedulerOutput) -> None:
+        """Copy swapped turns back in ahead of their tools' predicted returns, when the policy
+        says so (:meth:`~lamps_agent.policies.base.Policy.prefetch_lead`), within what is left of
+        the step's copy budget (the first copy of a step always goes, as in admission), and
+        only while nothing waits for admission (a copy in must not take blocks a queued turn
+        could use) and the GPU keeps ``PREFETCH_RESERVE`` of its blocks free afterwards.  The turn becomes a pin
+        whose tool is still running: it is admitted without a copy when the tool returns, and
+        is releasable under pressure like any pin."""
+        memory = self.memory
+        reserve = self.watermark_blocks + int(PREFETCH_RESERVE * memory.num_gpu_blocks)
+        room = self._copy_budget_tokens() - out.swap_in_tokens
+        due: list[tuple[float, PausedKV]] = []
+        for key, paused in list(self.swapped.items()):
+            req = paused.request
+            if req is None or req.state is not S.PAUSED_SWAPPED:
+                del self.swapped[key]  # returned, moved or aborted meanwhile
+                continue
+            lead = self.policy.prefetch_lead(paused)
+            if lead is not None and self.now >= paused.predicted_return - lead:
+                due.append((paused.predicted_return, paused))
+        for _, paused in sorted(due, key=lambda d: d[0]):
+            req = paused.request
+            assert req is not None
+            blocks = req.host_blocks
+            over = req.kv_tokens > room and out.swap_in_tokens > 0  # the first always goes
+            if over or not memory.can_allocate(blocks + reserve):
+                break
+            del self.swapped[req.request_id]
+            memory.swap_in(blocks, blocks)
+            req.gpu_blocks, req.host_blocks = blocks, 0
+            req.move_to(S.PAUSED_PRESERVED)
+            paused.blocks = blocks
+            paused.expires_at = self.now + self.pin_lifetime.ttl(paused.remaining(self.now))
+            self.paused.add(paused)
+            out.swap_in_tokens += req.kv_tokens
+            room -= req.kv_tokens
+            self.counters.prefetches += 1
 
     def _copy_budget_tokens(self) -> float:
         """KV tokens the host link moves during one step's compute (the last step's)."""

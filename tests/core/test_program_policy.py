@@ -38,7 +38,7 @@ def _request(rid: int, *, prompt: int = 2000, agent: str = "a") -> Request:
 
 def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Preset) -> None:
     # A budget of about one program: the first is admitted, the next new ones are held.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
     first, second, third = _request(1), _request(2), _request(3)
     for req in (first, second, third):
         sched.add_request(req)
@@ -57,7 +57,7 @@ def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Prese
 def test_an_engine_with_nothing_in_flight_admits_even_a_program_over_budget(
     small_preset: Preset,
 ) -> None:
-    policy, sched = _policy(small_preset, target_utilization=0.001, open_below=0.0)
+    policy, sched = _policy(small_preset, target_utilization=0.001, open_below=0.0, engage_at=0.0)
     big = _request(1, prompt=8000)
     sched.add_request(big)
     assert policy.footprint_term(big) > policy.budget_tokens
@@ -146,7 +146,7 @@ def test_ttl_rule_pins_as_long_as_the_held_memory_is_worth_it() -> None:
 
 
 def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: Preset) -> None:
-    policy, sched = _policy(small_preset)
+    policy, sched = _policy(small_preset, engage_at=0.0)
     for _ in range(20):  # a 10 ms tool: holding 350 tokens that long beats swap or recompute
         policy.durations.observe("tool", 0.01)
     req = _request(1, prompt=300)
@@ -233,7 +233,7 @@ def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
     small_preset: Preset,
 ) -> None:
     # A budget of about one program, as in the threshold test, but every turn its own request.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
     first = _serving_turn(1, session="s1", step=0, prompt=2000)
     sched.add_request(first)
     sched.admit(first)
@@ -261,7 +261,7 @@ def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
 
 def test_the_policy_reports_what_its_gate_holds(small_preset: Preset) -> None:
     # What a serving engine's statistics show (LAMPS_STATS_FILE): sessions linked, refusals.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0)
+    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
     first = _serving_turn(1, session="s1", step=0, prompt=2000)
     sched.add_request(first)
     sched.admit(first)
@@ -272,6 +272,7 @@ def test_the_policy_reports_what_its_gate_holds(small_preset: Preset) -> None:
     assert state["admissions"] == 1 and state["gate_refusals"] == 1
     assert state["committed_tokens"] == round(policy.committed, 1) > 0
     assert state["budget_tokens"] == round(policy.budget_tokens, 1)
+    assert state["engaged"] == 1
     policy.on_turn_end(
         first, Outcome(output_tokens=50, tool="t", tool_duration=1.0, returned_tokens=0)
     )
@@ -284,7 +285,7 @@ def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) ->
     # engine's tiny model, a scaled workload) that is more than any context it can hold, and the
     # gate would admit one program at a time until three had finished.
     def gate(limit: int | None) -> list[Request]:
-        policy, sched = _policy(small_preset, open_below=0.0)
+        policy, sched = _policy(small_preset, open_below=0.0, engage_at=0.0)
         capacity = policy.budget_tokens / policy.target_utilization
         policy.target_utilization = 1_200 / capacity  # room for two programs of ≤ 1,000 tokens
         if limit is not None:
@@ -303,3 +304,103 @@ def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) ->
     assert len(gate(1_000)) == 2
     with pytest.raises(ValueError, match="context limit"):
         policy.limit_context(0)
+
+
+def test_the_program_rules_engage_only_under_a_sustained_kv_load(small_preset: Preset) -> None:
+    policy, sched = _policy(small_preset, engage_at=0.5, load_window_s=10.0)
+    assert policy.admission_gate() is None and not policy.engaged  # an idle engine: open
+    quiet = _request(1)
+    sched.add_request(quiet)  # LAMPS-aging's order: one class, entered + aging_s · ln(area)
+    assert quiet.queue_key[0] == ADMITTED
+    memory = sched.memory
+    memory.allocate(int(0.6 * memory.num_gpu_blocks))  # 60 % of the KV in use from now on
+    sched.set_time(1.0)
+    policy.admission_gate()
+    assert not policy.engaged and policy.load < 0.1  # a spike is not a load
+    sched.set_time(30.0)  # three windows at 60 %: the time average passes 0.5
+    assert policy.admission_gate() is not None and policy.engaged
+    newcomer = _request(2)
+    sched.add_request(newcomer)
+    assert newcomer.queue_key[0] == NEW  # the program classes apply
+    memory.free(int(0.6 * memory.num_gpu_blocks))
+    sched.set_time(32.0)
+    policy.admission_gate()
+    assert policy.engaged  # hysteresis: still above 0.8 x 0.5
+    sched.set_time(60.0)
+    assert policy.admission_gate() is None and not policy.engaged
+    assert policy.engagements == 1
+
+
+def test_below_the_engage_level_the_policy_schedules_as_lamps_aging(small_preset: Preset) -> None:
+    programs = [make_program(f"p{i}", [(40, 0.5, 200)] * 4, agent="x") for i in range(30)]
+    arrivals = poisson_workload(programs, qps=0.5, seed=3)
+    results = {}
+    for name in ("program", "lamps-aging"):
+        policy = make_policy(name, predictor=make_predictor("oracle"), preset=small_preset)
+        results[name] = Simulator(preset=small_preset, policy=policy, arrivals=arrivals).run(
+            RunLabels(policy=name, predictor="oracle")
+        )
+    prog, lamps = results["program"], results["lamps-aging"]
+    assert [r.e2e for r in prog.requests] == [r.e2e for r in lamps.requests]
+    assert [r.ttft for r in prog.requests] == [r.ttft for r in lamps.requests]
+
+
+def _swapped_turn(sched: Scheduler, *, tool_s: float) -> Request:
+    """A turn that ran, called a ``tool_s`` tool and had its KV swapped to host memory."""
+    program = make_program("p1", [(50, tool_s, 10), (50, 0.0, 0)], prompt=300)
+    req = Request(request_id=1, program=program, arrival_time=0.0)
+    sched.add_request(req)
+    sched.admit(req)
+    req.move_to(RequestState.DECODING)
+    req.kv_tokens = 350
+    req.gpu_blocks = sched.memory.blocks_for(350)
+    sched.memory.allocate(req.gpu_blocks)
+    outcome = Outcome(output_tokens=50, tool="tool", tool_duration=tool_s, returned_tokens=10)
+    assert sched.end_turn(req, outcome, continues=True, override=KVStrategy.SWAP) is (
+        KVStrategy.SWAP
+    )
+    assert req.state is RequestState.PAUSED_SWAPPED and req.host_blocks > 0
+    return req
+
+
+def test_a_swapped_turn_is_copied_back_in_ahead_of_its_tools_return(small_preset: Preset) -> None:
+    policy, sched = _policy(small_preset, engage_at=0.0)
+    req = _swapped_turn(sched, tool_s=10.0)
+    lead = policy.prefetch_lead(sched.swapped[1])
+    assert lead is not None and 0 < lead < 1.0
+    sched.set_time(10.0 - lead - 0.01)
+    assert sched.schedule().swap_in_tokens == 0 and req.state is RequestState.PAUSED_SWAPPED
+    sched.set_time(10.0 - lead / 2)
+    out = sched.schedule()
+    assert out.swap_in_tokens == 350 and sched.counters.prefetches == 1
+    assert req.state is RequestState.PAUSED_PRESERVED and req.host_blocks == 0
+    assert sched.memory.free_host_blocks == sched.memory.num_host_blocks
+    # The tool returns: the turn is admitted on its pinned KV, with nothing left to copy.
+    sched.set_time(10.0)
+    sched.tool_returned(
+        req, Outcome(output_tokens=50, tool="tool", tool_duration=10.0, returned_tokens=10)
+    )
+    out = sched.schedule()
+    assert [r for r, _ in out.prefills] == [req] and out.swap_in_tokens == 0
+
+
+def test_no_prefetch_into_a_full_gpu_nor_by_a_policy_that_does_not(small_preset: Preset) -> None:
+    _, sched = _policy(small_preset, engage_at=0.0)
+    req = _swapped_turn(sched, tool_s=10.0)
+    sched.memory.allocate(sched.memory.free_gpu_blocks - 5)  # others hold nearly everything
+    sched.set_time(9.99)
+    assert sched.schedule().swap_in_tokens == 0 and req.state is RequestState.PAUSED_SWAPPED
+    lamps = make_policy("lamps", predictor=make_predictor("oracle"), preset=small_preset)
+    other = Scheduler(preset=small_preset, policy=lamps)
+    req2 = _swapped_turn(other, tool_s=10.0)
+    other.set_time(9.99)
+    assert other.schedule().swap_in_tokens == 0 and req2.state is RequestState.PAUSED_SWAPPED
+    assert not other.swapped
+
+
+def test_an_engine_with_its_own_host_store_releases_the_cores_copy(small_preset: Preset) -> None:
+    _, sched = _policy(small_preset, engage_at=0.0)
+    req = _swapped_turn(sched, tool_s=10.0)
+    sched.release_host_copy(req)  # what the vLLM plug-in does after a swap decision
+    assert sched.memory.free_host_blocks == sched.memory.num_host_blocks
+    assert not sched.swapped and req.state is RequestState.PAUSED_DISCARDED
