@@ -335,6 +335,32 @@ def _fitting_programs(programs: Sequence[Any], vllm_args: Sequence[str], console
     return usable
 
 
+def policy_options(specs: Sequence[str], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--policy-options LABEL=JSON`` → options by server label; each label a plug-in server of
+    the comparison, each JSON an object, no label twice."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        label, eq, text = spec.partition("=")
+        label = label.strip()
+        if not eq or label not in labels or label == "stock":
+            plugin = ", ".join(x for x in labels if x != "stock")
+            raise ValueError(
+                f"--policy-options {spec!r}: expected LABEL=JSON, LABEL one of {plugin}"
+            )
+        if label in out:
+            raise ValueError(f"--policy-options: {label} given twice")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--policy-options {label}: not JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"--policy-options {label}: expected a JSON object")
+        out[label] = value
+    return out
+
+
 def _start_servers(
     args: argparse.Namespace, stack: Any, managed_server: Any, console: Any
 ) -> dict[str, str]:
@@ -346,12 +372,15 @@ def _start_servers(
     out.mkdir(parents=True, exist_ok=True)
     servers: dict[str, str] = {}
     layouts = {}
-    for i, label in enumerate(compare_labels(args.engine_policies)):
+    labels = compare_labels(args.engine_policies)
+    options = policy_options(args.policy_options or (), labels)
+    for i, label in enumerate(labels):
         stats = (out / f"stats-{label}.json").resolve()  # the plug-in's counters, kept
         opts = _serve_options(
             args, policy=server_policy(label), swap=args.swap, stats_file=str(stats),
             vllm_args=tuple(args.vllm_arg or ()), async_scheduler=None, host="127.0.0.1",
             port=args.port + i, reserved_cpus=args.reserved_cpus,
+            policy_options=options.get(label, {}),
             tools=False,  # the replay sends token prompts, no tools
         )  # fmt: skip
         log = out / f"server-{label}.log"

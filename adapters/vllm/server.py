@@ -52,6 +52,7 @@ class ServeOptions:
     reserved_cpus: int | None = None
     tools: bool = True  # serve tool calls (parser, template, structured outputs; see tool_setup)
     vllm_args: Sequence[str] = field(default_factory=tuple)
+    policy_options: Mapping[str, Any] = field(default_factory=dict)  # the policy's constructor
 
 
 def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[str]:
@@ -66,10 +67,10 @@ def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[s
     if opts.policy != "stock":
         use_async = opts.async_scheduler if opts.async_scheduler is not None else gpu_available()
         cmd += ["--scheduler-cls", ASYNC_SCHEDULER if use_async else SCHEDULER]
-        cmd += [
-            "--additional-config",
-            json.dumps({"lamps": {"policy": opts.policy, "preset": opts.preset}}),
-        ]
+        lamps: dict[str, Any] = {"policy": opts.policy, "preset": opts.preset}
+        if opts.policy_options:
+            lamps["policy_options"] = dict(opts.policy_options)
+        cmd += ["--additional-config", json.dumps({"lamps": lamps})]
     if opts.swap:
         # Stock vLLM loads the same connector: with nothing marked for swap it saves and loads
         # nothing, and the engine is configured as the plug-in servers are (vLLM-CPU reserves a

@@ -239,6 +239,13 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "stays idle), so all are configured alike",
     )
     eng.add_argument(
+        "--policy-options",
+        action="append",
+        metavar="LABEL=JSON",
+        help="constructor options for one compare server's policy, e.g. "
+        "program='{\"load_window_s\": 6}' (repeatable; not for stock)",
+    )
+    eng.add_argument(
         "--unloaded",
         action="store_true",
         help="after the rounds, replay each distinct program alone on the stock server (else the "

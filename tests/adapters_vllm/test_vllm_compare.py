@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from adapters.vllm.cli import NOOP, _fitting_programs, compare_labels, max_model_len, server_policy
+from adapters.vllm.cli import (
+    NOOP,
+    _fitting_programs,
+    compare_labels,
+    max_model_len,
+    policy_options,
+    server_policy,
+)
 from adapters.vllm.server import ServeOptions, server_command, server_env, server_layout
 from lamps_agent.workloads.longctx import generate_longctx, peak_context
 from lamps_agent.workloads.scale import scale_tokens
@@ -133,3 +140,28 @@ def test_the_unloaded_p99_times_each_program_alone_once(
     _report_unloaded(args, [Arrival(0.0, programs[2]), *arrivals], 4.0, "stock", "http://x",
                      known, loaded, _Console())  # fmt: skip
     assert len(calls) == 3
+
+
+def test_one_servers_policy_gets_its_own_options() -> None:
+    labels = ["stock", NOOP, "lamps", "program"]
+    options = policy_options(['program={"load_window_s": 6}'], labels)
+    assert options == {"program": {"load_window_s": 6}}
+    cmd = server_command(
+        ServeOptions(model="m", policy="program", policy_options=options["program"])
+    )
+    config = json.loads(cmd[cmd.index("--additional-config") + 1])
+    assert config["lamps"]["policy_options"] == {"load_window_s": 6}
+    plain = server_command(ServeOptions(model="m", policy="lamps"))
+    assert (
+        "policy_options" not in json.loads(plain[plain.index("--additional-config") + 1])["lamps"]
+    )
+    for bad, why in (
+        (['stock={"a": 1}'], "LABEL one of"),
+        (['wait={"a": 1}'], "LABEL one of"),
+        (["program"], "LABEL one of"),
+        (["program={"], "not JSON"),
+        (["program=[1]"], "a JSON object"),
+        (['program={"a": 1}', 'program={"a": 2}'], "twice"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            policy_options(bad, labels)
