@@ -630,10 +630,10 @@ def _engine_labels(args: argparse.Namespace, engine: Any) -> list[str]:
         return [args.engine_label]
     labels: list[str] = engine.compare_labels(args.engine_policies)
     for label in labels:
-        if label not in ("stock", engine.NOOP) and label not in POLICIES.names():
+        if label not in (engine.STOCK, engine.NOOP) and label not in POLICIES.names():
             raise ValueError(
-                f"--engine-policies: unknown server {label!r}; valid: stock, noop, "
-                + ", ".join(POLICIES.names())
+                f"--engine-policies: unknown server {label!r}; valid: {engine.STOCK}, "
+                f"{engine.NOOP}, " + ", ".join(POLICIES.names())
             )
     twice = sorted({x for x in labels if labels.count(x) > 1})
     if twice:
@@ -662,7 +662,7 @@ def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
     )
     console = _table_console(args.wide)
     summaries = engine.run_engine_bench(args, config, console)
-    name = args.baseline or ("stock" if "stock" in labels else None)
+    name = args.baseline or (engine.STOCK if engine.STOCK in labels else None)
     baseline = Baseline(name) if name else None
     rows = group(summaries, measured=[s.num_requests for s in summaries])
     console.print(
