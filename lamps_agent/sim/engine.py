@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class StepStatus(Enum):
+    """How a :meth:`Simulator.step` went."""
+
     RAN = "ran"  # an iteration ran; the clock is at its end
     IDLE = "idle"  # no work: nothing waiting or running
     BLOCKED = "blocked"  # work, but nothing can be scheduled until an event
@@ -62,6 +64,9 @@ _BLOCKED = Step(StepStatus.BLOCKED)
 
 
 class Simulator:
+    """One engine on the cost model: :meth:`run` a workload to the end, or :meth:`step` it one
+    iteration at a time with the events delivered by the caller."""
+
     def __init__(
         self,
         *,
@@ -106,8 +111,8 @@ class Simulator:
 
         Events are the caller's: :meth:`run` absorbs the arrivals and tool returns due before
         each step, a fleet hands a replica's to its :attr:`scheduler`.  When the step cannot run
-        (:attr:`StepStatus.IDLE` or :attr:`StepStatus.BLOCKED`) nothing changes and the caller
-        moves the clock to its next event (:meth:`advance_to`).  Finished programs are kept for
+        (:attr:`StepStatus.IDLE` or :attr:`StepStatus.BLOCKED`) the clock stays where it is and
+        the caller moves it to its next event (:meth:`advance_to`).  Finished programs are kept for
         :meth:`result`; a turn that ended in a tool call comes back with its return time set,
         for the caller to deliver when it is due."""
         sched = self.scheduler

@@ -16,8 +16,7 @@ from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request, RequestState
 from lamps_agent.scheduler import PausedKV
-from lamps_agent.sim import RunLabels, Simulator
-from lamps_agent.sim.engine import StepStatus
+from lamps_agent.sim import RunLabels, Simulator, StepStatus
 from lamps_agent.workloads import Arrival, generate_programs, load_trace, poisson_workload
 from tests.core.conftest import make_program
 
