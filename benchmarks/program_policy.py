@@ -1,10 +1,11 @@
 """The program-aware policy's sensitivity and burst studies, in the simulator.
 
-    python benchmarks/program_policy.py --lamps-capacity longctx:coding=RATE --seeds 0,1,2
+    python benchmarks/program_policy.py --workload longctx:coding --qps 0.06 --seeds 0,1,2
 
 Capacity and the fixed-rate comparisons come from ``lamps-agent bench`` (the steady-state
-protocol, docs/benchmarks.md "Program-aware policy"); ``RATE`` is LAMPS' capacity from there.
-This script runs, on the ``h100-llama3-8b`` preset at 90 % of that rate:
+protocol, docs/benchmarks.md "Program-aware policy").  This script runs, on the
+``h100-llama3-8b`` preset at ``--qps`` (a rate where the policy's program-level rules are engaged:
+below about half the KV in use it schedules as ``lamps-aging`` and there is nothing to perturb):
 
 1. sensitivity of ``program`` to footprint prediction error (true footprint × (1 + e),
    e ~ N(0, 0 / 25 / 50 %), and the online history predictor), against ``lamps``;
@@ -247,23 +248,17 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="preset override (default host_swap_gb=256: one H100's share of a server's RAM)",
     )
-    parser.add_argument(
-        "--lamps-capacity",
-        required=True,
-        metavar="WORKLOAD=RATE",
-        help="LAMPS' capacity on a longctx workload, from `lamps-agent bench --capacity`",
-    )
+    parser.add_argument("--workload", default="longctx:coding", help="a longctx workload")
+    parser.add_argument("--qps", type=float, required=True, help="arrival rate (programs/s)")
     parser.add_argument("--skip", default="", help="sections to skip: sensitivity,burst")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     skip = set(args.skip.split(","))
-    workload, _, rate = args.lamps_capacity.partition("=")
+    workload, qps = args.workload, args.qps
     if not workload.startswith("longctx"):
-        parser.error(f"--lamps-capacity: a longctx workload, got {workload!r}")
-    try:
-        qps = 0.9 * float(rate)
-    except ValueError:
-        parser.error(f"--lamps-capacity: RATE must be a number, got {rate!r}")
+        parser.error(f"--workload: a longctx workload, got {workload!r}")
+    if not (math.isfinite(qps) and qps > 0):
+        parser.error(f"--qps must be > 0, got {qps}")
     overrides = tuple(tuple(s.split("=", 1)) for s in args.set)
     base: dict[str, Any] = {"preset_overrides": overrides}
     started = time.perf_counter()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lamps_agent.policies import POLICIES
+from adapters.vllm.config import STOCK, server_policies
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +28,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "after '--' go to vLLM unchanged and win over these choices.",
     )
     p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
-    p.add_argument("--policy", default="lamps", choices=[*POLICIES.names(), "stock"],
+    p.add_argument("--policy", default="lamps", choices=server_policies(),
                    help="a core policy; stock = vLLM's own scheduler, no plug-in (default: lamps)")  # fmt: skip
     p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
     p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
@@ -60,7 +60,7 @@ def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
     p.add_argument("--replicas", type=int, default=2, help="number of vLLM replicas")
-    p.add_argument("--policy", default="lamps", choices=[*POLICIES.names(), "stock"],
+    p.add_argument("--policy", default="lamps", choices=server_policies(),
                    help="the replicas' scheduler policy (default: lamps)")  # fmt: skip
     p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
     p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
@@ -195,7 +195,7 @@ def compare_labels(text: str) -> list[str]:
     when it is missing, so every comparison has it."""
     labels = [p.strip() for p in text.split(",") if p.strip()]
     if NOOP not in labels:
-        at = labels.index("stock") + 1 if "stock" in labels else 0
+        at = labels.index(STOCK) + 1 if STOCK in labels else 0
         labels.insert(at, NOOP)
     return labels
 

@@ -18,6 +18,20 @@ from lamps_agent.scheduler import PinLifetime
 
 CLIENT_STRATEGY = ("advisory", "obey")
 
+STOCK = "stock"
+"""The server policy that is vLLM's own scheduler, without the plug-in; every other server policy
+is a core policy, run by the plug-in."""
+
+
+def loads_plugin(policy: str) -> bool:
+    """Whether a server for ``policy`` (``serve --policy``) loads the lamps plug-in."""
+    return policy != STOCK
+
+
+def server_policies() -> list[str]:
+    """What ``serve`` and ``cluster`` accept as ``--policy``: every core policy, and stock."""
+    return [*POLICIES.names(), STOCK]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PluginConfig:

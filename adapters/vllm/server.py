@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.vllm.config import loads_plugin
+
 SCHEDULER = "adapters.vllm.scheduler.LampsScheduler"
 ASYNC_SCHEDULER = "adapters.vllm.scheduler.LampsAsyncScheduler"
 CONNECTOR = {
@@ -64,7 +66,7 @@ def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[s
     ]  # fmt: skip
     if tools is not None:
         cmd += tools.flags(opts.vllm_args)
-    if opts.policy != "stock":
+    if loads_plugin(opts.policy):
         use_async = opts.async_scheduler if opts.async_scheduler is not None else gpu_available()
         cmd += ["--scheduler-cls", ASYNC_SCHEDULER if use_async else SCHEDULER]
         lamps: dict[str, Any] = {"policy": opts.policy, "preset": opts.preset}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.vllm.config import STOCK, loads_plugin
 from adapters.vllm.profile import ProfileOptions
 from lamps_agent.bench.runner import BenchConfig, RunSpec, run_one
 from lamps_agent.metrics import RunSummary
@@ -29,7 +30,7 @@ from lamps_agent.program import Program
 from lamps_agent.workloads.arrivals import Arrival, poisson_workload
 from lamps_agent.workloads.scale import fitting
 
-ENGINE_POLICY = {"vllm": "stock"}  # the simulator's name -> the server's (plug-in policy names)
+ENGINE_POLICY = {"vllm": STOCK}  # the simulator's name -> the server's (plug-in policy names)
 TARGETS = {"e2e_mean": 0.10, "e2e_p99": 0.15, "recomputed": 0.10}
 
 
@@ -232,7 +233,7 @@ def _replay_servers(
         served = ENGINE_POLICY.get(policy, policy)
         serve = ServeOptions(
             model=opts.engine.model, policy=served, preset="h100-llama3-8b",
-            swap=opts.swap and served != "stock", port=opts.port, tools=False,
+            swap=opts.swap and loads_plugin(served), port=opts.port, tools=False,
             vllm_args=engine_args(opts.engine),
             stats_file=str(opts.log_dir / f"stats-{served}.json") if opts.log_dir else None,
         )  # fmt: skip
@@ -240,7 +241,7 @@ def _replay_servers(
         say(f"starting vLLM ({served}) …")
         with ManagedServer(serve, log_path=log) as server:
             summaries[policy] = _replay_once(server.url, arrivals, opts, policy, name)
-            if served == "stock" and opts.unloaded:
+            if not loads_plugin(served) and opts.unloaded:
                 unloaded = _unloaded_p99(server.url, arrivals, opts, preset)
     return summaries, unloaded
 

@@ -50,16 +50,11 @@ from lamps_agent.bench.tables import (
     rows_markdown,
     rows_table,
 )
+from lamps_agent.cli import options
 from lamps_agent.metrics import RunSummary
 from lamps_agent.policies import POLICIES
-from lamps_agent.predictors import PREDICTORS, make_predictor
-from lamps_agent.presets import PRESETS, load_preset, parse_overrides
+from lamps_agent.predictors import PREDICTORS
 from lamps_agent.program import Program
-from lamps_agent.registry import Registry
-from lamps_agent.workloads import generate_programs, load_trace
-from lamps_agent.workloads.infercept import BUILTIN_TRACES
-from lamps_agent.workloads.longctx import KINDS as LONGCTX_KINDS
-from lamps_agent.workloads.longctx import generate_longctx
 from lamps_agent.workloads.scale import parse_scale, scale_tokens
 
 
@@ -69,15 +64,9 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="simulate scheduling policies on an agent trace",
         description="Simulate scheduling policies on an agent trace and compare them.",
     )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--trace",
-        default="multi-api",
-        help=f"INFERCEPT-format trace file, a built-in: {', '.join(BUILTIN_TRACES)}, or a "
-        "generated long-context agent workload: longctx (the mix) or longctx:KIND[,KIND] "
-        f"({', '.join(LONGCTX_KINDS)}); its pool holds --num-programs programs (default 1000)",
+    options.add_workload_options(
+        p, pool_note="its pool holds --num-programs programs (default 1000)"
     )
-    src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic programs instead")
     p.add_argument(
         "--qps", default="1,2,3,4,5,6", help="comma-separated arrival rates (programs/s)"
     )
@@ -92,15 +81,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="oracle",
         help=f"comma-separated, from: {', '.join(PREDICTORS.names())} (noisy:PCT, e.g. noisy:40)",
     )
-    p.add_argument("--preset", default="a100-gptj6b", help=f"one of: {', '.join(PRESETS.names())}")
-    p.add_argument("--preset-file", type=Path, help="TOML/JSON file of preset fields")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset field (gpu_kv_gb=26, cost.base_ms=12); repeatable",
-    )
+    options.add_preset_options(p)
     p.add_argument(
         "--baseline",
         help="policy the reductions (Δ columns) are relative to; one of --policies (default: "
@@ -115,7 +96,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "by this, e.g. 1/32, so a long-context workload fits a small engine (the tiny CPU "
         "model); the simulator and --engine replay the same scaled programs (default: 1)",
     )
-    p.add_argument("--seed", type=int, default=0, help="arrivals and noisy-predictor seed")
+    options.add_seed_option(p)
     p.add_argument(
         "--seeds",
         type=int,
@@ -175,11 +156,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="QPS",
         help="highest rate the search tries",
     )
-    p.add_argument(
-        "--starvation-threshold",
-        default="100",
-        help="LAMPS starvation bound in iterations, or 'off'",
-    )
+    options.add_starvation_option(p)
     p.add_argument(
         "--out",
         type=Path,
@@ -263,86 +240,21 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(handler=run_bench)
 
 
-def _split(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _names(text: str, flag: str, registry: Registry[Any], *, spec_args: bool = False) -> list[str]:
-    """A comma-separated list of registered names (``name:arg`` with ``spec_args``): at least one,
-    each known, none twice."""
-    names = _split(text)
-    if not names:
-        raise ValueError(f"{flag}: give at least one, from: {', '.join(registry.names())}")
-    for name in names:
-        try:
-            registry.get(name.partition(":")[0] if spec_args else name)  # lists the valid ones
-        except KeyError as exc:
-            raise ValueError(f"{flag}: {exc.args[0]}") from None
-        if spec_args and ":" in name:
-            try:
-                make_predictor(name)  # checks the argument (noisy:PCT)
-            except ValueError as exc:
-                raise ValueError(f"{flag}: {name!r}: {exc}") from None
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"{flag}: {', '.join(twice)} listed twice")
-    return names
-
-
-def _number(text: str, flag: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{flag}: {text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{flag}: {text!r} must be a positive number")
-    return value
-
-
 def _rates(text: str) -> list[float]:
-    rates = [_number(item, "--qps") for item in _split(text)]
+    rates = [options.positive_number(item, "--qps") for item in options.split(text)]
     if not rates:
         raise ValueError("--qps: give at least one positive rate, e.g. --qps 2,4,6")
     return rates
-
-
-def _threshold(text: str) -> int | None:
-    if text == "off":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(
-            f"--starvation-threshold: expected an integer or 'off', got {text!r}"
-        ) from None
-    if value < 1:
-        raise ValueError(f"--starvation-threshold: must be >= 1 or 'off', got {value}")
-    return value
 
 
 def _programs(args: argparse.Namespace) -> tuple[list[Program], str]:
     """The workload's programs and its name, token counts scaled by ``--token-scale`` (the name
     then says so: ``longctx:coding-tok0.03125``)."""
     factor = parse_scale(args.token_scale, "--token-scale")
-    programs, name = _unscaled_programs(args)
+    programs, name = options.workload(args, pool_size=args.num_programs)
     if factor == 1:
         return programs, name
     return scale_tokens(programs, factor), f"{name}-tok{factor:g}"
-
-
-def _unscaled_programs(args: argparse.Namespace) -> tuple[list[Program], str]:
-    if args.synthetic is not None:
-        if args.synthetic < 1:
-            raise ValueError("--synthetic: needs at least 1 program")
-        return generate_programs(args.synthetic, seed=args.seed), f"synthetic-{args.synthetic}"
-    if args.trace == "longctx" or args.trace.startswith("longctx:"):
-        kinds = args.trace.partition(":")[2]
-        pool = generate_longctx(args.num_programs or 1000, kinds=kinds or "mix", seed=args.seed)
-        return pool, args.trace
-    trace = load_trace(args.trace)
-    # A built-in trace keeps its built-in name (not the name of the data file behind it).
-    name = args.trace if args.trace in BUILTIN_TRACES else trace.name
-    return list(trace.programs), name
 
 
 def _timeline(
@@ -363,7 +275,7 @@ def _timeline(
             f"--timeline {args.timeline}: policy {policy!r} is not run; --policies: "
             f"{', '.join(policies)}"
         )
-    at = _number(rate, "--timeline") if rate else max(qps)
+    at = options.positive_number(rate, "--timeline") if rate else max(qps)
     if at not in qps:
         raise ValueError(
             f"--timeline {args.timeline}: qps {at:g} is not run; --qps: "
@@ -375,10 +287,10 @@ def _timeline(
 def build_config(args: argparse.Namespace) -> BenchConfig:
     """Every option checked, each error naming its flag, before anything is simulated.  The
     steady-state window is set later (:func:`with_window`): it needs the programs' bound."""
-    policies = _names(args.policies, "--policies", POLICIES)
-    predictors = _names(args.predictors, "--predictors", PREDICTORS, spec_args=True)
+    policies = options.names(args.policies, "--policies", POLICIES)
+    predictors = options.names(args.predictors, "--predictors", PREDICTORS, spec_args=True)
     qps = _rates(args.qps)
-    threshold = _threshold(args.starvation_threshold)
+    threshold = options.starvation_threshold(args.starvation_threshold)
     for flag, value in (
         ("--num-programs", args.num_programs),
         ("--duration", args.duration),
@@ -403,9 +315,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         for flag in ("p99_target", "capacity_start"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')}: only with --capacity")
-    preset = load_preset(
-        args.preset, config_file=args.preset_file, overrides=parse_overrides(args.set)
-    )
+    preset = options.preset(args)
     timeline = _timeline(args, policies, predictors, qps)
     programs, name = _programs(args)
     return BenchConfig(
@@ -753,10 +663,10 @@ def _engine_labels(args: argparse.Namespace, engine: Any) -> list[str]:
         return [args.engine_label]
     labels: list[str] = engine.compare_labels(args.engine_policies)
     for label in labels:
-        if label not in ("stock", engine.NOOP) and label not in POLICIES.names():
+        if label not in (engine.STOCK, engine.NOOP) and label not in POLICIES.names():
             raise ValueError(
-                f"--engine-policies: unknown server {label!r}; valid: stock, noop, "
-                + ", ".join(POLICIES.names())
+                f"--engine-policies: unknown server {label!r}; valid: {engine.STOCK}, "
+                f"{engine.NOOP}, " + ", ".join(POLICIES.names())
             )
     twice = sorted({x for x in labels if labels.count(x) > 1})
     if twice:
@@ -785,7 +695,7 @@ def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
     )
     console = _table_console(args.wide)
     summaries = engine.run_engine_bench(args, config, console)
-    name = args.baseline or ("stock" if "stock" in labels else None)
+    name = args.baseline or (engine.STOCK if engine.STOCK in labels else None)
     baseline = Baseline(name) if name else None
     rows = group(summaries, measured=[s.num_requests for s in summaries])
     console.print(

@@ -22,12 +22,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from lamps_agent.bench.fleet import FleetConfig, FleetRow, FleetSpec, run_fleet
-from lamps_agent.cli.bench import _names, _number, _programs, _split, _threshold
+from lamps_agent.cli import options
 from lamps_agent.policies import POLICIES
 from lamps_agent.predictors import PREDICTORS
-from lamps_agent.presets import PRESETS, load_preset, parse_overrides
 from lamps_agent.sim.routing import ROUTERS
-from lamps_agent.workloads.infercept import BUILTIN_TRACES
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,14 +35,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Simulate N replicas of one engine behind a routing policy: what routing "
         "costs or buys (latency, recomputed KV, session moves) before buying GPUs.",
     )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--trace",
-        default="multi-api",
-        help=f"INFERCEPT-format trace file, a built-in: {', '.join(BUILTIN_TRACES)}, or a generated "
-        "long-context agent workload: longctx or longctx:KIND[,KIND]",
-    )
-    src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic programs instead")
+    options.add_workload_options(p)
     p.add_argument("--replicas", default="1,4", help="comma-separated fleet sizes")
     p.add_argument(
         "--routing",
@@ -59,15 +50,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--duration", type=float, default=120.0, help="seconds of arrivals")
     p.add_argument("--policy", default="lamps", help=f"one of: {', '.join(POLICIES.names())}")
     p.add_argument("--predictor", default="oracle", help=f"one of: {', '.join(PREDICTORS.names())}")
-    p.add_argument("--preset", default="a100-gptj6b", help=f"one of: {', '.join(PRESETS.names())}")
-    p.add_argument("--preset-file", type=Path, help="TOML/JSON file of preset fields")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset field (gpu_kv_gb=26, cost.base_ms=12); repeatable",
-    )
+    options.add_preset_options(p)
     p.add_argument(
         "--spill-threshold",
         type=float,
@@ -75,22 +58,15 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="affinity-spill: move a turn when its home replica has more than this fraction of "
         "one replica's KV capacity in context tokens in flight beyond the least loaded replica",
     )
-    p.add_argument("--seed", type=int, default=0, help="arrivals and noisy-predictor seed")
-    p.add_argument(
-        "--starvation-threshold",
-        default="100",
-        help="LAMPS starvation bound in iterations, or 'off'",
-    )
+    options.add_seed_option(p)
+    options.add_starvation_option(p)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
-    # bench's workload loader reads num_programs (the pool size of a generated workload) and
-    # token_scale; a fleet sizes its runs in seconds, so the pool keeps bench's default size and
-    # its programs their token counts.
-    p.set_defaults(handler=run_fleet_command, num_programs=None, token_scale="1")
+    p.set_defaults(handler=run_fleet_command)
 
 
 def _sizes(text: str) -> list[int]:
     sizes = []
-    for item in _split(text):
+    for item in options.split(text):
         try:
             n = int(item)
         except ValueError:
@@ -105,8 +81,10 @@ def _sizes(text: str) -> list[int]:
 
 def _specs(args: argparse.Namespace) -> list[FleetSpec]:
     sizes = _sizes(args.replicas)
-    routings = _names(args.routing, "--routing", ROUTERS)
-    rates = [_number(q, "--qps-per-replica") for q in _split(args.qps_per_replica)]
+    routings = options.names(args.routing, "--routing", ROUTERS)
+    rates = [
+        options.positive_number(q, "--qps-per-replica") for q in options.split(args.qps_per_replica)
+    ]
     if not rates:
         raise ValueError("--qps-per-replica: give at least one positive rate")
     return [
@@ -123,16 +101,14 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
         ("--policy", args.policy, POLICIES, False),
         ("--predictor", args.predictor, PREDICTORS, True),
     ):
-        if len(_names(value, flag, registry, spec_args=spec_args)) != 1:
+        if len(options.names(value, flag, registry, spec_args=spec_args)) != 1:
             raise ValueError(f"{flag}: give one (a fleet runs one policy on every replica)")
     if not args.duration > 0:
         raise ValueError(f"--duration: must be positive, got {args.duration}")
     if not args.spill_threshold >= 0:
         raise ValueError(f"--spill-threshold: must be >= 0, got {args.spill_threshold}")
-    preset = load_preset(
-        args.preset, config_file=args.preset_file, overrides=parse_overrides(args.set)
-    )
-    programs, name = _programs(args)
+    preset = options.preset(args)
+    programs, name = options.workload(args)  # a generated pool keeps its default size
     return FleetConfig(
         programs=programs,
         trace_name=name,
@@ -142,7 +118,9 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
         predictor=args.predictor,
         seed=args.seed,
         spill_threshold=args.spill_threshold,
-        policy_options={"starvation_threshold": _threshold(args.starvation_threshold)},
+        policy_options={
+            "starvation_threshold": options.starvation_threshold(args.starvation_threshold)
+        },
     )
 
 

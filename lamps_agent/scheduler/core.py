@@ -664,9 +664,9 @@ class Scheduler:
         says so (:meth:`~lamps_agent.policies.base.Policy.prefetch_lead`), within what is left of
         the step's copy budget (the first copy of a step always goes, as in admission), and
         only while nothing waits for admission (a copy in must not take blocks a queued turn
-        could use) and the GPU keeps ``PREFETCH_RESERVE`` of its blocks free afterwards.  The turn becomes a pin
-        whose tool is still running: it is admitted without a copy when the tool returns, and
-        is releasable under pressure like any pin."""
+        could use) and the GPU keeps ``PREFETCH_RESERVE`` of its blocks free afterwards.  The
+        turn becomes a pin whose tool is still running: it is admitted without a copy when the
+        tool returns, and is releasable under pressure like any pin."""
         memory = self.memory
         reserve = self.watermark_blocks + int(PREFETCH_RESERVE * memory.num_gpu_blocks)
         room = self._copy_budget_tokens() - out.swap_in_tokens

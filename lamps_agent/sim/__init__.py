@@ -1,6 +1,6 @@
 """The discrete-event engine simulator, the embedded default engine (it drives the core scheduler)."""
 
 from lamps_agent.metrics import RunLabels
-from lamps_agent.sim.engine import Simulator
+from lamps_agent.sim.engine import Simulator, Step, StepStatus
 
-__all__ = ["RunLabels", "Simulator"]
+__all__ = ["RunLabels", "Simulator", "Step", "StepStatus"]

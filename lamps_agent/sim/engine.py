@@ -7,6 +7,10 @@ takes (compute, including prefill attention over the existing context, and the s
 overlapping compute or serialised with it, as the preset says), ``update_from_output()`` advances every scheduled request and reports the turns
 that ended.  When nothing can run the clock jumps to the next event.  Everything is deterministic:
 same workload, policy and predictor seed → identical results.
+
+:meth:`Simulator.step` is one iteration without the events; :meth:`Simulator.run` is the loop of
+absorbing due events and stepping, and a fleet (:mod:`lamps_agent.sim.fleet`) drives the same
+``step()`` of each replica with the events it routes there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import heapq
 import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
 
 from lamps_agent.errors import SimulationError
 from lamps_agent.metrics import (
@@ -35,7 +41,32 @@ from lamps_agent.workloads.arrivals import Arrival
 log = logging.getLogger(__name__)
 
 
+class StepStatus(Enum):
+    """How a :meth:`Simulator.step` went."""
+
+    RAN = "ran"  # an iteration ran; the clock is at its end
+    IDLE = "idle"  # no work: nothing waiting or running
+    BLOCKED = "blocked"  # work, but nothing can be scheduled until an event
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one :meth:`Simulator.step` did."""
+
+    status: StepStatus
+    duration: float = 0.0  # seconds the iteration took on the cost model (0 unless it ran)
+    finished: tuple[Request, ...] = ()  # programs whose last turn ended
+    tool_calls: tuple[Request, ...] = ()  # turns that paused on a tool; ``tool_returns_at`` set
+
+
+_IDLE = Step(StepStatus.IDLE)
+_BLOCKED = Step(StepStatus.BLOCKED)
+
+
 class Simulator:
+    """One engine on the cost model: :meth:`run` a workload to the end, or :meth:`step` it one
+    iteration at a time with the events delivered by the caller."""
+
     def __init__(
         self,
         *,
@@ -64,26 +95,56 @@ class Simulator:
     # -- the main loop -------------------------------------------------------------------
     def run(self, labels: RunLabels) -> RunResult:
         total = len(self.arrivals)
-        sched = self.scheduler
-        while len(self._done) + sched.counters.rejected < total:
+        while len(self._done) + self.scheduler.counters.rejected < total:
             self._absorb_events()
-            if not sched.has_work:
-                self._jump_to_next_event()
-                continue
-            out = sched.schedule()
-            if out.is_empty:
+            step = self.step()
+            if step.status is not StepStatus.RAN:
                 # Nothing can advance until a tool returns or a request arrives.
                 self._jump_to_next_event()
-                continue
-            dt, compute = self._execute(out)
+            for req in step.tool_calls:
+                heapq.heappush(self._events, (req.tool_returns_at, next(self._event_seq), req))
+        return self.result(labels)
+
+    def step(self) -> Step:
+        """One iteration at the current clock: the scheduler's batch, its time on the cost
+        model, the clock moved to its end, every scheduled request advanced.
+
+        Events are the caller's: :meth:`run` absorbs the arrivals and tool returns due before
+        each step, a fleet hands a replica's to its :attr:`scheduler`.  When the step cannot run
+        (:attr:`StepStatus.IDLE` or :attr:`StepStatus.BLOCKED`) the clock stays where it is and
+        the caller moves it to its next event (:meth:`advance_to`).  Finished programs are kept for
+        :meth:`result`; a turn that ended in a tool call comes back with its return time set,
+        for the caller to deliver when it is due."""
+        sched = self.scheduler
+        if not sched.has_work:
+            return _IDLE
+        out = sched.schedule()
+        if out.is_empty:
+            return _BLOCKED
+        dt, compute = self._execute(out)
+        self.now += dt
+        sched.set_time(self.now)
+        finished: list[Request] = []
+        tool_calls: list[Request] = []
+        for end in sched.update_from_output(out, step_time=dt, compute_time=compute):
+            req = end.request
+            if end.strategy is None:
+                self._done.append(req)
+                finished.append(req)
+            else:
+                req.tool_returns_at = self.now + req.segment.tool_duration
+                tool_calls.append(req)
+        return Step(StepStatus.RAN, dt, tuple(finished), tuple(tool_calls))
+
+    def advance_to(self, t: float) -> None:
+        """Move the clock to ``t`` with nothing running (a jump to the next event); the KV held
+        for paused turns accrues its memory waste meanwhile.  A ``t`` not after now does
+        nothing."""
+        if t > self.now:
+            dt = t - self.now
+            self.memory_waste_token_s += self.scheduler.paused.preserved_tokens * dt
             self.now += dt
-            sched.set_time(self.now)
-            for end in sched.update_from_output(out, step_time=dt, compute_time=compute):
-                if end.strategy is None:
-                    self._done.append(end.request)
-                else:
-                    self._tool_started(end.request)
-        return self._result(labels)
+            self.scheduler.set_time(self.now)
 
     def _next_event_time(self) -> float | None:
         times = []
@@ -101,13 +162,7 @@ class Simulator:
                 f"stuck at t={self.now:.3f}s: {len(sched.waiting)} waiting, {len(sched.running)} "
                 f"running, {len(sched.paused)} pinned, nothing can be scheduled"
             )
-        if t > self.now:
-            self._advance_clock(t - self.now)
-
-    def _advance_clock(self, dt: float) -> None:
-        self.memory_waste_token_s += self.scheduler.paused.preserved_tokens * dt
-        self.now += dt
-        self.scheduler.set_time(self.now)
+        self.advance_to(t)
 
     def _execute(self, out: SchedulerOutput) -> tuple[float, float]:
         """Seconds the iteration takes on the cost model, and its compute alone."""
@@ -154,10 +209,6 @@ class Simulator:
             return
         self.scheduler.add_request(req)
 
-    def _tool_started(self, req: Request) -> None:
-        req.tool_returns_at = self.now + req.segment.tool_duration
-        heapq.heappush(self._events, (req.tool_returns_at, next(self._event_seq), req))
-
     def _tool_returned(self, req: Request) -> None:
         seg = req.segment
         outcome = Outcome(
@@ -169,7 +220,9 @@ class Simulator:
         self.scheduler.tool_returned(req, outcome)
 
     # -- results -------------------------------------------------------------------------
-    def _result(self, labels: RunLabels) -> RunResult:
+    def result(self, labels: RunLabels) -> RunResult:
+        """The run so far: the finished programs' metrics, the engine's counters and, when
+        recorded, the KV timeline."""
         done = sorted(self._done, key=lambda r: r.request_id)
         metrics = tuple(_request_metrics(r) for r in done)
         sched = self.scheduler

@@ -36,7 +36,7 @@ from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import Request, RequestState
 from lamps_agent.scheduler import Scheduler
-from lamps_agent.sim.engine import Simulator
+from lamps_agent.sim.engine import Simulator, StepStatus
 from lamps_agent.sim.routing import ReplicaLoad, Router, Turn
 from lamps_agent.workloads.arrivals import Arrival
 
@@ -102,9 +102,7 @@ class _Replica:
 
     def wake(self, now: float) -> None:
         """Bring a sleeping replica's clock to ``now`` (the simulator's jump to an event)."""
-        sim = self.sim
-        if now > sim.now:
-            sim._advance_clock(now - sim.now)
+        self.sim.advance_to(now)
 
 
 class Fleet:
@@ -208,32 +206,25 @@ class Fleet:
         heapq.heappush(self._ready, (replica.sim.now, replica.index))
 
     def _step(self, replica: _Replica) -> None:
-        """One iteration of ``replica`` at its clock: the simulator's loop body."""
+        """One step of ``replica`` at its clock, after its inbox (the simulator's loop body)."""
         replica.busy = False
         sim = replica.sim
-        sched = sim.scheduler
         self._absorb(replica)
-        if not sched.has_work:
+        step = sim.step()
+        if step.status is StepStatus.IDLE:
             return  # asleep until a turn is routed here
-        out = sched.schedule()
-        if out.is_empty:
+        if step.status is StepStatus.BLOCKED:
             self._stalled.append(replica)  # nothing can advance until an event
             return
-        dt, compute = sim._execute(out)
-        sim.now += dt
-        replica.busy_s += dt
-        sched.set_time(sim.now)
-        for end in sched.update_from_output(out, step_time=dt, compute_time=compute):
-            req = end.request
-            replica.load.requests -= 1
-            replica.load.tokens -= req.segment.prompt_tokens
-            if end.strategy is None:
-                sim._done.append(req)
-                replica.finished += 1
-                self._finished += 1
-            else:
-                req.tool_returns_at = sim.now + req.segment.tool_duration
-                heapq.heappush(self._events, (req.tool_returns_at, next(self._event_seq), req))
+        replica.busy_s += step.duration
+        load = replica.load
+        for req in (*step.finished, *step.tool_calls):
+            load.requests -= 1
+            load.tokens -= req.segment.prompt_tokens
+        replica.finished += len(step.finished)
+        self._finished += len(step.finished)
+        for req in step.tool_calls:
+            heapq.heappush(self._events, (req.tool_returns_at, next(self._event_seq), req))
         replica.busy = True
         heapq.heappush(self._ready, (sim.now, replica.index))
 
@@ -328,7 +319,7 @@ class Fleet:
         return "fleet stuck, nothing can be scheduled: " + "; ".join(parts)
 
     def _result(self, labels: RunLabels) -> FleetResult:
-        per_replica = [r.sim._result(labels) for r in self.replicas]
+        per_replica = [r.sim.result(labels) for r in self.replicas]
         requests = tuple(
             sorted((m for res in per_replica for m in res.requests), key=lambda m: m.request_id)
         )

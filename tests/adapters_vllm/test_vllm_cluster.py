@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,23 +44,25 @@ pytest.importorskip("vllm_router", reason="the cluster extra (vllm-router) is no
 pytest.importorskip("langchain", reason="the langchain extra is not installed")
 pytest.importorskip("langchain_openai", reason="the langchain extra is not installed")
 
-from langchain.agents import create_agent  # noqa: E402
-from langchain.agents.middleware import AgentMiddleware, ModelRequest  # noqa: E402
-from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langchain_core.runnables import RunnableConfig  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
-from langchain_openai import ChatOpenAI  # noqa: E402
 
 from adapters.langchain import LampsMiddleware  # noqa: E402
 from lamps_agent.request import KVStrategy  # noqa: E402
+from tests.adapters_vllm.agents import (  # noqa: E402
+    CONVERSATIONS,
+    ENGINE_ARGS,
+    TOOL_SECONDS,
+    TOOL_TURNS,
+    catalogue_agent,
+    replies,
+    run_conversations,
+    stats_after,
+)
+from tests.adapters_vllm.conftest import BLOCK  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCK = 32
-TOOL_TURNS = 3  # tool-calling turns per conversation, then a plain answer
-CONVERSATIONS = 4
 KILL_AT_CALL = 2  # each conversation's second tool call waits for the kill
-MAX_TOKENS = 64
-TOOL_SECONDS = 0.3
 _REQUEST = re.compile(r"Received request (\S+): params: .*extra_args=(\{.*?\})\), lora_request")
 
 
@@ -101,9 +103,7 @@ def cluster(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         sys.executable, "-m", "lamps_agent.cli.main", "cluster", "--model", str(tiny_model),
         "--replicas", "2", "--port", str(base), "--metrics-port", str(base + 1),
         "--replica-port", str(base + 2), "--log-dir", str(log_dir), "--",
-        "--enforce-eager", "--block-size", str(BLOCK), "--max-model-len", "2048",
-        "--kv-cache-memory-bytes", str(4 * 2**20), "--max-num-seqs", "8",
-        "--enable-prompt-tokens-details", "--enable-log-requests",
+        *ENGINE_ARGS, "--enable-log-requests",
     ]  # fmt: skip
     env = {**os.environ, "LAMPS_CLIENT_STRATEGY": "obey", "PYTHONPATH": str(ROOT)}
     out = (log_dir / "launcher.log").open("wb")
@@ -140,26 +140,6 @@ def _healthy(url: str) -> bool:
 
 def _text(log_dir: Path) -> str:
     return (log_dir / "launcher.log").read_text(errors="replace")
-
-
-class ToolChoiceDriver(AgentMiddleware[Any, Any, Any]):
-    """A tool call (guided decoding) for the first ``turns`` model calls, then a plain answer."""
-
-    def __init__(self, turns: int) -> None:
-        super().__init__()
-        self.turns = turns
-
-    def _steer(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
-        done = sum(1 for m in request.messages if isinstance(m, AIMessage))
-        if done < self.turns:
-            settings = {**request.model_settings, "parallel_tool_calls": False}
-            return request.override(tool_choice="required", model_settings=settings)
-        return request.override(tool_choice="none")
-
-    async def awrap_model_call(
-        self, request: ModelRequest[Any], handler: Callable[..., Awaitable[Any]]
-    ) -> Any:
-        return await handler(self._steer(request))
 
 
 class KillSwitch:
@@ -211,35 +191,18 @@ def test_sessions_stay_on_their_replica_and_survive_a_dead_one(
         time.sleep(TOOL_SECONDS)
         return f"the catalogue entry for {key} lists three items"
 
-    model = ChatOpenAI(
-        base_url=f"{cluster.url}/v1",
-        api_key="EMPTY",  # type: ignore[arg-type]
-        model=cluster.model,
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-        max_retries=0,  # a turn the router cannot place fails the conversation
-        timeout=120,
-    )
     lamps = LampsMiddleware(agent="cluster", strategy=lambda **_: KVStrategy.PRESERVE)
-    agent = create_agent(
-        model,
-        [lookup],
-        system_prompt="You answer questions about the catalogue with its tools. " * 8,
-        middleware=[ToolChoiceDriver(TOOL_TURNS), lamps],
-    )
+    # no retries: a turn the router cannot place fails the conversation
+    agent = catalogue_agent(cluster.url, cluster.model, [lookup], lamps)
 
     async def scenario() -> list[dict[str, Any]]:
-        await _run(agent, ["warm-up"])  # the middleware learns which turns call a tool
-        return await _run(agent, threads)
+        await run_conversations(agent, ["warm-up"])  # the middleware learns which turns call a tool
+        return await run_conversations(agent, threads)
 
     states = asyncio.run(scenario())
 
     # no session lost: every conversation finished all its turns through the router
-    for state in states:
-        replies = [m for m in state["messages"] if isinstance(m, AIMessage)]
-        assert len(replies) == TOOL_TURNS + 1
-        assert all(len(r.tool_calls) == 1 for r in replies[:TOOL_TURNS])
-        assert not replies[-1].tool_calls
+    answers = [replies(state) for state in states]
 
     # where each turn ran, from the replicas' own request logs: (session, step) -> replica
     landed: dict[str, dict[int, int]] = defaultdict(dict)
@@ -262,9 +225,8 @@ def test_sessions_stay_on_their_replica_and_survive_a_dead_one(
 
     # prefix reuse where a turn followed its previous one on the same replica
     reused = 0
-    for sid, state in zip(threads, states, strict=True):
-        replies = [m for m in state["messages"] if isinstance(m, AIMessage)]
-        for step, (before, after) in enumerate(itertools.pairwise(replies), start=1):
+    for sid, mine in zip(threads, answers, strict=True):
+        for step, (before, after) in enumerate(itertools.pairwise(mine), start=1):
             if landed[sid][step] != landed[sid][step - 1]:
                 continue  # moved to the survivor: a cold prefill there
             kept = before.usage_metadata["input_tokens"] // BLOCK * BLOCK
@@ -275,7 +237,7 @@ def test_sessions_stay_on_their_replica_and_survive_a_dead_one(
     assert reused == CONVERSATIONS * TOOL_TURNS - moved
 
     # the survivor pinned the paused turns it served and resumed them (released on admission)
-    stats = _stats_after(Path(replicas[0]["stats"]))
+    stats = stats_after(Path(replicas[0]["stats"]))
     assert stats["errors"] == 0
     assert stats["pins"]["pinned"] >= 1
     assert stats["pins"]["released"].get("admitted", 0) >= 1
@@ -290,26 +252,3 @@ def test_stopping_the_cluster_leaves_no_process(cluster: Running) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)  # the whole group (server and engine processes) is gone
-
-
-async def _run(agent: Any, threads: list[str]) -> list[dict[str, Any]]:
-    return await asyncio.gather(
-        *(
-            agent.ainvoke(
-                {"messages": [HumanMessage(f"Question {i}: what does the catalogue say?")]},
-                {"configurable": {"thread_id": thread}},
-            )
-            for i, thread in enumerate(threads)
-        )
-    )
-
-
-def _stats_after(path: Path) -> dict[str, Any]:
-    """A replica's statistics as of now (its housekeeping writes them every 2 s when idle)."""
-    since = time.time()
-    deadline = since + 30
-    while time.time() < deadline:
-        if path.exists() and path.stat().st_mtime > since:
-            return dict(json.loads(path.read_text()))
-        time.sleep(0.2)
-    pytest.fail(f"no statistics in {path} within 30 s")

@@ -17,7 +17,9 @@ from adapters.vllm.cli import (
     policy_options,
     server_policy,
 )
+from adapters.vllm.config import STOCK, loads_plugin, server_policies
 from adapters.vllm.server import ServeOptions, server_command, server_env, server_layout
+from lamps_agent.policies import POLICIES
 from lamps_agent.workloads.longctx import generate_longctx, peak_context
 from lamps_agent.workloads.scale import scale_tokens
 
@@ -45,6 +47,15 @@ def test_stock_loads_the_same_connector_as_the_plugin() -> None:
     assert conf == plugin[plugin.index("--kv-transfer-config") + 1]
     assert json.loads(conf)["kv_connector"] == "HostSwapConnector"
     assert "--kv-transfer-config" not in server_command(ServeOptions(model="m", policy="stock"))
+
+
+def test_only_stock_runs_without_the_plugin() -> None:
+    assert server_policies() == [*POLICIES.names(), "stock"] and STOCK == "stock"
+    assert not loads_plugin(STOCK)
+    for policy in POLICIES.names():
+        assert loads_plugin(policy)
+        assert "--scheduler-cls" in server_command(ServeOptions(model="m", policy=policy))
+    assert "--scheduler-cls" not in server_command(ServeOptions(model="m", policy=STOCK))
 
 
 def test_reserved_cpus_reach_the_server_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import signal
 import socket
@@ -25,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,22 +36,24 @@ pytest.importorskip("vllm", reason="the vllm extra is not installed")
 pytest.importorskip("langchain", reason="the langchain extra is not installed")
 pytest.importorskip("langchain_openai", reason="the langchain extra is not installed")
 
-from langchain.agents import create_agent  # noqa: E402
-from langchain.agents.middleware import AgentMiddleware, ModelRequest  # noqa: E402
-from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
-from langchain_openai import ChatOpenAI  # noqa: E402
 
 from adapters.langchain import LampsMiddleware  # noqa: E402
 from lamps_agent.request import KVStrategy  # noqa: E402
+from tests.adapters_vllm.agents import (  # noqa: E402
+    CONVERSATIONS,
+    ENGINE_ARGS,
+    TOOL_SECONDS,
+    TOOL_TURNS,
+    catalogue_agent,
+    replies,
+    run_conversations,
+    stats_after,
+)
+from tests.adapters_vllm.conftest import BLOCK  # noqa: E402
 from tool_registry import ToolRegistry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCK = 32
-TOOL_TURNS = 3  # tool-calling turns per conversation, then a plain answer
-CONVERSATIONS = 4
-MAX_TOKENS = 64  # a required call is ~45 tokens of JSON on this tokenizer
-TOOL_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     stats, log = folder / "stats.json", folder / "server.log"
     cmd = [
         sys.executable, "-m", "lamps_agent.cli.main", "serve", "--model", str(tiny_model),
-        "--policy", "lamps", "--port", str(port), "--",
-        "--enforce-eager", "--block-size", str(BLOCK), "--max-model-len", "2048",
-        "--kv-cache-memory-bytes", str(4 * 2**20), "--max-num-seqs", "8",
-        "--enable-prompt-tokens-details",
+        "--policy", "lamps", "--port", str(port), "--", *ENGINE_ARGS,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -136,66 +134,16 @@ def convert(unit: Literal["metres", "feet"]) -> str:
     return f"the measurement is 12 {unit}"
 
 
-class ToolChoiceDriver(AgentMiddleware[Any, Any, Any]):
-    """Forces a tool call (vLLM's guided decoding picks tool and arguments) for the first
-    ``turns`` model calls of a conversation, then a plain answer."""
-
-    def __init__(self, turns: int) -> None:
-        super().__init__()
-        self.turns = turns
-
-    def _steer(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
-        done = sum(1 for m in request.messages if isinstance(m, AIMessage))
-        if done < self.turns:
-            settings = {**request.model_settings, "parallel_tool_calls": False}
-            return request.override(tool_choice="required", model_settings=settings)
-        return request.override(tool_choice="none")
-
-    def wrap_model_call(self, request: ModelRequest[Any], handler: Callable[..., Any]) -> Any:
-        return handler(self._steer(request))
-
-    async def awrap_model_call(
-        self, request: ModelRequest[Any], handler: Callable[..., Awaitable[Any]]
-    ) -> Any:
-        return await handler(self._steer(request))
-
-
-def _stats_after(server: Server) -> dict[str, Any]:
-    """The plug-in's statistics as of now: its housekeeping thread writes them every 2 s while
-    the engine is idle (the file's modification time says when)."""
-    since = time.time()
-    deadline = since + 30
-    while time.time() < deadline:
-        if server.stats.exists() and server.stats.stat().st_mtime > since:
-            return dict(json.loads(server.stats.read_text()))
-        time.sleep(0.2)
-    pytest.fail("the plug-in wrote no statistics in 30 s")
-
-
 def test_langchain_agents_call_tools_on_the_served_engine(server: Server, tmp_path: Path) -> None:
     registry = ToolRegistry(f"sqlite:///{tmp_path}/registry.db", spill_dir=tmp_path)
     registry.register(lookup, duration_hint=TOOL_SECONDS)
     registry.register(convert, duration_hint=2 * TOOL_SECONDS)
-    model = ChatOpenAI(
-        base_url=f"{server.url}/v1",
-        api_key="EMPTY",  # type: ignore[arg-type]
-        model=server.model,
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-        max_retries=0,
-        timeout=120,
-    )
     lamps = LampsMiddleware(
         registry=registry,
         agent="e2e",
         strategy=lambda **_: KVStrategy.PRESERVE,  # obeyed: every paused turn is pinned
     )
-    agent = create_agent(
-        model,
-        [lookup, convert],
-        system_prompt="You answer questions about the catalogue with its tools. " * 8,
-        middleware=[ToolChoiceDriver(TOOL_TURNS), lamps],
-    )
+    agent = catalogue_agent(server.url, server.model, [lookup, convert], lamps)
     # One conversation first: the middleware learns online, so only from the second conversation
     # on does it predict the tool call that ends each turn (and hint the strategy for it).  Its
     # last turn is then mispredicted as a tool call too; that pin lapses by TTL before the
@@ -203,31 +151,28 @@ def test_langchain_agents_call_tools_on_the_served_engine(server: Server, tmp_pa
     threads = [f"conversation-{i}" for i in range(CONVERSATIONS)]
 
     async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        await _run(agent, ["warm-up"])
+        await run_conversations(agent, ["warm-up"])
         await asyncio.sleep(1.5 * 2 * TOOL_SECONDS + 1.5)  # the warm-up's last pin lapses
-        baseline = await asyncio.to_thread(_stats_after, server)
-        return baseline, await _run(agent, threads)
+        baseline = await asyncio.to_thread(stats_after, server.stats)
+        return baseline, await run_conversations(agent, threads)
 
     baseline, states = asyncio.run(scenario())  # one loop: ChatOpenAI's client is bound to it
     assert baseline["pins_active"] == 0
     registry.flush()
-    stats = _stats_after(server)
+    stats = stats_after(server.stats)
     calls = list(registry.iter_calls())
     registry.close()
 
     for thread, state in zip(threads, states, strict=True):
-        replies = [m for m in state["messages"] if isinstance(m, AIMessage)]
-        assert len(replies) == TOOL_TURNS + 1
-        assert all(len(r.tool_calls) == 1 for r in replies[:TOOL_TURNS])
-        assert not replies[-1].tool_calls
+        answers = replies(state)
         # each turn after a tool call found the previous turn's whole prompt in the cache
-        for before, after in itertools.pairwise(replies):
+        for before, after in itertools.pairwise(answers):
             kept = before.usage_metadata["input_tokens"] // BLOCK * BLOCK
             cached = after.usage_metadata["input_token_details"]["cache_read"]
             assert cached >= kept, (thread, cached, kept)
         # every tool call of the conversation is in the registry, with its duration
         mine = [c for c in calls if c.session_id == thread]
-        names = sorted(r.tool_calls[0]["name"] for r in replies[:TOOL_TURNS])
+        names = sorted(r.tool_calls[0]["name"] for r in answers[:TOOL_TURNS])
         assert sorted(c.tool for c in mine) == names
         for call in mine:
             floor = TOOL_SECONDS if call.tool == "lookup" else 2 * TOOL_SECONDS
@@ -251,19 +196,6 @@ def test_langchain_agents_call_tools_on_the_served_engine(server: Server, tmp_pa
     assert released.get("admitted", 0) >= paused // 2, released
     assert stats["pins_active"] == 0
     assert stats["prefill_cached_tokens"] > baseline["prefill_cached_tokens"]
-
-
-async def _run(agent: Any, threads: list[str]) -> list[dict[str, Any]]:
-    """One conversation per thread id, all at once (``ainvoke``)."""
-    return await asyncio.gather(
-        *(
-            agent.ainvoke(
-                {"messages": [HumanMessage(f"Question {i}: what does the catalogue say?")]},
-                {"configurable": {"thread_id": thread}},
-            )
-            for i, thread in enumerate(threads)
-        )
-    )
 
 
 def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 
 import pytest
 
@@ -10,10 +12,11 @@ from lamps_agent.errors import UnknownNameError
 from lamps_agent.kv_memory import KVMemory
 from lamps_agent.policies import POLICIES, LampsPolicy, make_policy
 from lamps_agent.predictors import make_predictor
+from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request, RequestState
 from lamps_agent.scheduler import PausedKV
-from lamps_agent.sim import RunLabels, Simulator
+from lamps_agent.sim import RunLabels, Simulator, StepStatus
 from lamps_agent.workloads import Arrival, generate_programs, load_trace, poisson_workload
 from tests.core.conftest import make_program
 
@@ -214,3 +217,56 @@ def test_unknown_policy_lists_valid_names(small_preset: Preset) -> None:
         match="valid: infercept, lamps, lamps-aging, lamps-norank, nested-wait, program, sjf, vllm, vllm-nocache, wait",
     ):
         make_policy("edf", predictor=make_predictor("oracle"), preset=small_preset)
+
+
+def test_stepping_by_hand_with_the_events_outside_gives_the_run(small_preset: Preset) -> None:
+    """The public step API, driven by a caller that owns the events (as a fleet does for each
+    replica), reproduces :meth:`Simulator.run` exactly."""
+    programs = [
+        make_program(f"p{i}", [(40, 1.5, 30), (25, 0.2, 10), (15, 0.0, 0)], prompt=300 + 50 * i)
+        for i in range(6)
+    ]
+    arrivals = [Arrival(0.3 * i, p) for i, p in enumerate(programs)]
+    labels = RunLabels(policy="lamps", predictor="oracle")
+
+    def simulator(arrivals: list[Arrival]) -> Simulator:
+        policy = make_policy("lamps", predictor=make_predictor("oracle"), preset=small_preset)
+        return Simulator(preset=small_preset, policy=policy, arrivals=arrivals)
+
+    alone = simulator(arrivals).run(labels)
+    sim = simulator([])
+    assert sim.step().status is StepStatus.IDLE and sim.now == 0.0
+    pending = list(enumerate(arrivals))
+    returns: list[tuple[float, int, Request]] = []  # equal times: in the order they were made
+    seq = itertools.count()
+    finished = []
+    while len(finished) < len(arrivals):
+        while pending and pending[0][1].time <= sim.now:
+            index, arrival = pending.pop(0)
+            req = Request(request_id=index, program=arrival.program, arrival_time=arrival.time)
+            sim.scheduler.add_request(req)
+        while returns and returns[0][0] <= sim.now:
+            req = heapq.heappop(returns)[2]
+            seg = req.segment
+            outcome = Outcome(
+                output_tokens=seg.output_tokens,
+                tool=seg.tool,
+                tool_duration=seg.tool_duration,
+                returned_tokens=seg.returned_tokens,
+            )
+            sim.scheduler.tool_returned(req, outcome)
+        before = sim.now
+        step = sim.step()
+        if step.status is not StepStatus.RAN:
+            assert sim.now == before and not step.finished and not step.tool_calls
+            sim.advance_to(
+                min([*(a.time for _, a in pending[:1]), *(t for t, _, _ in returns[:1])])
+            )
+            continue
+        assert sim.now == before + step.duration
+        finished += step.finished
+        for req in step.tool_calls:
+            assert req.tool_returns_at == sim.now + req.segment.tool_duration
+            heapq.heappush(returns, (req.tool_returns_at, next(seq), req))
+    assert sorted(r.request_id for r in finished) == list(range(len(arrivals)))
+    assert sim.result(labels) == alone
