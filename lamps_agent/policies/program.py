@@ -31,6 +31,11 @@ of tools.  This policy joins them at the level of the agent *program*:
   only for a scheduled request).
 * **Preemption** takes the most recently admitted program first, so programs in flight longest
   keep moving.
+* **Only under KV pressure.**  The rules above engage while the time-averaged KV in use reaches
+  ``engage_at`` of capacity or the time-averaged committed footprint reaches ``commit_at`` of the
+  budget (:meth:`_update_load`); below both, the policy schedules exactly as ``lamps-aging``.
+* **Sessions.**  A program is known by :func:`program_key`: the session where the engine names
+  one (the vLLM plug-in's turns are requests of their own), else the request.
 
 Deviations from both papers are listed in docs/scheduling.md ("`program`").
 """
