@@ -31,6 +31,11 @@ of tools.  This policy joins them at the level of the agent *program*:
   only for a scheduled request).
 * **Preemption** takes the most recently admitted program first, so programs in flight longest
   keep moving.
+* **Only under KV pressure.**  The rules above engage while the time-averaged KV in use reaches
+  ``engage_at`` of capacity or the time-averaged committed footprint reaches ``commit_at`` of the
+  budget (:meth:`_update_load`); below both, the policy schedules exactly as ``lamps-aging``.
+* **Sessions.**  A program is known by :func:`program_key`: the session where the engine names
+  one (the vLLM plug-in's turns are requests of their own), else the request.
 
 Deviations from both papers are listed in docs/scheduling.md ("`program`").
 """
@@ -327,6 +332,7 @@ class ProgramPolicy(LampsPolicy):
         open_below: float = 0.5,
         patience: int | None = None,
         engage_at: float = 0.5,
+        commit_at: float = 1.0,
         load_window_s: float = 120.0,
     ) -> None:
         super().__init__(
@@ -360,10 +366,13 @@ class ProgramPolicy(LampsPolicy):
             raise ValueError("engage_at must be in [0, 4] (a fraction of the KV capacity)")
         if not load_window_s > 0:
             raise ValueError("load_window_s must be > 0")
+        if not commit_at >= 0:
+            raise ValueError("commit_at must be >= 0 (a multiple of the budget)")
         self.engage_at = engage_at
-        self.release_at = RELEASE_FRACTION * engage_at
+        self.commit_at = commit_at
         self.load_window_s = load_window_s
-        self.load = 0.0  # the fluid load: time-averaged committed footprint / KV capacity
+        self.load = 0.0  # time-averaged KV in use / KV capacity
+        self.commitment = 0.0  # time-averaged committed footprint / budget
         self._load_at: float | None = None
         self.engaged = engage_at == 0.0
         self.engagements = 0  # times the program-level rules engaged
@@ -519,24 +528,34 @@ class ProgramPolicy(LampsPolicy):
 
     # -- the fluid load and the engage rule ---------------------------------------------------
     def _update_load(self) -> None:
-        """Time-average the committed footprint over ``load_window_s`` (exponentially) and engage
-        the program-level rules when it passes ``engage_at × C``; release below
-        ``RELEASE_FRACTION × engage_at``.  Below it the memory sustains the arrivals (WAIT's fluid
-        argument: the gate only matters when the fluid load nears capacity), and the policy
-        orders and keeps KV as LAMPS does."""
+        """Time-average (exponentially, over ``load_window_s``) two signals of KV pressure: the
+        KV in use over its capacity (``load``: what is held now) and the committed footprint
+        over the budget (``commitment``: what the programs in flight are predicted to need,
+        which leads the first when many programs start at once).  Engage the program-level
+        rules when ``load`` reaches ``engage_at`` or ``commitment`` reaches ``commit_at``;
+        release when both fall below ``RELEASE_FRACTION`` of theirs.  Below both the memory
+        sustains the arrivals (WAIT's fluid argument: the gate only matters when the fluid load
+        nears capacity), and the policy orders and keeps KV as ``lamps-aging`` does."""
         now = self.view.now
         memory = self.view.memory
-        level = memory.used_gpu_blocks / max(memory.num_gpu_blocks, 1)
+        used = memory.used_gpu_blocks / max(memory.num_gpu_blocks, 1)
+        committed = self.committed / max(self.budget_tokens, 1.0)
         if self._load_at is None:
-            self.load = level
+            self.load, self.commitment = used, committed
         elif now > self._load_at:
             weight = 1.0 - math.exp(-(now - self._load_at) / self.load_window_s)
-            self.load += weight * (level - self.load)
+            self.load += weight * (used - self.load)
+            self.commitment += weight * (committed - self.commitment)
         self._load_at = now
-        if not self.engaged and self.load >= self.engage_at:
+        high = self.load >= self.engage_at or self.commitment >= self.commit_at
+        low = (
+            self.load < RELEASE_FRACTION * self.engage_at
+            and self.commitment < RELEASE_FRACTION * self.commit_at
+        )
+        if not self.engaged and high:
             self.engaged = True
             self.engagements += 1
-        elif self.engaged and self.load < self.release_at:
+        elif self.engaged and low:
             self.engaged = False
 
     # -- admission -------------------------------------------------------------------------

@@ -404,3 +404,18 @@ def test_an_engine_with_its_own_host_store_releases_the_cores_copy(small_preset:
     sched.release_host_copy(req)  # what the vLLM plug-in does after a swap decision
     assert sched.memory.free_host_blocks == sched.memory.num_host_blocks
     assert not sched.swapped and req.state is RequestState.PAUSED_DISCARDED
+
+
+def test_a_committed_footprint_past_the_budget_engages_before_the_kv_fills(
+    small_preset: Preset,
+) -> None:
+    # Many programs just started: little KV in use yet, their predicted footprints past budget.
+    policy, sched = _policy(small_preset, engage_at=0.5, commit_at=1.0, load_window_s=10.0)
+    assert policy.admission_gate() is None
+    policy.committed = 2.0 * policy.budget_tokens
+    sched.set_time(30.0)
+    assert policy.admission_gate() is not None and policy.engaged
+    assert policy.load < 0.1 and policy.commitment > 1.0
+    policy.committed = 0.0
+    sched.set_time(60.0)
+    assert policy.admission_gate() is None and not policy.engaged
