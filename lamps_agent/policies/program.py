@@ -717,4 +717,5 @@ class ProgramPolicy(LampsPolicy):
             "engaged": int(self.engaged),
             "engagements": self.engagements,
             "load": round(self.load, 3),
+            "commitment": round(self.commitment, 3),
         }
