@@ -248,9 +248,14 @@ class _ProgramGate:
         self._pending_peaks = 0.0
         self._closed = False
         self._turn_waits = False
-        # Idle: no program in flight but turns paused in a tool whose return this engine cannot
-        # see (the vLLM plug-in reports the pause; the next turn arrives as a new request).
-        self._idle = all(f.overdue_at != math.inf for f in policy.in_flight.values())
+        self._given = 0  # requests this walk admitted
+        # Idle: nothing running, or no program in flight but turns paused in a tool whose
+        # return this engine cannot see.  An idle engine admits the head whatever its size:
+        # requests queued before the rules engaged carry the later turns' class, so a new
+        # program among them could otherwise hold the walk with nothing running to free memory.
+        self._idle = policy.view.num_running == 0 or all(
+            f.overdue_at != math.inf for f in policy.in_flight.values()
+        )
         memory = policy.view.memory
         self._free_blocks = memory.free_gpu_blocks - max(1, memory.num_gpu_blocks // 100)
         self._used = memory.used_gpu_blocks * memory.block_size
@@ -267,14 +272,15 @@ class _ProgramGate:
             return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
         term = policy.footprint_term(req)
         committed = policy.committed + self._pending
-        if self._idle and self._pending == 0.0:
-            ok = True  # an engine with nothing in flight admits the head, whatever its size
+        if self._idle and not self._given:
+            ok = True  # an idle engine admits the head, whatever its size
         else:
             peak = policy.predicted_peak(req)
             ok = committed + term <= policy.budget_tokens or (
                 self._used + self._pending_peaks + peak <= policy.open_below_tokens
             )
         if ok:
+            self._given += 1
             self._pending += term
             self._pending_peaks += policy.predicted_peak(req)
             self._free_blocks -= policy.view.memory.blocks_for(req.remaining_prefill + 1)
@@ -290,6 +296,7 @@ class _ProgramGate:
         need = self._policy.view.memory.blocks_for(req.remaining_prefill + 1)
         if need <= self._free_blocks or self._policy.view.num_running == 0:
             self._free_blocks -= need
+            self._given += 1
             return True
         self._turn_waits = True
         return False

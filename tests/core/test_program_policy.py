@@ -45,6 +45,7 @@ def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Prese
     admitted = list(sched.admissible(10))
     assert admitted == [first]  # the gate refused the second and stopped the walk
     sched.admit(first)
+    sched.sync_view()  # as every engine step does: the first program is running
     assert policy.committed + policy.footprint_term(second) > policy.budget_tokens
     assert list(sched.admissible(10)) == []
     # The first program's turn was preempted (or its tool returned to the queue): it goes first,
