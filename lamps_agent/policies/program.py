@@ -11,7 +11,7 @@ of tools.  This policy joins them at the level of the agent *program*:
   plus the newcomer's predicted peak stays under ``open_below × capacity`` (work conservation at
   light load).  Later turns of admitted programs are never held behind new programs: they always
   sort ahead of them, and wait only until their whole context fits in free KV.  An engine with
-  no program in flight admits the head of the queue whatever its footprint.
+  nothing running (or no program in flight) admits the head of the queue whatever its footprint.
 * **The footprint is predicted** by a :class:`FootprintPredictor`: per agent, the turns per
   program and tokens added per turn of the programs that finished (online here; server-side it
   can be seeded from the tool registry's recorded turns), with a prior for agents never seen.
