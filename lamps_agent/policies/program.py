@@ -271,18 +271,18 @@ class _ProgramGate:
         if patience is not None and policy.view.iteration - req.enqueued_iteration >= patience:
             return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
         term = policy.footprint_term(req)
+        peak = policy.predicted_peak(req)
         committed = policy.committed + self._pending
         if self._idle and not self._given:
             ok = True  # an idle engine admits the head, whatever its size
         else:
-            peak = policy.predicted_peak(req)
             ok = committed + term <= policy.budget_tokens or (
                 self._used + self._pending_peaks + peak <= policy.open_below_tokens
             )
         if ok:
             self._given += 1
             self._pending += term
-            self._pending_peaks += policy.predicted_peak(req)
+            self._pending_peaks += peak
             self._free_blocks -= policy.view.memory.blocks_for(req.remaining_prefill + 1)
             return True
         self._closed = True
