@@ -469,9 +469,9 @@ class Scheduler:
             req.host_blocks = 0
 
     def release_host_copy(self, req: Request) -> None:
-        """An engine whose turns are requests of their own (vLLM) swapped ``req``'s KV into its
-        own host store (an LRU cache that evicts rather than fills): this request never resumes
-        here, so the core stops accounting for its host copy."""
+        """``req``'s host copy is no longer the core's to account for: an engine whose turns are
+        requests of their own (vLLM) keeps it in its own host store (an LRU cache that evicts
+        rather than fills), or the session moved to another engine (:meth:`release_paused`)."""
         if req.state is not S.PAUSED_SWAPPED:
             raise ValueError(f"request {req.request_id} is {req.state.value}, not swapped")
         self.swapped.pop(req.request_id, None)
@@ -490,12 +490,10 @@ class Scheduler:
                 raise RuntimeError(f"request {req.request_id} is preserved but has no pin")
             self._hold(req, paused, KVStrategy.DISCARD)
         elif req.state is S.PAUSED_SWAPPED:
-            self.memory.drop_host(req.host_blocks)
-            req.host_blocks = 0
+            self.release_host_copy(req)
             req.kv_tokens = 0
             self.counters.recomputed_tokens += tokens
             req.recomputed_tokens += tokens
-            req.move_to(S.PAUSED_DISCARDED)
         elif req.state is S.PAUSED_DISCARDED:
             return 0
         else:
