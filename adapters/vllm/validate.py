@@ -30,7 +30,8 @@ from lamps_agent.program import Program
 from lamps_agent.workloads.arrivals import Arrival, poisson_workload
 from lamps_agent.workloads.scale import fitting
 
-ENGINE_POLICY = {"vllm": STOCK}  # the simulator's name -> the server's (plug-in policy names)
+SIM_STOCK = "vllm"  # the simulator's model of stock vLLM, validated against the stock server
+ENGINE_POLICY = {SIM_STOCK: STOCK}  # the simulator's name -> the server's (plug-in policy names)
 TARGETS = {"e2e_mean": 0.10, "e2e_p99": 0.15, "recomputed": 0.10}
 
 
@@ -110,7 +111,7 @@ class ValidationReport:
     @property
     def load_factor(self) -> float | None:
         """Stock vLLM's P99 under this load over its unloaded P99 (the target wants >= 2)."""
-        stock = [c for c in self.comparisons if c.policy == "vllm"]
+        stock = [c for c in self.comparisons if c.policy == SIM_STOCK]
         if not stock or not self.unloaded_p99:
             return None
         return stock[0].e2e_p99.real / self.unloaded_p99
