@@ -28,13 +28,12 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "after '--' go to vLLM unchanged and win over these choices.",
     )
     p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
-    p.add_argument("--policy", default="lamps", choices=server_policies(),
-                   help="a core policy; stock = vLLM's own scheduler, no plug-in (default: lamps)")  # fmt: skip
-    p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
-    p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
-    p.add_argument("--host-swap-gb", type=float, default=4.0)
-    p.add_argument("--async-scheduler", action=argparse.BooleanOptionalAction, default=None,
-                   help="LampsAsyncScheduler, for vLLM's async scheduling (default: on where a GPU is present)")  # fmt: skip
+    _add_engine_options(
+        p,
+        policy_help="a core policy; stock = vLLM's own scheduler, no plug-in (default: lamps)",
+        async_help="LampsAsyncScheduler, for vLLM's async scheduling (default: on where a GPU "
+        "is present)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -49,6 +48,17 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _register_cluster(sub)
 
 
+def _add_engine_options(p: argparse.ArgumentParser, *, policy_help: str, async_help: str) -> None:
+    """The engine's options, the same for one server (serve) and for every replica (cluster)."""
+    p.add_argument("--policy", default="lamps", choices=server_policies(), help=policy_help)
+    p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
+    p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
+    p.add_argument("--host-swap-gb", type=float, default=4.0)
+    p.add_argument(
+        "--async-scheduler", action=argparse.BooleanOptionalAction, default=None, help=async_help
+    )
+
+
 def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "cluster",
@@ -60,13 +70,11 @@ def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
     p.add_argument("--replicas", type=int, default=2, help="number of vLLM replicas")
-    p.add_argument("--policy", default="lamps", choices=server_policies(),
-                   help="the replicas' scheduler policy (default: lamps)")  # fmt: skip
-    p.add_argument("--preset", default="h100-llama3-8b", help="cost constants for waste / area")
-    p.add_argument("--swap", action="store_true", help="enable the host-memory swap connector")
-    p.add_argument("--host-swap-gb", type=float, default=4.0)
-    p.add_argument("--async-scheduler", action=argparse.BooleanOptionalAction, default=None,
-                   help="LampsAsyncScheduler (default: on where a GPU is present)")  # fmt: skip
+    _add_engine_options(
+        p,
+        policy_help="the replicas' scheduler policy (default: lamps)",
+        async_help="LampsAsyncScheduler (default: on where a GPU is present)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address of the router and the replicas")
     p.add_argument("--port", type=int, default=8000, help="the router's port")
     p.add_argument("--metrics-port", type=int, default=8001, help="the router's Prometheus port")
