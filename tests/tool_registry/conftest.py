@@ -66,7 +66,28 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"PostgreSQL at {PG_ENV} unusable: {exc}")
     head, _, _ = base.rpartition("/")
     yield f"{head}/{name}"
-    asyncio.run(_admin(base, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    asyncio.run(_drop_database(base, name))
+
+
+async def _drop_database(url: str, name: str, *, attempts: int = 60) -> None:
+    """Drop a test database, ending the test's leftover connections.
+
+    ``WITH (FORCE)`` ends them, but PostgreSQL refuses it to a non-superuser while an autovacuum
+    worker is in the database (a test that wrote 100k rows wakes one).  A plain ``DROP`` cancels
+    such a worker itself, and is refused only while a connection is left: then try again."""
+    asyncpg = _asyncpg()
+    for _ in range(attempts):
+        try:
+            await _admin(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            pass
+        try:
+            await _admin(url, f"DROP DATABASE IF EXISTS {name}")
+            return
+        except asyncpg.ObjectInUseError:
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"test database {name} still in use after {attempts} attempts to drop it")
 
 
 @pytest.fixture
