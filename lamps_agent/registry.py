@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from lamps_agent.errors import UnknownNameError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Registry(Generic[T]):
@@ -41,3 +42,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def construct(factory: Callable[..., R], what: str, /, **options: Any) -> R:
+    """Call a registered factory; options it does not take raise a one-line error naming
+    ``what`` (``"policy 'lamps'"``) instead of a bare ``TypeError``."""
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise ValueError(f"{what}: bad option: {exc}") from None

@@ -14,7 +14,7 @@ from lamps_agent.policies.vllm_fcfs import VllmNoCachePolicy, VllmPolicy
 from lamps_agent.policies.wait import WaitPolicy
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
-from lamps_agent.registry import Registry
+from lamps_agent.registry import Registry, construct
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
 for _cls in (
@@ -34,11 +34,9 @@ for _cls in (
 
 def make_policy(name: str, *, predictor: Predictor, preset: Preset, **options: Any) -> Policy:
     """Build a registered policy; unknown names raise an error listing the valid ones."""
-    cls = POLICIES.get(name)
-    try:
-        return cls(predictor=predictor, preset=preset, **options)
-    except TypeError as exc:
-        raise ValueError(f"policy {name!r}: bad option: {exc}") from None
+    return construct(
+        POLICIES.get(name), f"policy {name!r}", predictor=predictor, preset=preset, **options
+    )
 
 
 __all__ = [

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lamps_agent.presets import Preset
-from lamps_agent.registry import Registry
+from lamps_agent.registry import Registry, construct
 
 
 @dataclass(slots=True)
@@ -165,8 +165,6 @@ for _cls in (
 
 def make_router(name: str, *, replicas: int, preset: Preset, **options: Any) -> Router:
     """Build a registered router; unknown names raise an error listing the valid ones."""
-    cls = ROUTERS.get(name)
-    try:
-        return cls(replicas=replicas, preset=preset, **options)
-    except TypeError as exc:
-        raise ValueError(f"routing {name!r}: bad option: {exc}") from None
+    return construct(
+        ROUTERS.get(name), f"routing {name!r}", replicas=replicas, preset=preset, **options
+    )
