@@ -23,7 +23,7 @@ a flag says so at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -50,6 +50,9 @@ class EngineView:
     batch_query_tokens: int = 0  # query tokens of the last iteration
     last_iteration_time: float = 0.0  # the last step's duration (compute and copies)
     last_compute_time: float = 0.0  # the last step's compute alone
+    # The paused turns whose KV is pinned on the GPU now (keyed by request id in the
+    # simulator, by session id in vLLM): the engine's own table, read-only to policies.
+    pinned: Iterable[PausedKV] = ()
 
     @property
     def load(self) -> EngineLoad:
@@ -121,6 +124,11 @@ class Policy:
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         """A turn and its tool call completed: let the predictor learn."""
         self.predictor.observe(self.query_for(req), outcome)
+
+    def on_tool_call(self, req: Request, gap: float) -> None:
+        """``req``'s turn ended in a tool call, predicted to last ``gap`` seconds; it pauses now,
+        before the decision about its KV (:meth:`on_pause`).  The simulator reports the turn's
+        end only when the tool returns; this is when it left."""
 
     # -- ordering ------------------------------------------------------------------------
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:

@@ -272,7 +272,7 @@ class _ProgramGate:
             return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
         term = policy.footprint_term(req)
         peak = policy.predicted_peak(req)
-        committed = policy.committed + self._pending
+        committed = policy.committed_resident + self._pending
         if self._idle and not self._given:
             ok = True  # an idle engine admits the head, whatever its size
         else:
@@ -314,6 +314,10 @@ class _InFlight:
     term: float
     last_seen: float
     overdue_at: float = math.inf  # in a tool: when it is forgotten if it has not come back
+
+    @property
+    def in_tool(self) -> bool:
+        return self.overdue_at != math.inf
 
 
 class ProgramPolicy(LampsPolicy):
@@ -387,6 +391,8 @@ class ProgramPolicy(LampsPolicy):
         self.durations = ToolDurations()
         self.in_flight: dict[Hashable, _InFlight] = {}  # by program_key
         self.committed = 0.0  # Σ footprint terms of the programs in flight
+        self._in_tool = 0.0  # the part of it of programs in a tool
+        self.committed_resident = 0.0  # what the gate counts (resident_commitment), per look
         self.counters_held = 0  # new programs refused by the gate (one per refusal)
         self._admissions = 0
         self._area_ref = 0.0
@@ -509,6 +515,8 @@ class ProgramPolicy(LampsPolicy):
         self._peaks[req.request_id] = fp.peak
         flight = self.in_flight.get(program_key(req))
         if flight is not None:
+            if flight.in_tool:
+                self._in_tool -= flight.term
             self.committed += term - flight.term
             flight.term = term
             flight.last_seen = self.view.now
@@ -546,7 +554,7 @@ class ProgramPolicy(LampsPolicy):
         now = self.view.now
         memory = self.view.memory
         used = memory.used_gpu_blocks / max(memory.num_gpu_blocks, 1)
-        committed = self.committed / max(self.budget_tokens, 1.0)
+        committed = self.committed_resident / max(self.budget_tokens, 1.0)
         if self._load_at is None:
             self.load, self.commitment = used, committed
         elif now > self._load_at:
@@ -568,6 +576,7 @@ class ProgramPolicy(LampsPolicy):
     # -- admission -------------------------------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
         self._drop_stale()
+        self.committed_resident = self.resident_commitment()
         self._update_load()
         return _ProgramGate(self) if self.engaged else None
 
@@ -579,6 +588,20 @@ class ProgramPolicy(LampsPolicy):
             self._add_in_flight(req, term, first_prompt=req.segment.prompt_tokens)
             # Admitted now: if preempted, it returns to the queue as a later turn would.
             req.queue_key = (ADMITTED, *req.queue_key[1:])
+
+    def resident_commitment(self) -> float:
+        """The fluid footprint the gate counts: every program in flight, except those waiting
+        on a tool with their KV off the GPU (swapped or discarded).  WAIT's fluid load is the
+        time average of the memory held, and a program in a long tool without its KV holds
+        none; counting it whole (as the first version did) held the gate shut on the INFERCEPT
+        traces, whose programs spend most of their life in tools.  Its footprint counts again
+        from its next turn's start, which waits for free memory ahead of every new program."""
+        resident = self.committed - self._in_tool
+        for paused in self.view.pinned:  # pins are few: each holds GPU memory
+            flight = self.in_flight.get(paused.key)
+            if flight is not None and flight.in_tool:
+                resident += flight.term
+        return max(resident, 0.0)
 
     def _add_in_flight(self, req: Request, term: float, *, first_prompt: int) -> None:
         self._admissions += 1
@@ -611,8 +634,10 @@ class ProgramPolicy(LampsPolicy):
         flight = self.in_flight.pop(key, None)
         if flight is not None:
             self.committed -= flight.term
+            if flight.in_tool:
+                self._in_tool -= flight.term
             if not self.in_flight:
-                self.committed = 0.0  # no drift from float sums
+                self.committed = self._in_tool = 0.0  # no drift from float sums
         return flight
 
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
@@ -625,11 +650,6 @@ class ProgramPolicy(LampsPolicy):
         if outcome.tool is not None:
             self.durations.observe(outcome.tool, outcome.tool_duration)
             flight = self.in_flight.get(key)
-            if flight is not None:
-                flight.last_seen = self.view.now
-                pred = req.prediction
-                expected = pred.tool_duration if pred is not None else outcome.tool_duration
-                flight.overdue_at = self.view.now + 2 * expected + 30.0
             return
         flight = self._leave(key)
         if flight is not None:
@@ -639,6 +659,17 @@ class ProgramPolicy(LampsPolicy):
                 first_prompt=flight.first_prompt,
                 peak=req.segment.prompt_tokens + outcome.output_tokens,
             )
+
+    def on_tool_call(self, req: Request, gap: float) -> None:
+        """The program is in a tool now: forgotten if it is not back by ``2 · gap + 30`` s, and
+        off the gate's count unless its KV stays pinned (:meth:`resident_commitment`)."""
+        flight = self.in_flight.get(program_key(req))
+        if flight is None:
+            return
+        flight.last_seen = self.view.now
+        if not flight.in_tool:
+            self._in_tool += flight.term
+        flight.overdue_at = self.view.now + 2 * gap + 30.0
 
     # -- KV handling per call ------------------------------------------------------------------
     def _alternatives(self, paused: PausedKV, remaining: float) -> dict[KVStrategy, float]:
@@ -712,11 +743,12 @@ class ProgramPolicy(LampsPolicy):
         """What the gate saw last: programs in flight (and how many of them are in a tool), their
         committed fluid footprint against the budget, admissions and refusals, how many agents'
         footprints are learned rather than the prior's, and the engage rule's state."""
-        in_tool = sum(1 for f in self.in_flight.values() if f.overdue_at != math.inf)
+        in_tool = sum(1 for f in self.in_flight.values() if f.in_tool)
         return {
             "in_flight": len(self.in_flight),
             "in_flight_in_tool": in_tool,
             "committed_tokens": round(self.committed, 1),
+            "committed_resident_tokens": round(self.committed_resident, 1),
             "budget_tokens": round(self.budget_tokens, 1),
             "admissions": self._admissions,
             "gate_refusals": self.counters_held,

@@ -132,12 +132,12 @@ class Scheduler:
             block_size=preset.block_size,
             prefix_caching=policy.prefix_caching,
         )
-        self.view = EngineView(preset=preset, memory=self.memory)
+        self.paused = PausedTable()
+        self.view = EngineView(preset=preset, memory=self.memory, pinned=self.paused)
         policy.bind(self.view)
         self.pin_lifetime = pin_lifetime or PinLifetime()
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
         self.running: list[Request] = []
-        self.paused = PausedTable()
         self.swapped: dict[int, PausedKV] = {}  # swapped turns a prefetching policy may copy in
         self.counters = SchedulerCounters()
         self.watermark_blocks = max(1, self.memory.num_gpu_blocks // 100)
@@ -280,6 +280,7 @@ class Scheduler:
         lets clients decide).  Returns the strategy taken."""
         if gap is None:
             gap = self._predicted_gap(req)
+        self.policy.on_tool_call(req, gap)
         req.tool_started_at = self.now
         pred = req.prediction
         paused = PausedKV(

@@ -202,7 +202,8 @@ def test_a_turn_that_paused_and_never_came_back_is_forgotten(small_preset: Prese
     sched.admit(req)
     assert req.prediction is not None and policy.committed > 0
     outcome = Outcome(output_tokens=50, tool="tool", tool_duration=1.0, returned_tokens=500)
-    policy.on_turn_end(req, outcome)  # what end_turn(continues=True) reports at the pause
+    sched.end_turn(req, outcome, continues=True, gap=1.0)  # the plug-in's report of the pause
+    assert policy.resident_commitment() == 0.0  # in a tool, its KV not pinned
     sched.set_time(2 * 1.0 + 29.0)
     policy.admission_gate()
     assert 1 in policy.in_flight  # still within its tool's grace
@@ -274,11 +275,43 @@ def test_the_policy_reports_what_its_gate_holds(small_preset: Preset) -> None:
     assert state["committed_tokens"] == round(policy.committed, 1) > 0
     assert state["budget_tokens"] == round(policy.budget_tokens, 1)
     assert state["engaged"] == 1
-    policy.on_turn_end(
-        first, Outcome(output_tokens=50, tool="t", tool_duration=1.0, returned_tokens=0)
-    )
+    outcome = Outcome(output_tokens=50, tool="t", tool_duration=1.0, returned_tokens=0)
+    sched.end_turn(first, outcome, continues=True, key="s1", override=KVStrategy.PRESERVE)
     assert policy.state()["in_flight_in_tool"] == 1
     assert policy.state()["agents_learned"] == 0
+    policy.admission_gate()  # the gate's look: s1's KV is pinned, so it still counts
+    assert policy.state()["committed_resident_tokens"] == state["committed_tokens"]
+
+
+@pytest.mark.parametrize("kv", [KVStrategy.PRESERVE, KVStrategy.DISCARD, KVStrategy.SWAP])
+def test_a_program_in_a_tool_counts_against_the_budget_only_while_its_kv_is_pinned(
+    small_preset: Preset, kv: KVStrategy
+) -> None:
+    # WAIT's fluid load is the memory held: a program waiting on a tool with its KV off the GPU
+    # holds none (the INFERCEPT traces' programs spend most of their life so), so it does not
+    # hold a new program at the door; its next turn counts again and goes first.
+    policy, sched = _policy(small_preset, open_below=0.0, engage_at=0.0)
+    other, first, waiting = (
+        _serving_turn(rid, session=f"s{rid}", step=0, prompt=2000) for rid in (0, 1, 2)
+    )
+    sched.add_request(other)
+    capacity = policy.budget_tokens / policy.target_utilization
+    policy.target_utilization = 2.5 * policy.footprint_term(other) / capacity  # two programs
+    sched.admit(other)
+    sched.add_request(first)
+    sched.admit(first)
+    sched.add_request(waiting)
+    assert list(sched.admissible(10)) == []  # over budget while s0 and s1 run
+    outcome = Outcome(output_tokens=50, tool="t", tool_duration=60.0, returned_tokens=0)
+    assert sched.end_turn(first, outcome, continues=True, key="s1", gap=60.0, override=kv) is kv
+    admitted = list(sched.admissible(10))
+    assert admitted == ([] if kv is KVStrategy.PRESERVE else [waiting])
+    s1 = policy.in_flight["s1"].term
+    held = policy.committed - (0.0 if kv is KVStrategy.PRESERVE else s1)
+    assert policy.committed_resident == pytest.approx(held)
+    # s1's tool returns: its next turn is a later turn of an admitted program, counted again
+    sched.add_request(_serving_turn(3, session="s1", step=1, prompt=2100), resumed=True)
+    assert policy.resident_commitment() == pytest.approx(policy.committed)
 
 
 def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) -> None:
