@@ -6,8 +6,9 @@ of tools.  This policy joins them at the level of the agent *program*:
 * **Admission by a fluid-model threshold on predicted KV footprints.**  A program whose context
   grows from ``c`` to a predicted peak ``P`` holds ``(c + P) / 2`` tokens on average over the rest
   of its life (WAIT's ``prompt + output/2``, a linear growth at the level of turns).  A new program
-  (its first turn) is admitted only while ``Σ (c + P)/2`` over the programs in flight, the
-  newcomer included, stays under ``target_utilization × KV capacity`` — or while the KV in use
+  (its first turn) is admitted only while ``Σ (c + P)/2`` over the programs in flight whose KV
+  is on the GPU (one in a tool with its KV swapped or discarded holds none), the newcomer
+  included, stays under ``target_utilization × KV capacity`` — or while the KV in use
   plus the newcomer's predicted peak stays under ``open_below × capacity`` (work conservation at
   light load).  Later turns of admitted programs are never held behind new programs: they always
   sort ahead of them, and wait only until their whole context fits in free KV.  An engine with
