@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.vllm.config import STOCK, server_policies
+from lamps_agent.cli import options as cli_options
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -345,28 +346,8 @@ def _fitting_programs(programs: Sequence[Any], vllm_args: Sequence[str], console
 
 def policy_options(specs: Sequence[str], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``--policy-options LABEL=JSON`` → options by server label; each label a plug-in server of
-    the comparison, each JSON an object, no label twice."""
-    import json
-
-    out: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        label, eq, text = spec.partition("=")
-        label = label.strip()
-        if not eq or label not in labels or label == "stock":
-            plugin = ", ".join(x for x in labels if x != "stock")
-            raise ValueError(
-                f"--policy-options {spec!r}: expected LABEL=JSON, LABEL one of {plugin}"
-            )
-        if label in out:
-            raise ValueError(f"--policy-options: {label} given twice")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--policy-options {label}: not JSON ({exc.msg})") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"--policy-options {label}: expected a JSON object")
-        out[label] = value
-    return out
+    the comparison (stock loads no policy)."""
+    return cli_options.policy_options(specs, labels, excluded=(STOCK,))
 
 
 def _start_servers(

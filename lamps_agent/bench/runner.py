@@ -49,7 +49,8 @@ class BenchConfig:
     num_programs: int | None = None
     duration: float | None = None  # arrivals in [0, duration]
     warmup: float = 0.0  # arrivals before this are simulated, not measured
-    policy_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)  # for the lamps variants
+    options_by_policy: dict[str, dict[str, Any]] = field(default_factory=dict)  # --policy-options
     hints: DurationSource | None = None
     timeline_for: RunSpec | None = None  # record KV use over time for this run
 
@@ -85,7 +86,8 @@ def run_one(config: BenchConfig, spec: RunSpec, arrivals: list[Arrival] | None =
         arrivals = arrivals_for(config, spec.qps, seed)
     predictor = make_predictor(spec.predictor, seed=seed, hints=config.hints)
     predictor_label = ran_predictor_label(spec.predictor, predictor.name)
-    options = config.policy_options if spec.policy.startswith("lamps") else {}
+    options = dict(config.policy_options) if spec.policy.startswith("lamps") else {}
+    options.update(config.options_by_policy.get(spec.policy, {}))
     policy = make_policy(spec.policy, predictor=predictor, preset=config.preset, **options)
     sim = Simulator(
         preset=config.preset,

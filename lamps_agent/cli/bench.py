@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import math
 import socket
 import statistics
@@ -219,8 +220,8 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--policy-options",
         action="append",
         metavar="LABEL=JSON",
-        help="constructor options for one compare server's policy, e.g. "
-        "program='{\"load_window_s\": 6}' (repeatable; not for stock)",
+        help="constructor options for one policy of the run (simulator) or one compare "
+        "server's policy, e.g. program='{\"load_window_s\": 6}' (repeatable; not for stock)",
     )
     eng.add_argument(
         "--unloaded",
@@ -331,6 +332,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         duration=args.duration,
         warmup=args.warmup or 0.0,
         policy_options={"starvation_threshold": threshold},
+        options_by_policy=options.policy_options(args.policy_options or (), policies),
         timeline_for=timeline,
     )
 
@@ -447,6 +449,8 @@ def _print_header(
         f"runs to completion (drain); {escape(counts)} (per run; median over seeds); "
         f"{runs} simulations in {elapsed:.1f} s"
     )
+    for policy, given in config.options_by_policy.items():
+        console.print(f"{policy} ran with --policy-options {escape(json.dumps(given))}")
     if config.num_seeds == 1:
         console.print("one seed: no range, so no difference is tested against noise (--seeds 3)")
 

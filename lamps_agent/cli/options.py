@@ -8,7 +8,9 @@ what the run needs, or raises ``ValueError`` naming the flag.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,29 @@ def positive_number(text: str, flag: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{flag}: {text!r} must be a positive number")
     return value
+
+
+def policy_options(
+    specs: Sequence[str], labels: Sequence[str], *, excluded: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """``--policy-options LABEL=JSON`` → constructor options by label (a policy of the run, or a
+    server of a comparison); each JSON an object, no label twice, none of ``excluded``."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        label, eq, text = spec.partition("=")
+        label = label.strip()
+        if not eq or label not in labels or label in excluded:
+            valid = ", ".join(x for x in labels if x not in excluded)
+            raise ValueError(
+                f"--policy-options {spec!r}: expected LABEL=JSON, LABEL one of {valid}"
+            )
+        if label in out:
+            raise ValueError(f"--policy-options: {label} given twice")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--policy-options {label}: not JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"--policy-options {label}: expected a JSON object")
+        out[label] = value
+    return out

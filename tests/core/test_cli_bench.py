@@ -289,3 +289,30 @@ def test_a_missing_sqlite_registry_is_not_created_for_training(
     assert main(["predictor", "train", "--registry", f"sqlite:///{db}"]) == 2
     assert f"no registry database at {db}" in one_line_error(capsys)
     assert not db.parent.exists()
+
+
+def test_policy_options_reach_the_simulated_policy_and_are_refused_when_bad(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[tuple[str, dict[str, Any]]] = []
+    real = runner.make_policy
+
+    def spy(name: str, **options: Any) -> Any:
+        made.append((name, {k: options[k] for k in options if k not in ("predictor", "preset")}))
+        return real(name, **options)
+
+    monkeypatch.setattr(runner, "make_policy", spy)
+    out = tmp_path / "o"
+    given = ["--policy-options", 'program={"away_after_s": 20}']
+    args = ["--qps", "2", "--policies", "program,lamps", "--no-plots", "--out", str(out)]
+    assert bench(*args, *given) == 0
+    assert {"away_after_s": 20} in [o for name, o in made if name == "program"]
+    assert all("away_after_s" not in o for name, o in made if name == "lamps")
+    capsys.readouterr()
+    for bad, why in (
+        ('sjf={"a": 1}', "LABEL one of program, lamps"),
+        ("program={", "not JSON"),
+        ('program={"bogus": 1}', "policy 'program': bad option"),
+    ):
+        assert bench(*args, "--overwrite", "--policy-options", bad) == 2
+        assert why in one_line_error(capsys)
