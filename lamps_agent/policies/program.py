@@ -7,9 +7,8 @@ of tools.  This policy joins them at the level of the agent *program*:
   grows from ``c`` to a predicted peak ``P`` holds ``(c + P) / 2`` tokens on average over the rest
   of its life (WAIT's ``prompt + output/2``, a linear growth at the level of turns).  A new program
   (its first turn) is admitted only while ``Σ (c + P)/2`` over the programs in flight whose KV
-  is on the GPU (one in a tool with its KV swapped or discarded holds none; ``away_after_s``
-  keeps counting those whose tool is predicted shorter than that), the newcomer included, stays
-  under ``target_utilization × KV capacity`` — or while the KV in use
+  is on the GPU (one in a tool with its KV swapped or discarded holds none), the newcomer
+  included, stays under ``target_utilization × KV capacity`` — or while the KV in use
   plus the newcomer's predicted peak stays under ``open_below × capacity`` (work conservation at
   light load).  Later turns of admitted programs are never held behind new programs: they always
   sort ahead of them, and wait only until their whole context fits in free KV.  An engine with
@@ -316,7 +315,6 @@ class _InFlight:
     term: float
     last_seen: float
     overdue_at: float = math.inf  # in a tool: when it is forgotten if it has not come back
-    away: bool = False  # in a tool predicted to last away_after_s or more: counted only if pinned
 
     @property
     def in_tool(self) -> bool:
@@ -348,7 +346,6 @@ class ProgramPolicy(LampsPolicy):
         engage_at: float = 0.5,
         commit_at: float = 1.0,
         load_window_s: float = 120.0,
-        away_after_s: float = 0.0,
     ) -> None:
         super().__init__(
             predictor=predictor, preset=preset, starvation_threshold=None, starvation="aging"
@@ -386,9 +383,6 @@ class ProgramPolicy(LampsPolicy):
         self.engage_at = engage_at
         self.commit_at = commit_at
         self.load_window_s = load_window_s
-        if not away_after_s >= 0:
-            raise ValueError("away_after_s must be >= 0 seconds")
-        self.away_after_s = away_after_s
         self.load = 0.0  # time-averaged KV in use / KV capacity
         self.commitment = 0.0  # time-averaged committed footprint / budget
         self._load_at: float | None = None
@@ -398,7 +392,7 @@ class ProgramPolicy(LampsPolicy):
         self.durations = ToolDurations()
         self.in_flight: dict[Hashable, _InFlight] = {}  # by program_key
         self.committed = 0.0  # Σ footprint terms of the programs in flight
-        self._away = 0.0  # the part of it of programs away in a tool (_InFlight.away)
+        self._in_tool = 0.0  # the part of it of programs in a tool
         self.committed_resident = 0.0  # what the gate counts (resident_commitment), per look
         self.counters_held = 0  # new programs refused by the gate (one per refusal)
         self._admissions = 0
@@ -522,9 +516,8 @@ class ProgramPolicy(LampsPolicy):
         self._peaks[req.request_id] = fp.peak
         flight = self.in_flight.get(program_key(req))
         if flight is not None:
-            if flight.away:
-                self._away -= flight.term
-                flight.away = False
+            if flight.in_tool:
+                self._in_tool -= flight.term
             self.committed += term - flight.term
             flight.term = term
             flight.last_seen = self.view.now
@@ -604,10 +597,10 @@ class ProgramPolicy(LampsPolicy):
         none; counting it whole (as the first version did) held the gate shut on the INFERCEPT
         traces, whose programs spend most of their life in tools.  Its footprint counts again
         from its next turn's start, which waits for free memory ahead of every new program."""
-        resident = self.committed - self._away
+        resident = self.committed - self._in_tool
         for paused in self.view.pinned:  # pins are few: each holds GPU memory
             flight = self.in_flight.get(paused.key)
-            if flight is not None and flight.away:
+            if flight is not None and flight.in_tool:
                 resident += flight.term
         return max(resident, 0.0)
 
@@ -642,10 +635,10 @@ class ProgramPolicy(LampsPolicy):
         flight = self.in_flight.pop(key, None)
         if flight is not None:
             self.committed -= flight.term
-            if flight.away:
-                self._away -= flight.term
+            if flight.in_tool:
+                self._in_tool -= flight.term
             if not self.in_flight:
-                self.committed = self._away = 0.0  # no drift from float sums
+                self.committed = self._in_tool = 0.0  # no drift from float sums
         return flight
 
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
@@ -675,9 +668,8 @@ class ProgramPolicy(LampsPolicy):
         if flight is None:
             return
         flight.last_seen = self.view.now
-        if not flight.away and gap >= self.away_after_s:
-            flight.away = True
-            self._away += flight.term
+        if not flight.in_tool:
+            self._in_tool += flight.term
         flight.overdue_at = self.view.now + 2 * gap + 30.0
 
     # -- KV handling per call ------------------------------------------------------------------

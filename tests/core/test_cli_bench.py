@@ -303,11 +303,11 @@ def test_policy_options_reach_the_simulated_policy_and_are_refused_when_bad(
 
     monkeypatch.setattr(runner, "make_policy", spy)
     out = tmp_path / "o"
-    given = ["--policy-options", 'program={"away_after_s": 20}']
+    given = ["--policy-options", 'program={"max_age_s": 30}']
     args = ["--qps", "2", "--policies", "program,lamps", "--no-plots", "--out", str(out)]
     assert bench(*args, *given) == 0
-    assert {"away_after_s": 20} in [o for name, o in made if name == "program"]
-    assert all("away_after_s" not in o for name, o in made if name == "lamps")
+    assert {"max_age_s": 30} in [o for name, o in made if name == "program"]
+    assert all("max_age_s" not in o for name, o in made if name == "lamps")
     capsys.readouterr()
     for bad, why in (
         ('sjf={"a": 1}', "LABEL one of program, lamps"),

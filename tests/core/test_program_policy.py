@@ -314,19 +314,6 @@ def test_a_program_in_a_tool_counts_against_the_budget_only_while_its_kv_is_pinn
     assert policy.resident_commitment() == pytest.approx(policy.committed)
 
 
-def test_a_tool_shorter_than_away_after_s_keeps_its_program_counted(small_preset: Preset) -> None:
-    policy, sched = _policy(small_preset, open_below=0.0, engage_at=0.0, away_after_s=120.0)
-    turn = _serving_turn(1, session="s1", step=0, prompt=2000)
-    sched.add_request(turn)
-    sched.admit(turn)
-    outcome = Outcome(output_tokens=50, tool="t", tool_duration=60.0, returned_tokens=0)
-    sched.end_turn(turn, outcome, continues=True, key="s1", gap=60.0, override=KVStrategy.DISCARD)
-    assert policy.committed > 0
-    assert policy.resident_commitment() == pytest.approx(policy.committed)
-    with pytest.raises(ValueError, match="away_after_s"):
-        _policy(small_preset, away_after_s=-1.0)
-
-
 def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) -> None:
     # An agent never seen gets the prior (8 turns × 1,500 tokens): on a small engine (the CPU
     # engine's tiny model, a scaled workload) that is more than any context it can hold, and the
