@@ -91,7 +91,8 @@ class Sample:
     t: float
     load: float  # time-averaged KV use / capacity
     engaged: bool
-    committed: float  # committed footprint / budget
+    committed: float  # committed footprint / budget, every program in flight
+    resident: float  # the part the gate counts (KV on the GPU) / budget
     in_flight: int
     held: int  # new programs refused so far
 
@@ -124,6 +125,7 @@ class _Recording(ProgramPolicy):
                     load=self.load,
                     engaged=self.engaged,
                     committed=self.committed / self.budget_tokens,
+                    resident=self.committed_resident / self.budget_tokens,
                     in_flight=len(self.in_flight),
                     held=self.counters_held,
                 )
@@ -220,10 +222,11 @@ def burst(workload: str, qps: float, seeds: list[int], base: dict[str, Any], job
     assert first.trace is not None
     print(f"\nThe policy's state, program, seed {first.spec.seed} (every 30 s around the burst):\n")
     print(
-        "| t s | KV load (time-averaged) | engaged | committed / budget | programs in flight "
+        "| t s | KV load (time-averaged) | engaged | committed / budget, all in flight "
+        "| counted by the gate (KV on the GPU) / budget | programs in flight "
         "| new programs held (cumulative refusals) |"
     )
-    print("|---:|---:|---|---:|---:|---:|")
+    print("|---:|---:|---|---:|---:|---:|---:|")
     shown = set()
     for x in first.trace:
         mark = int(x.t // 30)
@@ -231,7 +234,7 @@ def burst(workload: str, qps: float, seeds: list[int], base: dict[str, Any], job
             shown.add(mark)
             print(
                 f"| {x.t:.0f} | {x.load:.2f} | {'yes' if x.engaged else 'no'} | "
-                f"{x.committed:.2f} | {x.in_flight} | {x.held:,} |"
+                f"{x.committed:.2f} | {x.resident:.2f} | {x.in_flight} | {x.held:,} |"
             )
 
 
