@@ -332,7 +332,10 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         duration=args.duration,
         warmup=args.warmup or 0.0,
         policy_options={"starvation_threshold": threshold},
-        options_by_policy=options.policy_options(args.policy_options or (), policies),
+        # with --engine the labels are servers, checked by the engine's own parser
+        options_by_policy=(
+            {} if args.engine else options.policy_options(args.policy_options or (), policies)
+        ),
         timeline_for=timeline,
     )
 

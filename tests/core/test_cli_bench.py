@@ -316,3 +316,13 @@ def test_policy_options_reach_the_simulated_policy_and_are_refused_when_bad(
     ):
         assert bench(*args, "--overwrite", "--policy-options", bad) == 2
         assert why in one_line_error(capsys)
+
+
+def test_policy_options_of_a_compare_run_name_servers_not_simulated_policies() -> None:
+    # The labels of --engine compare are servers (checked by the engine's parser when it
+    # starts them), not --policies: building the config must not refuse them.
+    args = build_parser().parse_args(
+        ["bench", "--engine", "compare", "--model", "m", "--engine-policies", "stock,program",
+         "--policy-options", 'program={"load_window_s": 6}']
+    )  # fmt: skip
+    assert bench_cli.build_config(args).options_by_policy == {}
