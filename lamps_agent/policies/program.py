@@ -648,9 +648,8 @@ class ProgramPolicy(LampsPolicy):
         self._peaks.pop(req.request_id, None)
         self._turn_areas.pop(req.request_id, None)
         key = program_key(req)
-        if outcome.tool is not None:
+        if outcome.tool is not None:  # the program goes on (its pause: on_tool_call)
             self.durations.observe(outcome.tool, outcome.tool_duration)
-            flight = self.in_flight.get(key)
             return
         flight = self._leave(key)
         if flight is not None:
