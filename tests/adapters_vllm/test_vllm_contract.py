@@ -39,7 +39,10 @@ def sim_preset() -> Preset:
 # The program policy's gate is work-conserving while the KV is mostly free (as it is for a few
 # short requests): a budget of about one request puts it under the pressure these tests need.
 GATE_PRESSURE: dict[str, dict[str, Any]] = {
-    "program": {"target_utilization": 0.001, "open_below": 0.0}
+    # engage_at=0: the rules on from the first step.  Otherwise they engage on a time average
+    # of the load over wall-clock seconds, and an engine that steps fast can finish the six
+    # requests before it engages (seen once in a full run).
+    "program": {"target_utilization": 0.001, "open_below": 0.0, "engage_at": 0.0}
 }
 
 
@@ -77,16 +80,19 @@ def policy(request: pytest.FixtureRequest) -> str:
 def engines(engine_factory: Any) -> Any:
     """One engine per (policy, settings), alive for the whole module: an engine collected while
     another runs would tear down vLLM's process-wide parallel state under it."""
-    cache: dict[tuple[str, str], Any] = {}
+    cache: dict[tuple[str, str, bool], Any] = {}
 
-    def get(policy: str, client_strategy: str = "advisory") -> Any:
-        key = (policy, client_strategy)
+    def get(policy: str, client_strategy: str = "advisory", *, pressure: bool = False) -> Any:
+        """``pressure``: the policy's GATE_PRESSURE options (a gate that holds at once); else
+        its defaults, as the simulator's side of each contract runs it."""
+        pressure = pressure and policy in GATE_PRESSURE
+        key = (policy, client_strategy, pressure)
         if key not in cache:
             options = {}
             if client_strategy == "obey" and POLICIES.get(policy).gates_admission:
                 # Pressure needs concurrent requests: a gate that waits one step at most.
                 options = {"policy_options": {"patience": 1}}
-            elif policy in GATE_PRESSURE:
+            elif pressure:
                 options = {"policy_options": GATE_PRESSURE[policy]}
             cache[key] = engine_factory(policy, client_strategy=client_strategy, **options)
         return cache[key]
@@ -249,7 +255,7 @@ def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
     assert len(list(sched.admissible(8))) < 6
 
     # The engine: the same, through vLLM; every request completes.
-    llm = engines(gated)
+    llm = engines(gated, pressure=True)
     engine = llm.llm_engine
     tokens = Tokens(12)
     xargs = hints("g0", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=200)
