@@ -255,7 +255,7 @@ class _ProgramGate:
         # requests queued before the rules engaged carry the later turns' class, so a new
         # program among them could otherwise hold the walk with nothing running to free memory.
         self._idle = policy.view.num_running == 0 or all(
-            f.overdue_at != math.inf for f in policy.in_flight.values()
+            f.in_tool for f in policy.in_flight.values()
         )
         memory = policy.view.memory
         self._free_blocks = memory.free_gpu_blocks - max(1, memory.num_gpu_blocks // 100)
