@@ -294,14 +294,11 @@ class Scheduler:
             tool=pred.tool if pred is not None else req.segment.tool,
         )
         strategy = override if override is not None else self.policy.on_pause(paused)
-        if strategy is KVStrategy.SWAP and not self.memory.can_swap_out(paused.blocks):
-            self.counters.swap_fallbacks += 1
-            strategy = KVStrategy.DISCARD
         if strategy is KVStrategy.PRESERVE:
             ttl = self.policy.pin_ttl(paused)  # a policy's own time to live, else the default
             paused.expires_at = self.now + (self.pin_lifetime.ttl(gap) if ttl is None else ttl)
         self._pending_swap_out += self._hold(req, paused, strategy)
-        return strategy
+        return paused.strategy
 
     @staticmethod
     def _predicted_gap(req: Request) -> float:
@@ -343,8 +340,17 @@ class Scheduler:
         return self.paused.pop(key)
 
     def _hold(self, req: Request, paused: PausedKV, strategy: KVStrategy) -> int:
-        """Move ``req`` into the paused state for ``strategy``; returns tokens to copy out."""
+        """Move ``req`` into the paused state for ``strategy``; returns tokens to copy out.
+
+        Every decision to swap — at the pause, on a revisit, for a pin released under pressure
+        or at its expiry — lands here, so here is where a full host tier turns it into a discard
+        (counted in ``swap_fallbacks``): a decision never fails on memory the core tracks."""
         memory = self.memory
+        if strategy is KVStrategy.SWAP and not memory.can_swap_out(
+            max(req.gpu_blocks, paused.blocks)
+        ):
+            self.counters.swap_fallbacks += 1
+            strategy = KVStrategy.DISCARD
         paused.strategy = strategy
         if strategy is KVStrategy.PRESERVE:
             req.move_to(S.PAUSED_PRESERVED)

@@ -147,6 +147,45 @@ def test_swap_moves_bytes_and_avoids_recompute(small_preset: Preset) -> None:
     assert RequestState.RESUMING_SWAPPED in sim._done[0].history
 
 
+@pytest.mark.parametrize("when", ["revisit", "pressure"])
+def test_a_swap_the_host_cannot_take_falls_back_to_discard_and_is_counted(
+    small_preset: Preset, when: str
+) -> None:
+    """A preserved turn the policy later swaps (on a revisit, or released under memory
+    pressure) while the host tier is full is discarded instead: the run completes and the
+    fallback is counted (the core used to raise OutOfBlocks from KVMemory.swap_out)."""
+    tiny_host = dataclasses.replace(small_preset, gpu_kv_gb=0.5, host_swap_gb=0.001)
+
+    class PreserveThenSwap(LampsPolicy):
+        adjusts_paused = when == "revisit"
+
+        def on_pause(self, paused: PausedKV) -> KVStrategy:
+            return KVStrategy.PRESERVE
+
+        def pin_ttl(self, paused: PausedKV) -> float | None:
+            return 1e9  # only the revisit or memory pressure may release it
+
+        def adjust_paused(self, preserved):  # type: ignore[no-untyped-def]
+            return [(p, KVStrategy.SWAP) for p in preserved]
+
+        def release_strategy(self, paused: PausedKV) -> KVStrategy:
+            return KVStrategy.SWAP
+
+    # Long tools keep the pins in place while later programs need their blocks.
+    programs = [
+        make_program(f"p{i}", [(20, 30.0, 5), (20, 0, 0)], prompt=600) for i in range(12)
+    ]
+    arrivals = [Arrival(0.5 * i, p) for i, p in enumerate(programs)]
+    policy = PreserveThenSwap(predictor=make_predictor("oracle"), preset=tiny_host)
+    assert tiny_host.num_host_blocks < 600 // tiny_host.block_size  # no context fits the host
+    sim = Simulator(preset=tiny_host, policy=policy, arrivals=arrivals)
+    result = sim.run(RunLabels(policy="preserve-then-swap", predictor="oracle"))
+    assert len(result.requests) == len(programs)
+    assert result.summary.swapped_bytes == 0
+    assert sim.scheduler.counters.swap_fallbacks > 0
+    assert sim.scheduler.memory.free_host_blocks == tiny_host.num_host_blocks
+
+
 def test_e2e_includes_tool_time(small_preset: Preset) -> None:
     big = dataclasses.replace(small_preset, gpu_kv_gb=40.0)
     program = make_program("p", [(10, 3.0, 5), (10, 0, 0)], prompt=100)
