@@ -55,8 +55,7 @@ _TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     ),
     S.PAUSED_PRESERVED: frozenset({S.PREFILLING, S.PAUSED_SWAPPED, S.PAUSED_DISCARDED}),
     # → discarded: the session moved to another replica of a fleet; the host copy is dropped.
-    # → preserved: copied back in ahead of the tool's predicted return (a policy's prefetch).
-    S.PAUSED_SWAPPED: frozenset({S.RESUMING_SWAPPED, S.PAUSED_DISCARDED, S.PAUSED_PRESERVED}),
+    S.PAUSED_SWAPPED: frozenset({S.RESUMING_SWAPPED, S.PAUSED_DISCARDED}),
     S.PAUSED_DISCARDED: frozenset({S.WAITING}),
     S.RESUMING_SWAPPED: frozenset({S.PREFILLING}),
     S.FINISHED: frozenset(),
@@ -89,6 +88,8 @@ class Request:
     enqueued_at: float = 0.0
     enqueued_iteration: int = 0
     scheduled_iteration: int = -1  # the last iteration that advanced this request
+    admitted_seq: int = 0  # when it last entered the running set (the scheduler's count)
+    priority: int = 0  # the client's priority, honoured where the engine schedules by it
     policy_tag: int = 0  # free slots for a policy's own bookkeeping (a type, a stage index, a rank)
     policy_rank: float = 0.0
     # metrics

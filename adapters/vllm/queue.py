@@ -8,7 +8,9 @@ back with ``prepend_request``.  This class answers those calls from the core
 * the order is the core :class:`~lamps_agent.scheduler.queue.WaitingQueue`'s (policy key,
   starvation bound), over the core request that mirrors each vLLM request;
 * what vLLM may take this step is :meth:`Scheduler.admissible` — the policy's admission gate
-  applied (WAIT, Nested WAIT hold requests back here), computed once per step;
+  applied (WAIT, Nested WAIT hold requests back here), walked lazily as vLLM asks for the next
+  request, so vLLM's own limits (seats, token budget, a request it skips) end the walk and no
+  seat count is kept here;
 * a request popped and not put back was admitted (:meth:`Scheduler.admit`); one put back that was
   running was preempted (:meth:`Scheduler.preempt`, keeping its key, as in the simulator).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import overload
 
 from vllm.v1.core.sched.request_queue import RequestQueue
 from vllm.v1.request import Request
@@ -32,24 +35,29 @@ CoreOf = Callable[[Request], CoreRequest | None]
 
 
 class LampsRequestQueue(RequestQueue):
-    def __init__(self, *, scheduler: Scheduler, core_of: CoreOf, seats: Callable[[], int]) -> None:
+    def __init__(self, *, scheduler: Scheduler, core_of: CoreOf) -> None:
         self._sched = scheduler
         self._core_of = core_of
-        self._seats = seats  # how many more requests vLLM may run now
         self._vllm: dict[int, Request] = {}  # core request id -> vLLM request
         self._unknown: deque[Request] = deque()  # requests the plug-in could not read: FCFS, last
-        self._step_view: deque[Request] | None = None
+        self._walk: Iterator[CoreRequest] | None = None  # this step's admissible walk
+        self._ahead: deque[Request] = deque()  # walked, not yet popped
+        self._walk_done = False
         self._taken: dict[str, tuple[CoreRequest, tuple[float, ...], int]] = {}
-        self.gate_held_steps = (
-            0  # steps where the policy's gate held back a request it had room for
-        )
+        self.gate_held_steps = 0  # steps where the policy's gate held back a waiting request
         self._held_counted = False
 
     # -- per step ----------------------------------------------------------------------------
     def new_step(self) -> None:
-        """Forget the previous step's admissible list (the engine calls this before schedule)."""
-        self._step_view = None
+        """Forget the previous step's walk (the engine calls this before schedule)."""
+        self._reset()
         self._held_counted = False
+
+    def _reset(self) -> None:
+        """The order may have changed (a request came or came back): walk again."""
+        self._walk = None
+        self._ahead.clear()
+        self._walk_done = False
 
     def end_step(self) -> list[CoreRequest]:
         """After vLLM's schedule: the requests it took and kept are admitted; returns them."""
@@ -58,20 +66,25 @@ class LampsRequestQueue(RequestQueue):
             self._sched.admit_taken(core)
             admitted.append(core)
         self._taken.clear()
-        self._step_view = None
+        self._reset()
         return admitted
 
-    def _view(self) -> deque[Request]:
-        if self._step_view is None:
-            limit = max(self._seats(), 0)
-            self._step_view = deque(self._vllm[c.request_id] for c in self._sched.admissible(limit))
-            if not self._held_counted and len(self._step_view) < min(
-                limit, len(self._sched.waiting)
-            ):
-                self.gate_held_steps += 1
+    def _next(self) -> Request | None:
+        """The next request vLLM may take: the admissible walk's, then the unreadable ones."""
+        if self._ahead:
+            return self._ahead[0]
+        if not self._walk_done:
+            if self._walk is None:
+                self._walk = self._sched.admissible(len(self._sched.waiting))
+            core = next(self._walk, None)
+            if core is not None:
+                self._ahead.append(self._vllm[core.request_id])
+                return self._ahead[0]
+            self._walk_done = True
+            if not self._held_counted and self._sched.waiting:
+                self.gate_held_steps += 1  # the gate ended the walk with requests waiting
                 self._held_counted = True
-            self._step_view.extend(self._unknown)
-        return self._step_view
+        return self._unknown[0] if self._unknown else None
 
     # -- RequestQueue ------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -82,13 +95,14 @@ class LampsRequestQueue(RequestQueue):
             self._vllm[core.request_id] = request
             if core not in self._sched.waiting:
                 self._sched.enqueue(core)
-        self._step_view = None
+        self._reset()
 
     def pop_request(self) -> Request:
-        view = self._view()
-        if not view:
+        request = self._next()
+        if request is None:
             raise IndexError("pop from an empty queue")
-        request = view.popleft()
+        if self._ahead:
+            self._ahead.popleft()
         self._take(request)
         return request
 
@@ -102,10 +116,10 @@ class LampsRequestQueue(RequestQueue):
         self._taken[request.request_id] = entry
 
     def peek_request(self) -> Request:
-        view = self._view()
-        if not view:
+        request = self._next()
+        if request is None:
             raise IndexError("peek from an empty queue")
-        return view[0]
+        return request
 
     def prepend_request(self, request: Request) -> None:
         taken = self._taken.pop(request.request_id, None)
@@ -118,7 +132,7 @@ class LampsRequestQueue(RequestQueue):
             self._unknown.appendleft(request)
         if core is not None:
             self._vllm[core.request_id] = request
-        self._step_view = None
+        self._reset()
 
     def prepend_requests(self, requests: Iterable[Request]) -> None:
         for request in requests:
@@ -138,19 +152,28 @@ class LampsRequestQueue(RequestQueue):
             self._vllm.pop(core.request_id, None)
             if core in self._sched.waiting:
                 self._sched.waiting.remove(core)
-        self._step_view = None
+        self._reset()
 
     def __bool__(self) -> bool:
-        return bool(self._view())
+        return self._next() is not None
 
     def __len__(self) -> int:
         return len(self._sched.waiting) + len(self._unknown)
 
     def __iter__(self) -> Iterator[Request]:
+        """Every waiting request in the core's order (held ones included), then the unreadable."""
         order = [
             self._vllm[c.request_id] for c in self._sched.waiting.ordered(self._sched.iteration)
         ]
         return iter([*order, *self._unknown])
+
+    @overload
+    def __getitem__(self, index: int) -> Request: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Request]: ...
+    def __getitem__(self, index: int | slice) -> Request | list[Request]:
+        """Indexable as vLLM's FCFS deque is, in :meth:`__iter__`'s order."""
+        return list(self)[index]
 
     def forget(self, core: CoreRequest) -> None:
         """``core``'s vLLM request left the engine for good."""

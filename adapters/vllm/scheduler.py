@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -33,10 +32,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from adapters.vllm.config import PluginConfig
+from adapters.vllm.execute import order_running, retry_allocation
 from adapters.vllm.housekeeping import Housekeeper
 from adapters.vllm.pins import PinStore
 from adapters.vllm.queue import LampsRequestQueue
@@ -99,6 +100,13 @@ def _mirror(request: Request, core: CoreRequest) -> None:
         core.move_to(RequestState.DECODING)
 
 
+def _priority_scheduling(sched: Scheduler) -> bool:
+    """vLLM's ``--scheduling-policy``: "priority" orders by the requests' priority first, and
+    the core honours it (the plug-in's queue replaces vLLM's priority heap)."""
+    policy = getattr(sched.scheduler_config, "policy", "fcfs")
+    return str(getattr(policy, "value", policy)) == "priority"
+
+
 class LampsCore:
     """The plug-in's state, kept apart from vLLM's class so both scheduler variants share it."""
 
@@ -123,7 +131,11 @@ class LampsCore:
         )
         policy.limit_context(sched.max_model_len)
         self.core = CoreScheduler(
-            preset=self.preset, policy=policy, memory=memory, pin_lifetime=config.pin_lifetime
+            preset=self.preset,
+            policy=policy,
+            memory=memory,
+            pin_lifetime=config.pin_lifetime,
+            priority_scheduling=_priority_scheduling(sched),
         )
         self.policy = policy
         self.turns = TurnTracker(default_output_tokens=config.default_output_tokens)
@@ -145,14 +157,12 @@ class LampsCore:
             expire=self.expire_idle,
             write_stats=self.write_stats if self._stats_file else None,
         )
-        self.queue = LampsRequestQueue(scheduler=self.core, core_of=self.core_of, seats=self._seats)
+        self.queue = LampsRequestQueue(scheduler=self.core, core_of=self.core_of)
+        retry_allocation(sched.kv_cache_manager, self.release_for)
 
     def core_of(self, request: Request) -> CoreRequest | None:
         tracked = self.tracked.get(request.request_id)
         return tracked.core if tracked is not None else None
-
-    def _seats(self) -> int:
-        return self.sched.max_num_active_reqs - len(self.sched.running) + 8  # slack for skips
 
     # -- requests in -------------------------------------------------------------------------
     def on_add(self, request: Request) -> None:
@@ -165,6 +175,7 @@ class LampsCore:
                 getattr(params, "max_tokens", None) if params is not None else None,
             )
             core = self._core_request(request, info)
+            core.priority = request.priority
             self._credit_pin(core, info.session_id)
             self.tracked[request.request_id] = Tracked(core, info)
             self._set_clock()
@@ -233,8 +244,8 @@ class LampsCore:
             if strategy is KVStrategy.SWAP:
                 self.decisions.late_swap_fallbacks += 1
             self._release(paused, "revisit")
-        self._relieve_pressure()
-        self._hold_running()
+        order_running(self.sched.running, self.core, self.core_of)
+        self._hold_running()  # asked in the running order, as the core asks
         self.queue.new_step()
 
     def expire_pins(self) -> None:
@@ -248,40 +259,27 @@ class LampsCore:
             self._set_clock()
             self.expire_pins()
 
-    def _relieve_pressure(self) -> None:
-        """Release pins, the policy's choice first, until the running requests and the head of
-        the queue fit (never the head's own prefix)."""
-        if not self.pins.pins:
-            return
-        need = len(self.sched.running)
-        head_session = None
-        head = self._head()
-        if head is not None:
-            cached = self.sched.kv_cache_manager.estimate_cached_tokens(head)
-            need += math.ceil(max(head.num_tokens - cached, 0) / self.block_size) + 1
-            tracked = self.tracked.get(head.request_id)
-            head_session = tracked.info.session_id if tracked is not None else None
-        while self.pool.get_num_free_blocks() < need:
-            paused = self.core.pin_to_release(exclude=head_session)
-            if paused is None:
-                break
-            if paused.strategy is KVStrategy.SWAP:
-                # A pin cannot be copied out here (the connector copies at a turn's end):
-                # released into vLLM's prefix-cached pool instead.
-                self.decisions.late_swap_fallbacks += 1
-            self._release(paused, "pressure")
-
-    def _head(self) -> Request | None:
-        try:
-            return self.sched.waiting.peek_request() if self.sched.waiting else None
-        except IndexError:
-            return None
+    def release_for(self, request: Request) -> bool:
+        """vLLM could not allocate ``request``'s blocks: release the pin the core gives up first
+        (never the request's own session's).  False when no pin is left, and vLLM preempts."""
+        tracked = self.tracked.get(request.request_id)
+        paused = self.core.pin_to_release(
+            exclude=tracked.info.session_id if tracked is not None else None
+        )
+        if paused is None:
+            return False
+        if paused.strategy is KVStrategy.SWAP:
+            # A pin cannot be copied out here (the connector copies at a turn's end):
+            # released into vLLM's prefix-cached pool instead.
+            self.decisions.late_swap_fallbacks += 1
+        self._release(paused, "pressure")
+        return True
 
     def _hold_running(self) -> None:
         """Policies that hold resident requests (Nested WAIT): set them aside for this step."""
         if not self.policy.uses_holds:
             return
-        self.policy.begin_iteration(self.core.running)
+        self.policy.begin_iteration(self.core.running_order())
         running = self.sched.running
         keep = []
         for index, request in enumerate(running):
@@ -461,6 +459,9 @@ class _LampsMixin:
         config = PluginConfig.load(getattr(sched.vllm_config, "additional_config", None))
         self.lamps = LampsCore(sched, config)
         sched.waiting = self.lamps.queue
+        # The core orders by priority where vLLM was asked to (LampsCore read it): vLLM's own
+        # priority victim rule is off, so its victim is ``running.pop()``, the core's choice.
+        sched.policy = SchedulingPolicy.FCFS
         self.lamps.housekeeper.start()
         log.info("lamps scheduler: policy=%s preset=%s", config.policy, config.preset)
 

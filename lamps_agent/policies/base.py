@@ -85,7 +85,6 @@ class Policy:
     adjusts_paused: ClassVar[bool] = False  # the scheduler calls adjust_paused only if True
     uses_holds: ClassVar[bool] = False  # ... begin_iteration and hold only if True
     gates_admission: ClassVar[bool] = False  # ... admission_gate only if True
-    prefetches: ClassVar[bool] = False  # ... prefetch_lead only if True
     # vLLM's automatic prefix caching in the simulated engine (on in vLLM V1 by default).
     prefix_caching: ClassVar[bool] = True
     starvation_threshold: int | None = None
@@ -148,13 +147,6 @@ class Policy:
     def pin_ttl(self, paused: PausedKV) -> float | None:
         """Seconds the KV of a turn just preserved by :meth:`on_pause` may stay pinned; ``None``
         (the default): the scheduler's :class:`~lamps_agent.scheduler.core.PinLifetime`."""
-        return None
-
-    def prefetch_lead(self, paused: PausedKV) -> float | None:
-        """For a turn whose KV was swapped out: start copying it back this many seconds before
-        its tool's predicted return (so the copy is done when the tool is), or None — never,
-        the default: copied in when the next turn is admitted.  Asked once per iteration for
-        each swapped turn, only of policies with ``prefetches`` set."""
         return None
 
     def pin_release_key(self, paused: PausedKV) -> float:

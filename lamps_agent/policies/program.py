@@ -27,9 +27,9 @@ of tools.  This policy joins them at the level of the agent *program*:
   cost-benefit rule — pin for the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_fallback``,
   ``W_fallback = min(W_discard, W_swap)``, if that beats not pinning (``W_fallback``); a pin that
   reaches its TTL is swapped or discarded, whichever wastes less.  The host tier is the preset's
-  ``host_swap_gb``; a swapped turn is copied back in ahead of its tool's predicted return
-  (:meth:`prefetch_lead`), where the engine can (the simulator; vLLM's connector API loads KV
-  only for a scheduled request).
+  ``host_swap_gb``; a swapped turn is copied back in when its next turn is admitted (a copy
+  ahead of the tool's return was dropped: vLLM's connector loads KV only for a scheduled
+  request, and a decision one engine cannot carry out is made by neither).
 * **Preemption** takes the most recently admitted program first, so programs in flight longest
   keep moving.
 * **Only under KV pressure.**  The rules above engage while the time-averaged KV in use reaches
@@ -325,7 +325,6 @@ class ProgramPolicy(LampsPolicy):
     name = "program"
     gates_admission = True
     adjusts_paused = True  # pins past their time to live are swapped or discarded
-    prefetches = True  # swapped turns are copied back in ahead of the tool's predicted return
     TTL_GRACE_S = 1.0
 
     def __init__(
@@ -703,17 +702,6 @@ class ProgramPolicy(LampsPolicy):
             self._deadlines[paused.key] = self.view.now + tau
             return KVStrategy.PRESERVE
         return alternative
-
-    def prefetch_lead(self, paused: PausedKV) -> float | None:
-        """While engaged: start the copy back in so that it ends one step before the tool's
-        predicted return — 1.5 × the copy time (the link is shared with the step's other
-        copies) plus a decode step.  A tool that outlives its prediction keeps the turn as a
-        pin until the scheduler's pin lifetime; a released pin is swapped or discarded by least
-        waste, as any other."""
-        if not self.engaged:
-            return None
-        copy = self.timing().transfer_seconds(paused.tokens)
-        return 1.5 * copy + self.view.decode_step_time
 
     def pin_ttl(self, paused: PausedKV) -> float | None:
         """The scheduler's expiry is a backstop ``TTL_GRACE_S`` after the policy's own deadline,

@@ -21,6 +21,10 @@ class VllmPolicy(Policy):
         entered = self.view.now if resumed else req.arrival_time
         return (entered, float(req.request_id))
 
+    def preemption_key(self, req: Request) -> tuple[float, ...]:
+        """vLLM's running list is in admission order and its victim is the last admitted."""
+        return (float(req.admitted_seq),)
+
     def on_pause(self, paused: PausedKV) -> KVStrategy:
         return KVStrategy.DISCARD
 

@@ -27,6 +27,8 @@ Two drivers:
 
 from __future__ import annotations
 
+import enum
+import itertools
 import math
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +42,6 @@ from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
 from lamps_agent.scheduler.queue import WaitingQueue
 
 S = RequestState
-PREFETCH_RESERVE = 0.3  # a prefetch leaves at least this fraction of the GPU blocks free
 
 
 @dataclass(slots=True)
@@ -70,6 +71,26 @@ class SchedulerOutput:
         )
 
 
+class DecisionKind(enum.Enum):
+    ADMIT = "admit"  # left the waiting queue for the GPU
+    PAUSE = "pause"  # a turn ended in a tool call; the detail is the KV strategy
+    PREEMPT = "preempt"  # freed and sent back to wait
+    RELEASE = "release"  # a pin given up under memory pressure; the detail is the strategy
+    EXPIRE = "expire"  # a pin's time to live ran out
+    REVISIT = "revisit"  # the policy moved a pin on its per-iteration revisit
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One scheduling decision, as both engines' drivers can be compared on.  ``subject`` is the
+    program and its turn (``program_id``, turn index) or, for a pin, its key."""
+
+    iteration: int
+    kind: DecisionKind
+    subject: Hashable
+    detail: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class TurnEnd:
     """A turn that ended in the last iteration: finished, or paused on a tool with a strategy."""
@@ -89,7 +110,6 @@ class SchedulerCounters:
     rejected: int = 0
     prefix_hit_tokens: int = 0  # context tokens a turn found in the prefix cache (not recomputed)
     admissions: int = 0  # requests taken from the waiting queue
-    prefetches: int = 0  # swapped turns copied back in ahead of their tool's return
     starved_admissions: int = 0  # ... of them because the starvation bound promoted them
 
 
@@ -113,6 +133,23 @@ class PinLifetime:
         return min(self.factor * predicted_duration + self.slack, self.cap)
 
 
+class CopyBudget:
+    """The host link's share of one step: swapped turns are copied back in while it lasts, and
+    the first copy of a step always goes."""
+
+    def __init__(self, tokens: float) -> None:
+        self.tokens = tokens
+        self.copied = False
+
+    def allows(self, req: Request) -> bool:
+        return not (req.host_blocks and self.copied and req.kv_tokens > self.tokens)
+
+    def spend(self, req: Request) -> None:
+        if req.host_blocks:
+            self.tokens -= req.kv_tokens
+            self.copied = True
+
+
 class Scheduler:
     """Owns the queues, the paused turns, KV accounting and preemption; asks its policy."""
 
@@ -123,7 +160,13 @@ class Scheduler:
         policy: Policy,
         memory: KVMemory | None = None,
         pin_lifetime: PinLifetime | None = None,
+        priority_scheduling: bool = False,
+        record_decisions: bool = False,
     ) -> None:
+        """``priority_scheduling``: a request's ``priority`` (lower first, as vLLM's
+        ``--scheduling-policy priority``) comes before the policy's keys, in the waiting queue
+        and in the running order.  ``record_decisions``: keep every :class:`Decision` in
+        :attr:`decisions` (for comparing drivers; off by default, it grows with the run)."""
         self.preset = preset
         self.policy = policy
         self.memory = memory or KVMemory(
@@ -138,12 +181,20 @@ class Scheduler:
         self.pin_lifetime = pin_lifetime or PinLifetime()
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
         self.running: list[Request] = []
-        self.swapped: dict[int, PausedKV] = {}  # swapped turns a prefetching policy may copy in
         self.counters = SchedulerCounters()
         self.watermark_blocks = max(1, self.memory.num_gpu_blocks // 100)
+        self.priority_scheduling = priority_scheduling
         self.now = 0.0
         self.iteration = 0
         self._pending_swap_out = 0
+        self._admissions = itertools.count(1)
+        self.decisions: list[Decision] | None = [] if record_decisions else None
+
+    def _record(self, kind: DecisionKind, subject: Request | Hashable, detail: str = "") -> None:
+        if self.decisions is not None:
+            if isinstance(subject, Request):
+                subject = (subject.program.program_id, subject.seg_index)
+            self.decisions.append(Decision(self.iteration, kind, subject, detail))
 
     # -- clock and view ------------------------------------------------------------------
     def set_time(self, now: float) -> None:
@@ -179,8 +230,24 @@ class Scheduler:
 
     def _enqueue(self, req: Request, *, resumed: bool) -> None:
         req.enqueued_at = self.now
-        self.waiting.push(req, self.policy.queue_key(req, resumed=resumed), self.iteration)
+        key = self._ranked(req, self.policy.queue_key(req, resumed=resumed))
+        self.waiting.push(req, key, self.iteration)
         self.policy.on_enqueue(req)
+
+    def _ranked(self, req: Request, key: tuple[float, ...]) -> tuple[float, ...]:
+        return (float(req.priority), *key) if self.priority_scheduling else key
+
+    def preemption_rank(self, req: Request) -> tuple[float, ...]:
+        """Where a resident request stands in the running order (smaller: advanced first,
+        preempted last)."""
+        return self._ranked(req, self.policy.preemption_key(req))
+
+    def running_order(self) -> list[Request]:
+        """The resident requests in the order an iteration advances them — the policy's
+        preemption order, ascending.  Preemption victims are taken from the end (vLLM's
+        contract: ``running`` is walked from the front and ``running.pop()`` is the victim), so
+        both engines preempt the request with the largest key among those not yet advanced."""
+        return sorted(self.running, key=self.preemption_rank)
 
     def _note_dequeued(self, req: Request) -> None:
         wait = self.now - req.enqueued_at
@@ -203,7 +270,6 @@ class Scheduler:
                 paused.returned = True
                 paused.expires_at = math.inf
         elif state is S.PAUSED_SWAPPED:
-            self.swapped.pop(req.request_id, None)
             req.move_to(S.RESUMING_SWAPPED)
         else:
             req.move_to(S.WAITING)
@@ -217,17 +283,20 @@ class Scheduler:
         self, limit: int, *, blocked: Callable[[Request], bool] | None = None
     ) -> Iterator[Request]:
         """Waiting requests the policy would admit now, in its order, at most ``limit``.
-        ``blocked(req)`` (the engine's memory check) stops the walk at the first request that
-        cannot fit: the next in order waits for memory too."""
+        ``blocked(req)`` (the engine's memory check), asked after the gate let ``req`` through
+        (as vLLM allocates only the request its queue gave it), stops the walk at the first
+        request that cannot fit: the next in order waits for memory too."""
         gate = self.admission_gate()
         given = 0
         for req in self.waiting.ordered(self.iteration):
-            if given >= limit or (blocked is not None and blocked(req)):
+            if given >= limit:
                 return
             if gate is not None and not gate.allow(req):
                 if gate.exhausted:
                     return
                 continue
+            if blocked is not None and blocked(req):
+                return
             given += 1
             yield req
 
@@ -261,6 +330,8 @@ class Scheduler:
 
     def _place(self, req: Request) -> None:
         self._note_dequeued(req)
+        req.admitted_seq = next(self._admissions)
+        self._record(DecisionKind.ADMIT, req)
         req.move_to(S.PREFILLING)
         self.running.append(req)
         self.policy.on_admit(req)
@@ -298,6 +369,7 @@ class Scheduler:
             ttl = self.policy.pin_ttl(paused)  # a policy's own time to live, else the default
             paused.expires_at = self.now + (self.pin_lifetime.ttl(gap) if ttl is None else ttl)
         self._pending_swap_out += self._hold(req, paused, strategy)
+        self._record(DecisionKind.PAUSE, req, paused.strategy.value)
         return paused.strategy
 
     @staticmethod
@@ -357,8 +429,6 @@ class Scheduler:
             self.paused.add(paused)
             return 0
         if strategy is KVStrategy.SWAP:
-            if self.policy.prefetches:
-                self.swapped[req.request_id] = paused
             memory.swap_out(req.gpu_blocks)
             req.host_blocks = req.gpu_blocks
             req.gpu_blocks = 0
@@ -381,6 +451,7 @@ class Scheduler:
             self.paused.pop(paused.key)
             paused.strategy = strategy
             changes.append((paused, strategy))
+            self._record(DecisionKind.REVISIT, paused.key, strategy.value)
         return changes
 
     def expire_pins(self) -> list[PausedKV]:
@@ -388,6 +459,7 @@ class Scheduler:
         out = self.paused.expired(self.now)
         for paused in out:
             paused.strategy = KVStrategy.DISCARD
+            self._record(DecisionKind.EXPIRE, paused.key)
         self.counters.pins_expired += len(out)
         return out
 
@@ -402,6 +474,7 @@ class Scheduler:
                 KVStrategy.DISCARD if worst.returned else self.policy.release_strategy(worst)
             )
             self.counters.pins_released += 1
+            self._record(DecisionKind.RELEASE, worst.key, worst.strategy.value)
         return worst
 
     def _release_kv(self, req: Request) -> None:
@@ -441,6 +514,7 @@ class Scheduler:
         self._release_kv(req)
         req.preemptions += 1
         self.counters.preemptions += 1
+        self._record(DecisionKind.PREEMPT, req)
         req.move_to(S.WAITING)
         req.enqueued_at = self.now
         self.waiting.push(req, req.queue_key, self.iteration)
@@ -481,7 +555,6 @@ class Scheduler:
         rather than fills), or the session moved to another engine (:meth:`release_paused`)."""
         if req.state is not S.PAUSED_SWAPPED:
             raise ValueError(f"request {req.request_id} is {req.state.value}, not swapped")
-        self.swapped.pop(req.request_id, None)
         self.memory.drop_host(req.host_blocks)
         req.host_blocks = 0
         req.move_to(S.PAUSED_DISCARDED)
@@ -516,25 +589,29 @@ class Scheduler:
         self.sync_view()
         out = SchedulerOutput()
         for paused in self.expire_pins():
-            self._drop_preserved(paused, KVStrategy.DISCARD)
+            self.drop_preserved(paused, KVStrategy.DISCARD)
         for paused, strategy in self.revisit_paused():
-            self._drop_preserved(paused, strategy)
+            self.drop_preserved(paused, strategy)
+        self.running = self.running_order()
         if self.policy.uses_holds:
             self.policy.begin_iteration(self.running)
-        budget = self.preset.token_budget
-        budget = self._advance_decodes(out, budget)
-        budget = self._advance_prefills(out, budget)
-        if budget > 0:
+        preemptions = self.counters.preemptions
+        budget = self._advance_running(out, self.preset.token_budget)
+        if budget > 0 and self.counters.preemptions == preemptions:  # vLLM: none after a preemption
             self._admit(out, budget)
-        if self.swapped and not self.waiting:
-            self._prefetch(out)
-        out.swap_out_tokens += self._pending_swap_out
-        self._pending_swap_out = 0
+        out.swap_out_tokens += self.take_pending_swap_out()
         return out
 
-    def _drop_preserved(self, paused: PausedKV, strategy: KVStrategy) -> None:
-        """Apply a decision about a preserved entry to its request; its copy out (if any) goes
-        into the coming step."""
+    def take_pending_swap_out(self) -> int:
+        """Tokens paused turns are copying out, owed to the coming step's copies."""
+        tokens, self._pending_swap_out = self._pending_swap_out, 0
+        return tokens
+
+    def drop_preserved(self, paused: PausedKV, strategy: KVStrategy | None = None) -> None:
+        """Apply a decision about a preserved entry (released, expired or revisited; by default
+        its own ``strategy``) to its request; its copy out (if any) goes into the coming step."""
+        if strategy is None:
+            strategy = paused.strategy
         req = paused.request
         if req is None:
             raise RuntimeError(f"paused entry {paused.key!r} has no request to apply it to")
@@ -550,54 +627,53 @@ class Scheduler:
         pinned = self.pin_to_release(exclude=exclude)
         if pinned is None:
             return False
-        self._drop_preserved(pinned, pinned.strategy)
+        self.drop_preserved(pinned, pinned.strategy)
         return True
 
-    def _advance_decodes(self, out: SchedulerOutput, budget: int) -> int:
+    def _advance_running(self, out: SchedulerOutput, budget: int) -> int:
+        """Advance the resident requests in the running order (decodes and prefill chunks in
+        one walk, as vLLM); a request that cannot get its blocks preempts from the back of the
+        walk, and a walk whose request preempted itself stops (vLLM's ``break``).  Requests the
+        policy holds this iteration are out of the walk and cannot be victims (the vLLM
+        plug-in sets them aside before vLLM's pass)."""
         memory = self.memory
         policy = self.policy
         holds = policy.uses_holds
         iteration = self.iteration
-        for req in list(self.running):
-            if budget <= 0:
+        walk = [r for r in self.running if not (holds and policy.hold(r))]
+        i = 0
+        while i < len(walk) and budget > 0:
+            req = walk[i]
+            if req.state is S.DECODING:
+                chunk, tokens = 0, 1
+            elif req.state is S.PREFILLING:
+                chunk = min(req.remaining_prefill, budget)
+                tokens = chunk + (1 if chunk == req.remaining_prefill else 0)
+            else:
+                i += 1
+                continue
+            need = memory.blocks_for(req.kv_tokens + tokens) - req.gpu_blocks
+            if need > 0 and not self._reserve(req, need, walk):
                 break
-            if req.state is not S.DECODING or (holds and policy.hold(req)):
-                continue
-            need = memory.blocks_for(req.kv_tokens + 1) - req.gpu_blocks
-            if need > 0 and not self._reserve(req, need):
-                continue
             req.scheduled_iteration = iteration
-            out.decodes.append(req)
-            budget -= 1
+            if req.state is S.DECODING:
+                out.decodes.append(req)
+                budget -= 1
+            else:
+                out.prefills.append((req, chunk))
+                budget -= chunk
+            i += 1
         return budget
 
-    def _advance_prefills(self, out: SchedulerOutput, budget: int) -> int:
-        memory = self.memory
-        iteration = self.iteration
-        for req in list(self.running):
-            if budget <= 0:
-                break
-            if req.state is not S.PREFILLING or req.scheduled_iteration == iteration:
-                continue
-            chunk = min(req.remaining_prefill, budget)
-            finishing = 1 if chunk == req.remaining_prefill else 0
-            need = memory.blocks_for(req.kv_tokens + chunk + finishing) - req.gpu_blocks
-            if need > 0 and not self._reserve(req, need):
-                continue
-            req.scheduled_iteration = iteration
-            out.prefills.append((req, chunk))
-            budget -= chunk
-        return budget
-
-    def _reserve(self, req: Request, need: int) -> bool:
-        """Allocate ``need`` blocks to ``req``, releasing pins and preempting as needed.
-        False if ``req`` itself had to be preempted."""
+    def _reserve(self, req: Request, need: int, walk: list[Request]) -> bool:
+        """Allocate ``need`` blocks to ``req``: a failed allocation releases pins (the policy's
+        order, :meth:`pin_to_release`), then preempts the last request of the walk.  False if
+        ``req`` itself was the victim."""
         memory = self.memory
         while not memory.can_allocate(need):
             if self._release_a_pin():
                 continue
-            candidates = [r for r in self.running if r.scheduled_iteration != self.iteration]
-            victim = max(candidates, key=self.policy.preemption_key)
+            victim = walk.pop()
             self.preempt(victim)
             if victim is req:
                 return False
@@ -611,98 +687,64 @@ class Scheduler:
         step's copy budget lasts; the first always goes)."""
         if not self.waiting:
             return
-        memory = self.memory
-        block_size = memory.block_size
-        watermark = self.watermark_blocks
         admitted: list[Request] = []
         seats = self.preset.max_num_seqs - len(self.running)
-        copy_budget = self._copy_budget_tokens()
-        copied = False
-
-        def need_for(req: Request) -> tuple[int, int, int]:
-            """(prefill chunk, new blocks, cached prefix blocks to take)."""
-            hit = self._prefix_hit_blocks(req)
-            have = req.kv_tokens + hit * block_size
-            remaining = req.context_target - have
-            chunk = min(remaining, budget)
-            finishing = 1 if chunk == remaining else 0
-            new = memory.blocks_for(have + chunk + finishing) - req.gpu_blocks - hit
-            return chunk, new, hit
+        copy = CopyBudget(self.copy_budget_tokens())
 
         def blocked(req: Request) -> bool:
-            if budget <= 0:
-                return True
-            if req.host_blocks and copied and req.kv_tokens > copy_budget:
-                return True  # the host link is spent for this step; it goes first next step
-            while True:
-                _, new, hit = need_for(req)
-                if memory.can_allocate(new + hit + watermark):
-                    return False
-                if not self._release_a_pin(exclude=req.request_id):
-                    return True
+            return budget <= 0 or not copy.allows(req) or not self.make_room(req, budget)
 
         for req in self.admissible(seats, blocked=blocked):
-            chunk, new, hit = need_for(req)
             self._dequeue(req)
             admitted.append(req)
-            if req.host_blocks:
-                memory.swap_in(req.host_blocks, new)
-                req.host_blocks = 0
-                out.swap_in_tokens += req.kv_tokens
-                copy_budget -= req.kv_tokens
-                copied = True
-            else:
-                if hit:
-                    self._take_prefix(req, hit)
-                elif req.gpu_blocks:
-                    self.paused.pop(req.request_id)  # its pin is in use again
-                memory.allocate(new)
-            req.gpu_blocks += new
-            req.scheduled_iteration = self.iteration
-            out.prefills.append((req, chunk))
-            budget -= chunk
+            copy.spend(req)
+            budget -= self.load_admitted(req, budget, out)
         for req in admitted:  # everyone leaves the queue before the policy hears of any
             self._place(req)
 
-    def _prefetch(self, out: SchedulerOutput) -> None:
-        """Copy swapped turns back in ahead of their tools' predicted returns, when the policy
-        says so (:meth:`~lamps_agent.policies.base.Policy.prefetch_lead`), within what is left of
-        the step's copy budget (the first copy of a step always goes, as in admission), and
-        only while nothing waits for admission (a copy in must not take blocks a queued turn
-        could use) and the GPU keeps ``PREFETCH_RESERVE`` of its blocks free afterwards.  The
-        turn becomes a pin whose tool is still running: it is admitted without a copy when the
-        tool returns, and is releasable under pressure like any pin."""
+    def admission_need(self, req: Request, budget: int) -> tuple[int, int, int]:
+        """What admitting ``req`` takes now: (prefill chunk, new blocks, cached prefix blocks
+        it takes back)."""
         memory = self.memory
-        reserve = self.watermark_blocks + int(PREFETCH_RESERVE * memory.num_gpu_blocks)
-        room = self._copy_budget_tokens() - out.swap_in_tokens
-        due: list[tuple[float, PausedKV]] = []
-        for key, paused in list(self.swapped.items()):
-            req = paused.request
-            if req is None or req.state is not S.PAUSED_SWAPPED:
-                del self.swapped[key]  # returned, moved or aborted meanwhile
-                continue
-            lead = self.policy.prefetch_lead(paused)
-            if lead is not None and self.now >= paused.predicted_return - lead:
-                due.append((paused.predicted_return, paused))
-        for _, paused in sorted(due, key=lambda d: d[0]):
-            req = paused.request
-            assert req is not None
-            blocks = req.host_blocks
-            over = req.kv_tokens > room and out.swap_in_tokens > 0  # the first always goes
-            if over or not memory.can_allocate(blocks + reserve):
-                break
-            del self.swapped[req.request_id]
-            memory.swap_in(blocks, blocks)
-            req.gpu_blocks, req.host_blocks = blocks, 0
-            req.move_to(S.PAUSED_PRESERVED)
-            paused.blocks = blocks
-            paused.expires_at = self.now + self.pin_lifetime.ttl(paused.remaining(self.now))
-            self.paused.add(paused)
-            out.swap_in_tokens += req.kv_tokens
-            room -= req.kv_tokens
-            self.counters.prefetches += 1
+        hit = self._prefix_hit_blocks(req)
+        have = req.kv_tokens + hit * memory.block_size
+        remaining = req.context_target - have
+        chunk = min(remaining, budget)
+        finishing = 1 if chunk == remaining else 0
+        new = memory.blocks_for(have + chunk + finishing) - req.gpu_blocks - hit
+        return chunk, new, hit
 
-    def _copy_budget_tokens(self) -> float:
+    def make_room(self, req: Request, budget: int) -> bool:
+        """Whether ``req``'s admission fits now (with the watermark), releasing pins in the
+        policy's order (never its own) while it does not; False once none is left."""
+        while True:
+            _, new, hit = self.admission_need(req, budget)
+            if self.memory.can_allocate(new + hit + self.watermark_blocks):
+                return True
+            if not self._release_a_pin(exclude=req.request_id):
+                return False
+
+    def load_admitted(self, req: Request, budget: int, out: SchedulerOutput) -> int:
+        """Place an admitted request's KV (copy a swapped turn back in, take back its cached
+        prefix or its pin, allocate the rest) and schedule its first chunk; returns the chunk."""
+        memory = self.memory
+        chunk, new, hit = self.admission_need(req, budget)
+        if req.host_blocks:
+            memory.swap_in(req.host_blocks, new)
+            req.host_blocks = 0
+            out.swap_in_tokens += req.kv_tokens
+        else:
+            if hit:
+                self._take_prefix(req, hit)
+            elif req.gpu_blocks:
+                self.paused.pop(req.request_id)  # its pin is in use again
+            memory.allocate(new)
+        req.gpu_blocks += new
+        req.scheduled_iteration = self.iteration
+        out.prefills.append((req, chunk))
+        return chunk
+
+    def copy_budget_tokens(self) -> float:
         """KV tokens the host link moves during one step's compute (the last step's)."""
         preset = self.preset
         nbytes = preset.cost.copy_budget_bytes(self.view.last_compute_time)

@@ -25,26 +25,25 @@ class FakeRequest:
 
 
 class Harness:
-    def __init__(self, policy: str, seats: int = 8, **options: object) -> None:
+    def __init__(self, policy: str, *, priority: bool = False, **options: object) -> None:
         preset = load_preset("h100-llama3-8b")
         self.sched = Scheduler(
             preset=preset,
             policy=make_policy(policy, predictor=OraclePredictor(), preset=preset, **options),
+            priority_scheduling=priority,
         )
         self.core: dict[str, CoreRequest] = {}
-        self.seats = seats
         self.queue = LampsRequestQueue(
-            scheduler=self.sched,
-            core_of=lambda r: self.core.get(r.request_id),
-            seats=lambda: self.seats,
+            scheduler=self.sched, core_of=lambda r: self.core.get(r.request_id)
         )
 
-    def add(self, rid: str, output: int, arrival: float = 0.0) -> FakeRequest:
+    def add(self, rid: str, output: int, arrival: float = 0.0, priority: int = 0) -> FakeRequest:
         seg = Segment(prompt_tokens=100, output_tokens=output)
         core = CoreRequest(
             request_id=len(self.core),
             program=Program(program_id=rid, agent="a", segments=(seg,)),
             arrival_time=arrival,
+            priority=priority,
         )
         self.core[rid] = core
         self.sched.add_request(core)
@@ -142,3 +141,41 @@ def test_empty_queue_raises_index_error() -> None:
         h.queue.pop_request()
     with pytest.raises(IndexError):
         h.queue.peek_request()
+
+
+def test_the_queue_is_indexable_in_its_order() -> None:
+    """vLLM's FCFS queue is a deque; its own tests index ``scheduler.waiting``."""
+    h = Harness("sjf")
+    for rid, out in (("a", 300), ("b", 10), ("c", 50)):
+        h.add(rid, out)
+    assert [h.queue[i].request_id for i in range(3)] == ["b", "c", "a"]
+    assert h.queue[-1].request_id == "a" and [r.request_id for r in h.queue[:2]] == ["b", "c"]
+    with pytest.raises(IndexError):
+        h.queue[3]
+
+
+def test_priority_scheduling_orders_by_priority_before_the_policys_key() -> None:
+    """vLLM's ``--scheduling-policy priority``: lower priority value first, the policy's order
+    within a priority (never silently ignored)."""
+    h = Harness("vllm", priority=True)
+    h.add("late-urgent", 10, arrival=3.0, priority=-1)
+    h.add("early", 10, arrival=1.0, priority=0)
+    h.add("later", 10, arrival=2.0, priority=0)
+    h.add("low", 10, arrival=0.0, priority=5)
+    assert ids(h.queue) == ["late-urgent", "early", "later", "low"]
+    plain = Harness("vllm")
+    plain.add("b", 10, arrival=1.0, priority=-1)
+    plain.add("a", 10, arrival=0.0, priority=5)
+    assert ids(plain.queue) == ["a", "b"]  # FCFS: priority not asked for, not used
+
+
+def test_the_walk_is_lazy_so_the_gate_sees_only_what_vllm_takes() -> None:
+    """No seat count in the plug-in: vLLM stops pulling when its own limits are reached, and
+    the walk (and the admission gate's accounting) stops with it."""
+    h = Harness("vllm")
+    for i in range(5):
+        h.add(f"r{i}", 10, arrival=float(i))
+    h.queue.new_step()
+    taken = [h.queue.pop_request().request_id for _ in range(2)]  # vLLM had two seats
+    admitted = h.queue.end_step()
+    assert taken == ["r0", "r1"] and len(admitted) == 2 and len(h.queue) == 3

@@ -397,47 +397,12 @@ def _swapped_turn(sched: Scheduler, *, tool_s: float) -> Request:
     return req
 
 
-def test_a_swapped_turn_is_copied_back_in_ahead_of_its_tools_return(small_preset: Preset) -> None:
-    policy, sched = _policy(small_preset, engage_at=0.0)
-    req = _swapped_turn(sched, tool_s=10.0)
-    lead = policy.prefetch_lead(sched.swapped[1])
-    assert lead is not None and 0 < lead < 1.0
-    sched.set_time(10.0 - lead - 0.01)
-    assert sched.schedule().swap_in_tokens == 0 and req.state is RequestState.PAUSED_SWAPPED
-    sched.set_time(10.0 - lead / 2)
-    out = sched.schedule()
-    assert out.swap_in_tokens == 350 and sched.counters.prefetches == 1
-    assert req.state is RequestState.PAUSED_PRESERVED and req.host_blocks == 0
-    assert sched.memory.free_host_blocks == sched.memory.num_host_blocks
-    # The tool returns: the turn is admitted on its pinned KV, with nothing left to copy.
-    sched.set_time(10.0)
-    sched.tool_returned(
-        req, Outcome(output_tokens=50, tool="tool", tool_duration=10.0, returned_tokens=10)
-    )
-    out = sched.schedule()
-    assert [r for r, _ in out.prefills] == [req] and out.swap_in_tokens == 0
-
-
-def test_no_prefetch_into_a_full_gpu_nor_by_a_policy_that_does_not(small_preset: Preset) -> None:
-    _, sched = _policy(small_preset, engage_at=0.0)
-    req = _swapped_turn(sched, tool_s=10.0)
-    sched.memory.allocate(sched.memory.free_gpu_blocks - 5)  # others hold nearly everything
-    sched.set_time(9.99)
-    assert sched.schedule().swap_in_tokens == 0 and req.state is RequestState.PAUSED_SWAPPED
-    lamps = make_policy("lamps", predictor=make_predictor("oracle"), preset=small_preset)
-    other = Scheduler(preset=small_preset, policy=lamps)
-    req2 = _swapped_turn(other, tool_s=10.0)
-    other.set_time(9.99)
-    assert other.schedule().swap_in_tokens == 0 and req2.state is RequestState.PAUSED_SWAPPED
-    assert not other.swapped
-
-
 def test_an_engine_with_its_own_host_store_releases_the_cores_copy(small_preset: Preset) -> None:
     _, sched = _policy(small_preset, engage_at=0.0)
     req = _swapped_turn(sched, tool_s=10.0)
     sched.release_host_copy(req)  # what the vLLM plug-in does after a swap decision
     assert sched.memory.free_host_blocks == sched.memory.num_host_blocks
-    assert not sched.swapped and req.state is RequestState.PAUSED_DISCARDED
+    assert req.state is RequestState.PAUSED_DISCARDED
 
 
 def test_a_committed_footprint_past_the_budget_engages_before_the_kv_fills(

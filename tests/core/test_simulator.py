@@ -172,9 +172,7 @@ def test_a_swap_the_host_cannot_take_falls_back_to_discard_and_is_counted(
             return KVStrategy.SWAP
 
     # Long tools keep the pins in place while later programs need their blocks.
-    programs = [
-        make_program(f"p{i}", [(20, 30.0, 5), (20, 0, 0)], prompt=600) for i in range(12)
-    ]
+    programs = [make_program(f"p{i}", [(20, 30.0, 5), (20, 0, 0)], prompt=600) for i in range(12)]
     arrivals = [Arrival(0.5 * i, p) for i, p in enumerate(programs)]
     policy = PreserveThenSwap(predictor=make_predictor("oracle"), preset=tiny_host)
     assert tiny_host.num_host_blocks < 600 // tiny_host.block_size  # no context fits the host
