@@ -1061,7 +1061,7 @@ def environ(**values: str) -> Iterator[None]:
 
 
 def run_policy(policy: str, opts: EngineOptions, work: Path) -> EngineOutcome:
-    from adapters.vllm.server import ManagedServer, ServeOptions
+    from adapters.vllm.tools.server import ManagedServer, ServeOptions
 
     out = EngineOutcome(policy=policy)
     out.starve_bound, out.starve_bound_stated = starvation_bound(policy)
@@ -1225,7 +1225,7 @@ def engine_command(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(path: Path) -> Path:
-    from adapters.vllm.tiny_model import build_tiny_llama
+    from adapters.vllm.tools.tiny_model import build_tiny_llama
 
     return build_tiny_llama(path)
 

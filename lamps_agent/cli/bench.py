@@ -687,7 +687,7 @@ def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
     if args.reserved_cpus is not None and args.reserved_cpus < 0:
         raise ValueError(f"--reserved-cpus: must be >= 0, got {args.reserved_cpus}")
     try:
-        engine = importlib.import_module("adapters.vllm.cli")
+        engine = importlib.import_module("adapters.vllm.tools.cli")
     except ModuleNotFoundError as exc:
         raise ValueError(f"--engine needs the vllm adapter and its extra: {exc}") from None
     labels = _engine_labels(args, engine)

@@ -102,9 +102,9 @@ def _profile_options(args: argparse.Namespace) -> Any:
 
 
 def _adapter(name: str) -> Any:
-    """``adapters.vllm.<name>``, imported at run time: the core does not depend on the adapter
+    """``adapters.vllm.tools.<name>``, imported at run time: the core does not depend on the adapter
     (nor is it type-checked through it)."""
-    return importlib.import_module(f"adapters.vllm.{name}")
+    return importlib.import_module(f"adapters.vllm.tools.{name}")
 
 
 def _import_vllm_adapter() -> None:

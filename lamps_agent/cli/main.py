@@ -23,7 +23,7 @@ COMMAND_MODULES = (
     "lamps_agent.cli.bench",
     "lamps_agent.cli.fleet",
     "tool_registry.cli",
-    "adapters.vllm.cli",
+    "adapters.vllm.tools.cli",
     "adapters.langchain.cli",
     "lamps_agent.cli.predictor",
     "lamps_agent.cli.calibrate",

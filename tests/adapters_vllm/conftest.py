@@ -21,7 +21,7 @@ os.environ.setdefault(
 )  # the scheduler is reachable in-process
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from adapters.vllm.tiny_model import build_tiny_llama
+from adapters.vllm.tools.tiny_model import build_tiny_llama
 from lamps_agent.hints import LampsHints
 from lamps_agent.request import KVStrategy
 

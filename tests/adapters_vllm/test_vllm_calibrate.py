@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from adapters.vllm.profile import (
+from adapters.vllm.tools.profile import (
     ProfileOptions,
     fit_cost_model,
     fit_quality,

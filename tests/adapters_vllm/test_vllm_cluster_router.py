@@ -23,15 +23,15 @@ import pytest
 
 pytest.importorskip("vllm_router", reason="the cluster extra (vllm-router) is not installed")
 
-from adapters.vllm import cluster as cluster_module
-from adapters.vllm.cluster import (
+from adapters.vllm.tools import cluster as cluster_module
+from adapters.vllm.tools.cluster import (
     Cluster,
     ClusterError,
     ClusterOptions,
     read_manifest,
     router_command,
 )
-from adapters.vllm.server import ServeOptions
+from adapters.vllm.tools.server import ServeOptions
 
 STAND_IN = """
 import json, sys

@@ -5,11 +5,14 @@ No engine is started here (the real run is in docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.vllm.cli import (
+from adapters.vllm.config import STOCK, loads_plugin, server_policies
+from adapters.vllm.tools.cli import (
     NOOP,
     _fitting_programs,
     compare_labels,
@@ -17,8 +20,7 @@ from adapters.vllm.cli import (
     policy_options,
     server_policy,
 )
-from adapters.vllm.config import STOCK, loads_plugin, server_policies
-from adapters.vllm.server import ServeOptions, server_command, server_env, server_layout
+from adapters.vllm.tools.server import ServeOptions, server_command, server_env, server_layout
 from lamps_agent.policies import POLICIES
 from lamps_agent.workloads.longctx import generate_longctx, peak_context
 from lamps_agent.workloads.scale import scale_tokens
@@ -63,6 +65,14 @@ def test_reserved_cpus_reach_the_server_environment(monkeypatch: pytest.MonkeyPa
     env = server_env(ServeOptions(model="m", policy="stock", reserved_cpus=1))
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in server_env(ServeOptions(model="m"))
+
+
+def test_the_server_process_imports_adapters_from_the_package_root() -> None:
+    # Its PYTHONPATH starts at the folder that holds ``adapters`` (not ``adapters/``, where
+    # ``adapters/vllm`` would stand in for the real vLLM), wherever the launcher module sits.
+    root = Path(server_env(ServeOptions(model="m"))["PYTHONPATH"].split(os.pathsep)[0])
+    assert (root / "adapters" / "vllm" / "scheduler.py").is_file()
+    assert not (root / "vllm").exists()
 
 
 def test_the_noop_control_is_always_compared() -> None:
@@ -122,9 +132,9 @@ def test_the_unloaded_p99_times_each_program_alone_once(
     import argparse
     import types
 
-    from adapters.vllm import replay as replay_mod
-    from adapters.vllm.cli import _report_unloaded
-    from adapters.vllm.replay import ProgramResult
+    from adapters.vllm.tools import replay as replay_mod
+    from adapters.vllm.tools.cli import _report_unloaded
+    from adapters.vllm.tools.replay import ProgramResult
     from lamps_agent.workloads.arrivals import Arrival
 
     programs = generate_longctx(3, kinds="coding", seed=0)

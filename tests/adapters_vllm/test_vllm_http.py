@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="the vllm extra is not installed")
 
-from adapters.vllm.server import ManagedServer, ServeOptions, server_command
+from adapters.vllm.tools.server import ManagedServer, ServeOptions, server_command
 from lamps_agent.hints import LampsHints, merge_extra_body
 from lamps_agent.request import KVStrategy
 

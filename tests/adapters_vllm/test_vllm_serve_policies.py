@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("vllm", reason="the vllm extra is not installed")
 
-from adapters.vllm.replay import ReplayOptions, replay
-from adapters.vllm.server import ManagedServer, ServeOptions
+from adapters.vllm.tools.replay import ReplayOptions, replay
+from adapters.vllm.tools.server import ManagedServer, ServeOptions
 from lamps_agent.policies import POLICIES
 from lamps_agent.workloads import generate_programs, poisson_workload
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.vllm.server import (
+from adapters.vllm.tools.server import (
     STRUCTURED_OUTPUTS,
     ServeError,
     ServeOptions,
     server_command,
     tool_setup,
 )
-from adapters.vllm.tiny_model import CHAT_TEMPLATE, MARKER
+from adapters.vllm.tools.tiny_model import CHAT_TEMPLATE, MARKER
 from lamps_agent.cli.main import main
 
 TOOLS_TEMPLATE = "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{% endfor %}"

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from adapters.vllm.profile import (
+from adapters.vllm.tools.profile import (
     EngineFacts,
     StepSample,
     fit_cost_model,
@@ -14,7 +14,7 @@ from adapters.vllm.profile import (
     preset_fields,
     write_preset,
 )
-from adapters.vllm.validate import Metric, PolicyComparison, ValidationReport, report_lines
+from adapters.vllm.tools.validate import Metric, PolicyComparison, ValidationReport, report_lines
 from lamps_agent.cost_model import CostModel
 from lamps_agent.presets import load_preset
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import adapters
 from adapters.vllm.config import loads_plugin
 
 SCHEDULER = "adapters.vllm.scheduler.LampsScheduler"
@@ -94,7 +95,9 @@ def gpu_available() -> bool:
 def server_env(opts: ServeOptions) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
-    root = str(Path(__file__).resolve().parents[2])  # so the server process imports adapters.*
+    # The folder holding the ``adapters`` package, so the server process imports adapters.* (and
+    # finds the real ``vllm``, not ``adapters/vllm``).
+    root = str(Path(adapters.__path__[0]).resolve().parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     if opts.stats_file:
         env["LAMPS_STATS_FILE"] = opts.stats_file
@@ -282,7 +285,7 @@ def tool_setup(opts: ServeOptions) -> ToolSetup | None:
             f"model {opts.model!r} is not on this machine, so its tool-call parser cannot be "
             "chosen: pass --tool-call-parser NAME after '--' (docs/vllm.md), or --no-tools"
         )
-    from adapters.vllm.tiny_model import CHAT_TEMPLATE, TOOL_CALL_PARSER, is_tiny_model
+    from adapters.vllm.tools.tiny_model import CHAT_TEMPLATE, TOOL_CALL_PARSER, is_tiny_model
 
     if is_tiny_model(folder):  # a folder built before its template kept tool calls gets it here
         own = chat_template_of(folder) == CHAT_TEMPLATE

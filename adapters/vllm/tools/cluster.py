@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from adapters.vllm.server import ServeOptions, server_command, server_env, tool_setup
+from adapters.vllm.tools.server import ServeOptions, server_command, server_env, tool_setup
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.vllm.config import STOCK, loads_plugin
-from adapters.vllm.profile import ProfileOptions
+from adapters.vllm.tools.profile import ProfileOptions
 from lamps_agent.bench.runner import BenchConfig, RunSpec, run_one
 from lamps_agent.metrics import RunSummary
 from lamps_agent.presets import Preset
@@ -226,7 +226,7 @@ def _replay_servers(
     preset: Preset,
     say: Callable[[str], None],
 ) -> tuple[dict[str, tuple[RunSummary, EngineDiagnostics]], float | None]:
-    from adapters.vllm.server import ManagedServer, ServeOptions
+    from adapters.vllm.tools.server import ManagedServer, ServeOptions
 
     summaries: dict[str, tuple[RunSummary, EngineDiagnostics]] = {}
     unloaded: float | None = None
@@ -248,7 +248,7 @@ def _replay_servers(
 
 
 def _replay_opts(url: str, opts: ValidateOptions) -> Any:
-    from adapters.vllm.replay import ReplayOptions
+    from adapters.vllm.tools.replay import ReplayOptions
 
     # Tool times are already scaled in the programs: the replay waits them as they are.
     return ReplayOptions(url=url, model=opts.engine.model, time_scale=1.0, seed=opts.seed)
@@ -257,8 +257,8 @@ def _replay_opts(url: str, opts: ValidateOptions) -> Any:
 def _replay_once(
     url: str, arrivals: Sequence[Arrival], opts: ValidateOptions, policy: str, name: str
 ) -> tuple[RunSummary, EngineDiagnostics]:
-    from adapters.vllm.replay import replay, summarize
-    from adapters.vllm.server import scrape_metrics
+    from adapters.vllm.tools.replay import replay, summarize
+    from adapters.vllm.tools.server import scrape_metrics
 
     before = scrape_metrics(url)
     results = asyncio.run(replay(arrivals, _replay_opts(url, opts)))
@@ -301,7 +301,7 @@ def _unloaded_p99(
     as 0 s, which leaves the P99 exact as long as the two truly longest are among the k."""
     import numpy as np
 
-    from adapters.vllm.replay import replay
+    from adapters.vllm.tools.replay import replay
 
     chosen = sorted(arrivals, key=lambda a: alone_seconds(a.program, preset), reverse=True)
     if opts.unloaded_programs:

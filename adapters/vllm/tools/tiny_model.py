@@ -4,7 +4,7 @@ Nothing is downloaded: the tokenizer is trained on text generated here, the weig
 Its output is noise, but it exercises a real vLLM engine's scheduling, paging and prefix caching.
 Built in a few seconds::
 
-    python -m adapters.vllm.tiny_model /tmp/tiny-llama
+    python -m adapters.vllm.tools.tiny_model /tmp/tiny-llama
 """
 
 from __future__ import annotations

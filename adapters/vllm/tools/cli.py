@@ -113,8 +113,8 @@ def run_cluster(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from adapters.vllm.cluster import Cluster, ClusterError, ClusterOptions
-    from adapters.vllm.server import gpu_available
+    from adapters.vllm.tools.cluster import Cluster, ClusterError, ClusterOptions
+    from adapters.vllm.tools.server import gpu_available
 
     gpu = gpu_available()
     opts = ClusterOptions(
@@ -155,7 +155,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
-    from adapters.vllm.server import ServeOptions
+    from adapters.vllm.tools.server import ServeOptions
 
     vllm_args = [a for a in (getattr(args, "vllm_args", None) or []) if a != "--"]
     values = {
@@ -176,7 +176,7 @@ def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from adapters.vllm.server import server_command, server_env, tool_setup
+    from adapters.vllm.tools.server import server_command, server_env, tool_setup
 
     opts = _serve_options(args)
     tools = tool_setup(opts)  # a missing folder or a model without tools: one line, no vLLM
@@ -220,8 +220,8 @@ def run_engine_bench(args: argparse.Namespace, config: Any, console: Any) -> lis
     token ids and session ids, so no round finds another's prefixes cached."""
     from contextlib import ExitStack
 
-    from adapters.vllm.replay import ReplayOptions, replay, summarize
-    from adapters.vllm.server import ManagedServer, scrape_metrics
+    from adapters.vllm.tools.replay import ReplayOptions, replay, summarize
+    from adapters.vllm.tools.server import ManagedServer, scrape_metrics
     from lamps_agent.workloads.arrivals import poisson_workload
 
     programs = _fitting_programs(config.programs, args.vllm_arg or (), console)
@@ -275,7 +275,7 @@ def _report_unloaded(
 
     import numpy as np
 
-    from adapters.vllm.replay import ReplayOptions, replay
+    from adapters.vllm.tools.replay import ReplayOptions, replay
     from lamps_agent.workloads.arrivals import Arrival
 
     todo = {a.program.program_id: a.program for a in arrivals if a.program.program_id not in alone}
@@ -355,7 +355,7 @@ def _start_servers(
 ) -> dict[str, str]:
     """Start every server of a comparison (one port each), print their layout, and refuse a
     comparison whose servers are not laid out alike."""
-    from adapters.vllm.server import server_layout
+    from adapters.vllm.tools.server import server_layout
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
