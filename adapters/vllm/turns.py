@@ -1,11 +1,9 @@
-"""What the plug-in knows about each request: its hints, or a server-side estimate.
+"""What the plug-in knows about each request: its hints, or the core's estimate from its session.
 
 Hints arrive in the wire format of :mod:`lamps_agent.hints` (``priority``, ``session_id`` and
 ``lamps_*`` entries of ``vllm_xargs``).  A request without them — or with malformed ones, which
-are logged and counted, never raised — gets an estimate from its session's history: the mean
-output of its earlier turns, and, if earlier turns were followed by another request of the same
-session, a tool call whose duration is the mean gap between the end of one turn and the arrival of
-the next.
+are logged and counted, never raised — is predicted by the core from its session's history
+(:class:`lamps_agent.predictors.session.SessionTable`); this module only reads and counts.
 """
 
 from __future__ import annotations
@@ -17,13 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lamps_agent.hints import MAX_PRIORITY, MAX_SESSION_ID_LENGTH, HintError, LampsHints
+from lamps_agent.predictors.session import SessionHistory, SessionTable
 from lamps_agent.request import KVStrategy
 
 log = logging.getLogger("lamps.vllm")
-# What the tracker may keep, bounded by bytes as well as by count: session ids come from clients.
-_MAX_SESSIONS = 100_000
-_MAX_SESSION_BYTES = 16 * 2**20
-_SESSION_OVERHEAD = 200  # bytes of a SessionHistory and its dict slot, roughly
 _MAX_REASONS = 64
 _MAX_STEP = 1_000_000  # a hinted turn index beyond any session's (hints allow int32)
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -51,18 +46,6 @@ class TurnInfo:
 
 
 @dataclass(slots=True)
-class SessionHistory:
-    first_arrival: float
-    turns: int = 0
-    output_sum: float = 0.0
-    gaps: int = 0
-    gap_sum: float = 0.0
-    last_end: float | None = None
-    last_hinted_final: bool = False  # the last turn's hints said "final answer"
-    surprises: int = 0  # ... and yet the session came back: that was a tool call
-
-
-@dataclass(slots=True)
 class HintCounters:
     ok: int = 0
     missing: int = 0
@@ -74,36 +57,21 @@ class HintCounters:
 class TurnTracker:
     def __init__(self, *, default_output_tokens: int) -> None:
         self.default_output_tokens = default_output_tokens
-        self.sessions: dict[str, SessionHistory] = {}
-        self.session_bytes = 0
+        self.history = SessionTable()
         self.counters = HintCounters()
 
-    def session(self, session_id: str | None, now: float) -> SessionHistory | None:
-        if session_id is None:
-            return None
-        hist = self.sessions.get(session_id)
-        if hist is None:
-            cost = len(session_id) + _SESSION_OVERHEAD
-            if (
-                len(self.sessions) >= _MAX_SESSIONS
-                or self.session_bytes + cost > _MAX_SESSION_BYTES
-            ):
-                self._forget_oldest_half()
-            hist = self.sessions[session_id] = SessionHistory(first_arrival=now)
-            self.session_bytes += cost
-        elif hist.last_end is not None:
-            hist.gaps += 1
-            hist.gap_sum += max(now - hist.last_end, 0.0)
-            hist.last_end = None
-            if hist.last_hinted_final:
-                hist.surprises += 1
-                self.counters.final_then_continued += 1
-        return hist
+    @property
+    def sessions(self) -> dict[str, SessionHistory]:
+        return self.history.sessions
 
-    def _forget_oldest_half(self) -> None:
-        for key in list(self.sessions)[: max(len(self.sessions) // 2, 1)]:
-            del self.sessions[key]
-            self.session_bytes -= len(key) + _SESSION_OVERHEAD
+    @property
+    def session_bytes(self) -> int:
+        return self.history.session_bytes
+
+    def session(self, session_id: str | None, now: float) -> SessionHistory | None:
+        hist = self.history.arrived(session_id, now)
+        self.counters.final_then_continued = self.history.surprises
+        return hist
 
     def read(self, xargs: Any, session_id: Any, priority: Any, max_tokens: int | None) -> TurnInfo:
         """Hints if well-formed, else a server-side estimate.  Never raises."""
@@ -156,40 +124,24 @@ class TurnTracker:
             )
 
     def _estimate(self, sid: str | None, now: float, max_tokens: int | None) -> TurnInfo:
-        hist = self.session(sid, now)
-        output = float(self.default_output_tokens)
-        tool, duration = None, 0.0
-        if hist is not None and hist.turns:
-            output = hist.output_sum / hist.turns
-        if hist is not None and hist.gaps:
-            tool, duration = "unknown", hist.gap_sum / hist.gaps
-        if max_tokens is not None and max_tokens > 0:
-            output = min(output, float(max_tokens))
-        step = hist.turns if hist is not None else 0
-        return TurnInfo(sid, max(output, 1.0), tool, duration, None, hinted=False, step=step)
+        est = self.history.estimate(
+            sid, now, default_output=float(self.default_output_tokens), max_tokens=max_tokens
+        )
+        self.counters.final_then_continued = self.history.surprises
+        return TurnInfo(
+            sid, est.output_tokens, est.tool, est.tool_duration, None, hinted=False, step=est.step
+        )
 
     def mean_gap(self, session_id: str | None) -> float | None:
-        """The session's mean pause between a turn's end and its next turn (None: no history)."""
-        hist = self.sessions.get(session_id) if session_id else None
-        if hist is None or not hist.gaps:
-            return None
-        return hist.gap_sum / hist.gaps
+        return self.history.mean_gap(session_id)
 
     def may_continue(self, info: TurnInfo) -> bool:
-        """Whether the session may come back after this turn, so its KV deserves a decision:
-        a predicted tool call; no hints at all (nobody said it was the end); or a session that
-        already came back after a turn hinted as its final answer."""
-        if info.session_id is None:
-            return False
-        if info.tool is not None or not info.hinted:
-            return True
-        hist = self.sessions.get(info.session_id)
-        return hist is not None and hist.surprises > 0
+        return self.history.may_continue(info.session_id, hinted=info.hinted, tool=info.tool)
 
     def turn_ended(self, info: TurnInfo, output_tokens: int) -> None:
-        hist = self.sessions.get(info.session_id) if info.session_id else None
-        if hist is not None:
-            hist.turns += 1
-            hist.output_sum += output_tokens
-            hist.last_end = time.time()
-            hist.last_hinted_final = info.hinted and info.tool is None
+        self.history.turn_ended(
+            info.session_id,
+            output_tokens,
+            time.time(),
+            hinted_final=info.hinted and info.tool is None,
+        )

@@ -85,3 +85,19 @@ def test_unknown_predictor_lists_valid_names() -> None:
         make_predictor("psychic")
     with pytest.raises(ValueError, match="takes no argument"):
         make_predictor("oracle:3")
+
+
+def test_a_sessions_history_predicts_its_next_unhinted_turn() -> None:
+    from lamps_agent.predictors.session import SessionTable
+
+    table = SessionTable(max_sessions=2)
+    first = table.estimate("s", 0.0, default_output=128.0, max_tokens=None)
+    assert (first.output_tokens, first.tool, first.step) == (128.0, None, 0)
+    table.turn_ended("s", 40, 1.0, hinted_final=False)
+    second = table.estimate("s", 4.0, default_output=128.0, max_tokens=30)
+    assert second.output_tokens == 30.0  # the mean (40), capped by the request's max_tokens
+    assert (second.tool, second.tool_duration, second.step) == ("unknown", 3.0, 1)
+    assert table.mean_gap("s") == 3.0 and table.may_continue("s", hinted=False, tool=None)
+    table.estimate("a", 5.0, default_output=1.0, max_tokens=None)
+    table.estimate("b", 6.0, default_output=1.0, max_tokens=None)  # over the bound: oldest half
+    assert "s" not in table.sessions and len(table.sessions) == 2
