@@ -28,16 +28,21 @@ from the datasheet-derived preset it builds on, and says which.  Unfused element
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamps_agent.cost_model import CostModel
 from lamps_agent.errors import ConfigError
+from lamps_agent.kv_memory import ModelShape
+
+if TYPE_CHECKING:
+    from lamps_agent.presets import Preset
 
 SHIPPED_TABLES = {
     "llama3-8b": "h200_llama3-8b.json",
@@ -78,8 +83,11 @@ class OperatorTable:
 
     model: str
     device: str
+    torch: str
     layers: int
     hidden: int
+    kv_heads: int  # this GPU's
+    head_dim: int
     tp: int
     dtype_bytes: int
     gemm_ms: Mapping[int, float]
@@ -97,8 +105,11 @@ class OperatorTable:
             return cls(
                 model=str(data.get("model", "?")),
                 device=str(data.get("gpu", "?")),
+                torch=str(data.get("torch", "?")),
                 layers=int(data["layers"]),
                 hidden=int(shape["hidden"]),
+                kv_heads=int(shape["kv_heads"]),
+                head_dim=int(shape["head_dim"]),
                 tp=int(tp if tp is not None else data.get("tp", 1)),
                 dtype_bytes=int(data.get("dtype_bytes", 2)),
                 gemm_ms=_by_int(data["gemm_ms"]),
@@ -126,6 +137,16 @@ class OperatorTable:
             raise ConfigError(f"no shipped table {shape!r}; valid: {', '.join(SHIPPED_TABLES)}")
         ref = resources.files("lamps_agent") / "data" / "gpu" / SHIPPED_TABLES[shape]
         return cls.load(Path(str(ref)), tp=tp)
+
+    def model_shape(self) -> ModelShape:
+        """The whole model's KV shape: every shard's KV heads."""
+        return ModelShape(
+            name=self.model.removesuffix(" shape"),
+            n_layers=self.layers,
+            n_kv_heads=self.kv_heads * self.tp,
+            head_dim=self.head_dim,
+            dtype_bytes=self.dtype_bytes,
+        )
 
 
 def _by_int(values: Mapping[str, Any]) -> dict[int, float]:
@@ -186,6 +207,7 @@ class OperatorTerms:
         ]
         lines += [
             f"  fit {name}: R² {fit.r2:.4f} over {fit.points} points"
+            + ("" if fit.slope > 0 else "; its slope is not positive (noise?): term set to 0")
             for name, fit in self.fits.items()
         ]
         return lines
@@ -205,22 +227,27 @@ def compose(table: OperatorTable, *, interconnect_bytes_per_s: float = 0.0) -> O
     elementwise = 0.0
     if len(table.elementwise_ms) >= 2:
         fits["elementwise"] = fit_line(*_compute_bound(table.elementwise_ms))
-        elementwise = n * max(fits["elementwise"].slope, 0.0)
+        elementwise = n * _rising(fits["elementwise"])
     allreduce = _allreduce_ms_per_token(table, interconnect_bytes_per_s)
-    per_token = n * gemm.slope + allreduce
+    per_token = n * _rising(gemm) + allreduce
     small_t = min(table.gemm_ms)
     copies = [table.copy_bytes_per_s[k] for k in COPY_KEYS if k in table.copy_bytes_per_s]
     return OperatorTerms(
         prefill_ms_per_token=per_token,
-        decode_ms_per_seq=per_token + max(lm_head.slope, 0.0),
-        kv_ms_per_token=n * kv.slope,
-        prefill_attn_ms_per_mtok2=n * attn.slope,
+        decode_ms_per_seq=per_token + _rising(lm_head),
+        kv_ms_per_token=n * _rising(kv),
+        prefill_attn_ms_per_mtok2=n * _rising(attn),
         swap_bytes_per_s=table.tp * min(copies) if copies else None,
         allreduce_ms_per_token=allreduce,
         small_batch_ms=n * table.gemm_ms[small_t] + table.lm_head_ms[min(table.lm_head_ms)],
         elementwise_ms_per_token=elementwise,
         fits=fits,
     )
+
+
+def _rising(fit: LineFit) -> float:
+    """A fit's slope as a cost term: a falling line is noise (a busy CPU), not a negative cost."""
+    return max(fit.slope, 0.0)
 
 
 def _compute_bound(times: Mapping[int, float]) -> tuple[list[float], list[float]]:
@@ -243,3 +270,43 @@ def _allreduce_ms_per_token(table: OperatorTable, bandwidth: float) -> float:
     # 2 all-reduces of one hidden vector per layer; a ring moves 2·(n−1)/n of it per GPU.
     nbytes = 2 * table.layers * table.hidden * table.dtype_bytes
     return nbytes * 2 * (table.tp - 1) / table.tp / bandwidth * 1e3
+
+
+def preset_fields(
+    table: OperatorTable, terms: OperatorTerms, *, base: Preset, when: str
+) -> dict[str, Any]:
+    """A preset file's content: ``base`` (its name, capacity and ``base_ms``) with the table's
+    model shape and composed terms, and a description of where each came from."""
+    cost = terms.cost_model(base_ms=base.cost.base_ms, fallback=base.cost)
+    worst = min(fits.r2 for fits in terms.fits.values())
+    copies = (
+        "and copy bandwidth "
+        if terms.swap_bytes_per_s
+        else f"(no copies measured: {base.name}'s {base.cost.swap_bytes_per_s / 1e9:.1f} GB/s) "
+    )
+    shard = f" (one GPU's shard under TP{table.tp})" if table.tp > 1 else ""
+    allreduce = (
+        f"; + TP all-reduce {terms.allreduce_ms_per_token:.3g} ms per token from the interconnect"
+        if table.tp > 1
+        else ""
+    )
+    description = (
+        f"operator-level profile (lamps-agent profile-ops, {when}) of a {table.model} layer × "
+        f"{table.layers}{shard} on {table.device}, torch {table.torch}: per-token, decode, KV-read "
+        f"and prefill-attention terms {copies}composed by least squares (R² ≥ {worst:.3f})"
+        f"{allreduce}; base_ms {base.cost.base_ms:.2f} and KV capacity kept from {base.name} "
+        f"(operators do not measure an engine's per-step floor)"
+    )
+    shape = table.model_shape()
+    return {
+        "base": base.name,
+        "description": description,
+        "model": {
+            "name": shape.name,
+            "n_layers": shape.n_layers,
+            "n_kv_heads": shape.n_kv_heads,
+            "head_dim": shape.head_dim,
+            "dtype_bytes": shape.dtype_bytes,
+        },
+        "cost": {f.name: getattr(cost, f.name) for f in dataclasses.fields(cost)},
+    }

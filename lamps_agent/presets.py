@@ -341,6 +341,29 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def write_preset_file(path: Path, fields: Mapping[str, Any]) -> None:
+    """Write what :func:`load_preset` reads back: TOML for ``.toml``, else JSON; one level of
+    tables (``cost``, ``model``)."""
+    if path.suffix != ".toml":
+        path.write_text(json.dumps(fields, indent=2) + "\n")
+        return
+    top = [f"{k} = {_toml_value(v)}" for k, v in fields.items() if not isinstance(v, Mapping)]
+    tables = [
+        f"\n[{k}]\n" + "\n".join(f"{sk} = {_toml_value(sv)}" for sk, sv in v.items())
+        for k, v in fields.items()
+        if isinstance(v, Mapping)
+    ]
+    path.write_text("\n".join(top) + "\n" + "\n".join(tables) + "\n")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
 def parse_overrides(items: list[str]) -> dict[str, str]:
     """``["gpu_kv_gb=30", "cost.base_ms=12"]`` -> a mapping for :meth:`Preset.with_overrides`."""
     result: dict[str, str] = {}
