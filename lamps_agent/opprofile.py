@@ -163,8 +163,9 @@ class _Run:
     result: dict[str, Any] = field(default_factory=dict)
 
     def tensor(self, *size: int, pinned: bool = False) -> Any:
-        if pinned:
-            return self.torch.empty(*size, dtype=self.dtype, pin_memory=True)
+        if pinned:  # host memory, page-locked when there is a device to copy to
+            pin = self.device.startswith("cuda")
+            return self.torch.empty(*size, dtype=self.dtype, pin_memory=pin)
         return self.torch.randn(*size, device=self.device, dtype=self.dtype) * 0.02
 
 
@@ -190,31 +191,18 @@ def profile_operators(
 
     grid = grid or Grid()
     device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda: torch sees no CUDA device")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device}: torch sees no CUDA device")
+        if ":" in device:  # CUDA events record on the current device
+            torch.cuda.set_device(torch.device(device))
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype not in dtypes:
         raise ConfigError(f"dtype {dtype!r}; valid: {', '.join(dtypes)}")
     run = _Run(torch, shape, grid, device, dtypes[dtype], _Timer(torch, device))
     dtype_bytes = run.tensor(1).element_size()
     started = time.perf_counter()
-    run.result = {
-        "gpu": device_name(device),
-        "torch": torch.__version__,
-        "model": f"{shape.name} shape",
-        "shape": shape.as_json(),
-        "layers": shape.layers,
-        "tp": shape.tp,
-        "device": device,
-        "dtype": dtype,
-        "dtype_bytes": dtype_bytes,
-        "gemm_ms": {},
-        "lm_head_ms": {},
-        "elementwise_ms": {},
-        "decode_attn_ms": {},
-        "prefill_attn_ms": {},
-        "copy": {},
-    }
+    run.result = _header(run, dtype, dtype_bytes)
     threads_before = torch.get_num_threads()
     try:
         if threads:
@@ -233,6 +221,28 @@ def profile_operators(
     )
     run.result["wall_s"] = time.perf_counter() - started
     return run.result
+
+
+def _header(run: _Run, dtype: str, dtype_bytes: int) -> dict[str, Any]:
+    """What was timed where; the timings' tables start empty."""
+    shape = run.shape
+    return {
+        "gpu": device_name(run.device),
+        "torch": run.torch.__version__,
+        "model": f"{shape.name} shape",
+        "shape": shape.as_json(),
+        "layers": shape.layers,
+        "tp": shape.tp,
+        "device": run.device,
+        "dtype": dtype,
+        "dtype_bytes": dtype_bytes,
+        "gemm_ms": {},
+        "lm_head_ms": {},
+        "elementwise_ms": {},
+        "decode_attn_ms": {},
+        "prefill_attn_ms": {},
+        "copy": {},
+    }
 
 
 def _time_linear(run: _Run) -> None:
@@ -314,10 +324,10 @@ def _time_copies(run: _Run, block_bytes: int) -> None:
     if big:
         big_gpu = run.tensor(big // run.tensor(1).element_size())
         big_host = run.tensor(big // run.tensor(1).element_size(), pinned=True)
-        gib = f"{big / (1 << 30):g}GiB"
+        size = f"{big >> 30}GiB" if big % (1 << 30) == 0 else f"{big >> 20}MiB"
         cases += [
-            (f"d2h_{gib}", lambda: big_host.copy_(big_gpu, non_blocking=True), big),
-            (f"h2d_{gib}", lambda: big_gpu.copy_(big_host, non_blocking=True), big),
+            (f"d2h_{size}", lambda: big_host.copy_(big_gpu, non_blocking=True), big),
+            (f"h2d_{size}", lambda: big_gpu.copy_(big_host, non_blocking=True), big),
         ]
     for name, fn, nbytes in cases:
         ms = run.timer(fn, reps=3, warm=1)

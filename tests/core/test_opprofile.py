@@ -1,5 +1,6 @@
 """The operator-level profile on the CPU: a real timing of a tiny layer, its table, its preset."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -102,3 +103,19 @@ def test_the_profiled_shapes_are_those_of_the_shipped_tables(name: str) -> None:
 def test_a_grid_too_small_to_fit_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least 2"):
         Grid(tokens=(1,))
+
+
+def test_the_copy_timing_names_its_copies_and_their_bandwidth() -> None:
+    torch = pytest.importorskip("torch")
+    from lamps_agent import opprofile
+
+    # On a GPU the copies run host<->device; here both sides are host memory, the same code.
+    grid = Grid(tokens=(1, 8), decode=((1, 8), (2, 8)), prefill=(8, 16), copy_blocks=4)
+    grid = dataclasses.replace(grid, copy_big_bytes=1 << 20)
+    timer = opprofile._Timer(torch, "cpu")
+    run = opprofile._Run(torch, SHAPES.get("tiny"), grid, "cpu", torch.bfloat16, timer)
+    run.result = {"copy": {}}
+    opprofile._time_copies(run, block_bytes=8192)
+    copies = run.result["copy"]
+    assert set(copies) == {"d2h_blocks", "h2d_blocks", "d2h_1MiB", "h2d_1MiB"}
+    assert all(c["ms"] > 0 and c["GB_per_s"] > 0 for c in copies.values())
