@@ -19,6 +19,7 @@ from lamps_agent import physics
 from lamps_agent.cost_model import CostModel
 from lamps_agent.errors import ConfigError
 from lamps_agent.kv_memory import ModelShape
+from lamps_agent.opcost import SHIPPED_TABLES
 from lamps_agent.registry import Registry
 
 GB = 1e9
@@ -137,6 +138,10 @@ H200_LLAMA3_8B = physics.Deployment(
     gpu=physics.H200_SXM, model=physics.LLAMA3_8B, memory_cap_gb=126.9, activation_gb=4.0,
     step_overhead_ms=1.5,
 )  # fmt: skip
+H200_GPTJ = physics.Deployment(
+    gpu=physics.H200_SXM, model=physics.GPTJ_6B, memory_cap_gb=126.9, activation_gb=4.0,
+    step_overhead_ms=1.5,
+)  # fmt: skip
 H100_LLAMA3_70B_TP4 = physics.Deployment(
     gpu=physics.H100_SXM, model=physics.LLAMA3_70B, tp=4, memory_cap_gb=72.0, activation_gb=5.0,
     step_overhead_ms=1.5,
@@ -215,9 +220,10 @@ PRESETS.register("a100-vicuna13b")(
 _V1_H_BUDGET, _V1_H_SEQS = 8192, 1024
 for _name, _deployment, _what, _host in (
     ("h100-llama3-8b", H100_LLAMA3_8B, "Llama-3-8B bf16 on one H100 SXM", 128.0),
-    ("h200-llama3-8b", H200_LLAMA3_8B, "Llama-3-8B bf16 on one H200", 128.0),
+    ("h200-llama3-8b-derived", H200_LLAMA3_8B, "Llama-3-8B bf16 on one H200", 128.0),
     ("h100-llama3-70b-tp4", H100_LLAMA3_70B_TP4, "Llama-3-70B bf16 on 4 H100 SXM (TP4)", 512.0),
-    ("h200-llama3-70b-tp4", H200_LLAMA3_70B_TP4, "Llama-3-70B bf16 on 4 H200 (TP4)", 512.0),
+    ("h200-llama3-70b-tp4-derived", H200_LLAMA3_70B_TP4, "Llama-3-70B bf16 on 4 H200 (TP4)", 512.0),
+    ("h200-gptj6b-derived", H200_GPTJ, "GPT-J-6B bf16 on one H200", 128.0),
 ):
     PRESETS.register(_name)(
         from_physics(
@@ -229,6 +235,80 @@ for _name, _deployment, _what, _host in (
             max_num_seqs=_V1_H_SEQS,
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredTerms:
+    """Cost terms composed from an operator table shipped in ``lamps_agent/data/gpu``
+    (:mod:`lamps_agent.opcost`), rounded to 3 significant digits; a test holds them to the
+    composition."""
+
+    table: str  # a key of SHIPPED_TABLES
+    tp: int
+    prefill_ms_per_token: float
+    decode_ms_per_seq: float
+    kv_ms_per_token: float
+    prefill_attn_ms_per_mtok2: float
+    swap_bytes_per_s: float
+
+
+def _measured(derived: str, terms: MeasuredTerms, *, what: str, extra: str = "") -> Preset:
+    """``derived`` with the terms an operator table measures; its base and capacity kept."""
+    base = PRESETS.get(derived)
+    cost = dataclasses.replace(
+        base.cost,
+        prefill_ms_per_token=terms.prefill_ms_per_token,
+        decode_ms_per_seq=terms.decode_ms_per_seq,
+        kv_ms_per_token=terms.kv_ms_per_token,
+        prefill_attn_ms_per_mtok2=terms.prefill_attn_ms_per_mtok2,
+        swap_bytes_per_s=terms.swap_bytes_per_s,
+    )
+    description = (
+        f"{what}; per-token, decode, KV-read and prefill-attention terms and the copy bandwidth "
+        f"fitted (least squares) from operator timings measured on an H200 "
+        f"(lamps_agent/data/gpu/{SHIPPED_TABLES[terms.table]}, 2026-12-04, cuBLAS + flash SDPA, not "
+        f"vLLM's kernels){extra}; base_ms {base.cost.base_ms:.2f} kept from {derived} (datasheet "
+        f"weight reads + an assumed 1.5 ms of CPU per step; operators do not measure an engine's "
+        f"floor); KV capacity derived"
+    )
+    return dataclasses.replace(
+        base, name=derived.removesuffix("-derived"), description=description, cost=cost
+    )
+
+
+MEASURED: dict[str, MeasuredTerms] = {
+    "h200-llama3-8b": MeasuredTerms(
+        table="llama3-8b", tp=1, prefill_ms_per_token=0.0206, decode_ms_per_seq=0.0223,
+        kv_ms_per_token=2.87e-5, prefill_attn_ms_per_mtok2=0.868, swap_bytes_per_s=51.5e9,
+    ),
+    "h200-llama3-70b-tp4": MeasuredTerms(
+        table="llama3-70b-tp4", tp=4, prefill_ms_per_token=0.0596, decode_ms_per_seq=0.0603,
+        kv_ms_per_token=1.65e-5, prefill_attn_ms_per_mtok2=1.02, swap_bytes_per_s=197e9,
+    ),
+    "h200-gptj6b": MeasuredTerms(
+        table="gptj-6b", tp=1, prefill_ms_per_token=0.0171, decode_ms_per_seq=0.0176,
+        kv_ms_per_token=1.25e-4, prefill_attn_ms_per_mtok2=0.697, swap_bytes_per_s=54.4e9,
+    ),
+}  # fmt: skip
+PRESETS.register("h200-llama3-8b")(
+    _measured(
+        "h200-llama3-8b-derived", MEASURED["h200-llama3-8b"], what="Llama-3-8B bf16 on one H200"
+    )
+)
+PRESETS.register("h200-llama3-70b-tp4")(
+    _measured(
+        "h200-llama3-70b-tp4-derived",
+        MEASURED["h200-llama3-70b-tp4"],
+        what="Llama-3-70B bf16 on 4 H200 (TP4)",
+        extra="; the table is one GPU's shard without the all-reduce, so each token adds 2 "
+        "all-reduces per layer of 2·(4−1)/4 of its hidden vector over NVLink 4 at the datasheet's "
+        "450 GB/s (0.0087 ms; their latency is in the kept base), and copies take 4 × one GPU's "
+        "measured host link",
+    )
+)
+PRESETS.register("h200-gptj6b")(
+    _measured("h200-gptj6b-derived", MEASURED["h200-gptj6b"], what="GPT-J-6B bf16 on one H200")
+)
 
 
 def load_preset(
@@ -259,6 +339,29 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"preset file {path} must hold a table / object")
     return data
+
+
+def write_preset_file(path: Path, fields: Mapping[str, Any]) -> None:
+    """Write what :func:`load_preset` reads back: TOML for ``.toml``, else JSON; one level of
+    tables (``cost``, ``model``)."""
+    if path.suffix != ".toml":
+        path.write_text(json.dumps(fields, indent=2) + "\n")
+        return
+    top = [f"{k} = {_toml_value(v)}" for k, v in fields.items() if not isinstance(v, Mapping)]
+    tables = [
+        f"\n[{k}]\n" + "\n".join(f"{sk} = {_toml_value(sv)}" for sk, sv in v.items())
+        for k, v in fields.items()
+        if isinstance(v, Mapping)
+    ]
+    path.write_text("\n".join(top) + "\n" + "\n".join(tables) + "\n")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "adapters.langchain.cli",
     "lamps_agent.cli.predictor",
     "lamps_agent.cli.calibrate",
+    "lamps_agent.cli.profile_ops",
 )
 
 

@@ -73,7 +73,7 @@ def test_capacity_refuses_a_model_that_does_not_fit() -> None:
 
 
 def test_faster_memory_is_cheaper_and_bigger_memory_holds_more() -> None:
-    h100, h200 = load_preset("h100-llama3-8b"), load_preset("h200-llama3-8b")
+    h100, h200 = load_preset("h100-llama3-8b"), load_preset("h200-llama3-8b-derived")
     assert h200.cost.base_ms < h100.cost.base_ms
     assert h200.cost.kv_ms_per_token < h100.cost.kv_ms_per_token
     assert h200.cost.prefill_ms_per_token == h100.cost.prefill_ms_per_token  # same bf16 FLOPs
@@ -82,7 +82,7 @@ def test_faster_memory_is_cheaper_and_bigger_memory_holds_more() -> None:
     assert big.cost.base_ms > h100.cost.base_ms and big.cost.prefill_ms_per_token > (
         h100.cost.prefill_ms_per_token
     )
-    assert load_preset("h200-llama3-70b-tp4").gpu_kv_gb > big.gpu_kv_gb
+    assert load_preset("h200-llama3-70b-tp4-derived").gpu_kv_gb > big.gpu_kv_gb
 
 
 def test_a100_gptj6b_as_the_lamps_paper_ran_it() -> None:

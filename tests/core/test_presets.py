@@ -1,9 +1,14 @@
+import itertools
 import json
+import re
+from pathlib import Path
 
 import pytest
 
+from lamps_agent import physics
 from lamps_agent.errors import ConfigError, UnknownNameError
-from lamps_agent.presets import PRESETS, load_preset, parse_overrides
+from lamps_agent.opcost import SHIPPED_TABLES, OperatorTable, compose
+from lamps_agent.presets import MEASURED, PRESETS, load_preset, parse_overrides
 
 
 def test_presets_exist_with_their_capacities() -> None:
@@ -63,3 +68,57 @@ def test_unknown_preset_lists_valid_names() -> None:
         UnknownNameError, match="valid: a100-gptj6b, a100-vicuna13b, h100-llama3-70b-tp4, "
     ):
         load_preset("b200")
+
+
+@pytest.mark.parametrize("name", sorted(MEASURED))
+def test_measured_presets_are_the_composition_of_their_shipped_tables(name: str) -> None:
+    terms = MEASURED[name]
+    table = OperatorTable.shipped(terms.table, tp=terms.tp)
+    composed = compose(table, interconnect_bytes_per_s=physics.H200_SXM.interconnect_bytes_per_s)
+    cost = load_preset(name).cost
+    for field in ("prefill_ms_per_token", "decode_ms_per_seq", "kv_ms_per_token"):
+        assert getattr(cost, field) == pytest.approx(getattr(composed, field), rel=5e-3), field
+    assert cost.prefill_attn_ms_per_mtok2 == pytest.approx(
+        composed.prefill_attn_ms_per_mtok2, rel=5e-3
+    )
+    assert cost.swap_bytes_per_s == pytest.approx(composed.swap_bytes_per_s, rel=5e-3)
+    assert all(fit.r2 > 0.98 for fit in composed.fits.values())
+
+
+@pytest.mark.parametrize("name", sorted(MEASURED))
+def test_measured_presets_keep_the_derived_base_and_capacity_and_say_so(name: str) -> None:
+    measured, derived = load_preset(name), load_preset(f"{name}-derived")
+    assert measured.cost.base_ms == derived.cost.base_ms
+    assert measured.gpu_kv_gb == derived.gpu_kv_gb and measured.model == derived.model
+    assert SHIPPED_TABLES[MEASURED[name].table] in measured.description
+    assert f"kept from {name}-derived" in measured.description
+
+
+def test_tp4_preset_adds_the_all_reduce_the_table_lacks() -> None:
+    table = OperatorTable.shipped("llama3-70b-tp4", tp=4)
+    with_link = compose(table, interconnect_bytes_per_s=450e9)
+    alone = compose(OperatorTable.shipped("llama3-70b-tp4", tp=1))
+    # 2 all-reduces per layer × 80 layers × 8192 × 2 B, a ring moving 2·3/4 of them, at 450 GB/s
+    allreduce_ms = 2 * 80 * 8192 * 2 * 2 * 3 / 4 / 450e9 * 1e3
+    assert with_link.allreduce_ms_per_token == pytest.approx(allreduce_ms)
+    assert with_link.prefill_ms_per_token == pytest.approx(
+        alone.prefill_ms_per_token + allreduce_ms
+    )
+    assert with_link.swap_bytes_per_s == pytest.approx(4 * alone.swap_bytes_per_s)  # type: ignore[operator]
+    assert "all-reduce" in load_preset("h200-llama3-70b-tp4").description
+
+
+def _table_rows(text: str, header: str) -> set[str]:
+    """The first-column names of the markdown table whose header row starts with ``header``."""
+    lines = text.split("\n" + header, 1)[1].splitlines()[2:]
+    rows = itertools.takewhile(lambda line: line.startswith("|"), lines)
+    return {re.findall(r"^\| `([^`]+)`", row)[0] for row in rows}
+
+
+def test_docs_list_exactly_the_registered_presets() -> None:
+    root = Path(__file__).resolve().parents[2]
+    scheduling = (root / "docs" / "scheduling.md").read_text()
+    assert _table_rows(scheduling, "| preset |") == set(PRESETS.names())
+    readme = (root / "README.md").read_text()
+    listed = readme.split("Presets (", 1)[1].split("(override", 1)[0]
+    assert set(re.findall(r"`([^`]+)`", listed)) == set(PRESETS.names())
