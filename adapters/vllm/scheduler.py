@@ -23,6 +23,7 @@ decides:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -87,6 +88,20 @@ class DecisionCounters:
 
 
 @dataclass(slots=True)
+class _AwayTurn:
+    """A session's turn that ended in a (possibly) tool call: its core request waits for the
+    session's next turn, which the core sees as that tool's return."""
+
+    core: CoreRequest
+    info: TurnInfo
+    output_tokens: int
+    ended_at: float
+
+
+MAX_AWAY_SESSIONS = 50_000  # sessions that never come back are forgotten beyond this many
+
+
+@dataclass(slots=True)
 class _Held:
     index: int
     request: Request
@@ -141,6 +156,7 @@ class LampsCore:
         self.turns = TurnTracker(default_output_tokens=config.default_output_tokens)
         self.pins = PinStore(touch=pool.touch, free=pool.free_blocks)
         self.tracked: dict[str, Tracked] = {}
+        self.away: dict[str, _AwayTurn] = {}  # session id -> its paused turn
         self.decisions = DecisionCounters()
         self.step = 0
         self.prefill_computed = 0
@@ -174,25 +190,27 @@ class LampsCore:
                 request.priority,
                 getattr(params, "max_tokens", None) if params is not None else None,
             )
-            core = self._core_request(request, info)
-            core.priority = request.priority
-            self._credit_pin(core, info.session_id)
-            self.tracked[request.request_id] = Tracked(core, info)
             self._set_clock()
-            # A session's later turn queues as the simulator queues a returning turn: stock
-            # order puts it at the back (it is a new request to vLLM), not at the session's start.
-            hist = self.turns.sessions.get(info.session_id) if info.session_id else None
-            later = hist is not None and hist.turns > 0
-            self.core.add_request(core, resumed=later)
+            away = self.away.pop(info.session_id, None) if info.session_id else None
+            core = self._returned(away, request, info) if away is not None else None
+            if core is None:
+                core = self._core_request(request, info)
+                core.priority = request.priority
+                self._credit_pin(core, info.session_id)
+                # A session's later turn queues as a returning turn: stock order puts it at the
+                # back (it is a new request to vLLM), not at the session's start.
+                hist = self.turns.sessions.get(info.session_id) if info.session_id else None
+                later = hist is not None and hist.turns > 0
+                self.core.add_request(core, resumed=later)
+            self.tracked[request.request_id] = Tracked(core, info)
         except Exception:
             self.errors += 1
             self.tracked.pop(request.request_id, None)
             log.exception("lamps: could not read request %s; FCFS for it", request.request_id)
 
-    def _core_request(self, request: Request, info: TurnInfo) -> CoreRequest:
-        """The turn as the core sees it: a program of this turn (and, if a tool call is
-        predicted, the turn after it), arriving when the session first arrived."""
-        prompt = max(request.num_prompt_tokens, 1)
+    @staticmethod
+    def _turn_segments(prompt: int, info: TurnInfo) -> tuple[Segment, ...]:
+        """This turn as predicted (and, if a tool call is predicted, the turn after it)."""
         output = max(round(info.output_tokens), 1)
         first = Segment(
             prompt_tokens=prompt,
@@ -200,11 +218,57 @@ class LampsCore:
             tool=info.tool,
             tool_duration=info.tool_duration,
         )
-        segments = (
-            (first,)
-            if info.tool is None
-            else (first, Segment(prompt_tokens=prompt + output, output_tokens=1))
+        if info.tool is None:
+            return (first,)
+        return (first, Segment(prompt_tokens=prompt + output, output_tokens=1))
+
+    def _returned(self, away: _AwayTurn, request: Request, info: TurnInfo) -> CoreRequest | None:
+        """The session's next turn arrived: for the core, the tool of its paused turn returned
+        (:meth:`~lamps_agent.scheduler.core.Scheduler.tool_returned`, with what really happened:
+        the turn's output, the gap as the tool's duration, the tokens the tool added), and the
+        same core request goes on with this turn.  None when the new prompt does not extend
+        the session's context (the client rewrote it): the session starts afresh."""
+        core = away.core
+        if not core.is_paused:
+            return None
+        prompt = max(request.num_prompt_tokens, 1)
+        seg = core.segment
+        context = seg.prompt_tokens + away.output_tokens
+        if prompt < context or away.output_tokens < 1:
+            self.core.abort(core)
+            self._drop_pin(info.session_id, "rewritten")
+            return None
+        outcome = Outcome(
+            output_tokens=away.output_tokens,
+            tool=away.info.tool or "unknown",
+            tool_duration=max(time.time() - away.ended_at, 0.0),
+            returned_tokens=prompt - context,
         )
+        ended = Segment(
+            prompt_tokens=seg.prompt_tokens,
+            output_tokens=max(away.output_tokens, 1),
+            tool=outcome.tool,
+            tool_duration=outcome.tool_duration,
+            returned_tokens=outcome.returned_tokens,
+        )
+        program = core.program
+        core.program = dataclasses.replace(
+            program,
+            segments=(
+                *program.segments[: core.seg_index],
+                ended,
+                *self._turn_segments(prompt, info),
+            ),
+        )
+        self.core.tool_returned(core, outcome, key=info.session_id)
+        core.priority = request.priority
+        self._credit_pin(core, info.session_id)
+        return core
+
+    def _core_request(self, request: Request, info: TurnInfo) -> CoreRequest:
+        """A session's first turn as the core sees it, arriving when the session first
+        arrived."""
+        segments = self._turn_segments(max(request.num_prompt_tokens, 1), info)
         hist = self.turns.sessions.get(info.session_id) if info.session_id else None
         self._ids += 1
         return CoreRequest(
@@ -306,8 +370,7 @@ class LampsCore:
     def after_schedule(self, out: Any) -> None:
         self._restore_held()
         for core in self.queue.end_step():
-            tracked = self.tracked.get(core.program.program_id)
-            sid = tracked.info.session_id if tracked is not None else None
+            sid = core.program.session_id  # the session's turns share one core request
             if sid is not None:
                 paused = self.core.resume_paused(sid)
                 if paused is not None:
@@ -328,6 +391,11 @@ class LampsCore:
 
     def _release(self, paused: PausedKV, reason: str) -> None:
         sid = str(paused.key)
+        request = paused.request
+        if request is not None and request.state is RequestState.PAUSED_PRESERVED:
+            # The plug-in can only free a pin: whatever the strategy, the core's turn is
+            # discarded (its blocks stay in vLLM's prefix cache until evicted).
+            self.core.drop_preserved(paused, KVStrategy.DISCARD)
         if self.pins.release(sid, reason):
             # The session's waiting turn no longer has that KV resident.
             for tracked in self.tracked.values():
@@ -373,6 +441,7 @@ class LampsCore:
         self._count(info, strategy)
         if sid is None or strategy is None:
             return
+        self._keep_away(sid, _AwayTurn(core, info, request.num_output_tokens, time.time()))
         if strategy is KVStrategy.SWAP:
             # The next turn is a new request; the connector's LRU store keeps the copy.
             self.core.release_host_copy(core)
@@ -385,7 +454,23 @@ class LampsCore:
             if blocks:
                 self.pins.pin(sid, blocks)
             else:
-                self.core.resume_paused(sid)  # nothing full to keep
+                empty = self.core.resume_paused(sid)  # nothing full to keep
+                if empty is not None:
+                    self._release(empty, "empty")
+
+    def _keep_away(self, sid: str, away: _AwayTurn) -> None:
+        earlier = self.away.pop(sid, None)
+        if earlier is not None and earlier.core is not away.core:
+            self.core.abort(earlier.core)  # a session's turns ran side by side
+        if len(self.away) >= MAX_AWAY_SESSIONS:  # the oldest half never came back
+            for old in list(self.away)[: len(self.away) // 2]:
+                self.core.abort(self.away.pop(old).core)
+                self._drop_pin(old, "forgotten")
+        self.away[sid] = away
+
+    def _drop_pin(self, sid: str | None, reason: str) -> None:
+        if sid is not None and self.core.resume_paused(sid) is not None:
+            self.pins.release(sid, reason)
 
     def _pinnable(self, request: Request) -> list[Any]:
         blocks = self.sched.kv_cache_manager.get_blocks(request.request_id).blocks[0]

@@ -254,18 +254,19 @@ class Scheduler:
         if wait > req.max_queue_wait:
             req.max_queue_wait = wait
 
-    def tool_returned(self, req: Request, outcome: Outcome) -> None:
+    def tool_returned(self, req: Request, outcome: Outcome, *, key: Hashable | None = None) -> None:
         """The tool of ``req``'s paused turn returned: its next turn waits for admission in the
         policy's order like any other.  Preserved KV stays pinned meanwhile (no longer subject to
         its time to live; still releasable under pressure); swapped KV is copied back in when
-        the request is admitted."""
+        the request is admitted.  ``key``: the pin's key where the engine keyed the pause by
+        one (:meth:`pause`), else the request id."""
         self.policy.on_turn_end(req, outcome)
         state = req.state
         req.start_next_segment()
         self.sync_view()
         self.policy.on_turn_start(req)
         if state is S.PAUSED_PRESERVED:
-            paused = self.paused.get(req.request_id)
+            paused = self.paused.get(req.request_id if key is None else key)
             if paused is not None:  # it waits in the queue as PAUSED_PRESERVED, KV pinned
                 paused.returned = True
                 paused.expires_at = math.inf
@@ -403,7 +404,8 @@ class Scheduler:
         if not continues:
             self.finish(req, outcome)
             return None
-        self.policy.on_turn_end(req, outcome)
+        # As in the simulator, the policy hears the turn's outcome when its tool returns
+        # (:meth:`tool_returned`, with the tool's real duration), not at the pause.
         return self.pause(req, key=key, blocks=blocks, gap=gap, override=override)
 
     def resume_paused(self, key: Hashable) -> PausedKV | None:

@@ -118,20 +118,36 @@ def test_abort_releases_the_sessions_pin(lamps: Any) -> None:
 
     sched = scheduler_of(lamps)
     tokens = Tokens(6)
-    generate(
+    p1 = tokens(600)
+    out1 = generate(
         lamps,
-        tokens(600),
+        p1,
         max_tokens=10,
         xargs=hints("s-abort", 0, tool="search", duration=30.0, strategy=KVStrategy.PRESERVE),
     )
     assert "s-abort" in sched.lamps.pins.pins
     engine = lamps.llm_engine
-    engine.add_request("cont", {"prompt_token_ids": tokens(50)},
+    p2 = p1 + list(out1.outputs[0].token_ids) + tokens(50)  # the next turn extends the context
+    engine.add_request("cont", {"prompt_token_ids": p2},
                        SamplingParams(max_tokens=50, extra_args=hints("s-abort", 1, tool=None, duration=0.0, strategy=KVStrategy.DISCARD)))  # fmt: skip
     engine.abort_request(["cont"])  # the client went away before the next turn ran
     assert "s-abort" not in sched.lamps.pins.pins
     assert sched.lamps_stats()["pins"]["released"].get("abort", 0) >= 1
     assert not engine.has_unfinished_requests()
+
+
+def test_a_next_turn_that_rewrites_the_context_drops_the_pin_at_once(lamps: Any) -> None:
+    """A session whose next prompt does not extend its context (the client rewrote it) starts
+    afresh: its pin cannot serve the new prompt and is released when the turn arrives."""
+    sched = scheduler_of(lamps)
+    tokens = Tokens(12)
+    generate(lamps, tokens(300), max_tokens=10, xargs=hints(
+        "s-rewrite", 0, tool="search", duration=30.0, strategy=KVStrategy.PRESERVE))  # fmt: skip
+    assert "s-rewrite" in sched.lamps.pins.pins
+    generate(lamps, tokens(40), max_tokens=5, xargs=hints(
+        "s-rewrite", 1, tool=None, duration=0.0, strategy=KVStrategy.DISCARD))  # fmt: skip
+    assert "s-rewrite" not in sched.lamps.pins.pins
+    assert sched.lamps_stats()["pins"]["released"].get("rewritten", 0) >= 1
 
 
 def test_a_waiting_turn_counts_its_pinned_kv_as_resident(lamps: Any) -> None:
@@ -234,3 +250,38 @@ def test_async_scheduler_variant_preserves_too(engine_factory: Any) -> None:
     p2, out = two_turns(llm, Tokens(8), "s-async", KVStrategy.PRESERVE)
     assert out.num_cached_tokens == (len(p2) - 10) // 32 * 32
     assert_no_leak(llm)
+
+
+def test_a_sessions_next_turn_is_its_tools_return_to_the_core(lamps: Any) -> None:
+    """The plug-in does not start a new core request for a session's next turn: the core hears
+    that the paused turn's tool returned (Scheduler.tool_returned, with the real output, gap and
+    returned tokens) and the same core request goes on, as in the simulator."""
+    sched = scheduler_of(lamps)
+    core = sched.lamps.core
+    heard: list[Any] = []
+    original = core.tool_returned
+
+    def spy(req: Any, outcome: Any, **kw: Any) -> None:
+        heard.append((req, outcome))
+        original(req, outcome, **kw)
+
+    core.tool_returned = spy
+    try:
+        tokens = Tokens(11)
+        p1 = tokens(200)
+        first = generate(lamps, p1, max_tokens=10, xargs=hints(
+            "s-return", 0, tool="search", duration=0.2, strategy=KVStrategy.PRESERVE))  # fmt: skip
+        away = sched.lamps.away["s-return"]
+        time.sleep(0.2)
+        p2 = p1 + list(first.outputs[0].token_ids) + tokens(30)
+        generate(lamps, p2, max_tokens=5, xargs=hints(
+            "s-return", 1, tool=None, duration=0.0, strategy=KVStrategy.DISCARD))  # fmt: skip
+    finally:
+        core.tool_returned = original
+    assert len(heard) == 1
+    req, outcome = heard[0]
+    assert req is away.core and req.seg_index == 1
+    assert outcome.output_tokens == 10 and outcome.tool == "search"
+    assert outcome.returned_tokens == 30 and outcome.tool_duration >= 0.2
+    assert req.program.segments[1].prompt_tokens == len(p2)
+    assert "s-return" not in sched.lamps.away  # its last turn finished the program
