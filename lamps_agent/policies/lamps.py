@@ -39,6 +39,9 @@ STARVATION_RULES = ("counter", "aging")
 
 
 class LampsPolicy(Policy):
+    """LAMPS as in the paper: predict each turn, choose its KV strategy by least waste, rank by
+    predicted memory × time, the paper's starvation counter."""
+
     name = "lamps"
     rank_by_area = True
     default_starvation = "counter"
@@ -134,6 +137,9 @@ class LampsPolicy(Policy):
 
 
 class LampsNoRankPolicy(LampsPolicy):
+    """The paper's ablation: LAMPS' predicted KV strategies, no ranking (first come, first
+    served by the program's arrival)."""
+
     name = "lamps-norank"
     rank_by_area = False
 

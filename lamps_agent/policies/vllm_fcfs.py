@@ -15,6 +15,9 @@ from lamps_agent.scheduler.paused import PausedKV
 
 
 class VllmPolicy(Policy):
+    """Stock vLLM as users run it: first come, first served, a tool call frees the KV, the next
+    turn reuses what the prefix cache kept."""
+
     name = "vllm"
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
@@ -30,5 +33,8 @@ class VllmPolicy(Policy):
 
 
 class VllmNoCachePolicy(VllmPolicy):
+    """Stock vLLM without a prefix cache, the INFERCEPT and LAMPS papers' baseline: every turn
+    recomputes its whole context."""
+
     name = "vllm-nocache"
     prefix_caching = False

@@ -20,22 +20,36 @@ from lamps_agent.registry import Registry
 
 PredictorFactory = Callable[..., Predictor]
 PREDICTORS: Registry[PredictorFactory] = Registry("predictor")
-PREDICTORS.register("oracle")(lambda **_: OraclePredictor())
-PREDICTORS.register("noisy")(
-    lambda *, error=0.2, seed=0, **_: NoisyPredictor(error=float(error), seed=int(seed))
-)
-PREDICTORS.register("history")(lambda *, hints=None, **_: HistoryPredictor(hints=hints))
 
 
+@PREDICTORS.register("oracle")
+def _oracle(**_: object) -> Predictor:
+    """The trace's own values: the upper bound any predictor can reach."""
+    return OraclePredictor()
+
+
+@PREDICTORS.register("noisy")
+def _noisy(*, error: float = 0.2, seed: int = 0, **_: object) -> Predictor:
+    """``noisy:PCT``: the oracle's values with multiplicative Gaussian error of PCT % (LAMPS'
+    robustness study)."""
+    return NoisyPredictor(error=float(error), seed=int(seed))
+
+
+@PREDICTORS.register("history")
+def _history(*, hints: DurationSource | None = None, **_: object) -> Predictor:
+    """Running means of what has completed so far (output per agent, turn and tool; duration per
+    tool), with duration hints (the tool registry) and defaults behind."""
+    return HistoryPredictor(hints=hints)
+
+
+@PREDICTORS.register("learned")
 def _learned(*, hints: DurationSource | None = None, **_: object) -> Predictor:
-    # Imported on use: the learned predictor's package is optional (the `learned` extra), and
-    # without it or a saved model this returns the history predictor with a logged notice.
+    """The learned output-length predictor (LAMPS' own; the optional ``learned`` extra), else
+    the history predictor with a logged notice."""
+    # Imported on use: its package is optional.
     from lamps_agent.predictors.learned import make_learned_predictor
 
     return make_learned_predictor(hints=hints)
-
-
-PREDICTORS.register("learned")(_learned)
 
 
 def make_predictor(spec: str, *, seed: int = 0, hints: DurationSource | None = None) -> Predictor:
