@@ -81,7 +81,9 @@ def test_bad_values_name_their_flag(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("--policies", ""): "--policies: give at least one",
         ("--policies", "lamps,lamps"): "--policies: lamps listed twice",
         ("--policies", "lamps,edf"): "--policies: unknown policy 'edf'; valid:",
-        ("--predictors", "noisy:abc"): "--predictors: 'noisy:abc': could not convert",
+        ("--predictors", "noisy:abc"): "--predictors: predictor 'noisy:abc': PCT must be a "
+        "percentage error in [0, 500] (noisy:40 = 40 %), got 'abc'",
+        ("--predictors", "noisy:-5"): "PCT must be a percentage error in [0, 500]",
         ("--predictors", " , "): "--predictors: give at least one",
         ("--qps", "abc"): "--qps: 'abc' is not a number",
         ("--qps", "2,inf"): "--qps: 'inf' must be a positive number",
