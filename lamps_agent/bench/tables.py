@@ -38,7 +38,7 @@ def rows_table(
     if baseline:
         title = (
             f"Δ: % lower than {baseline.label} (negative: higher); ≈: within the range over "
-            f"{repeats}; unstable: no steady state, no Δ"
+            f"{repeats}; unstable: no steady state, no Δ; n/a: the baseline is unstable there"
         )
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     heads = ["policy", "qps", "stable", "alone s", "E2E s"]

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lamps_agent.bench.aggregate import Row, group
+from lamps_agent.bench.aggregate import Row, baseline_rows, group, stability_notes
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.capacity import search
 from lamps_agent.bench.output import default_out_dir, prepare_out_dir
@@ -402,7 +402,9 @@ def run_bench(args: argparse.Namespace) -> int:
         console.print(capacity_table(caps, p99_target=args.p99_target))
     rows = _rows(points)
     console.print(rows_table(rows, baseline, wide=args.wide))
-    _note_unstable(points, console)
+    bases = baseline_rows(rows, baseline.policy, baseline.predictor) if baseline else {}
+    for note in stability_notes(rows, bases):
+        console.print(escape(note))
     _note_fallbacks([p.summary for p in points], console)
     _write_outputs(args, config, points, rows, caps, baseline, unloaded, console)
     return 0
@@ -412,6 +414,7 @@ def _rows(points: list[Point]) -> list[Row]:
     return group(
         [p.summary for p in points],
         stable=[p.stability.stable for p in points],
+        reasons=[_reason(p) for p in points],
         alone=[p.alone_e2e for p in points],
         simulated=[p.simulated for p in points],
         measured=[p.measured for p in points],
@@ -458,13 +461,11 @@ def _print_header(
         console.print("one seed: no range, so no difference is tested against noise (--seeds 3)")
 
 
-def _note_unstable(points: list[Point], console: Console) -> None:
-    for p in points:
-        if not p.stability.stable:
-            console.print(
-                f"unstable: {p.spec.policy} qps {p.spec.qps:g} seed {p.spec.seed}: "
-                f"{escape(p.stability.reason)} (tolerance {p.stability.threshold:.2f} s)"
-            )
+def _reason(p: Point) -> str:
+    """Why ``p`` is unstable, for the notes under the table (empty when it is stable)."""
+    if p.stability.stable:
+        return ""
+    return f"seed {p.spec.seed}: {p.stability.reason} (tolerance {p.stability.threshold:.2f} s)"
 
 
 def _evaluate(
@@ -622,7 +623,10 @@ def _write_outputs(
     if not args.no_plots:
         first = [p for p in points if p.spec.seed == config.seed]
         plot_latency_vs_qps(
-            [p.summary for p in first], out / "latency_vs_qps.png", title=config.trace_name
+            [p.summary for p in first],
+            out / "latency_vs_qps.png",
+            title=config.trace_name,
+            unstable={(r.policy, r.predictor, r.qps) for r in rows if r.stable is False},
         )
         written.append("latency_vs_qps.png")
         for p in first:
