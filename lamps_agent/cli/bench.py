@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lamps_agent.bench.aggregate import Row, baseline_rows, group, stability_notes
 from lamps_agent.bench.bound import ContentionFreeBound
@@ -52,6 +51,7 @@ from lamps_agent.bench.tables import (
     rows_table,
 )
 from lamps_agent.cli import options
+from lamps_agent.cli.progress import RunProgress
 from lamps_agent.metrics import RunSummary
 from lamps_agent.policies import POLICIES
 from lamps_agent.predictors import PREDICTORS
@@ -167,7 +167,11 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--overwrite", action="store_true", help="replace the earlier run's files in --out"
     )
-    p.add_argument("--wide", action="store_true", help="all table columns (about 145 columns wide)")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="every table column at full precision (the default fits 80 columns)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
         "--timeline",
@@ -175,7 +179,12 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run whose KV memory over time is plotted; one of the runs (default: "
         f"{RECOMMENDED_POLICY} at the top qps, or the last policy if {RECOMMENDED_POLICY} is not run)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, else a line per run)",
+    )
     eng = p.add_argument_group(
         "real engine",
         "replay the workload against vLLM instead of simulating (needs the vllm extra)",
@@ -376,9 +385,11 @@ def choose_baseline(
 
 
 def _table_console(wide: bool) -> Console:
-    probe = Console()
-    # Off a terminal (CI logs, pipes) rich would squeeze the table into 80 columns.
-    return probe if probe.is_terminal else Console(width=200 if wide else 120)
+    # Tables fit the width; prose lines are left whole (soft wrap), so a log line greps whole.
+    probe = Console(soft_wrap=True)
+    # Off a terminal (CI logs, pipes): 80 columns, which the default table fits; --wide's table
+    # would be squeezed into them, so it gets the width it needs.
+    return probe if probe.is_terminal else Console(width=200 if wide else 80, soft_wrap=True)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -538,16 +549,7 @@ def _simulate(
 ) -> list[Point]:
     points: list[Point] = []
     specs = config.specs()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("simulating", total=len(specs))
+    with RunProgress(len(specs), quiet=quiet) as progress:
         for spec in specs:
             timeline = spec == config.timeline_for
             if timeline:  # the run whose KV use is plotted records its timeline
@@ -557,10 +559,10 @@ def _simulate(
             else:
                 point = _evaluate(config, bound, cache, spec)
             points.append(point)
-            progress.update(
-                task,
-                advance=1,
-                description=f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}",
+            verdict = "stable" if point.stability.stable else "unstable"
+            progress.finished(
+                f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}",
+                f"E2E mean {point.summary.e2e.mean:.2f} s, {verdict}",
             )
     return points
 

@@ -225,17 +225,24 @@ def _cells(table: Table) -> dict[tuple[str, str], dict[str, str]]:
 def test_one_verdict_per_row_drives_the_stable_column_the_deltas_and_the_notes() -> None:
     rows = _grid()
     bases = baseline_rows(rows, "infercept")
-    cells = _cells(rows_table(rows, Baseline("infercept")))
+    cells = _cells(rows_table(rows, Baseline("infercept"), wide=True))
+    narrow = _cells(rows_table(rows, Baseline("infercept")))
     notes = stability_notes(rows, bases)
     deltas = ("ΔE2E", "ΔP99", "ΔTTFT")
     # the contradiction of issue 24: sjf "stable: yes" with Δ "unstable" and no note saying why
-    assert cells[("sjf", "6")]["stable"] == "yes"
-    assert [cells[("sjf", "6")][d] for d in deltas] == [BASE_UNSTABLE] * 3
+    for table in (cells, narrow):
+        assert table[("sjf", "6")]["stable"] == "yes"
+        assert [table[("sjf", "6")][d] for d in deltas] == [BASE_UNSTABLE] * 3
     for row in rows:
         row_cells = cells[(row.label, f"{row.qps:g}")]
         unstable = row.stable is False
         assert (row_cells["stable"] == "NO") == unstable
         assert all((row_cells[d] == UNSTABLE) == unstable for d in deltas)
+        narrow_cells = narrow[(row.label, f"{row.qps:g}")]  # 80 columns: "—" for "unstable"
+        assert narrow_cells["stable"] == row_cells["stable"]
+        assert all(
+            (narrow_cells[d] == "—") == unstable for d in deltas if row.policy != "infercept"
+        )
         said = [n for n in notes if n.startswith(f"unstable: {row.label} qps {row.qps:g}:")]
         assert len(said) == unstable
     assert "unstable: vllm qps 6: seed 1: engine time grew 1 → 9 s" in notes
@@ -292,7 +299,7 @@ def test_bench_prints_the_window_and_leads_with_capacity(
     assert code == 0
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "arrivals for 120 s, the first 20 s warm-up" in out and "simulated /" in out
-    assert out.index("capacity:") < out.index("alone s")
+    assert out.index("capacity:") < out.index("E2E s")
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("| policy | highest stable qps |")
 
