@@ -403,6 +403,12 @@ def run_bench(args: argparse.Namespace) -> int:
     console = _table_console(args.wide)
     started = time.perf_counter()
     bound = make_bound(config)
+    if not args.quiet:  # the window needs the bound: seconds of simulation before the first run
+        print(
+            f"computing the contention-free bound: {len(config.programs)} programs, each alone",
+            file=sys.stderr,
+            flush=True,
+        )
     config, unloaded = with_window(config, args, bound)
     cache: dict[RunSpec, Point] = {}
     caps = _capacities(args, config, bound, cache) if args.capacity else []
