@@ -13,12 +13,9 @@ finishes.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -38,7 +35,7 @@ from adapters.langchain import LampsHints, LampsMiddleware
 from adapters.langchain.testing import ScriptedChatModel
 from tool_registry import ToolRegistry
 from tool_registry.errors import RegistryError
-from tool_registry.urls import is_sqlite, resolve_url, sqlite_path
+from tool_registry.urls import is_sqlite, location, resolve_url, sqlite_path
 
 DATA = Path(__file__).resolve().parent / "data"
 Script = Callable[[list[BaseMessage]], AIMessage]
@@ -73,7 +70,8 @@ def parse_args(
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"))
     parser.add_argument(
         "--registry",
-        help="tool registry URL (default: a fresh SQLite file in a temporary directory)",
+        help="tool registry: a URL or a SQLite file "
+        "(default: $LAMPS_REGISTRY_URL or ~/.lamps-agent/registry.db, what `tools stats` reads)",
     )
     parser.add_argument(
         "--create-registry",
@@ -162,17 +160,17 @@ def _check_sqlite_folder(url: str, *, create: bool) -> None:
 
 
 def open_registry(args: argparse.Namespace) -> ToolRegistry:
-    """The registry at ``--registry``, else a fresh SQLite file in a temporary folder; a bad or
-    unreachable one stops the app with one line."""
-    if args.registry:
-        try:
+    """The registry at ``--registry``, else the default one (``$LAMPS_REGISTRY_URL`` or
+    ``~/.lamps-agent/registry.db``, the one ``lamps-agent tools stats`` reads), so the calls stay
+    to be looked at; a bad or unreachable one stops the app with one line."""
+    try:
+        if args.registry:
             _check_sqlite_folder(args.registry, create=args.create_registry)
-            return ToolRegistry(args.registry)  # connects: an unreachable database fails here
-        except (ValueError, RegistryError) as exc:
-            fail(f"--registry: {exc}")
-    scratch = tempfile.mkdtemp(prefix="lamps-examples-")
-    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    return ToolRegistry(f"sqlite:///{scratch}/registry.db", spill_dir=scratch)
+        registry = ToolRegistry(args.registry)  # connects: an unreachable database fails here
+    except (ValueError, RegistryError) as exc:
+        fail(f"--registry: {exc}" if args.registry else str(exc))
+    print(f"recording tool calls in the tool registry at {location(registry.url)}")
+    return registry
 
 
 def middleware(
@@ -211,3 +209,8 @@ def print_stats(registry: ToolRegistry) -> None:
             f"  {s.tool:<18}{s.count:>6}{s.error_count:>7}"
             f"{s.mean:>10.4f}{s.p50:>10.4f}{s.p90:>10.4f}{s.max:>10.4f}"
         )
+    where = location(registry.url)
+    command = "lamps-agent tools stats"
+    if registry.url != resolve_url(None):
+        command += f" --registry {where if is_sqlite(registry.url) else 'URL'}"
+    print(f"(every call recorded in {where}, this run's and earlier ones; `{command}` shows them)")

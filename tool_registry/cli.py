@@ -41,8 +41,9 @@ def _add_registry_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--registry",
         default=None,
-        metavar="URL",
-        help="registry database URL (default: $LAMPS_REGISTRY_URL or ~/.lamps-agent/registry.db)",
+        metavar="URL|FILE",
+        help="registry database: a URL (sqlite:///file.db, postgresql://...) or a SQLite file "
+        "(default: $LAMPS_REGISTRY_URL or ~/.lamps-agent/registry.db)",
     )
     parser.add_argument("--url", dest="registry", default=None, help=argparse.SUPPRESS)
 
@@ -159,6 +160,13 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def _empty(registry: str | None, what: str) -> str:
+    """One line for an empty registry, naming it: an empty table would say nothing of where."""
+    from tool_registry.urls import location
+
+    return f"{what} yet in the tool registry at {location(registry)} (`lamps-agent examples` records some)"
+
+
 def _tools_list(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -166,6 +174,9 @@ def _tools_list(args: argparse.Namespace) -> int:
 
     with _registry(args.registry) as reg:
         infos = reg.list()
+    if not infos:
+        print(_empty(args.registry, "no tools registered"))
+        return 0
     table = Table(title=f"{len(infos)} registered tools")
     for column in ("tool", "api type", "hint (s)", "registered", "description"):
         table.add_column(column, justify="right" if column == "hint (s)" else "left")
@@ -217,6 +228,9 @@ def _tools_stats(args: argparse.Namespace) -> int:
         rows = _stats_rows(reg, args.tool)
     if args.tool is not None and not rows:
         raise ValueError(f"no calls recorded for tool {args.tool!r}")
+    if not rows:
+        print(_empty(args.registry, "no tool calls recorded"))
+        return 0
     table = Table(title="tool call durations (seconds)")
     headers = (
         "tool",

@@ -13,6 +13,7 @@ aggregate.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 import uuid
@@ -196,6 +197,13 @@ class Store:
             )
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             return engine
+        try:
+            importlib.import_module("asyncpg")  # the postgres extra; SQLAlchemy needs it
+        except ModuleNotFoundError as exc:
+            raise RegistryUnavailableError(
+                f"the tool registry at {self.masked_url} needs the postgres extra: "
+                "pip install 'lamps-agent[postgres]'"
+            ) from exc
         return create_async_engine(
             self.url,
             pool_pre_ping=True,

@@ -24,14 +24,21 @@ _ASYNC_DRIVERS = {
 }
 
 
+# A URL's scheme ("sqlite:", "postgresql:"); one letter is a Windows drive, so a path.
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:")
+
+
 def resolve_url(url: str | None) -> str:
     """The async SQLAlchemy URL to use: ``url``, else ``$LAMPS_REGISTRY_URL``, else the SQLite file
-    ``~/.lamps-agent/registry.db``.  Plain sync URLs are mapped to the async drivers."""
+    ``~/.lamps-agent/registry.db``.  Plain sync URLs are mapped to the async drivers; a plain file
+    path (no scheme) is a SQLite file."""
     if url is None:
         url = os.environ.get(ENV_URL) or f"sqlite:///{DEFAULT_PATH.expanduser()}"
+    if isinstance(url, str) and url and "://" not in url and not _URL_SCHEME.match(url):
+        url = f"sqlite:///{Path(url).expanduser().absolute()}"
     if not isinstance(url, str) or "://" not in url:
         raise ValueError(
-            "registry URL must look like 'sqlite:///file.db' or 'postgresql://...', got "
+            "registry URL must be a file path, 'sqlite:///file.db' or 'postgresql://...', got "
             f"{mask_password(url) if isinstance(url, str) else type(url).__name__!r}"
         )
     scheme, rest = url.split("://", 1)
@@ -110,6 +117,16 @@ def redact(message: str, url: str | None) -> str:
     return " ".join(
         mask_password(word) if "@" in word or "=" in word else word for word in message.split(" ")
     )
+
+
+def location(url: str | None) -> str:
+    """Where the registry of ``url`` (as :func:`resolve_url` reads it) lives, for a message: the
+    SQLite file, or the URL with its secrets masked."""
+    resolved = resolve_url(url)
+    if is_sqlite(resolved):
+        path = sqlite_path(resolved)
+        return str(path.expanduser()) if path is not None else "an in-memory SQLite database"
+    return mask_password(resolved)
 
 
 def is_sqlite(url: str) -> bool:

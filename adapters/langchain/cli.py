@@ -34,7 +34,12 @@ def register_commands(subparsers: Any) -> None:
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: offline)")
     parser.add_argument("--model", help="model name at --base-url")
     parser.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
-    parser.add_argument("--registry", help="tool registry URL (default: a fresh temporary file)")
+    parser.add_argument(
+        "--registry",
+        metavar="URL|FILE",
+        help="tool registry: a URL or a SQLite file (default: $LAMPS_REGISTRY_URL or "
+        "~/.lamps-agent/registry.db, the one `lamps-agent tools stats` reads)",
+    )
     parser.add_argument("--limit", type=int, help="tasks per app")
     parser.add_argument(
         "--max-tokens", type=int, help="cap on each reply's tokens at --base-url (apps: 256)"
@@ -80,4 +85,15 @@ def run_examples(args: argparse.Namespace) -> int:
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    print(_where_recorded(args.registry))
     return 0
+
+
+def _where_recorded(registry: str | None) -> str:
+    from tool_registry.urls import is_sqlite, location, resolve_url
+
+    where = location(registry)
+    option = ""
+    if registry is not None:  # a SQLite file is named as is; a URL may hold a password
+        option = f" --registry {where if is_sqlite(resolve_url(registry)) else 'URL'}"
+    return f"the tool calls are recorded in {where}: `lamps-agent tools stats{option}` shows them"

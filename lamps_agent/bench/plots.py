@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from lamps_agent.metrics import KVTimeline, RunSummary
 # thicker, so no other line hides it.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")
 LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+UNSTABLE_LABEL = "unstable (no steady state)"
 
 
 def _pyplot() -> Any:
@@ -62,9 +63,17 @@ def _styles(summaries: Sequence[RunSummary]) -> list[_Style]:
     return sorted(styles, key=lambda st: (st.recommended, st.reference))
 
 
-def plot_latency_vs_qps(summaries: Sequence[RunSummary], path: Path, *, title: str = "") -> None:
+def plot_latency_vs_qps(
+    summaries: Sequence[RunSummary],
+    path: Path,
+    *,
+    title: str = "",
+    unstable: Collection[tuple[str, str, float]] = (),
+) -> None:
     """Mean E2E, P99 E2E and mean TTFT against the arrival rate; each y axis starts at 0, so a
-    small difference is drawn as small."""
+    small difference is drawn as small.  ``unstable``: the (policy, predictor, qps) points whose
+    row is unstable (:attr:`Row.stable`, the verdict the tables print), circled in red: they have
+    no steady state, so their values depend on the window's length."""
     plt = _pyplot()
     series: dict[str, list[RunSummary]] = defaultdict(list)
     for s in sorted(summaries, key=lambda s: s.qps):
@@ -91,6 +100,18 @@ def plot_latency_vs_qps(summaries: Sequence[RunSummary], path: Path, *, title: s
                 markersize=7 if style.recommended else 5,
                 zorder=3 if style.recommended else 2,
                 label=style.label,
+            )
+        marked = [s for s in summaries if (s.policy, s.predictor, s.qps) in unstable]
+        if marked:
+            ax.scatter(
+                [s.qps for s in marked],
+                [value(s) for s in marked],
+                s=160,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.6,
+                zorder=4,
+                label=UNSTABLE_LABEL,
             )
         ax.set_xlabel("arrival rate (programs/s)")
         ax.set_xticks(rates)

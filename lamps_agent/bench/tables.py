@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from rich import box
 from rich.table import Table
 
-from lamps_agent.bench.aggregate import Row, base_of, baseline_rows, difference
+from lamps_agent.bench.aggregate import (
+    BASE_UNSTABLE,
+    UNSTABLE,
+    Row,
+    base_of,
+    baseline_rows,
+    difference,
+)
 from lamps_agent.bench.capacity import Bracket
 from lamps_agent.bench.report import Baseline
 
@@ -28,20 +35,52 @@ def _bases(rows: Sequence[Row], baseline: Baseline | None) -> dict[tuple[float, 
     return baseline_rows(rows, baseline.policy, baseline.predictor) if baseline else {}
 
 
+def _secs(value: float) -> str:
+    """Seconds in at most five characters, three significant digits or more: the default table
+    fits 80 columns (``--wide``: the full precision)."""
+    if value != value:  # nan
+        return "—"
+    for limit, fmt in ((100, ".0f"), (10, ".1f"), (1, ".2f")):
+        if abs(value) >= limit:
+            return format(value, fmt)
+    return format(value, ".3f")
+
+
+def _short_difference(text: str) -> str:
+    """A difference for the narrow table: no decimal from 10 % on (``+23.4%`` → ``+23%``); an
+    unstable row's shows "—", its stable column already saying NO."""
+    if text == UNSTABLE:
+        return "—"
+    if text.endswith("%") and abs(float(text[:-1])) >= 10:
+        return f"{float(text[:-1]):+.0f}%"
+    return text
+
+
 def rows_table(
     rows: Sequence[Row], baseline: Baseline | None, *, wide: bool = False, repeats: str = "seeds"
 ) -> Table:
-    """Medians per row (with several repeats, the range of the E2E mean too)."""
+    """Medians per row (with several repeats, half the range of the E2E mean too).  The default
+    fits 80 columns (short numbers; the contention-free bound only with ``wide``); ``wide`` adds
+    the bound, the engine time, the programs measured and the recomputed tokens, at full
+    precision."""
     bases = _bases(rows, baseline)
     several = any(len(r.samples) > 1 for r in rows)
-    title = None
+    caption = None
     if baseline:
-        title = (
+        caption = (
             f"Δ: % lower than {baseline.label} (negative: higher); ≈: within the range over "
-            f"{repeats}; unstable: no steady state, no Δ"
+            f"{repeats}; {'unstable' if wide else '—'}: no steady state (stable NO), no Δ; "
+            f"{BASE_UNSTABLE}: the baseline is unstable there"
         )
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    heads = ["policy", "qps", "stable", "alone s", "E2E s"]
+    table = Table(
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    heads = ["policy", "qps", "stable", *(["alone s"] if wide else []), "E2E s"]
     if several:
         heads.append("±")  # half the range over the repeats
     heads += ["P99 s", "TTFT s"]
@@ -50,13 +89,23 @@ def rows_table(
     if baseline:
         heads += [d for d, _ in _DELTAS]
     for h in heads:
-        table.add_column(h, justify="left" if h == "policy" else "right", no_wrap=True)
+        # a long label wraps (at its space) before a number is cut short
+        table.add_column(
+            h,
+            justify="left" if h == "policy" else "right",
+            no_wrap=h != "policy",
+            overflow="fold",
+        )
+    secs = (lambda v: f"{v:.2f}") if wide else _secs
     for row in rows:
         e2e = row.spread("e2e_mean")
-        cells = [row.label, f"{row.qps:g}", _stable_text(row), _fmt_alone(row), f"{e2e.median:.2f}"]
+        cells = [row.label, f"{row.qps:g}", _stable_text(row)]
+        cells += [_fmt_alone(row)] if wide else []
+        cells.append(secs(e2e.median))
         if several:
-            cells.append(f"{e2e.width / 2:.2f}" if e2e.n > 1 else "")
-        cells += [f"{row.spread('e2e_p99').median:.2f}", f"{row.spread('ttft_mean').median:.3f}"]
+            cells.append(secs(e2e.width / 2) if e2e.n > 1 else "")
+        ttft = row.spread("ttft_mean").median
+        cells += [secs(row.spread("e2e_p99").median), f"{ttft:.3f}" if wide else _secs(ttft)]
         if wide:
             cells += [
                 f"{row.spread('engine_mean').median:.2f}",
@@ -65,7 +114,9 @@ def rows_table(
             ]
         if baseline:
             base = base_of(row, bases)
-            cells += [difference(row, base, m) if base else "—" for _, m in _DELTAS]
+            for _, metric in _DELTAS:
+                text = difference(row, base, metric) if base else "—"
+                cells.append(text if wide else _short_difference(text))
         table.add_row(*cells)
     return table
 

@@ -23,9 +23,8 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lamps_agent.bench.aggregate import Row, group
+from lamps_agent.bench.aggregate import Row, baseline_rows, group, stability_notes
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.capacity import search
 from lamps_agent.bench.output import default_out_dir, prepare_out_dir
@@ -52,6 +51,7 @@ from lamps_agent.bench.tables import (
     rows_table,
 )
 from lamps_agent.cli import options
+from lamps_agent.cli.progress import RunProgress
 from lamps_agent.metrics import RunSummary
 from lamps_agent.policies import POLICIES
 from lamps_agent.predictors import PREDICTORS
@@ -167,7 +167,11 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--overwrite", action="store_true", help="replace the earlier run's files in --out"
     )
-    p.add_argument("--wide", action="store_true", help="all table columns (about 145 columns wide)")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="every table column at full precision (the default fits 80 columns)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
         "--timeline",
@@ -175,7 +179,12 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run whose KV memory over time is plotted; one of the runs (default: "
         f"{RECOMMENDED_POLICY} at the top qps, or the last policy if {RECOMMENDED_POLICY} is not run)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, else a line per run)",
+    )
     eng = p.add_argument_group(
         "real engine",
         "replay the workload against vLLM instead of simulating (needs the vllm extra)",
@@ -376,9 +385,11 @@ def choose_baseline(
 
 
 def _table_console(wide: bool) -> Console:
-    probe = Console()
-    # Off a terminal (CI logs, pipes) rich would squeeze the table into 80 columns.
-    return probe if probe.is_terminal else Console(width=200 if wide else 120)
+    # Tables fit the width; prose lines are left whole (soft wrap), so a log line greps whole.
+    probe = Console(soft_wrap=True)
+    # Off a terminal (CI logs, pipes): 80 columns, which the default table fits; --wide's table
+    # would be squeezed into them, so it gets the width it needs.
+    return probe if probe.is_terminal else Console(width=200 if wide else 80, soft_wrap=True)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -392,6 +403,12 @@ def run_bench(args: argparse.Namespace) -> int:
     console = _table_console(args.wide)
     started = time.perf_counter()
     bound = make_bound(config)
+    if not args.quiet:  # the window needs the bound: seconds of simulation before the first run
+        print(
+            f"computing the contention-free bound: {len(config.programs)} programs, each alone",
+            file=sys.stderr,
+            flush=True,
+        )
     config, unloaded = with_window(config, args, bound)
     cache: dict[RunSpec, Point] = {}
     caps = _capacities(args, config, bound, cache) if args.capacity else []
@@ -402,7 +419,9 @@ def run_bench(args: argparse.Namespace) -> int:
         console.print(capacity_table(caps, p99_target=args.p99_target))
     rows = _rows(points)
     console.print(rows_table(rows, baseline, wide=args.wide))
-    _note_unstable(points, console)
+    bases = baseline_rows(rows, baseline.policy, baseline.predictor) if baseline else {}
+    for note in stability_notes(rows, bases):
+        console.print(escape(note))
     _note_fallbacks([p.summary for p in points], console)
     _write_outputs(args, config, points, rows, caps, baseline, unloaded, console)
     return 0
@@ -412,6 +431,7 @@ def _rows(points: list[Point]) -> list[Row]:
     return group(
         [p.summary for p in points],
         stable=[p.stability.stable for p in points],
+        reasons=[_reason(p) for p in points],
         alone=[p.alone_e2e for p in points],
         simulated=[p.simulated for p in points],
         measured=[p.measured for p in points],
@@ -458,13 +478,11 @@ def _print_header(
         console.print("one seed: no range, so no difference is tested against noise (--seeds 3)")
 
 
-def _note_unstable(points: list[Point], console: Console) -> None:
-    for p in points:
-        if not p.stability.stable:
-            console.print(
-                f"unstable: {p.spec.policy} qps {p.spec.qps:g} seed {p.spec.seed}: "
-                f"{escape(p.stability.reason)} (tolerance {p.stability.threshold:.2f} s)"
-            )
+def _reason(p: Point) -> str:
+    """Why ``p`` is unstable, for the notes under the table (empty when it is stable)."""
+    if p.stability.stable:
+        return ""
+    return f"seed {p.spec.seed}: {p.stability.reason} (tolerance {p.stability.threshold:.2f} s)"
 
 
 def _evaluate(
@@ -537,16 +555,7 @@ def _simulate(
 ) -> list[Point]:
     points: list[Point] = []
     specs = config.specs()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("simulating", total=len(specs))
+    with RunProgress(len(specs), quiet=quiet) as progress:
         for spec in specs:
             timeline = spec == config.timeline_for
             if timeline:  # the run whose KV use is plotted records its timeline
@@ -556,10 +565,10 @@ def _simulate(
             else:
                 point = _evaluate(config, bound, cache, spec)
             points.append(point)
-            progress.update(
-                task,
-                advance=1,
-                description=f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}",
+            verdict = "stable" if point.stability.stable else "unstable"
+            progress.finished(
+                f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}",
+                f"E2E mean {point.summary.e2e.mean:.2f} s, {verdict}",
             )
     return points
 
@@ -622,7 +631,10 @@ def _write_outputs(
     if not args.no_plots:
         first = [p for p in points if p.spec.seed == config.seed]
         plot_latency_vs_qps(
-            [p.summary for p in first], out / "latency_vs_qps.png", title=config.trace_name
+            [p.summary for p in first],
+            out / "latency_vs_qps.png",
+            title=config.trace_name,
+            unstable={(r.policy, r.predictor, r.qps) for r in rows if r.stable is False},
         )
         written.append("latency_vs_qps.png")
         for p in first:

@@ -19,7 +19,7 @@ from lamps_agent.presets import PRESETS, Preset, load_preset, parse_overrides
 from lamps_agent.program import Program
 from lamps_agent.registry import Registry
 from lamps_agent.workloads import generate_programs, load_trace
-from lamps_agent.workloads.infercept import BUILTIN_TRACES
+from lamps_agent.workloads.infercept import BUILTIN_TRACES, not_a_trace
 from lamps_agent.workloads.longctx import KINDS as LONGCTX_KINDS
 from lamps_agent.workloads.longctx import generate_longctx
 
@@ -34,7 +34,7 @@ def add_workload_options(p: argparse.ArgumentParser, *, pool_note: str = "") -> 
     src.add_argument(
         "--trace",
         default="multi-api",
-        help=f"INFERCEPT-format trace file, a built-in: {', '.join(BUILTIN_TRACES)}, or a "
+        help=f"a trace file (docs/traces.md), a built-in: {', '.join(BUILTIN_TRACES)}, or a "
         "generated long-context agent workload: longctx (the mix) or longctx:KIND[,KIND] "
         f"({', '.join(LONGCTX_KINDS)})" + (f"; {pool_note}" if pool_note else ""),
     )
@@ -80,6 +80,9 @@ def workload(
         kinds = args.trace.partition(":")[2]
         pool = generate_longctx(pool_size or DEFAULT_POOL, kinds=kinds or "mix", seed=args.seed)
         return pool, args.trace
+    if args.trace not in BUILTIN_TRACES and not Path(args.trace).exists():
+        builtins = [*BUILTIN_TRACES, "longctx", *(f"longctx:{kind}" for kind in LONGCTX_KINDS)]
+        raise ValueError(f"--trace {not_a_trace(args.trace, builtins)}")
     trace = load_trace(args.trace)
     # A built-in trace keeps its built-in name (not the name of the data file behind it).
     name = args.trace if args.trace in BUILTIN_TRACES else trace.name
@@ -126,9 +129,9 @@ def names(text: str, flag: str, registry: Registry[Any], *, spec_args: bool = Fa
             raise ValueError(f"{flag}: {exc.args[0]}") from None
         if spec_args and ":" in name:
             try:
-                make_predictor(name)  # checks the argument (noisy:PCT)
+                make_predictor(name)  # checks the argument (noisy:PCT); the message names it
             except ValueError as exc:
-                raise ValueError(f"{flag}: {name!r}: {exc}") from None
+                raise ValueError(f"{flag}: {exc}") from None
     twice = sorted({n for n in items if items.count(n) > 1})
     if twice:
         raise ValueError(f"{flag}: {', '.join(twice)} listed twice")

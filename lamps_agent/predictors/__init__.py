@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from lamps_agent.predictors.base import (
@@ -57,11 +58,26 @@ def make_predictor(spec: str, *, seed: int = 0, hints: DurationSource | None = N
     name, _, arg = spec.partition(":")
     factory = PREDICTORS.get(name)
     if name == "noisy":
-        error = float(arg) / 100 if arg else 0.2
-        return factory(error=error, seed=seed)
+        return factory(error=_noisy_error(spec, arg), seed=seed)
     if arg:
         raise ValueError(f"predictor {name!r} takes no argument (got {spec!r})")
     return factory(seed=seed, hints=hints)
+
+
+def _noisy_error(spec: str, arg: str) -> float:
+    """``noisy:PCT``'s error as a fraction; 20 % without an argument."""
+    if not arg:
+        return 0.2
+    try:
+        percent = float(arg)
+    except ValueError:
+        percent = math.nan
+    if not 0 <= percent <= 500:  # NaN fails too
+        raise ValueError(
+            f"predictor {spec!r}: PCT must be a percentage error in [0, 500] (noisy:40 = 40 %), "
+            f"got {arg!r}"
+        )
+    return percent / 100
 
 
 __all__ = [

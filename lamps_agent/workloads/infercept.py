@@ -18,6 +18,7 @@ so their prompt is raised to the accumulated context and the return set to the d
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -28,6 +29,7 @@ from typing import Any
 
 from lamps_agent.errors import TraceError
 from lamps_agent.program import Program, Segment
+from lamps_agent.workloads.schema import Violation, trace_schema, violations
 from lamps_agent.workloads.tokenizer import Tokenizer, default_tokenizer
 
 BUILTIN_TRACES = {
@@ -56,16 +58,31 @@ def resolve_trace_path(spec: str | Path) -> Path:
     return Path(spec)
 
 
+def not_a_trace(spec: str | Path, builtins: list[str]) -> str:
+    """The message for a trace that is neither a file nor a built-in: lists ``builtins``, and the
+    closest of them if ``spec`` looks like a typo of one."""
+    close = difflib.get_close_matches(str(spec), builtins, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{spec}: neither a trace file nor a built-in trace ({', '.join(builtins)}){hint}"
+
+
 def load_trace(spec: str | Path, *, tokenizer: Tokenizer | None = None) -> Trace:
+    """Load a trace file or a built-in trace, checked against ``trace.schema.json`` first (the
+    format: docs/traces.md); a :class:`TraceError` names the file and the offending entry."""
     path = resolve_trace_path(spec)
     try:
         raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise TraceError(not_a_trace(spec, list(BUILTIN_TRACES))) from exc
     except OSError as exc:
         raise TraceError(f"{path}: cannot read trace: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise TraceError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(raw, dict) or not raw:
         raise TraceError(f"{path}: expected a non-empty object {{conversation_id: [segments]}}")
+    violation = next(violations(raw, trace_schema()), None)
+    if violation is not None:
+        raise TraceError(f"{path}: {_described(violation)}")
     used_tokenizer: Tokenizer | None = None
     programs = []
     for cid, segments in raw.items():
@@ -80,6 +97,14 @@ def load_trace(spec: str | Path, *, tokenizer: Tokenizer | None = None) -> Trace
         programs=tuple(programs),
         tokenizer=used_tokenizer.name if used_tokenizer else None,
     )
+
+
+def _described(violation: Violation) -> str:
+    """``conversation 'c1' segment 0: 'prompt_tokens' must be an integer, got '5'``."""
+    names = ("conversation {!r}", "segment {}")
+    where = [name.format(key) for name, key in zip(names, violation.path, strict=False)]
+    subject = [repr(key) for key in violation.path[2:]]  # the field
+    return f"{' '.join(where)}: {' '.join([*subject, violation.problem])}"
 
 
 def _is_text_form(seg: dict[str, Any]) -> bool:
@@ -164,6 +189,8 @@ def _load_turn(
 
 def _count(seg: dict[str, Any], key: str, at: str) -> int:
     value = seg.get(key)
+    if isinstance(value, float) and value.is_integer():  # JSON Schema's integer: 5.0 is one
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TraceError(f"{at}: {key!r} must be an integer, got {value!r}")
     if value < 0:

@@ -81,3 +81,39 @@ def test_cli_runs_the_examples(tmp_path: Path) -> None:
         ["-m", "lamps_agent.cli.main", "examples", "--only", "math", "--limit", "2"], tmp_path
     )
     assert "=== math: examples/math_agent.py ===" in out and "solved 2/2" in out
+
+
+def test_the_examples_record_into_the_default_registry_that_tools_stats_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lamps_agent.cli.main import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default registry: ~/.lamps-agent/registry.db
+    monkeypatch.delenv("LAMPS_REGISTRY_URL")
+    default = tmp_path / ".lamps-agent" / "registry.db"
+    assert example("math_agent", monkeypatch).main(["--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"recording tool calls in the tool registry at {default}\n" in out
+    assert f"(every call recorded in {default}, this run's and earlier ones; " in out
+    assert "`lamps-agent tools stats` shows them)" in out
+    assert main(["tools", "stats"]) == 0
+    assert "calculator" in capsys.readouterr().out
+
+
+def test_the_examples_command_says_where_it_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adapters.langchain.cli import _where_recorded
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("LAMPS_REGISTRY_URL")
+    default = tmp_path / ".lamps-agent" / "registry.db"
+    assert _where_recorded(None) == (
+        f"the tool calls are recorded in {default}: `lamps-agent tools stats` shows them"
+    )
+    plain = tmp_path / "mine.db"
+    assert _where_recorded(str(plain)).endswith(
+        f"`lamps-agent tools stats --registry {plain}` shows them"
+    )
+    secret = _where_recorded("postgresql://u:hunter2@h/db")
+    assert "hunter2" not in secret and "--registry URL`" in secret

@@ -92,7 +92,13 @@ def test_bench_on_a_trace_file_with_a_duration(tmp_path: Path) -> None:
         (["--preset", "b200"], "unknown preset 'b200'"),
         (["--set", "gpu_kv_gb=-1"], "gpu_kv_gb must be > 0"),
         (["--qps", "0"], "--qps: '0' must be a positive number"),
-        (["--trace", "/nonexistent/trace.json"], "cannot read trace"),
+        (["--trace", "/nonexistent/trace.json"], "neither a trace file nor a built-in trace"),
+        (
+            ["--trace", "multiapi"],
+            "--trace multiapi: neither a trace file nor a built-in trace (multi-api, single-api, "
+            "longctx, longctx:coding, longctx:tool-use, longctx:chat); did you mean 'multi-api'?",
+        ),
+        (["--predictors", "noisy:abc"], "predictor 'noisy:abc': PCT must be a percentage error"),
     ],
 )
 def test_bench_bad_input_is_one_clear_line(

@@ -4,7 +4,9 @@ nothing silently ignored, results never overwritten silently, plots where every 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,14 @@ import pytest
 from rich.console import Console
 
 from lamps_agent.bench import runner
+from lamps_agent.bench.aggregate import UNSTABLE, group
 from lamps_agent.bench.plots import _styles, plot_latency_vs_qps
 from lamps_agent.bench.report import Baseline, reductions, results_table
 from lamps_agent.bench.runner import RECOMMENDED_POLICY, BenchConfig, RunSpec, run_one
+from lamps_agent.bench.tables import _secs, _short_difference, rows_table
 from lamps_agent.cli import bench as bench_cli
 from lamps_agent.cli.main import build_parser, main
+from lamps_agent.cli.progress import RunProgress
 from lamps_agent.metrics import RunSummary
 from lamps_agent.presets import load_preset
 from lamps_agent.workloads import generate_programs
@@ -81,7 +86,9 @@ def test_bad_values_name_their_flag(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("--policies", ""): "--policies: give at least one",
         ("--policies", "lamps,lamps"): "--policies: lamps listed twice",
         ("--policies", "lamps,edf"): "--policies: unknown policy 'edf'; valid:",
-        ("--predictors", "noisy:abc"): "--predictors: 'noisy:abc': could not convert",
+        ("--predictors", "noisy:abc"): "--predictors: predictor 'noisy:abc': PCT must be a "
+        "percentage error in [0, 500] (noisy:40 = 40 %), got 'abc'",
+        ("--predictors", "noisy:-5"): "PCT must be a percentage error in [0, 500]",
         ("--predictors", " , "): "--predictors: give at least one",
         ("--qps", "abc"): "--qps: 'abc' is not a number",
         ("--qps", "2,inf"): "--qps: 'inf' must be a positive number",
@@ -326,3 +333,89 @@ def test_policy_options_of_a_compare_run_name_servers_not_simulated_policies() -
          "--policy-options", 'program={"load_window_s": 6}']
     )  # fmt: skip
     assert bench_cli.build_config(args).options_by_policy == {}
+
+
+# -- progress and an 80-column table (issue 24, item 4) -----------------------------------------
+
+
+def test_off_a_terminal_each_finished_run_is_one_line_written_at_once() -> None:
+    stream = io.StringIO()
+    with RunProgress(3, stream=stream) as progress:
+        progress.finished("lamps oracle qps=2 seed=0", "E2E mean 12.00 s, stable")
+        assert re.fullmatch(
+            r"\[1/3\] lamps oracle qps=2 seed=0: E2E mean 12\.00 s, stable \(\d+ s\)\n",
+            stream.getvalue(),
+        )
+        progress.finished("vllm oracle qps=2 seed=0", "E2E mean 13.00 s, unstable")
+        assert stream.getvalue().splitlines()[1].startswith("[2/3] vllm oracle qps=2 seed=0: ")
+    quiet = io.StringIO()
+    with RunProgress(1, stream=quiet, quiet=True) as progress:
+        progress.finished("x", "y")
+    assert quiet.getvalue() == ""
+
+
+def test_on_a_terminal_the_progress_is_a_live_bar_not_lines() -> None:
+    stream = io.StringIO()
+    with RunProgress(2, stream=stream, terminal=True) as progress:
+        progress.finished("lamps oracle qps=2 seed=0", "E2E mean 12.00 s, stable")
+        progress.finished("vllm oracle qps=2 seed=0", "E2E mean 13.00 s, stable")
+    shown = stream.getvalue()
+    assert "\x1b[" in shown and "2/2" in shown  # cursor control: one line redrawn in place
+    assert "[1/2]" not in shown and "E2E mean" not in shown
+
+
+def test_a_piped_bench_prints_a_line_per_run_as_it_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--qps", "1,2", "--policies", "vllm,lamps", "--no-plots", "--out", str(tmp_path))
+    assert main(["bench", "--synthetic", "12", "--set", "gpu_kv_gb=4", *args]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[")]
+    assert [ln.split(":")[0] for ln in lines] == [
+        "[1/4] vllm oracle qps=1 seed=0",
+        "[2/4] lamps oracle qps=1 seed=0",
+        "[3/4] vllm oracle qps=2 seed=0",
+        "[4/4] lamps oracle qps=2 seed=0",
+    ]
+
+
+def _rendered(table: Any, width: int) -> list[str]:
+    console = Console(width=width, record=True)
+    console.print(table)
+    return [line.rstrip() for line in console.export_text().splitlines()]
+
+
+def test_the_rows_table_fits_80_columns_and_wide_shows_the_full_table(
+    summaries: list[RunSummary],
+) -> None:
+    rows = group(summaries * 2, stable=[True, False] * len(summaries))  # two seeds, some unstable
+    narrow, wide = (
+        rows_table(rows, Baseline("infercept")),
+        rows_table(rows, Baseline("infercept"), wide=True),
+    )
+    shown = _rendered(narrow, 80)
+    assert max(len(line) for line in shown) <= 80
+    assert "…" not in "\n".join(shown)  # nothing cut: a long label wraps instead
+    assert len([ln for ln in _rendered(narrow, 400) if ln.startswith("nested-wait")]) == 2
+    headers = [c.header for c in wide.columns]
+    assert {"alone s", "engine s", "measured", "recomputed"} <= set(headers)
+    assert not {"alone s", "engine s", "measured", "recomputed"} & {
+        c.header for c in narrow.columns
+    }
+    assert max(len(line) for line in _rendered(wide, 400)) > 80
+
+
+def test_short_numbers_keep_three_significant_digits() -> None:
+    assert [_secs(v) for v in (1578.0, 621.75, 55.99, 3.456, 0.0452)] == [
+        "1578",
+        "622",
+        "56.0",
+        "3.46",
+        "0.045",
+    ]
+    assert [_short_difference(t) for t in ("+23.44%", "-1.3%", "≈", UNSTABLE, "n/a")] == [
+        "+23%",
+        "-1.3%",
+        "≈",
+        "—",
+        "n/a",
+    ]

@@ -6,14 +6,29 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.table import Table
 
-from lamps_agent.bench.aggregate import APPROX, UNSTABLE, Row, Spread, difference, group
+from lamps_agent.bench.aggregate import (
+    APPROX,
+    BASE_UNSTABLE,
+    UNSTABLE,
+    Row,
+    Spread,
+    baseline_rows,
+    difference,
+    group,
+    stability_notes,
+)
 from lamps_agent.bench.bound import ContentionFreeBound, alone_latency
 from lamps_agent.bench.capacity import search
+from lamps_agent.bench.plots import UNSTABLE_LABEL, plot_latency_vs_qps
 from lamps_agent.bench.protocol import Window, default_window, judge_stability
+from lamps_agent.bench.report import Baseline
 from lamps_agent.bench.runner import BenchConfig, RunSpec, arrivals_for, measure, run_one
+from lamps_agent.bench.tables import rows_table
 from lamps_agent.cli.main import main
 from lamps_agent.metrics import EngineCounters, RequestMetrics, RunLabels, RunSummary, summarize
 from lamps_agent.presets import Preset
@@ -180,10 +195,85 @@ def test_unstable_rows_print_no_reduction() -> None:
         [summary("lamps", 5.0, seed=0), summary("lamps", 5.0, seed=1)], stable=[True, False]
     )
     assert row.stable is False
+    # a stable row compared with an unstable baseline is not "unstable" itself
     assert (
         difference(_row("lamps", [5.0]), _row("infercept", [9.0], stable=False), "e2e_mean")
-        == UNSTABLE
+        == BASE_UNSTABLE
     )
+
+
+def _grid() -> list[Row]:
+    """The seven-policy demo's qps 6 (issue 24): the baseline infercept is unstable there, sjf is
+    stable, vllm unstable on one of two seeds."""
+    runs = [
+        (summary("infercept", 294.0, qps=6, seed=0), False, "seed 0: engine time grew"),
+        (summary("sjf", 289.0, qps=6, seed=0), True, ""),
+        (summary("vllm", 400.0, qps=6, seed=0), True, ""),
+        (summary("vllm", 600.0, qps=6, seed=1), False, "seed 1: engine time grew 1 → 9 s"),
+        (summary("infercept", 56.0, qps=2, seed=0), True, ""),
+        (summary("sjf", 55.0, qps=2, seed=0), True, ""),
+    ]
+    return group([r[0] for r in runs], stable=[r[1] for r in runs], reasons=[r[2] for r in runs])
+
+
+def _cells(table: Table) -> dict[tuple[str, str], dict[str, str]]:
+    columns = [c.header for c in table.columns]
+    rows = zip(*(list(c.cells) for c in table.columns), strict=True)
+    return {(r[0], r[1]): dict(zip(columns, r, strict=True)) for r in rows}
+
+
+def test_one_verdict_per_row_drives_the_stable_column_the_deltas_and_the_notes() -> None:
+    rows = _grid()
+    bases = baseline_rows(rows, "infercept")
+    cells = _cells(rows_table(rows, Baseline("infercept"), wide=True))
+    narrow = _cells(rows_table(rows, Baseline("infercept")))
+    notes = stability_notes(rows, bases)
+    deltas = ("ΔE2E", "ΔP99", "ΔTTFT")
+    # the contradiction of issue 24: sjf "stable: yes" with Δ "unstable" and no note saying why
+    for table in (cells, narrow):
+        assert table[("sjf", "6")]["stable"] == "yes"
+        assert [table[("sjf", "6")][d] for d in deltas] == [BASE_UNSTABLE] * 3
+    for row in rows:
+        row_cells = cells[(row.label, f"{row.qps:g}")]
+        unstable = row.stable is False
+        assert (row_cells["stable"] == "NO") == unstable
+        assert all((row_cells[d] == UNSTABLE) == unstable for d in deltas)
+        narrow_cells = narrow[(row.label, f"{row.qps:g}")]  # 80 columns: "—" for "unstable"
+        assert narrow_cells["stable"] == row_cells["stable"]
+        assert all(
+            (narrow_cells[d] == "—") == unstable for d in deltas if row.policy != "infercept"
+        )
+        said = [n for n in notes if n.startswith(f"unstable: {row.label} qps {row.qps:g}:")]
+        assert len(said) == unstable
+    assert "unstable: vllm qps 6: seed 1: engine time grew 1 → 9 s" in notes
+    assert (
+        f"{BASE_UNSTABLE}: at qps 6 the baseline infercept is unstable; sjf is stable, with "
+        "nothing steady to compare with"
+    ) in notes
+    assert not any("qps 2" in n for n in notes)
+
+
+def test_the_plot_circles_exactly_the_unstable_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.figure
+
+    figures: list[Any] = []
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig)
+    )
+    rows = _grid()
+    unstable = {(r.policy, r.predictor, r.qps) for r in rows if r.stable is False}
+    first_seed = [s for r in rows for s in r.samples[:1]]
+    plot_latency_vs_qps(first_seed, tmp_path / "p.png", unstable=unstable)
+    (fig,) = figures
+    for ax in fig.axes:
+        (marks,) = [c for c in ax.collections if c.get_label() == UNSTABLE_LABEL]
+        circled = sorted(tuple(xy) for xy in marks.get_offsets())
+        e2e = {s.policy: s.e2e.mean for s in first_seed if s.qps == 6}
+        if ax.get_ylabel().startswith("mean E2E"):
+            assert circled == sorted([(6.0, e2e["infercept"]), (6.0, e2e["vllm"])])
+        assert len(circled) == 2
 
 
 def test_spread_text() -> None:
@@ -209,7 +299,7 @@ def test_bench_prints_the_window_and_leads_with_capacity(
     assert code == 0
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "arrivals for 120 s, the first 20 s warm-up" in out and "simulated /" in out
-    assert out.index("capacity:") < out.index("alone s")
+    assert out.index("capacity:") < out.index("E2E s")
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("| policy | highest stable qps |")
 

@@ -55,7 +55,7 @@ def _write(tmp_path: Path, payload: object, name: str = "t.json") -> Path:
     [
         ("{oops", "not valid JSON"),
         ([], "expected a non-empty object"),
-        ({"c1": []}, "conversation 'c1': expected a non-empty list"),
+        ({"c1": []}, "conversation 'c1': must be a non-empty list of segments"),
         (
             {
                 "c1": [
@@ -91,7 +91,7 @@ def _write(tmp_path: Path, payload: object, name: str = "t.json") -> Path:
                     {"prompt_tokens": 8, "completion_tokens": 2},
                 ]
             },
-            "segment 0: 'api_time' must be finite and >= 0",
+            "segment 0: 'api_time' must be >= 0, got -2",
         ),
         (
             {"c1": [{"prompt_tokens": "5", "completion_tokens": 2}]},
@@ -101,7 +101,7 @@ def _write(tmp_path: Path, payload: object, name: str = "t.json") -> Path:
             {"c1": [{"prompt_tokens": 5, "completion_tokens": -2}]},
             "'completion_tokens' must be >= 0",
         ),
-        ({"c1": ["not a segment"]}, "segment 0: expected an object"),
+        ({"c1": ["not a segment"]}, "segment 0: must be an object, got 'not a segment'"),
         ({"c1": [{"prompt": 3, "completion": "x"}]}, "segment 0: 'prompt' must be a string"),
     ],
 )
@@ -115,8 +115,15 @@ def test_malformed_traces_name_the_file_and_entry(
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(TraceError, match="cannot read trace"):
+    with pytest.raises(TraceError, match="neither a trace file nor a built-in trace"):
         load_trace(tmp_path / "nope.json")
+
+
+def test_a_misspelt_builtin_lists_the_builtins_and_the_closest() -> None:
+    message = "multiapi: neither a trace file nor a built-in trace (multi-api, single-api); did you mean 'multi-api'?"
+    with pytest.raises(TraceError) as info:
+        load_trace("multiapi")
+    assert str(info.value) == message
 
 
 def test_text_form_uses_the_tokenizer_and_string_api_times(tmp_path: Path) -> None:

@@ -162,3 +162,40 @@ def test_no_password_form_is_ever_printed(
     assert "lamps-agent: error:" in captured.err
     for secret in secrets:
         assert secret not in printed, (case, secret, printed)
+
+
+def test_an_empty_registry_says_so_in_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "empty.db"
+    assert main(["tools", "stats", "--registry", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert out == f"no tool calls recorded yet in the tool registry at {db} " + (
+        "(`lamps-agent examples` records some)\n"
+    )
+    assert main(["tools", "list", "--registry", str(db)]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"no tools registered yet in the tool registry at {db}"
+    )
+
+
+def test_registry_accepts_a_plain_file_path(
+    tmp_path: Path, make_registry: Callable[..., ToolRegistry], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "plain.db"
+    with make_registry(f"sqlite:///{db}") as reg:
+        reg.record("search", duration=1.5)
+    assert main(["tools", "stats", "--registry", str(db)]) == 0
+    assert "search" in capsys.readouterr().out
+
+
+def test_the_default_registry_follows_the_environment_and_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("LAMPS_REGISTRY_URL", raising=False)
+    assert main(["tools", "stats"]) == 0
+    assert str(tmp_path / ".lamps-agent" / "registry.db") in capsys.readouterr().out
+    monkeypatch.setenv("LAMPS_REGISTRY_URL", str(tmp_path / "env.db"))  # a plain path here too
+    assert main(["tools", "stats"]) == 0
+    assert f"registry at {tmp_path / 'env.db'} " in capsys.readouterr().out

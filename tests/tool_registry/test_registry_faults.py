@@ -246,3 +246,14 @@ def test_a_forked_child_refuses_records_and_exits_promptly(
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     with ToolRegistry(sqlite_url, spill_dir=spill_dir) as reg:
         assert [(s.tool, s.count) for s in reg.stats()] == [("parent", 2)]
+
+
+def test_postgres_without_its_extra_names_the_extra(
+    spill_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # None in sys.modules: import fails
+    with pytest.raises(RegistryUnavailableError) as info:
+        ToolRegistry("postgresql://bob:hunter2@127.0.0.1:1/agents", spill_dir=spill_dir)
+    message = str(info.value)
+    assert "needs the postgres extra: pip install 'lamps-agent[postgres]'" in message
+    assert "bob:***@127.0.0.1:1/agents" in message and "hunter2" not in message

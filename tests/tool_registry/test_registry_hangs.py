@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 from tool_registry import RegistryUnavailableError, SchemaTooNewError, ToolRegistry
@@ -133,6 +132,8 @@ def test_records_left_at_exit_with_a_hung_database_are_spilled(
 def test_a_held_migration_lock_is_a_clear_error(
     postgres_url: str, spill_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import asyncpg  # the postgres extra: imported here so the SQLite tests run without it
+
     from tool_registry import schema
 
     monkeypatch.setattr("tool_registry.schema.MIGRATION_LOCK_TIMEOUT_S", 1.0)
@@ -165,6 +166,7 @@ def test_a_newer_schema_revision_is_reported_as_such(
         with sqlite3.connect(path) as conn:
             conn.execute(update)
     else:
+        import asyncpg  # only a PostgreSQL db_url gets here, and its fixture needs asyncpg
 
         async def newer() -> None:
             conn = await asyncpg.connect(db_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,20 @@ def test_urls_map_to_async_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_url(None) == "sqlite+aiosqlite:///env.db"
     monkeypatch.delenv("LAMPS_REGISTRY_URL")
     assert resolve_url(None).endswith(".lamps-agent/registry.db")
+
+
+def test_a_plain_path_is_a_sqlite_file_and_a_malformed_url_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_url("reg.db") == f"sqlite+aiosqlite:///{tmp_path / 'reg.db'}"
+    assert resolve_url("/abs/reg.db") == "sqlite+aiosqlite:////abs/reg.db"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_url("~/r.db") == f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    for bad in ("postgresql:/u:secret@h/db", "mysql:x", ""):
+        with pytest.raises(ValueError, match="must be a file path") as info:
+            resolve_url(bad)
+        assert "secret" not in str(info.value)
 
 
 def test_mask_password() -> None:
