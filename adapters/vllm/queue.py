@@ -76,10 +76,11 @@ class LampsRequestQueue(RequestQueue):
         if not self._walk_done:
             if self._walk is None:
                 self._walk = self._sched.admissible(len(self._sched.waiting))
-            core = next(self._walk, None)
-            if core is not None:
-                self._ahead.append(self._vllm[core.request_id])
-                return self._ahead[0]
+            for core in self._walk:
+                request = self._vllm.get(core.request_id)
+                if request is not None:  # else vLLM holds it in a queue of its own
+                    self._ahead.append(request)
+                    return request
             self._walk_done = True
             if not self._held_counted and self._sched.waiting:
                 self.gate_held_steps += 1  # the gate ended the walk with requests waiting

@@ -157,6 +157,9 @@ class LampsCore:
         self.pins = PinStore(touch=pool.touch, free=pool.free_blocks)
         self.tracked: dict[str, Tracked] = {}
         self.away: dict[str, _AwayTurn] = {}  # session id -> its paused turn
+        # Requests vLLM queues apart because they already hold KV blocks (a remote prefill
+        # landing, a resumable stream): vLLM drains them first, outside the plug-in's queue.
+        self.engine_held: dict[str, CoreRequest] = {}
         self.decisions = DecisionCounters()
         self.step = 0
         self.prefill_computed = 0
@@ -367,8 +370,28 @@ class LampsCore:
         self._restore_held()
         self.queue.end_step()
 
+    def hold_by_engine(self, request: Request) -> None:
+        """vLLM queued ``request`` with the requests that hold KV blocks, which it admits first
+        and by itself: it leaves the core's waiting queue (the plug-in's queue never gives it)
+        and is admitted in the core when vLLM runs it."""
+        core = self.core_of(request)
+        if core is not None and core in self.core.waiting:
+            self.core.take(core)
+            self.engine_held[request.request_id] = core
+
+    def _admit_engine_held(self) -> None:
+        for rid, core in list(self.engine_held.items()):
+            request = self.sched.requests.get(rid)
+            if request is None:
+                del self.engine_held[rid]
+            elif request.status is RequestStatus.RUNNING:
+                del self.engine_held[rid]
+                self.core.admit_taken(core)
+
     def after_schedule(self, out: Any) -> None:
         self._restore_held()
+        if self.engine_held:
+            self._admit_engine_held()
         for core in self.queue.end_step():
             sid = core.program.session_id  # the session's turns share one core request
             if sid is not None:
@@ -410,6 +433,7 @@ class LampsCore:
             return
         core, info = tracked.core, tracked.info
         self.queue.forget(core)
+        self.engine_held.pop(request.request_id, None)
         self._set_clock()
         sid = info.session_id
         if request.status not in _NORMAL_END:
@@ -555,6 +579,12 @@ class _LampsMixin:
             if request.request_id not in self.lamps.tracked:
                 self.lamps.on_add(request)
             super().add_request(request)  # type: ignore[misc]
+
+    def _enqueue_waiting_request(self, request: Request) -> None:
+        with self.lamps.lock:
+            super()._enqueue_waiting_request(request)  # type: ignore[misc]
+            if self._holds_kv_blocks(request):  # type: ignore[attr-defined]
+                self.lamps.hold_by_engine(request)
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
