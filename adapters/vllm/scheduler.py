@@ -32,12 +32,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import vllm
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from adapters.vllm.config import PluginConfig
+from adapters.vllm.config import PluginConfig, check_vllm_version
 from adapters.vllm.execute import order_running, retry_allocation
 from adapters.vllm.housekeeping import Housekeeper
 from adapters.vllm.pins import PinStore
@@ -565,6 +566,7 @@ class _LampsMixin:
 
     def _lamps_init(self) -> None:
         sched: Any = self
+        check_vllm_version(vllm.__version__)
         config = PluginConfig.load(getattr(sched.vllm_config, "additional_config", None))
         self.lamps = LampsCore(sched, config)
         sched.waiting = self.lamps.queue
