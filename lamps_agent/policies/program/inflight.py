@@ -1,7 +1,7 @@
 """The programs in flight and the fluid footprint they commit: what the ``program`` gate counts.
 
 A program enters when its first turn is admitted (or a later turn of one never seen starts) and
-leaves when its last turn ends, or when it is forgotten as stale.  Each holds
+leaves when its last turn ends, when it is aborted, or when it is forgotten as stale.  Each holds
 its footprint term ``(c + P) / 2`` (:func:`~.policy.ProgramPolicy.footprint_term`); the table keeps
 their sum, ``committed``, and the part of it held by programs waiting on a tool, so that
 :meth:`ProgramsInFlight.resident` — what the gate counts — leaves out a program in a tool whose KV
@@ -29,6 +29,9 @@ class InFlight:
     term: float  # its footprint term, from its current turn's start
     last_seen: float
     overdue_at: float = math.inf  # in a tool: when it is forgotten if it has not come back
+    # The request id of a turn that left the GPU with no word of where to: a finish, a pause or
+    # a preemption follows a turn's leaving at once, so only an abort leaves this set.
+    left: int | None = None
 
     @property
     def in_tool(self) -> bool:
@@ -81,11 +84,13 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
         flight.term = term
         flight.last_seen = now
         flight.overdue_at = math.inf
+        flight.left = None
 
     def tool_called(self, flight: InFlight, *, now: float, gap: float) -> None:
         """``flight`` is in a tool predicted to last ``gap`` s: forgotten if not back by
         ``2 · gap + TOOL_GRACE_S``."""
         flight.last_seen = now
+        flight.left = None
         if not flight.in_tool:
             self._in_tool += flight.term
         flight.overdue_at = now + 2 * gap + TOOL_GRACE_S
@@ -101,13 +106,15 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
         return flight
 
     def drop_stale(self, *, now: float, stale_s: float) -> list[InFlight]:
-        """Forget the programs that will not come back: not heard of in ``stale_s``, or overdue
-        in a tool.  Returns them."""
+        """Forget the programs that will not come back: aborted, not heard of in ``stale_s``,
+        or overdue in a tool.  Returns them."""
         if not self._records:
             return []
         horizon = now - stale_s
         stale = [
-            key for key, f in self._records.items() if f.last_seen < horizon or f.overdue_at < now
+            key
+            for key, f in self._records.items()
+            if f.last_seen < horizon or f.overdue_at < now or f.left is not None
         ]
         return [f for f in map(self.leave, stale) if f is not None]
 

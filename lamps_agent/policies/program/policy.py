@@ -98,7 +98,6 @@ class ProgramPolicy(LampsPolicy):
         self.aging = Aging()
         self.pins = PinDeadlines()
         self.counters_held = 0  # new programs refused by the gate (one per refusal)
-        self.committed_resident = 0.0  # what the gate counted at its last look
         self._turns: dict[int, _TurnFigures] = {}  # by request id, from its turn's start
 
     # -- the switch's and the table's figures ----------------------------------------------
@@ -212,7 +211,7 @@ class ProgramPolicy(LampsPolicy):
     # -- admission -------------------------------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
         self._drop_stale()
-        resident = self.committed_resident = self.resident_commitment()
+        resident = self.resident_commitment()
         memory = self.view.memory
         engaged = self.switch.update(
             now=self.view.now,
@@ -236,14 +235,28 @@ class ProgramPolicy(LampsPolicy):
         )
 
     def _drop_stale(self) -> None:
-        """Forget programs that will not come back: not heard of in ``stale_s``, or still in a
-        tool at twice its predicted duration plus 30 s.  In a serving engine an aborted session
-        never finishes, and the vLLM plug-in makes each turn a request of its own, so the turn
-        that paused never resumes; their footprints would hold the gate shut.  A program in the
-        simulator that does come back is counted again from its next turn."""
-        self.in_flight.drop_stale(now=self.view.now, stale_s=self.stale_s)
+        """Forget programs that will not come back: aborted, not heard of in ``stale_s``, or
+        still in a tool at twice its predicted duration plus 30 s.  In a serving engine an
+        aborted session never finishes, and the vLLM plug-in makes each turn a request of its
+        own, so the turn that paused never resumes; their footprints would hold the gate shut.
+        A program in the simulator that does come back is counted again from its next turn."""
+        for flight in self.in_flight.drop_stale(now=self.view.now, stale_s=self.stale_s):
+            if flight.left is not None:
+                self._turns.pop(flight.left, None)
 
     # -- where a turn goes ------------------------------------------------------------------
+    def on_leave(self, req: Request) -> None:
+        """The turn left the GPU: a finish, a pause or a preemption says where at once; a turn
+        that stays unaccounted for was aborted (:meth:`_drop_stale` forgets its program)."""
+        flight = self.in_flight.find(program_key(req))
+        if flight is not None:
+            flight.left = req.request_id
+
+    def on_enqueue(self, req: Request) -> None:
+        flight = self.in_flight.find(program_key(req))
+        if flight is not None:
+            flight.left = None
+
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         super().on_turn_end(req, outcome)
         self._turns.pop(req.request_id, None)  # computed afresh at the next turn's start
@@ -315,15 +328,18 @@ class ProgramPolicy(LampsPolicy):
 
     # -- reporting ---------------------------------------------------------------------------
     def state(self) -> dict[str, float]:
-        """What the gate saw last: programs in flight (and how many of them are in a tool), their
-        committed fluid footprint against the budget, admissions and refusals, how many agents'
-        footprints are learned rather than the prior's, and the engage rule's state."""
+        """The policy's figures now (programs that will not come back forgotten first): programs
+        in flight (and how many of them are in a tool), their committed fluid footprint, the
+        part the gate counts (KV on the GPU) against the budget, admissions and refusals, how
+        many agents' footprints are learned rather than the prior's, and the engage rule's
+        state as of the gate's last look."""
+        self._drop_stale()
         in_flight = self.in_flight
         return {
             "in_flight": len(in_flight),
             "in_flight_in_tool": sum(1 for f in in_flight.values() if f.in_tool),
             "committed_tokens": round(in_flight.committed, 1),
-            "committed_resident_tokens": round(self.committed_resident, 1),
+            "committed_resident_tokens": round(self.resident_commitment(), 1),
             "budget_tokens": round(self.budget_tokens, 1),
             "admissions": in_flight.admissions,
             "gate_refusals": self.counters_held,

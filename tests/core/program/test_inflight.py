@@ -44,13 +44,14 @@ def test_a_program_in_a_tool_counts_on_the_gpu_only_while_pinned() -> None:
     assert not table["s1"].in_tool and table.resident(()) == 400.0
 
 
-def test_the_stale_and_the_overdue_are_forgotten() -> None:
+def test_the_stale_the_overdue_and_the_aborted_are_forgotten() -> None:
     table = _table(1.0, 2.0, 3.0, 4.0)
     table.tool_called(table["s1"], now=0.0, gap=1.0)  # overdue at 32 s
+    table["s2"].left = 17  # its turn left the GPU and nothing followed: an abort
     table["s0"].last_seen = -70.0  # not heard of in stale_s
     dropped = table.drop_stale(now=40.0, stale_s=100.0)
-    assert sorted(f.term for f in dropped) == [1.0, 2.0]
-    assert list(table) == ["s2", "s3"] and table.committed == pytest.approx(7.0)
+    assert sorted(f.term for f in dropped) == [1.0, 2.0, 3.0]
+    assert list(table) == ["s3"] and table.committed == pytest.approx(4.0)
     assert table.drop_stale(now=40.0, stale_s=100.0) == []
 
 

@@ -312,3 +312,70 @@ def test_an_engine_with_its_own_host_store_releases_the_cores_copy(small_preset:
     sched.release_host_copy(req)  # what the vLLM plug-in does after a swap decision
     assert sched.memory.free_host_blocks == sched.memory.num_host_blocks
     assert req.state is RequestState.PAUSED_DISCARDED
+
+
+def _end(sched: Scheduler, turn: Request, *, tool: bool, session: str) -> None:
+    """The plug-in's report of a turn's end: a pause into a tool, or the session's last turn."""
+    outcome = Outcome(
+        output_tokens=50, tool="tool" if tool else None, tool_duration=1.0, returned_tokens=0
+    )
+    sched.end_turn(turn, outcome, continues=tool, key=session, gap=1.0 if tool else None)
+
+
+def test_the_committed_figures_return_to_zero_when_every_program_has_left(
+    small_preset: Preset,
+) -> None:
+    # Issue 22: after a real-engine run, state() showed committed_resident_tokens of 1,868 and
+    # 2,963 with nothing in flight.  It was the gate's last look, kept: the gate is consulted
+    # only while requests wait, so the figure stayed at what it counted then; and an aborted
+    # turn's program stayed in flight (and counted) for stale_s.  Driven as the plug-in does.
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    turns = {s: serving_turn(i, session=s, step=0, prompt=500) for i, s in enumerate("abc", 1)}
+    for turn in turns.values():
+        sched.add_request(turn)
+        sched.admit(turn)
+    assert set(policy.in_flight) == {"a", "b", "c"} and policy.resident_commitment() > 0
+    _end(sched, turns["a"], tool=True, session="a")  # a pauses; its next turn comes back
+    later = serving_turn(4, session="a", step=1, prompt=550, final=True)
+    sched.add_request(later, resumed=True)
+    sched.sync_view()
+    assert list(sched.admissible(10)) == [later]  # the gate's look, with programs in flight
+    sched.admit(later)
+    _end(sched, later, tool=False, session="a")
+    _end(sched, turns["b"], tool=False, session="b")
+    sched.abort(turns["c"])  # the client went away mid-turn: no end is reported
+    state = policy.state()
+    assert state["in_flight"] == 0 and state["in_flight_in_tool"] == 0
+    assert state["committed_tokens"] == 0.0
+    assert state["committed_resident_tokens"] == 0.0
+    assert state["admissions"] == 3  # a, b and c; a's later turn was not a new program
+    assert policy.footprints._agents["coder"].growth_n == 2  # a and b finished; c taught nothing
+
+
+def test_an_aborted_turn_frees_its_programs_place_at_the_next_look(small_preset: Preset) -> None:
+    # A budget of about one program: while an aborted program counted, the gate stayed shut.
+    policy, sched = program_policy(
+        small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0
+    )
+    first = serving_turn(1, session="s1", step=0, prompt=2000)
+    second = serving_turn(2, session="s2", step=0, prompt=2000)
+    sched.add_request(first)
+    sched.add_request(second)
+    assert list(sched.admissible(10)) == [first]
+    sched.admit(first)
+    sched.sync_view()
+    assert list(sched.admissible(10)) == []
+    sched.abort(first)
+    sched.sync_view()
+    assert list(sched.admissible(10)) == [second]
+    assert set(policy.in_flight) == set()  # s2 enters when admitted
+
+
+def test_a_preempted_turn_is_not_taken_for_an_aborted_one(small_preset: Preset) -> None:
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    first = serving_turn(1, session="s1", step=0, prompt=500)
+    sched.add_request(first)
+    sched.admit(first)
+    sched.preempt(first)  # leaves the GPU and goes back to wait: its program stays in flight
+    sched.admission_gate()
+    assert set(policy.in_flight) == {"s1"} and policy.state()["in_flight"] == 1
