@@ -28,10 +28,11 @@ class InFlight:
     admitted_seq: int  # the preemption order: the most recently admitted program goes first
     term: float  # its footprint term, from its current turn's start
     last_seen: float
+    turn: int  # the request id of its current turn
     overdue_at: float = math.inf  # in a tool: when it is forgotten if it has not come back
-    # The request id of a turn that left the GPU with no word of where to: a finish, a pause or
-    # a preemption follows a turn's leaving at once, so only an abort leaves this set.
-    left: int | None = None
+    # Its current turn left the GPU with no word of where to: a finish, a pause or a preemption
+    # follows a turn's leaving at once, so only an abort (Scheduler.abort) leaves this set.
+    left: bool = False
 
     @property
     def in_tool(self) -> bool:
@@ -64,8 +65,9 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
         return self._records.get(key)
 
     def enter(
-        self, key: Hashable, *, agent: str, first_prompt: int, term: float, now: float
+        self, key: Hashable, *, agent: str, first_prompt: int, term: float, turn: int, now: float
     ) -> None:
+        """Program ``key`` enters with its turn ``turn`` (a request id)."""
         self.admissions += 1
         self._records[key] = InFlight(
             agent=agent,
@@ -73,24 +75,27 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
             admitted_seq=self.admissions,
             term=term,
             last_seen=now,
+            turn=turn,
         )
         self.committed += term
 
-    def turn_started(self, flight: InFlight, *, term: float, now: float) -> None:
-        """A turn of ``flight`` became schedulable: its term is this turn's, counted in full."""
+    def turn_started(self, flight: InFlight, *, term: float, turn: int, now: float) -> None:
+        """A turn of ``flight`` (request id ``turn``) became schedulable: its term is this
+        turn's, counted in full."""
         if flight.in_tool:
             self._in_tool -= flight.term
         self.committed += term - flight.term
         flight.term = term
         flight.last_seen = now
         flight.overdue_at = math.inf
-        flight.left = None
+        flight.turn = turn
+        flight.left = False
 
     def tool_called(self, flight: InFlight, *, now: float, gap: float) -> None:
         """``flight`` is in a tool predicted to last ``gap`` s: forgotten if not back by
         ``2 · gap + TOOL_GRACE_S``."""
         flight.last_seen = now
-        flight.left = None
+        flight.left = False
         if not flight.in_tool:
             self._in_tool += flight.term
         flight.overdue_at = now + 2 * gap + TOOL_GRACE_S
@@ -114,7 +119,7 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
         stale = [
             key
             for key, f in self._records.items()
-            if f.last_seen < horizon or f.overdue_at < now or f.left is not None
+            if f.last_seen < horizon or f.overdue_at < now or f.left
         ]
         return [f for f in map(self.leave, stale) if f is not None]
 

@@ -182,7 +182,7 @@ class ProgramPolicy(LampsPolicy):
         self._turns[req.request_id] = _TurnFigures(area=area, term=term, peak=fp.peak)
         flight = self.in_flight.find(program_key(req))
         if flight is not None:
-            self.in_flight.turn_started(flight, term=term, now=self.view.now)
+            self.in_flight.turn_started(flight, term=term, turn=req.request_id, now=self.view.now)
         elif program_step(req) > 0:  # dropped as stale (or never seen), yet a later turn came
             self._enter(req, term, first_prompt=req.program.segments[0].prompt_tokens)
         req.policy_rank = remaining_area(req, fp, self.timing())
@@ -231,6 +231,7 @@ class ProgramPolicy(LampsPolicy):
             agent=req.program.agent,
             first_prompt=first_prompt,
             term=term,
+            turn=req.request_id,
             now=self.view.now,
         )
 
@@ -241,21 +242,23 @@ class ProgramPolicy(LampsPolicy):
         own, so the turn that paused never resumes; their footprints would hold the gate shut.
         A program in the simulator that does come back is counted again from its next turn."""
         for flight in self.in_flight.drop_stale(now=self.view.now, stale_s=self.stale_s):
-            if flight.left is not None:
-                self._turns.pop(flight.left, None)
+            if flight.left:
+                self._turns.pop(flight.turn, None)
 
     # -- where a turn goes ------------------------------------------------------------------
     def on_leave(self, req: Request) -> None:
-        """The turn left the GPU: a finish, a pause or a preemption says where at once; a turn
-        that stays unaccounted for was aborted (:meth:`_drop_stale` forgets its program)."""
+        """The turn left the GPU: a finish, a pause or a preemption says where at once; a
+        program's current turn that stays unaccounted for was aborted (:meth:`_drop_stale`
+        forgets the program).  Another request of the same session (turns side by side) does
+        not speak for the program."""
         flight = self.in_flight.find(program_key(req))
-        if flight is not None:
-            flight.left = req.request_id
+        if flight is not None and flight.turn == req.request_id:
+            flight.left = True
 
     def on_enqueue(self, req: Request) -> None:
         flight = self.in_flight.find(program_key(req))
-        if flight is not None:
-            flight.left = None
+        if flight is not None and flight.turn == req.request_id:
+            flight.left = False
 
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         super().on_turn_end(req, outcome)

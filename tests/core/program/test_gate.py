@@ -49,7 +49,7 @@ def _new(policy: _Policy, rid: int, term: float) -> Request:
 
 def _in_flight(policy: _Policy, rid: int, *, prompt: int) -> Request:
     req = serving_turn(rid, session=f"s{rid}", step=1, prompt=prompt)
-    policy.in_flight.enter(f"s{rid}", agent="coder", first_prompt=100, term=50.0, now=0.0)
+    policy.in_flight.enter(f"s{rid}", agent="coder", first_prompt=100, term=50.0, turn=rid, now=0.0)
     return req
 
 

@@ -379,3 +379,21 @@ def test_a_preempted_turn_is_not_taken_for_an_aborted_one(small_preset: Preset) 
     sched.preempt(first)  # leaves the GPU and goes back to wait: its program stays in flight
     sched.admission_gate()
     assert set(policy.in_flight) == {"s1"} and policy.state()["in_flight"] == 1
+
+
+def test_a_sessions_earlier_turn_aborted_beside_its_current_one_keeps_the_program(
+    small_preset: Preset,
+) -> None:
+    # A client that ran two turns of one session side by side and dropped the earlier one: the
+    # program goes on with the later turn, so it stays in flight.
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    earlier = serving_turn(1, session="s1", step=0, prompt=500)
+    sched.add_request(earlier)
+    sched.admit(earlier)
+    later = serving_turn(2, session="s1", step=1, prompt=600)
+    sched.add_request(later, resumed=True)
+    sched.admit(later)
+    sched.abort(earlier)
+    assert policy.state()["in_flight"] == 1
+    sched.abort(later)
+    assert policy.state()["in_flight"] == 0 and policy.state()["committed_tokens"] == 0.0
