@@ -2,7 +2,7 @@
 
 A program enters when its first turn is admitted (or a later turn of one never seen starts) and
 leaves when its last turn ends, when it is aborted, or when it is forgotten as stale.  Each holds
-its footprint term ``(c + P) / 2`` (:func:`~.policy.ProgramPolicy.footprint_term`); the table keeps
+its footprint term ``(c + P) / 2`` (:meth:`~.policy.ProgramPolicy.footprint_term`); the table keeps
 their sum, ``committed``, and the part of it held by programs waiting on a tool, so that
 :meth:`ProgramsInFlight.resident` — what the gate counts — leaves out a program in a tool whose KV
 is off the GPU.
