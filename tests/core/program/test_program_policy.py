@@ -397,3 +397,28 @@ def test_a_sessions_earlier_turn_aborted_beside_its_current_one_keeps_the_progra
     assert policy.state()["in_flight"] == 1
     sched.abort(later)
     assert policy.state()["in_flight"] == 0 and policy.state()["committed_tokens"] == 0.0
+
+
+def test_the_figures_return_to_zero_when_a_sessions_turns_continue_one_request(
+    small_preset: Preset,
+) -> None:
+    # The plug-in's other path: a session's next turn is its paused turn's tool return
+    # (Scheduler.tool_returned), the same core request going on.
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    done, dropped = (
+        serving_turn(i, session=s, step=0, prompt=500) for i, s in ((1, "a"), (2, "b"))
+    )
+    for turn in (done, dropped):
+        sched.add_request(turn)
+        sched.admit(turn)
+        _end(sched, turn, tool=True, session=turn.program.session_id or "")
+        back = Outcome(output_tokens=50, tool="tool", tool_duration=1.0, returned_tokens=10)
+        sched.tool_returned(turn, back, key=turn.program.session_id)
+        sched.sync_view()
+        assert turn in list(sched.admissible(10))
+        sched.admit(turn)
+    _end(sched, done, tool=False, session="a")
+    sched.abort(dropped)  # mid-turn
+    state = policy.state()
+    assert state["in_flight"] == 0 and state["committed_tokens"] == 0.0
+    assert state["committed_resident_tokens"] == 0.0 and state["admissions"] == 2
