@@ -550,6 +550,7 @@ class Scheduler:
         if req.host_blocks:
             self.memory.free_host_blocks += req.host_blocks
             req.host_blocks = 0
+        self.policy.on_abort(req)
 
     def release_host_copy(self, req: Request) -> None:
         """``req``'s host copy is no longer the core's to account for: an engine whose turns are

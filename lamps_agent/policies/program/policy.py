@@ -255,6 +255,15 @@ class ProgramPolicy(LampsPolicy):
         if flight is not None and flight.turn == req.request_id:
             flight.left = True
 
+    def on_abort(self, req: Request) -> None:
+        """An aborted current turn ends its program now, wherever it was (a turn aborted while
+        it waited never left the GPU, so :meth:`on_leave` cannot say so)."""
+        key = program_key(req)
+        flight = self.in_flight.find(key)
+        if flight is not None and flight.turn == req.request_id:
+            self.in_flight.leave(key)
+            self._turns.pop(req.request_id, None)
+
     def on_enqueue(self, req: Request) -> None:
         flight = self.in_flight.find(program_key(req))
         if flight is not None and flight.turn == req.request_id:

@@ -422,3 +422,19 @@ def test_the_figures_return_to_zero_when_a_sessions_turns_continue_one_request(
     state = policy.state()
     assert state["in_flight"] == 0 and state["committed_tokens"] == 0.0
     assert state["committed_resident_tokens"] == 0.0 and state["admissions"] == 2
+
+
+def test_a_turn_aborted_while_it_waits_ends_its_program_at_once(small_preset: Preset) -> None:
+    """A session's next turn aborted in the queue never left the GPU, so on_leave cannot tell;
+    the core's abort does (Policy.on_abort): the program is no longer in flight or counted."""
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    first = serving_turn(1, session="s1", step=0, prompt=500)
+    sched.add_request(first)
+    sched.admit(first)
+    _end(sched, first, tool=True, session="s1")
+    later = serving_turn(2, session="s1", step=1, prompt=550, final=True)
+    sched.add_request(later, resumed=True)  # waits; the client goes away before it runs
+    assert policy.state()["in_flight"] == 1
+    sched.abort(later)
+    state = policy.state()
+    assert state["in_flight"] == 0 and state["committed_tokens"] == 0.0
