@@ -37,6 +37,11 @@ class Preset:
     token_budget: int = 2048  # chunked-prefill budget: tokens per iteration
     max_num_seqs: int = 256  # requests resident and advancing at once
     saturation_tokens: int = 384  # INFERCEPT's S: tokens that saturate the GPU
+    # Whether the engine can copy KV that is pinned on the GPU out to the host after the turn
+    # ended (INFERCEPT's revisit, a pin released under pressure or at its TTL).  vLLM with the
+    # plug-in cannot (its connector copies only at a turn's end), so by default the simulator
+    # cannot either, and such a swap is a discard in both; INFERCEPT's own engine could.
+    pin_swap: bool = False
 
     def __post_init__(self) -> None:
         if self.gpu_kv_gb <= 0 or self.host_swap_gb < 0:

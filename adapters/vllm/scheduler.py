@@ -77,7 +77,6 @@ class DecisionCounters:
     unpredicted_pauses: int = 0  # predicted "final answer", paused all the same
     advised_followed: int = 0  # the client's kv_strategy hint matched the decision
     advised_overruled: int = 0
-    late_swap_fallbacks: int = 0  # a revisit chose swap for pinned KV: vLLM can only free it
     held_steps: int = 0  # running requests the policy held, summed over steps
 
     def count(self, strategy: KVStrategy | None) -> None:
@@ -129,7 +128,10 @@ class LampsCore:
     def __init__(self, sched: Scheduler, config: PluginConfig) -> None:
         self.sched = sched
         self.config = config
-        self.preset = load_preset(config.preset, config_file=config.preset_file or None)
+        # The connector copies KV out only at a turn's end: pinned KV can only be freed.
+        self.preset = dataclasses.replace(
+            load_preset(config.preset, config_file=config.preset_file or None), pin_swap=False
+        )
         pool = sched.kv_cache_manager.block_pool
         self.pool = pool
         self.block_size = sched.cache_config.block_size
@@ -308,9 +310,7 @@ class LampsCore:
         self._mirror_running()
         self.core.sync_view()
         self.expire_pins()
-        for paused, strategy in self.core.revisit_paused():
-            if strategy is KVStrategy.SWAP:
-                self.decisions.late_swap_fallbacks += 1
+        for paused, _ in self.core.revisit_paused():  # a discard: the core knows pin_swap is off
             self._release(paused, "revisit")
         order_running(self.sched.running, self.core, self.core_of)
         self._hold_running()  # asked in the running order, as the core asks
@@ -336,10 +336,6 @@ class LampsCore:
         )
         if paused is None:
             return False
-        if paused.strategy is KVStrategy.SWAP:
-            # A pin cannot be copied out here (the connector copies at a turn's end):
-            # released into vLLM's prefix-cached pool instead.
-            self.decisions.late_swap_fallbacks += 1
         self._release(paused, "pressure")
         return True
 
@@ -540,6 +536,7 @@ class LampsCore:
             "prefill_cached_tokens": self.prefill_cached,
             "swaps": self.swaps,
             "swap_fallbacks": self.swap_fallbacks,
+            "pin_swaps_discarded": self.core.counters.pin_swaps_discarded,
             "errors": self.errors,
             "free_blocks": self.pool.get_num_free_blocks(),
             "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
