@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import overload
+from typing import Any, overload
 
-from vllm.v1.core.sched.request_queue import RequestQueue
-from vllm.v1.request import Request
+try:  # vLLM's abstract queue, so a missing method is an error at class creation ...
+    from vllm.v1.core.sched.request_queue import RequestQueue
+except ImportError:  # ... and, without vLLM, the plug-in's state can be built and tested alone
+    RequestQueue = object  # type: ignore[misc,assignment]
 
 from lamps_agent.request import Request as CoreRequest
 from lamps_agent.request import RequestState
 from lamps_agent.scheduler import Scheduler
 
+Request = Any  # a vLLM ``vllm.v1.request.Request``, used by its attributes
 CoreOf = Callable[[Request], CoreRequest | None]
 
 
