@@ -325,7 +325,7 @@ def load_preset(
     """A registered preset, then the config file's fields, then explicit overrides."""
     preset = PRESETS.get(name)
     if config_file is not None:
-        data = _read_config(Path(config_file))
+        data = read_preset_file(Path(config_file))
         base = data.pop("base", None)
         if base is not None:
             preset = PRESETS.get(str(base))
@@ -335,7 +335,8 @@ def load_preset(
     return preset
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_preset_file(path: Path) -> dict[str, Any]:
+    """A preset file's fields as written (TOML or JSON), not yet applied to its base."""
     try:
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)

@@ -505,6 +505,9 @@ class LampsCore:
             self.core.resume_paused(sid)
             self.pins.release(sid, reason)
 
+    def used_blocks(self) -> int:
+        return self.pool.num_gpu_blocks - 1 - self.pool.get_num_free_blocks()  # less the null block
+
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,7 @@ decides:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import vllm
@@ -34,6 +35,7 @@ from vllm.v1.request import Request
 
 from adapters.vllm.config import PluginConfig, check_vllm_version
 from adapters.vllm.lamps_core import LampsCore
+from adapters.vllm.steplog import StepLog
 
 log = logging.getLogger("lamps.vllm")
 
@@ -43,6 +45,10 @@ class _LampsMixin:
     the block pool holds the plug-in's lock, so housekeeping can run while the engine is idle."""
 
     lamps: LampsCore
+    steplog: StepLog | None = None
+    # A step's wall time is schedule() to update_from_output() only when vLLM does not schedule
+    # the next step before the last one's output (its async scheduler does).
+    times_steps: bool = True
 
     def _lamps_init(self) -> None:
         sched: Any = self
@@ -54,6 +60,11 @@ class _LampsMixin:
         # priority victim rule is off, so its victim is ``running.pop()``, the core's choice.
         sched.policy = SchedulingPolicy.FCFS
         self.lamps.housekeeper.start()
+        path = os.environ.get("LAMPS_STEP_LOG")
+        if path and self.times_steps:
+            self.steplog = StepLog(path)
+        elif path:
+            log.warning("lamps: LAMPS_STEP_LOG ignored: steps overlap under async scheduling")
         log.info("lamps scheduler: policy=%s preset=%s", config.policy, config.preset)
 
     def add_request(self, request: Request) -> None:
@@ -70,6 +81,8 @@ class _LampsMixin:
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
+            if self.steplog is not None:
+                self.steplog.begin()
             self.lamps.before_schedule()
             try:
                 out = super().schedule(*args, **kwargs)  # type: ignore[misc]
@@ -77,11 +90,17 @@ class _LampsMixin:
                 self.lamps.after_schedule_failed()
                 raise
             self.lamps.after_schedule(out)
+            if self.steplog is not None:
+                sched: Any = self
+                self.steplog.scheduled(out, sched.requests, self.lamps.used_blocks())
             return out
 
     def update_from_output(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
-            return super().update_from_output(*args, **kwargs)  # type: ignore[misc]
+            result = super().update_from_output(*args, **kwargs)  # type: ignore[misc]
+            if self.steplog is not None:
+                self.steplog.end()
+            return result
 
     def finish_requests(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
@@ -110,6 +129,8 @@ class _LampsMixin:
         with self.lamps.lock:
             self.lamps.release_all("shutdown")
             self.lamps.write_stats()
+            if self.steplog is not None:
+                self.steplog.close()
         super().shutdown()  # type: ignore[misc]
 
 
@@ -120,6 +141,8 @@ class LampsScheduler(_LampsMixin, Scheduler):
 
 
 class LampsAsyncScheduler(_LampsMixin, AsyncScheduler):
+    times_steps = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lamps_init()
