@@ -17,7 +17,6 @@ import gc
 import itertools
 import logging
 import os
-import platform
 import random
 import statistics
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from adapters.vllm.steplog import StepRecord, describe
 from lamps_agent.cost_model import CostModel
+from lamps_agent.opprofile import cpu_name
 from lamps_agent.presets import write_preset_file
 
 log = logging.getLogger(__name__)
@@ -502,15 +502,7 @@ def write_preset(path: Path, fields: dict[str, Any]) -> None:
 
 def hardware() -> str:
     """The machine the profile ran on, in words."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({os.cpu_count()} cores), vLLM-CPU"
+    return f"{cpu_name()}, vLLM-CPU"
 
 
 def iter_report(quality: FitQuality, cost: CostModel) -> Iterator[str]:
