@@ -4,7 +4,10 @@ Each stand-in is a small HTTP server that answers ``/health`` and ``/v1/chat/com
 its own name, started where ``Cluster`` would start ``lamps-agent serve``.  Checked: the router
 keeps a session on one replica by its ``X-Session-ID`` header and spreads new sessions; a killed
 replica's sessions move to a live one at their next request (no error reaches the client) and stay
-there; stopping the cluster leaves no process; bad options are refused with one line.
+there; the supervisor reports a killed replica, kills the child it left behind (as vLLM's engine
+processes), starts it again and the router sends new sessions to it, while the router stays ready;
+``--status`` tells liveness from readiness; stopping the cluster leaves no process; bad options are
+refused with one line.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import json
 import os
 import signal
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +33,13 @@ from adapters.vllm.tools.cluster import (
     Cluster,
     ClusterError,
     ClusterOptions,
+    cluster_status,
+    group_members,
     read_manifest,
     router_command,
 )
 from adapters.vllm.tools.server import ServeOptions
+from adapters.vllm.tools.supervisor import Backoff, Phase
 
 STAND_IN = """
 import json, sys
@@ -56,6 +64,11 @@ class Handler(BaseHTTPRequestHandler):
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
+# a stand-in with a child in its process group, as vLLM's server has its engine processes
+WITH_CHILD = (
+    "import subprocess, sys\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+) + STAND_IN
 
 
 def _ports(n: int) -> int:
@@ -85,6 +98,12 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def running(stand_ins: None, tmp_path: Path) -> Iterator[Cluster]:
+    yield from _cluster(tmp_path)
+
+
+def _cluster(
+    tmp_path: Path, log: Callable[[str], None] = lambda line: None, **kwargs: Any
+) -> Iterator[Cluster]:
     base = _ports(4)
     opts = ClusterOptions(
         serve=ServeOptions(model="stand-in"),
@@ -94,8 +113,9 @@ def running(stand_ins: None, tmp_path: Path) -> Iterator[Cluster]:
         replica_port=base + 2,
         log_dir=tmp_path / "logs",
         timeout=60,
+        **kwargs,
     )
-    cluster = Cluster(opts, log=lambda line: None)
+    cluster = Cluster(opts, log=log)
     cluster.start()
     try:
         yield cluster
@@ -132,6 +152,69 @@ def test_sessions_stick_and_move_once_when_their_replica_dies(running: Cluster) 
             assert after[s] == survivor
     assert {s: _ask(running, s) for s in sessions} == after  # moved once, then stays
     assert running.poll() == ["replica-1"]
+
+
+def test_a_killed_replica_is_restarted_and_the_router_uses_it_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def command(opts: ServeOptions, tools: Any = None) -> list[str]:
+        return [sys.executable, "-c", WITH_CHILD, str(opts.port), f"replica@{opts.port}"]
+
+    monkeypatch.setattr(cluster_module, "server_command", command)
+    monkeypatch.setattr(cluster_module, "tool_setup", lambda opts: None)
+    lines: list[str] = []
+    for cluster in _cluster(tmp_path, backoff=Backoff(first_s=0.5), log=lines.append):
+        before = {s: _ask(cluster, s) for s in ("a", "b")}
+        assert len(set(before.values())) == 2
+        victim = cluster.replicas[1].proc.pid
+        time.sleep(0.5)  # the stand-in has started its child
+        assert len(group_members(victim)) == 2
+        os.kill(victim, signal.SIGKILL)  # the server alone, as a crash: its child lives on
+        assert _ask(cluster, "b") == f"replica@{cluster.opts.replica_ports[0]}"  # moved
+        assert _ready(cluster)
+        deadline = time.monotonic() + 30
+        slot = cluster.supervisor.slots[1]  # type: ignore[union-attr]
+        while slot.num_restarts == 0 or slot.phase is not Phase.SERVING:
+            assert time.monotonic() < deadline, lines
+            cluster.supervise()
+            time.sleep(0.2)
+        died = [line for line in lines if line.startswith("replica-1: died")]
+        assert died == [
+            f"replica-1: died (killed by SIGKILL), log {cluster.opts.log_dir}/replica-1.log; "
+            "1 process of its group killed; restart 1 in 0.5 s"
+        ]
+        assert group_members(victim) == []  # no orphan
+        assert lines[-1].startswith("replica-1: serving again (restart 1")
+        assert read_manifest(cluster.opts.log_dir)["replicas"][1]["restarts"] == 1
+        # the router learns it by its health check: a new session goes to the emptier replica
+        deadline = time.monotonic() + 20
+        while (
+            _ask(cluster, f"new-{time.monotonic()}") != f"replica@{cluster.opts.replica_ports[1]}"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        status = cluster_status(cluster.opts.log_dir)
+        assert status.alive and status.ready and all(s for _, _, s in status.replicas)
+
+
+def test_status_tells_liveness_from_readiness(running: Cluster) -> None:
+    for member in running.replicas:
+        os.killpg(member.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while _ready(running):  # the router's health check notices within ~4 s
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    status = cluster_status(running.opts.log_dir)
+    assert status.alive and not status.ready
+    assert "alive, not ready" in status.text() and "replica-0" in status.text()
+
+
+def _ready(cluster: Cluster) -> bool:
+    try:
+        with urllib.request.urlopen(f"{cluster.url}/readiness", timeout=5) as resp:
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError:
+        return False
 
 
 def test_stop_leaves_no_process(running: Cluster) -> None:

@@ -69,7 +69,8 @@ def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "replica by its X-Session-ID header (docs/vllm.md, 'Many replicas'). Runs until Ctrl-C "
         "or SIGTERM, then stops every process. Arguments after '--' go to every replica's vLLM.",
     )
-    p.add_argument("--model", required=True, help="model folder (or name vLLM can load offline)")
+    p.add_argument("--model", help="model folder (or name vLLM can load offline); required "
+                   "unless --status")  # fmt: skip
     p.add_argument("--replicas", type=int, default=2, help="number of vLLM replicas")
     _add_engine_options(
         p,
@@ -93,6 +94,13 @@ def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--gpus-per-replica", type=int, default=None,
                    help="CUDA_VISIBLE_DEVICES slice per replica (default: 1 where a GPU is present, else 0)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for start-up")
+    p.add_argument("--no-restart", dest="restart", action="store_false",
+                   help="leave a replica that dies dead (default: restart it after a back-off)")  # fmt: skip
+    p.add_argument("--no-bind-cores", dest="bind_cores", action="store_false",
+                   help="leave the CPU binding to vLLM (default: each replica's engine on cores of its own)")  # fmt: skip
+    p.add_argument("--status", action="store_true",
+                   help="report on the cluster running with this --log-dir and exit: 0 when the "
+                   "router serves through at least one replica, 1 otherwise")  # fmt: skip
     p.add_argument(
         "--no-tools", dest="tools", action="store_false", default=argparse.SUPPRESS,
         help="serve without tool calling (no parser; for models that cannot call tools)",
@@ -113,9 +121,15 @@ def run_cluster(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from adapters.vllm.tools.cluster import Cluster, ClusterError, ClusterOptions
+    from adapters.vllm.tools.cluster import Cluster, ClusterError, ClusterOptions, cluster_status
     from adapters.vllm.tools.server import gpu_available
 
+    if args.status:
+        report = cluster_status(Path(args.log_dir))
+        print(report.text())
+        return 0 if report.ready else 1
+    if not args.model:
+        raise ValueError("the following argument is required: --model (unless --status)")
     gpu = gpu_available()
     opts = ClusterOptions(
         serve=_serve_options(args),
@@ -131,6 +145,8 @@ def run_cluster(args: argparse.Namespace) -> int:
         if args.reserved_cpus is not None
         else (None if gpu else 1),
         gpus_per_replica=args.gpus_per_replica if args.gpus_per_replica is not None else int(gpu),
+        bind_cores=args.bind_cores,
+        restart=args.restart,
         timeout=args.timeout,
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
@@ -140,6 +156,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         print(f"router: {cluster.url}/v1 (policy {opts.router_policy}); Ctrl-C stops all",
               file=sys.stderr)  # fmt: skip
         while cluster.router_alive():
+            cluster.supervise()
             time.sleep(1.0)
         print("lamps-agent: the router exited; stopping the replicas", file=sys.stderr)
         return 1

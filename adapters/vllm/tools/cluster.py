@@ -8,6 +8,11 @@ engine processes of their own), so :meth:`Cluster.stop` ends each whole group: S
 SIGKILL after a grace period.  A child also gets SIGTERM if this process dies without stopping
 them (Linux ``PR_SET_PDEATHSIG``), so a killed launcher leaves no orphan behind.
 
+While it runs, :meth:`Cluster.supervise` watches the replicas (``supervisor.Supervisor``): a replica
+whose server exits is reported in one line, its process group is killed, and it is started again
+on its port after a back-off (``restart=False``: left dead).  On the CPU build each replica's
+engine gets cores of its own (``cpu_layout.split_cores``, passed as ``VLLM_CPU_OMP_THREADS_BIND``).
+
 The router is set up for agent sessions (docs/vllm.md, "Many replicas"): ``sticky_least_loaded``
 places a new session on the replica with the fewest sessions and keeps every later turn with the
 same ``X-Session-ID`` (the header ``LampsMiddleware`` sends) on that replica.  When a replica dies
@@ -35,7 +40,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from adapters.vllm.tools.cpu_layout import CpuLayout, machine_cores, split_cores
 from adapters.vllm.tools.server import ServeOptions, server_command, server_env, tool_setup
+from adapters.vllm.tools.supervisor import Backoff, Process, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,9 @@ class ClusterOptions:
     metrics on ``metrics_port``).  ``reserved_cpus`` sets ``VLLM_CPU_NUM_OF_RESERVED_CPU`` for
     every replica (the CPU build; one layout for all of them), ``gpus_per_replica`` gives replica
     ``i`` its own ``CUDA_VISIBLE_DEVICES`` slice (GPU machines; 0 leaves the variable alone).
+    Without GPUs, ``bind_cores`` gives each replica's engine its own cores (``cores``: the ones to
+    split, default this process's affinity).  ``restart`` and ``backoff``: what the supervisor
+    does with a replica that dies.
     """
 
     serve: ServeOptions
@@ -80,6 +90,10 @@ class ClusterOptions:
     log_dir: Path = Path("cluster-logs")
     reserved_cpus: int | None = None
     gpus_per_replica: int = 0
+    bind_cores: bool = True
+    cores: Sequence[int] | None = None
+    restart: bool = True
+    backoff: Backoff = field(default_factory=Backoff)
     timeout: float = 600.0
 
     def __post_init__(self) -> None:
@@ -139,10 +153,23 @@ def router_command(opts: ClusterOptions, worker_urls: Sequence[str]) -> list[str
     return [*cmd, *opts.router_args]
 
 
-def replica_env(opts: ClusterOptions, index: int, serve: ServeOptions) -> dict[str, str]:
+def cpu_layout(opts: ClusterOptions) -> CpuLayout | None:
+    """Each replica's cores (None: a GPU machine, binding turned off, or the user's own
+    ``VLLM_CPU_OMP_THREADS_BIND`` in the environment, which every replica then gets)."""
+    if opts.gpus_per_replica or not opts.bind_cores or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return None
+    cores = list(opts.cores) if opts.cores is not None else machine_cores()
+    return split_cores(cores, opts.replicas, opts.reserved_cpus or 0)
+
+
+def replica_env(
+    opts: ClusterOptions, index: int, serve: ServeOptions, layout: CpuLayout | None = None
+) -> dict[str, str]:
     env = server_env(serve)
     if opts.reserved_cpus is not None:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(opts.reserved_cpus)
+    if layout is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = layout.bind(index)
     if opts.gpus_per_replica:
         first = index * opts.gpus_per_replica
         devices = range(first, first + opts.gpus_per_replica)
@@ -157,6 +184,9 @@ class Cluster:
         self.opts = opts
         self.replicas: list[Member] = []
         self.router: Member | None = None
+        self.supervisor: Supervisor | None = None
+        self.layout: CpuLayout | None = None
+        self._tools: Any = None
         self._say = log or (lambda line: print(line, file=sys.stderr))
 
     @property
@@ -179,9 +209,14 @@ class Cluster:
             )
         self.opts.log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            tools = tool_setup(self.opts.serve)  # one check, before any process starts
-            for i, port in enumerate(self.opts.replica_ports):
-                self.replicas.append(self._start_replica(i, port, tools))
+            self._tools = tool_setup(self.opts.serve)  # one check, before any process starts
+            self.layout = cpu_layout(self.opts)
+            if self.layout is not None:
+                self._say(f"CPU layout: {self.layout.text()}")
+                if self.layout.note:
+                    self._say(f"CPU layout: {self.layout.note}")
+            for i in range(self.opts.replicas):
+                self.replicas.append(self._start_replica(i))
             self._wait_healthy(self.replicas)
             urls = [m.url for m in self.replicas]
             self.router = self._spawn(
@@ -191,20 +226,42 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
+        self.supervisor = Supervisor(
+            self.replicas, respawn=self._restart_replica, serves=_healthy,
+            kill_group=kill_group, say=self._say, restart=self.opts.restart,
+            backoff=self.opts.backoff, start_timeout_s=self.opts.timeout,
+        )  # fmt: skip
         self._write_manifest()
 
-    def _start_replica(self, index: int, port: int, tools: Any) -> Member:
+    def supervise(self) -> None:
+        """One look at the replicas (call it every second): report, kill and restart the dead."""
+        if self.supervisor is not None and self.supervisor.check():
+            self._write_manifest()
+
+    def _start_replica(self, index: int, *, again: bool = False) -> Member:
+        port = self.opts.replica_ports[index]
         stats = self.opts.log_dir / f"replica-{index}.stats.json"
         serve = replace(self.opts.serve, host=self.opts.host, port=port, stats_file=str(stats))
         url = f"http://{self.opts.host}:{port}"
-        cmd = server_command(serve, tools)
-        member = self._spawn(f"replica-{index}", url, cmd, replica_env(self.opts, index, serve))
+        cmd = server_command(serve, self._tools)
+        env = replica_env(self.opts, index, serve, self.layout)
+        member = self._spawn(f"replica-{index}", url, cmd, env, append=again)
         member.stats = stats
         return member
 
-    def _spawn(self, name: str, url: str, cmd: list[str], env: dict[str, str]) -> Member:
+    def _restart_replica(self, index: int) -> Member:
+        member = self._start_replica(index, again=True)
+        self.replicas[index] = member
+        return member
+
+    def _spawn(
+        self, name: str, url: str, cmd: list[str], env: dict[str, str], *, append: bool = False
+    ) -> Member:
         log = self.opts.log_dir / f"{name}.log"
-        with log.open("wb") as out:
+        with log.open("ab" if append else "wb") as out:
+            if append:  # a restarted replica continues its log
+                out.write(f"\n--- lamps-agent cluster: {name} started again ---\n".encode())
+                out.flush()
             proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=_die_with_parent,
@@ -234,10 +291,17 @@ class Cluster:
 
     def _write_manifest(self) -> None:
         """``cluster.json`` in the log folder: every process's url, pid, log and stats file."""
+        replicas = [m.describe() for m in self.replicas]
+        for i, entry in enumerate(replicas):
+            if self.layout is not None:
+                entry["cores"] = self.layout.bind(i)
+            if self.supervisor is not None:
+                slot = self.supervisor.slots[i]
+                entry.update(phase=slot.phase.value, restarts=slot.num_restarts)
         manifest = {
             "router": self.router.describe() if self.router else None,
             "router_policy": self.opts.router_policy,
-            "replicas": [m.describe() for m in self.replicas],
+            "replicas": replicas,
         }
         (self.opts.log_dir / "cluster.json").write_text(json.dumps(manifest, indent=2))
 
@@ -265,22 +329,50 @@ class Cluster:
             _signal_group(member.proc, signal.SIGKILL)
         for member in members:
             _wait_group_gone(member.proc, timeout=10.0)
-        self.router, self.replicas = None, []
+        self.router, self.replicas, self.supervisor = None, [], None
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(proc: Process, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # else the whole group is gone
         os.killpg(proc.pid, sig)  # the group's id is the leader's pid (start_new_session)
 
 
-def _wait_group_gone(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+def kill_group(proc: Process, *, timeout: float = 5.0) -> int:
+    """SIGKILL to the whole process group led by ``proc`` (its leader already exited) and wait
+    until it is gone; the number of processes it still had (vLLM's engine core, worker, resource
+    tracker: re-parented to PID 1 when the server died)."""
+    num_left = len(group_members(proc.pid))
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _wait_group_gone(proc, timeout=timeout)
+    return num_left
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc (Linux; [] elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _wait_group_gone(proc: Process, *, timeout: float) -> None:
     """Until no process of the group is left (a killed engine process takes a moment to be
-    reaped), so that a stopped cluster has really stopped when ``stop`` returns."""
+    reaped), so that a stopped cluster has really stopped when ``stop`` returns.  Zombies do not
+    count: a killed orphan is PID 1's to reap."""
     deadline = time.monotonic() + timeout
+    on_linux = Path("/proc/self/stat").exists()
     while time.monotonic() < deadline:
         try:
             os.killpg(proc.pid, 0)
         except ProcessLookupError:
+            return
+        if on_linux and not group_members(proc.pid):
             return
         time.sleep(0.05)
     log.warning("process group %d still has members %.0f s after SIGKILL", proc.pid, timeout)
@@ -293,8 +385,13 @@ def _die_with_parent() -> None:
 
 
 def _healthy(url: str) -> bool:
+    return _answers(f"{url}/health")
+
+
+def _answers(url: str) -> bool:
+    """Whether ``url`` answers 200 within 2 s."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -316,12 +413,56 @@ def read_manifest(log_dir: Path) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterStatus:
+    """Health with its two meanings: ``alive`` (the router process answers, vllm-router's
+    ``/liveness``) and ``ready`` (it can serve: at least one healthy replica, ``/readiness``)."""
+
+    router: str
+    alive: bool
+    ready: bool
+    replicas: tuple[tuple[str, str, bool], ...]  # name, url, answers /health
+
+    def text(self) -> str:
+        lines = [
+            f"router {self.router}: {'alive' if self.alive else 'not answering'}, "
+            f"{'ready' if self.ready else 'not ready'}"
+        ]
+        for name, url, serves in self.replicas:
+            lines.append(f"{name} {url}: {'serving' if serves else 'not serving'}")
+        return "\n".join(lines)
+
+
+def cluster_status(log_dir: Path) -> ClusterStatus:
+    """Probe the router and the replicas of the cluster whose ``cluster.json`` is in ``log_dir``."""
+    try:
+        manifest = read_manifest(log_dir)
+    except FileNotFoundError:
+        raise ValueError(f"no cluster.json in {log_dir}: no cluster was started there") from None
+    router = str((manifest.get("router") or {}).get("url", ""))
+    replicas = tuple(
+        (str(r["name"]), str(r["url"]), _healthy(str(r["url"])))
+        for r in manifest.get("replicas", [])
+    )
+    return ClusterStatus(
+        router=router,
+        alive=bool(router) and _answers(f"{router}/liveness"),
+        ready=bool(router) and _answers(f"{router}/readiness"),
+        replicas=replicas,
+    )
+
+
 __all__ = [
     "ROUTER_POLICIES",
     "Cluster",
     "ClusterError",
     "ClusterOptions",
+    "ClusterStatus",
     "Member",
+    "cluster_status",
+    "cpu_layout",
+    "group_members",
+    "kill_group",
     "read_manifest",
     "router_command",
 ]
