@@ -6,12 +6,15 @@ output length, the likely tool and its duration, the KV strategy, a priority) to
 after each model call it records the turn (output length, the tool called) in the tool registry,
 the prompt's tail only with ``record_prompts=True``; around each tool call it times the call,
 records it in the tool registry and tells an in-process engine that the agent now waits on the
-tool.  Sync and async hooks share the same logic, so the
-middleware behaves the same under ``invoke``, ``ainvoke`` and streaming.
+tool.  A model call cut off mid-answer (its replica died under a streamed turn) is called again
+from the start (:mod:`adapters.langchain.retry`).  Sync and async hooks share the same logic, so
+the middleware behaves the same under ``invoke``, ``ainvoke`` and streaming.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import re
 import threading
@@ -38,6 +41,7 @@ from adapters.langchain.planner import (
     ToolRecorder,
     ToolWaitListener,
 )
+from adapters.langchain.retry import CutRetry, check_complete
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
 
@@ -92,6 +96,10 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
             go with (``X-Session-ID``, which vllm-router routes sessions by; see docs/vllm.md,
             "Many replicas"); ``None`` sends none.  A session header the user set on the model
             or the call wins.
+        model_retries: how many times a model call cut off mid-answer is called again (a stream
+            that broke off: ``APIConnectionError``, or a reply without a finish reason); 0 turns
+            it off.  ``num_model_retries`` counts them; each is logged.
+        retry_delay_s: seconds before the first retry, doubling for each further one.
 
     A registry with ``record_turn`` (``tool_registry.ToolRegistry``) gets every model turn: the
     agent, step, tool the reply called (``None`` for a final answer), output tokens (the model's
@@ -112,6 +120,8 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         send_priority: bool = True,
         record_prompts: bool = False,
         session_header: str | None = SESSION_HEADER,
+        model_retries: int = 2,
+        retry_delay_s: float = 0.5,
     ) -> None:
         super().__init__()
         if transport not in _TRANSPORTS:
@@ -133,6 +143,12 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         self.send_priority = bool(send_priority)
         self.session_header = session_header
         self._auto: dict[type, bool] = {}  # model class -> has an extra_body field
+        self.retry = CutRetry(retries=model_retries, delay_s=retry_delay_s)
+
+    @property
+    def num_model_retries(self) -> int:
+        """Model calls cut off mid-answer and called again."""
+        return self.retry.num_retries
 
     # -- model calls --------------------------------------------------------------------------
 
@@ -142,7 +158,15 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResult:
         turn, request = self._before_model(request)
-        response = handler(request)
+        for attempt in itertools.count():
+            try:
+                response = handler(request)
+                check_complete(_reply_of(response))
+                break
+            except Exception as exc:
+                if not self.retry.again(exc, attempt=attempt, session_id=turn.session_id):
+                    raise
+            time.sleep(self.retry.delay(attempt))
         self.planner.finish(turn, _reply_of(response))
         return response
 
@@ -152,7 +176,15 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResult:
         turn, request = self._before_model(request)
-        response = await handler(request)
+        for attempt in itertools.count():
+            try:
+                response = await handler(request)
+                check_complete(_reply_of(response))
+                break
+            except Exception as exc:
+                if not self.retry.again(exc, attempt=attempt, session_id=turn.session_id):
+                    raise
+            await asyncio.sleep(self.retry.delay(attempt))
         self.planner.finish(turn, _reply_of(response))
         return response
 
