@@ -238,19 +238,22 @@ class Cluster:
         if self.supervisor is not None and self.supervisor.check():
             self._write_manifest()
 
-    def _start_replica(self, index: int, *, again: bool = False) -> Member:
+    def _start_replica(self, index: int, *, restart: int = 0) -> Member:
         port = self.opts.replica_ports[index]
-        stats = self.opts.log_dir / f"replica-{index}.stats.json"
+        # a replacement's statistics start from zero: a file of its own keeps the dead one's
+        suffix = f".restart-{restart}" if restart else ""
+        stats = self.opts.log_dir / f"replica-{index}{suffix}.stats.json"
         serve = replace(self.opts.serve, host=self.opts.host, port=port, stats_file=str(stats))
         url = f"http://{self.opts.host}:{port}"
         cmd = server_command(serve, self._tools)
         env = replica_env(self.opts, index, serve, self.layout)
-        member = self._spawn(f"replica-{index}", url, cmd, env, append=again)
+        member = self._spawn(f"replica-{index}", url, cmd, env, append=restart > 0)
         member.stats = stats
         return member
 
     def _restart_replica(self, index: int) -> Member:
-        member = self._start_replica(index, again=True)
+        restart = self.supervisor.slots[index].num_restarts + 1 if self.supervisor else 1
+        member = self._start_replica(index, restart=restart)
         self.replicas[index] = member
         return member
 
