@@ -197,7 +197,14 @@ def test_a_killed_replica_is_restarted_and_the_router_uses_it_again(
         assert status.alive and status.ready and all(s for _, _, s in status.replicas)
 
 
-def test_status_tells_liveness_from_readiness(running: Cluster) -> None:
+def test_status_tells_liveness_from_readiness(
+    running: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lamps_agent.cli.main import main
+
+    argv = ["cluster", "--status", "--log-dir", str(running.opts.log_dir)]
+    assert main(argv) == 0
+    assert f"router {running.url}: alive, ready" in capsys.readouterr().out
     for member in running.replicas:
         os.killpg(member.proc.pid, signal.SIGKILL)
     deadline = time.monotonic() + 20
@@ -207,6 +214,8 @@ def test_status_tells_liveness_from_readiness(running: Cluster) -> None:
     status = cluster_status(running.opts.log_dir)
     assert status.alive and not status.ready
     assert "alive, not ready" in status.text() and "replica-0" in status.text()
+    assert main(argv) == 1
+    assert "replica-1 http://127.0.0.1:" in capsys.readouterr().out
 
 
 def _ready(cluster: Cluster) -> bool:
@@ -282,6 +291,8 @@ def test_router_command_keeps_the_users_flags() -> None:
     [
         (["--model", "/no/such/model"], "no model folder at '/no/such/model'"),
         (["--model", "m", "--replicas", "0"], "replicas must be at least 1"),
+        (["--status"], "no cluster.json in"),
+        ([], "the following argument is required: --model (unless --status)"),
     ],
 )
 def test_cluster_command_refuses_bad_input_in_one_line(
