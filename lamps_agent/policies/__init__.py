@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
+from lamps_agent.policies.continuum import ContinuumPolicy
 from lamps_agent.policies.infercept import InferceptPolicy
 from lamps_agent.policies.lamps import LampsAgingPolicy, LampsNoRankPolicy, LampsPolicy
 from lamps_agent.policies.nested_wait import NestedWaitPolicy
@@ -28,6 +29,7 @@ for _cls in (
     WaitPolicy,
     NestedWaitPolicy,
     ProgramPolicy,
+    ContinuumPolicy,
 ):
     POLICIES.register(_cls.name)(_cls)
 
@@ -42,6 +44,7 @@ def make_policy(name: str, *, predictor: Predictor, preset: Preset, **options: A
 __all__ = [
     "POLICIES",
     "AdmissionGate",
+    "ContinuumPolicy",
     "EngineView",
     "InferceptPolicy",
     "LampsAgingPolicy",
