@@ -11,6 +11,7 @@ from lamps_agent.policies.lamps import LampsAgingPolicy, LampsNoRankPolicy, Lamp
 from lamps_agent.policies.nested_wait import NestedWaitPolicy
 from lamps_agent.policies.program import ProgramPolicy
 from lamps_agent.policies.sjf import SjfPolicy
+from lamps_agent.policies.thunderagent import ThunderAgentPolicy
 from lamps_agent.policies.vllm_fcfs import VllmNoCachePolicy, VllmPolicy
 from lamps_agent.policies.wait import WaitPolicy
 from lamps_agent.predictors.base import Predictor
@@ -30,6 +31,7 @@ for _cls in (
     NestedWaitPolicy,
     ProgramPolicy,
     ContinuumPolicy,
+    ThunderAgentPolicy,
 ):
     POLICIES.register(_cls.name)(_cls)
 
@@ -54,6 +56,7 @@ __all__ = [
     "Policy",
     "ProgramPolicy",
     "SjfPolicy",
+    "ThunderAgentPolicy",
     "VllmNoCachePolicy",
     "VllmPolicy",
     "WaitPolicy",
