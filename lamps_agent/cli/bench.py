@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lamps_agent.bench.aggregate import Row, group
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.capacity import search
+from lamps_agent.bench.capacity_bound import CapacityBound, capacity_bound
 from lamps_agent.bench.output import default_out_dir, prepare_out_dir
 from lamps_agent.bench.plots import plot_kv_timeline, plot_latency_vs_qps
 from lamps_agent.bench.protocol import WARMUP_FACTOR, WINDOW_FACTOR, default_window
@@ -398,13 +399,14 @@ def run_bench(args: argparse.Namespace) -> int:
     points = _simulate(config, bound, cache, quiet=args.quiet)
     elapsed = time.perf_counter() - started
     _print_header(console, config, points, unloaded, len(cache), elapsed)
+    limit = capacity_bound(config.programs, config.preset) if caps else None
     if caps:
-        console.print(capacity_table(caps, p99_target=args.p99_target))
+        console.print(capacity_table(caps, p99_target=args.p99_target, bound=limit))
     rows = _rows(points)
     console.print(rows_table(rows, baseline, wide=args.wide))
     _note_unstable(points, console)
     _note_fallbacks([p.summary for p in points], console)
-    _write_outputs(args, config, points, rows, caps, baseline, unloaded, console)
+    _write_outputs(args, config, points, rows, caps, baseline, unloaded, console, limit)
     return 0
 
 
@@ -582,6 +584,7 @@ def _write_outputs(
     baseline: Baseline | None,
     unloaded: float,
     console: Console,
+    limit: CapacityBound | None = None,
 ) -> None:
     out: Path = args.out
     summaries = [p.summary for p in points]
@@ -612,11 +615,16 @@ def _write_outputs(
             }
             for c in caps
         ],
+        "capacity_bound": (
+            {**dataclasses.asdict(limit), "bound": limit.bound, "limit": limit.limit}
+            if limit
+            else None
+        ),
     }
     write_json(summaries, out / "results.json", meta, extra=[_point_fields(p) for p in points])
     md = rows_markdown(rows, baseline)
     if caps:
-        md = capacity_markdown(caps, p99_target=args.p99_target) + "\n" + md
+        md = capacity_markdown(caps, p99_target=args.p99_target, bound=limit) + "\n" + md
     (out / "results.md").write_text(md)
     written = ["results.csv", "results.json", "results.md"]
     if not args.no_plots:
