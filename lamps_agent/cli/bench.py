@@ -74,7 +74,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--policies",
-        default="vllm,infercept,lamps",
+        default="vllm,infercept,lamps,continuum,thunderagent",
         help=f"comma-separated, from: {', '.join(POLICIES.names())}",
     )
     p.add_argument(
