@@ -190,7 +190,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     eng.add_argument("--model", help="model folder for --engine compare (e.g. a tiny local model)")
     eng.add_argument(
         "--engine-policies",
-        default="stock,noop,lamps,infercept",
+        default="stock,noop,lamps,infercept,continuum,thunderagent",
         help="servers for compare: stock (vLLM's scheduler), noop (the plug-in in stock order, "
         "no pins; always added as the control), or any policy",
     )
