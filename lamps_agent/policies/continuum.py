@@ -7,7 +7,8 @@ first served at the level of programs.  Each rule, with its source (docs/schedul
 "`continuum`"):
 
 * **TTL** (paper §4.2, Eq. 2): ``τ* = argmax_τ P(τ, f)·(T·η + PrefillReload(r)) − τ`` over
-  ``τ ∈ {0} ∪ S[f]``, with ``P`` the empirical CDF of tool ``f``'s observed durations ``S[f]``,
+  ``τ ∈ {0} ∪ S[f]``, with ``P`` the empirical CDF of tool ``f``'s observed durations ``S[f]``
+  (each the time from a turn's end to its program's next turn, §5.1),
   ``T`` the sliding-window mean queueing delay of turns that came back without their KV, ``η =
   −Corr(k, N − k)`` the workload's memoryfulness over the served turns of finished programs, and
   ``PrefillReload`` the time to prefill the context again.  ``τ* = 0``: no pin.
@@ -139,6 +140,7 @@ class ContinuumPolicy(Policy):
         self._programs: dict[Hashable, _Program] = {}
         self._evicted: set[int] = set()  # waiting turns that came back without their KV
         self._ttl: dict[Hashable, float] = {}  # paused key -> τ*, until the core asks
+        self._in_tool: dict[Hashable, tuple[str, float]] = {}  # program -> (tool, since)
 
     # -- T and the benefit -----------------------------------------------------------------
     @property
@@ -180,6 +182,8 @@ class ContinuumPolicy(Policy):
 
     # -- the pin and its time to live --------------------------------------------------------
     def on_pause(self, paused: PausedKV) -> KVStrategy:
+        if paused.tool is not None:  # timed until the program's next turn arrives
+            self._in_tool[paused.key] = (paused.tool, self.view.now)
         tau = self.history.ttl(paused.tool, self.benefit(paused))
         if tau <= 0:
             return KVStrategy.DISCARD
@@ -199,16 +203,20 @@ class ContinuumPolicy(Policy):
 
     # -- observations ------------------------------------------------------------------------
     def on_turn_start(self, req: Request) -> None:
+        """A turn arrived; if its program was in a tool, the tool's duration is the time since
+        the previous turn ended (the paper's inter-request interval: an engine sees no more)."""
         super().on_turn_start(req)
         self._program(req)
+        called = self._in_tool.pop(program_key(req), None)
+        if called is not None:
+            tool, since = called
+            self.history.observe(tool, self.view.now - since)
 
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         super().on_turn_end(req, outcome)
-        if outcome.tool is not None:
-            self.history.observe(outcome.tool, outcome.tool_duration)
-            return
-        self.memoryfulness.observe(program_step(req) + 1)
-        self._programs.pop(program_key(req), None)
+        if outcome.tool is None:
+            self.memoryfulness.observe(program_step(req) + 1)
+            self._programs.pop(program_key(req), None)
 
     def state(self) -> dict[str, float]:
         return {

@@ -174,3 +174,15 @@ def test_bad_options_are_refused(small_preset: Preset) -> None:
         _policy(small_preset, delay_window=0)
     with pytest.raises(ValueError):
         _policy(small_preset, cold_start_k=-1)
+
+
+def test_tool_durations_are_timed_from_the_pause_to_the_next_turn(small_preset: Preset) -> None:
+    # As the paper measures them (the interval between a program's requests); an engine's
+    # outcome may carry only the client's hint (the vLLM plug-in's), so it is not read.
+    policy, sched = _policy(small_preset)
+    req = _request(1, arrival=0.0)
+    _pause(sched, req)
+    sched.set_time(3.5)
+    hinted = Outcome(output_tokens=20, tool="tool", tool_duration=99.0, returned_tokens=10)
+    sched.tool_returned(req, hinted)
+    assert policy.history._by_tool == {"tool": [3.5]}
