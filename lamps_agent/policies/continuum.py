@@ -75,6 +75,9 @@ class ToolCallHistory:
             bisect.insort(self._by_tool.setdefault(tool, []), duration)
             bisect.insort(self._all, duration)
 
+    def __len__(self) -> int:
+        return len(self._all)
+
     def ttl(self, tool: str | None, benefit_s: float) -> float:
         own = self._by_tool.get(tool, []) if tool is not None else []
         if len(self._all) <= self.k:  # cold: the public code's fixed TTL
@@ -223,5 +226,5 @@ class ContinuumPolicy(Policy):
             "programs": len(self._programs),
             "queue_delay_s": round(self.queue_delay, 4),
             "eta": round(self.memoryfulness.eta, 4),
-            "tool_samples": len(self.history._all),
+            "tool_samples": len(self.history),
         }
