@@ -41,6 +41,7 @@ BUFFER_PER_PROGRAM = 100  # tokens, ThunderAgent/backend/state.py
 SCHEDULER_INTERVAL_S = 5.0  # Δt: --scheduler-interval, and the paper's setting
 WAIT_TIMEOUT_S = 1800.0  # _wait_for_resume's timeout
 DECAY_BASE = 2.0  # f(t) = 2^-t, the paper's setting (--use-acting-token-decay)
+OPEN, HELD = 0.0, 1.0  # the key's class: turns of active programs, of paused ones
 
 
 class Status(enum.Enum):
@@ -84,17 +85,28 @@ def best_fit_decreasing(sizes: Sequence[float], rooms: Sequence[float]) -> list[
 
 
 class _Gate:
-    """Active programs' turns pass; paused ones wait for a resume (or the timeout)."""
+    """Active programs' turns pass; paused ones wait for a resume (or the timeout).  Turns that
+    entered while their program was paused sort after every other (:meth:`queue_key`), so the
+    walk ends at a held turn once every resumed one behind it was seen."""
 
     def __init__(self, policy: ThunderAgentPolicy) -> None:
         self._policy = policy
+        self._found = 0  # held entries of resumed programs seen this walk
+        self._closed = False
 
     def allow(self, req: Request) -> bool:
-        return self._policy.may_run(req)
+        policy = self._policy
+        ok = policy.may_run(req)
+        if req.request_id in policy.held:
+            if ok:
+                self._found += 1
+            else:
+                self._closed = self._found >= policy.released
+        return ok
 
     @property
     def exhausted(self) -> bool:
-        return False  # a held program never holds back an active one's turn
+        return self._closed
 
 
 class ThunderAgentPolicy(Policy):
@@ -122,6 +134,10 @@ class ThunderAgentPolicy(Policy):
         self.acting_decay = acting_decay
         self.wait_timeout_s = wait_timeout_s
         self.programs: dict[Hashable, ThunderProgram] = {}
+        # Waiting turns that entered while their program was paused, and how many of those
+        # programs are active again (the gate's walk ends once it has seen them all).
+        self.held: dict[int, ThunderProgram] = {}
+        self.released = 0
         self._next_check = interval_s  # the engine's clock starts at 0 (the first check: Δt)
         self.resumed = 0
         self.paused_count = 0
@@ -208,6 +224,29 @@ class ThunderAgentPolicy(Policy):
         p.active = True
         p.waiting_since = None
         self.resumed += 1
+        if p.request is not None and self.held.get(p.request.request_id) is p:
+            self.released += 1
+
+    # -- the waiting order -----------------------------------------------------------------
+    def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
+        """FCFS by the time the turn reached the engine (a tool's return is a new request to
+        vLLM), turns of paused programs after all others: they reach vLLM only when resumed."""
+        p = self.programs.get(program_key(req))
+        cls = HELD if p is not None and not p.active else OPEN
+        entered = self.view.now if resumed else req.arrival_time
+        return (cls, entered, float(req.request_id))
+
+    def on_enqueue(self, req: Request) -> None:
+        p = self.programs.get(program_key(req))
+        if p is not None and req.queue_key[0] == HELD and req.request_id not in self.held:
+            self.held[req.request_id] = p
+            if p.active:  # a resumed program's turn, preempted back into the queue
+                self.released += 1
+
+    def on_admit(self, req: Request) -> None:
+        p = self.held.pop(req.request_id, None)
+        if p is not None and p.active:
+            self.released -= 1
 
     # -- admission -------------------------------------------------------------------------
     def admission_gate(self) -> _Gate:

@@ -209,3 +209,20 @@ def test_bad_options_are_refused(small_preset: Preset) -> None:
     for bad in ({"watermark": 0.0}, {"interval_s": -1.0}, {"wait_timeout_s": 0.0}):
         with pytest.raises(ValueError):
             _policy(small_preset, **bad)
+
+
+def test_held_turns_wait_behind_active_ones_and_a_resumed_one_passes_the_still_held(
+    small_preset: Preset,
+) -> None:
+    policy, sched = _policy(small_preset)
+    _fit(policy, 1100 + 50)  # one program of 1000 tokens at a time
+    first, big, small = _request(1), _request(2, prompt=900), _request(3, prompt=500)
+    for req in (first, big, small):
+        sched.add_request(req)
+    assert [policy.programs[k].active for k in (1, 2, 3)] == [True, False, False]
+    assert first.queue_key < big.queue_key < small.queue_key  # held turns after open ones
+    assert list(sched.admissible(8)) == [first]
+    sched.admit(first)
+    _fit(policy, 1100 + 600 + 50)  # room for the small one only, beside the first
+    assert [p.request for p in policy.resume()] == [small]
+    assert list(sched.admissible(8)) == [small]  # past the big one, still held
