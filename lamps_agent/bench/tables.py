@@ -18,6 +18,7 @@ from lamps_agent.bench.aggregate import (
     difference,
 )
 from lamps_agent.bench.capacity import Bracket
+from lamps_agent.bench.capacity_bound import CapacityBound
 from lamps_agent.bench.report import Baseline
 
 _DELTAS = (("ΔE2E", "e2e_mean"), ("ΔP99", "e2e_p99"), ("ΔTTFT", "ttft_mean"))
@@ -158,17 +159,19 @@ class Capacity:
     evaluations: int
 
 
-def capacity_table(caps: Sequence[Capacity], *, p99_target: float | None) -> Table:
-    table = Table(
-        title="capacity: highest stable qps (bracket: stable at low, unstable at high)",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
+def capacity_table(
+    caps: Sequence[Capacity], *, p99_target: float | None, bound: CapacityBound | None = None
+) -> Table:
+    title = "capacity: highest stable qps (bracket: stable at low, unstable at high)"
+    if bound is not None:
+        title += f"; bound: {_bound_text(bound)}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for h in (
         "policy",
         "stable qps",
         "bracket",
         *(["P99 ≤ target qps"] if p99_target else []),
+        *(["bound qps", "of bound"] if bound else []),
         "runs",
     ):
         table.add_column(h, justify="left" if h == "policy" else "right", no_wrap=True)
@@ -176,24 +179,51 @@ def capacity_table(caps: Sequence[Capacity], *, p99_target: float | None) -> Tab
         cells = [c.policy, _low(c.stable), _range(c.stable)]
         if p99_target:
             cells.append(_low(c.p99) if c.p99 else "—")
+        if bound:
+            cells += [f"{bound.bound:.3g}", _share(c.stable, bound)]
         cells.append(str(c.evaluations))
         table.add_row(*cells)
     return table
 
 
-def capacity_markdown(caps: Sequence[Capacity], *, p99_target: float | None) -> str:
+def capacity_markdown(
+    caps: Sequence[Capacity], *, p99_target: float | None, bound: CapacityBound | None = None
+) -> str:
     head = "| policy | highest stable qps | bracket (stable – unstable) |"
     rule = "|---|---:|---:|"
     if p99_target:
         head += f" highest qps with P99 E2E ≤ {p99_target:g} s |"
         rule += "---:|"
+    if bound:
+        head += " bound qps | share of bound |"
+        rule += "---:|---:|"
     lines = [head, rule]
     for c in caps:
         line = f"| {c.policy} | {_low(c.stable)} | {_range(c.stable)} |"
         if p99_target:
             line += f" {_low(c.p99) if c.p99 else '—'} |"
+        if bound:
+            line += f" {bound.bound:.3g} | {_share(c.stable, bound)} |"
         lines.append(line)
-    return "\n".join(lines) + "\n"
+    out = "\n".join(lines) + "\n"
+    if bound:
+        out += f"\nBound: {_bound_text(bound)} (lamps_agent/bench/capacity_bound.py).\n"
+    return out
+
+
+def _bound_text(b: CapacityBound) -> str:
+    return (
+        f"{b.bound:.3g} qps ({b.limit}-bound; KV kept {b.kv_kept:.3g}, KV dropped "
+        f"{b.kv_dropped:.3g}, compute {b.compute:.3g})"
+    )
+
+
+def _share(b: Bracket, bound: CapacityBound) -> str:
+    """The stable capacity as a share of the bound (its low end; ≥ when no rate failed)."""
+    if b.low is None:
+        return "—"
+    share = f"{b.low / bound.bound:.0%}"
+    return f"≥ {share}" if b.high is None else share
 
 
 def _low(b: Bracket) -> str:

@@ -27,6 +27,7 @@ from rich.markup import escape
 from lamps_agent.bench.aggregate import Row, baseline_rows, group, stability_notes
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.capacity import search
+from lamps_agent.bench.capacity_bound import CapacityBound, capacity_bound
 from lamps_agent.bench.output import default_out_dir, prepare_out_dir
 from lamps_agent.bench.plots import plot_kv_timeline, plot_latency_vs_qps
 from lamps_agent.bench.protocol import WARMUP_FACTOR, WINDOW_FACTOR, default_window
@@ -73,7 +74,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--policies",
-        default="vllm,infercept,lamps",
+        default="vllm,infercept,lamps,continuum,thunderagent",
         help=f"comma-separated, from: {', '.join(POLICIES.names())}",
     )
     p.add_argument(
@@ -198,7 +199,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     eng.add_argument("--model", help="model folder for --engine compare (e.g. a tiny local model)")
     eng.add_argument(
         "--engine-policies",
-        default="stock,noop,lamps,infercept",
+        default="stock,noop,lamps,infercept,continuum,thunderagent",
         help="servers for compare: stock (vLLM's scheduler), noop (the plug-in in stock order, "
         "no pins; always added as the control), or any policy",
     )
@@ -415,15 +416,16 @@ def run_bench(args: argparse.Namespace) -> int:
     points = _simulate(config, bound, cache, quiet=args.quiet)
     elapsed = time.perf_counter() - started
     _print_header(console, config, points, unloaded, len(cache), elapsed)
+    limit = capacity_bound(config.programs, config.preset) if caps else None
     if caps:
-        console.print(capacity_table(caps, p99_target=args.p99_target))
+        console.print(capacity_table(caps, p99_target=args.p99_target, bound=limit))
     rows = _rows(points)
     console.print(rows_table(rows, baseline, wide=args.wide))
     bases = baseline_rows(rows, baseline.policy, baseline.predictor) if baseline else {}
     for note in stability_notes(rows, bases):
         console.print(escape(note))
     _note_fallbacks([p.summary for p in points], console)
-    _write_outputs(args, config, points, rows, caps, baseline, unloaded, console)
+    _write_outputs(args, config, points, rows, caps, baseline, unloaded, console, limit)
     return 0
 
 
@@ -591,6 +593,7 @@ def _write_outputs(
     baseline: Baseline | None,
     unloaded: float,
     console: Console,
+    limit: CapacityBound | None = None,
 ) -> None:
     out: Path = args.out
     summaries = [p.summary for p in points]
@@ -621,11 +624,16 @@ def _write_outputs(
             }
             for c in caps
         ],
+        "capacity_bound": (
+            {**dataclasses.asdict(limit), "bound": limit.bound, "limit": limit.limit}
+            if limit
+            else None
+        ),
     }
     write_json(summaries, out / "results.json", meta, extra=[_point_fields(p) for p in points])
     md = rows_markdown(rows, baseline)
     if caps:
-        md = capacity_markdown(caps, p99_target=args.p99_target) + "\n" + md
+        md = capacity_markdown(caps, p99_target=args.p99_target, bound=limit) + "\n" + md
     (out / "results.md").write_text(md)
     written = ["results.csv", "results.json", "results.md"]
     if not args.no_plots:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
+from lamps_agent.policies.continuum import ContinuumPolicy
 from lamps_agent.policies.infercept import InferceptPolicy
 from lamps_agent.policies.lamps import LampsAgingPolicy, LampsNoRankPolicy, LampsPolicy
 from lamps_agent.policies.nested_wait import NestedWaitPolicy
 from lamps_agent.policies.program import ProgramPolicy
 from lamps_agent.policies.sjf import SjfPolicy
+from lamps_agent.policies.thunderagent import ThunderAgentPolicy
 from lamps_agent.policies.vllm_fcfs import VllmNoCachePolicy, VllmPolicy
 from lamps_agent.policies.wait import WaitPolicy
 from lamps_agent.predictors.base import Predictor
@@ -28,6 +30,8 @@ for _cls in (
     WaitPolicy,
     NestedWaitPolicy,
     ProgramPolicy,
+    ContinuumPolicy,
+    ThunderAgentPolicy,
 ):
     POLICIES.register(_cls.name)(_cls)
 
@@ -42,6 +46,7 @@ def make_policy(name: str, *, predictor: Predictor, preset: Preset, **options: A
 __all__ = [
     "POLICIES",
     "AdmissionGate",
+    "ContinuumPolicy",
     "EngineView",
     "InferceptPolicy",
     "LampsAgingPolicy",
@@ -51,6 +56,7 @@ __all__ = [
     "Policy",
     "ProgramPolicy",
     "SjfPolicy",
+    "ThunderAgentPolicy",
     "VllmNoCachePolicy",
     "VllmPolicy",
     "WaitPolicy",

@@ -42,8 +42,21 @@ GATE_PRESSURE: dict[str, dict[str, Any]] = {
     # engage_at=0: the rules on from the first step.  Otherwise they engage on a time average
     # of the load over wall-clock seconds, and an engine that steps fast can finish the six
     # requests before it engages (seen once in a full run).
-    "program": {"target_utilization": 0.001, "open_below": 0.0, "engage_at": 0.0}
+    "program": {"target_utilization": 0.001, "open_below": 0.0, "engage_at": 0.0},
+    # ThunderAgent's watermark λ: a third of the pool, a few of the requests at once.
+    "thunderagent": {"watermark": 0.3},
 }
+# A gate that waits a step at most: WAIT's patience; ThunderAgent's liveness timeout.
+SHORT_WAIT: dict[str, dict[str, Any]] = {"thunderagent": {"wait_timeout_s": 1e-3}}
+# The pin each policy gives up first under pressure: A (larger context, longer tool) by the
+# least-waste keys; Continuum the latest program's, ThunderAgent the smallest (B).
+FIRST_RELEASED = {"continuum": "B", "thunderagent": "B"}
+
+
+def gate_preset() -> Preset:
+    """The simulator with the test engine's pool (``KV_BYTES``, ~4,000 tokens): a gate that
+    holds by the share of the pool (ThunderAgent's watermark) holds alike in both."""
+    return load_preset(PRESET, overrides={"gpu_kv_gb": 0.5, "host_swap_gb": 0.0})
 
 
 def sim_scheduler(policy: str, preset: Preset | None = None, **options: Any) -> Scheduler:
@@ -91,7 +104,7 @@ def engines(engine_factory: Any) -> Any:
             options = {}
             if client_strategy == "obey" and POLICIES.get(policy).gates_admission:
                 # Pressure needs concurrent requests: a gate that waits one step at most.
-                options = {"policy_options": {"patience": 1}}
+                options = {"policy_options": SHORT_WAIT.get(policy, {"patience": 1})}
             elif pressure:
                 options = {"policy_options": GATE_PRESSURE[policy]}
             cache[key] = engine_factory(policy, client_strategy=client_strategy, **options)
@@ -210,16 +223,34 @@ def vllm_first_pin_released(llm: Any) -> str:
         _run_to_end(llm)
         if len(sched.lamps.pins.pins) < 1 + (key == "B"):
             return {"A", "B"}.difference(sched.lamps.pins.pins).pop()  # a revisit let it go
-    for k in range(1, 9):  # ever more concurrent prompts until the first pin gives way
-        for j in range(k):
-            llm.llm_engine.add_request(
-                f"press{k}-{j}", {"prompt_token_ids": tokens(700)}, _params(max_tokens=2)
-            )
-        _run_to_end(llm)
-        gone = {"A", "B"} - set(sched.lamps.pins.pins)
-        if gone:
-            assert len(gone) == 1, "both pins went at once: the pressure was not gradual"
-            return gone.pop()
+    core = sched.lamps.core
+    released: list[str] = []  # pins given up under pressure, in order: by the core's release
+    release, revisit = core.pin_to_release, core.revisit_paused  # or by the policy's revisit
+
+    def releasing(*, exclude: Any = None) -> Any:
+        paused = release(exclude=exclude)
+        if paused is not None:
+            released.append(str(paused.key))
+        return paused
+
+    def revisiting() -> Any:
+        changes = revisit()
+        released.extend(str(paused.key) for paused, _ in changes)
+        return changes
+
+    core.pin_to_release, core.revisit_paused = releasing, revisiting
+    try:
+        for k in range(1, 9):  # ever more concurrent prompts until the first pin gives way
+            for j in range(k):
+                llm.llm_engine.add_request(
+                    f"press{k}-{j}", {"prompt_token_ids": tokens(700)}, _params(max_tokens=2)
+                )
+            _run_to_end(llm)
+            if released:
+                return released[0]
+            assert {"A", "B"} <= set(sched.lamps.pins.pins), "a pin left other than by pressure"
+    finally:
+        core.pin_to_release, core.revisit_paused = release, revisit
     raise AssertionError("no pressure built up")
 
 
@@ -237,15 +268,17 @@ def test_kv_strategy_of_a_paused_turn(engine: Any, policy: str) -> None:
 
 def test_which_pin_is_released_first(engines: Any, policy: str) -> None:
     """Two sessions pinned (A: larger context, longer tool): a policy that revisits lets A go at
-    once; under memory pressure the policy's release key picks A too — in both engines."""
+    once; under memory pressure the policy's release key picks A too (Continuum and
+    ThunderAgent: B, ``FIRST_RELEASED``) — in both engines."""
     llm = engines(policy, "obey")
-    assert vllm_first_pin_released(llm) == sim_first_pin_released(policy) == "A"
+    expected = FIRST_RELEASED.get(policy, "A")
+    assert vllm_first_pin_released(llm) == sim_first_pin_released(policy) == expected
 
 
 @pytest.mark.parametrize("gated", [n for n in POLICIES.names() if POLICIES.get(n).gates_admission])
 def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
     # The simulator's scheduler: one request running, six arriving together: some are held.
-    sched = sim_scheduler(gated, **GATE_PRESSURE.get(gated, {}))
+    sched = sim_scheduler(gated, gate_preset(), **GATE_PRESSURE.get(gated, {}))
     first = core_turn(0, prompt=PROMPT, output=200, tool=None, duration=0.0)
     sched.add_request(first)
     sched.admit(first)

@@ -87,7 +87,7 @@ def test_bench_on_a_trace_file_with_a_duration(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--policies", "lamps,edf"], "unknown policy 'edf'; valid: infercept, lamps"),
+        (["--policies", "lamps,edf"], "unknown policy 'edf'; valid: continuum, infercept, lamps"),
         (["--predictors", "psychic"], "unknown predictor 'psychic'"),
         (["--preset", "b200"], "unknown preset 'b200'"),
         (["--set", "gpu_kv_gb=-1"], "gpu_kv_gb must be > 0"),

@@ -104,7 +104,10 @@ def test_nothing_is_silently_ignored(tmp_path: Path, capsys: pytest.CaptureFixtu
     cases = {
         ("--timeline", "sjf@2"): "--timeline sjf@2: policy 'sjf' is not run",
         ("--timeline", "lamps@7"): "--timeline lamps@7: qps 7 is not run; --qps: 2",
-        ("--baseline", "sjf"): "--baseline sjf: not among --policies (vllm, infercept, lamps)",
+        (
+            "--baseline",
+            "sjf",
+        ): "--baseline sjf: not among --policies (vllm, infercept, lamps, continuum, thunderagent)",
     }
     for args, message in cases.items():
         assert bench("--qps", "2", *args, "--out", str(tmp_path / "o")) == 2
@@ -282,7 +285,11 @@ def test_version_and_help_with_defaults(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("(default: 1,2,3,4,5,6)", "(default: vllm,infercept,lamps)", "(default: 0)"):
+    for shown in (
+        "(default: 1,2,3,4,5,6)",
+        "(default: vllm,infercept,lamps,continuum,thunderagent)",
+        "(default: 0)",
+    ):
         assert shown in text
     assert "(default: None)" not in text and "(default: False)" not in text
 

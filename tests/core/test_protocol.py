@@ -3,6 +3,7 @@ capacity search and "≈" for differences within the spread."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -302,6 +303,9 @@ def test_bench_prints_the_window_and_leads_with_capacity(
     assert out.index("capacity:") < out.index("E2E s")
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("| policy | highest stable qps |")
+    assert "| bound qps | share of bound |" in md.splitlines()[0]  # the physical bound
+    meta = json.loads((tmp_path / "results.json").read_text())
+    assert set(meta["config"]["capacity_bound"]) >= {"kv_kept", "kv_dropped", "compute", "bound"}
 
 
 def test_capacity_never_tries_beyond_its_limits() -> None:

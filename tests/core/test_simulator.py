@@ -251,7 +251,7 @@ def test_real_trace_runs_for_every_policy() -> None:
 def test_unknown_policy_lists_valid_names(small_preset: Preset) -> None:
     with pytest.raises(
         UnknownNameError,
-        match="valid: infercept, lamps, lamps-aging, lamps-norank, nested-wait, program, sjf, vllm, vllm-nocache, wait",
+        match="valid: continuum, infercept, lamps, lamps-aging, lamps-norank, nested-wait, program, sjf, thunderagent, vllm, vllm-nocache, wait",
     ):
         make_policy("edf", predictor=make_predictor("oracle"), preset=small_preset)
 
