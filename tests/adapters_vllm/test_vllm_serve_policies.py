@@ -1,5 +1,11 @@
-"""Every registered policy, served by `lamps-agent serve --policy NAME`, completes a replay of 40
-agent programs: no request lost, no plug-in error, and every KV block free again afterwards."""
+"""Served policies (`lamps-agent serve --policy NAME`) complete a replay of 40 agent programs: no
+request lost, no plug-in error, and every KV block free again afterwards.
+
+A server start costs ~40 s, so the served run covers one policy per way a policy can drive the
+plug-in — its capability flags (revisits pins, holds running requests, gates admission, prefix
+caching) and its own pin lifetime — and a test fails when a new policy brings a combination none
+of them has.  Every registered policy also runs in-process on a real engine
+(test_vllm_contract.py) and against vLLM's loop without one (tests/core/test_decisions.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ pytest.importorskip("vllm", reason="the vllm extra is not installed")
 
 from adapters.vllm.tools.replay import ReplayOptions, replay
 from adapters.vllm.tools.server import ManagedServer, ServeOptions
-from lamps_agent.policies import POLICIES
+from lamps_agent.policies import POLICIES, Policy
 from lamps_agent.workloads import generate_programs, poisson_workload
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -34,7 +40,23 @@ def _workload() -> list:  # type: ignore[type-arg]
     return poisson_workload(fits[:PROGRAMS], qps=4.0, seed=3)
 
 
-@pytest.mark.parametrize("policy", POLICIES.names())
+SERVED = ("vllm", "vllm-nocache", "lamps", "infercept", "wait", "nested-wait", "program",
+          "continuum", "thunderagent")  # fmt: skip
+
+
+def _drives(name: str) -> tuple[bool, ...]:
+    cls = POLICIES.get(name)
+    own_ttl = cls.pin_ttl is not Policy.pin_ttl
+    return (cls.adjusts_paused, cls.uses_holds, cls.gates_admission, cls.prefix_caching, own_ttl)
+
+
+def test_the_served_policies_cover_every_way_a_policy_drives_the_plugin() -> None:
+    served = {_drives(name) for name in SERVED}
+    missing = [name for name in POLICIES.names() if _drives(name) not in served]
+    assert not missing, f"serve one of these too: {missing}"
+
+
+@pytest.mark.parametrize("policy", SERVED)
 def test_every_policy_serves_a_replay_and_gives_every_block_back(
     tiny_model: Path, tmp_path: Path, policy: str
 ) -> None:
