@@ -84,8 +84,8 @@ def test_a_fit_on_served_steps_predicts_the_step_shapes_it_never_saw() -> None:
     samples = samples_from_step_log(_steps(600))
     fit, back = held_back(samples)
     assert fit and back
-    seen = {(s.point, s.prefill_tokens, s.decode_seqs) for s in fit}
-    assert not seen & {(s.point, s.prefill_tokens, s.decode_seqs) for s in back}
+    seen = {s.shape_key for s in fit}
+    assert not seen & {s.shape_key for s in back}
     cost = fit_cost_model(fit)
     quality = fit_quality(cost, back)
     assert quality.r2 > 0.95 and quality.median_rel_error < 0.05

@@ -52,6 +52,16 @@ class StepSample:
     resident_kv_tokens: int
     attn_products: float  # Σ chunk × (context before chunk + chunk/2)
     ms: float
+    # Steps of one shape, whose medians the fit takes; None: (point, prefill, decodes) exactly.
+    group: tuple[int, ...] | None = None
+
+    @property
+    def shape_key(self) -> tuple[int, ...]:
+        return (
+            self.group
+            if self.group is not None
+            else (self.point, self.prefill_tokens, self.decode_seqs)
+        )
 
     def row(self) -> tuple[float, ...]:
         return (
@@ -134,22 +144,23 @@ class ProfileResult:
 
 
 def medians(samples: Sequence[StepSample]) -> list[StepSample]:
-    """One sample per group of steps of the same shape (grid point, prefill tokens, decoding
-    sequences), each field its median: a step slowed by another process on a shared machine
-    moves a median little and a mean much."""
-    groups: dict[tuple[int, int, int], list[StepSample]] = {}
+    """One sample per group of steps of the same shape (:attr:`StepSample.shape_key`: grid
+    point, prefill tokens, decoding sequences), each field its median: a step slowed by another
+    process on a shared machine moves a median little and a mean much."""
+    groups: dict[tuple[int, ...], list[StepSample]] = {}
     for s in samples:
-        groups.setdefault((s.point, s.prefill_tokens, s.decode_seqs), []).append(s)
+        groups.setdefault(s.shape_key, []).append(s)
     return [
         StepSample(
-            point=point,
-            prefill_tokens=prefill,
-            decode_seqs=decodes,
+            point=g[0].point,
+            prefill_tokens=int(statistics.median(s.prefill_tokens for s in g)),
+            decode_seqs=int(statistics.median(s.decode_seqs for s in g)),
             resident_kv_tokens=int(statistics.median(s.resident_kv_tokens for s in g)),
             attn_products=statistics.median(s.attn_products for s in g),
             ms=statistics.median(s.ms for s in g),
+            group=key,
         )
-        for (point, prefill, decodes), g in groups.items()
+        for key, g in groups.items()
     ]
 
 
@@ -192,20 +203,29 @@ def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = No
     return fitted if base is None else replace(fitted, swap_bytes_per_s=base.swap_bytes_per_s)
 
 
-RESIDENT_BUCKET = 256  # served steps are grouped by resident KV in buckets of this many tokens
+RESIDENT_BUCKET = 512  # served steps are grouped by resident KV in buckets of this many tokens
+PREFILL_BUCKET = 128  # ... and by prefill tokens in buckets of this many
 
 
 def samples_from_step_log(records: Sequence[StepRecord]) -> list[StepSample]:
     """A served engine's steps as profile samples: each step's shape and wall time, grouped (for
-    :func:`medians`) by resident KV bucket, prefill tokens and decoding sequences."""
+    :func:`medians`) by resident KV and prefill-token buckets and decoding sequences.  A served
+    engine's steps rarely repeat a shape exactly, so exact groups hold one step each and its
+    noise goes into the fit whole; buckets make the medians robust (measured in
+    docs/benchmarks.md, "The engine as served")."""
     return [
         StepSample(
-            point=r.shape.resident_kv_tokens // RESIDENT_BUCKET,
+            point=0,
             prefill_tokens=r.shape.prefill_tokens,
             decode_seqs=r.shape.decode_seqs,
             resident_kv_tokens=r.shape.resident_kv_tokens,
             attn_products=r.shape.attn_products,
             ms=r.ms,
+            group=(
+                r.shape.resident_kv_tokens // RESIDENT_BUCKET,
+                -(-r.shape.prefill_tokens // PREFILL_BUCKET),  # 0 only for no prefill at all
+                r.shape.decode_seqs,
+            ),
         )
         for r in records
         if r.shape.prefill_tokens or r.shape.decode_seqs
@@ -217,12 +237,12 @@ def held_back(
 ) -> tuple[list[StepSample], list[StepSample]]:
     """(fit, held back): every ``every``-th step *shape* (by :func:`medians`' groups, in order of
     first appearance) is held back, so the held-back part holds shapes the fit never saw."""
-    order: dict[tuple[int, int, int], int] = {}
+    order: dict[tuple[int, ...], int] = {}
     for s in samples:
-        order.setdefault((s.point, s.prefill_tokens, s.decode_seqs), len(order))
+        order.setdefault(s.shape_key, len(order))
     fit, back = [], []
     for s in samples:
-        index = order[(s.point, s.prefill_tokens, s.decode_seqs)]
+        index = order[s.shape_key]
         (back if index % every == every - 1 else fit).append(s)
     return fit, back
 
