@@ -37,10 +37,11 @@ from lamps_agent.bench.protocol import Window, judge_stability
 from lamps_agent.bench.runner import measured_summary
 from lamps_agent.metrics import RunSummary
 from lamps_agent.policies import make_policy
-from lamps_agent.policies.program import ProgramPolicy
+from lamps_agent.policies.program import Footprint, FootprintPredictor, ProgramPolicy
 from lamps_agent.predictors import make_predictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.program import Program
+from lamps_agent.request import Request
 from lamps_agent.sim import RunLabels, Simulator
 from lamps_agent.workloads import poisson_workload
 from lamps_agent.workloads.arrivals import Arrival
@@ -60,6 +61,38 @@ class Spec:
     preset_overrides: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
     burst: tuple[float, float] | None = None  # (start s, length s): the rate doubles
+    # None: the policy's own footprint predictor (online history); a number e: the simulator's
+    # true footprint × (1 + e), e ~ N(0, that) per program (TrueFootprint).
+    true_footprint_error: float | None = None
+
+
+class TrueFootprint(FootprintPredictor):
+    """The sensitivity study's footprint: the simulator's truth (the program's last context,
+    its turns left), its growth scaled by ``1 + e`` with ``e ~ N(0, error)`` clipped at -90 %,
+    one draw per program and request (seeded by ``seed``)."""
+
+    def __init__(self, *, error: float = 0.0, seed: int = 0) -> None:
+        super().__init__()
+        if not 0 <= error < 5:
+            raise ValueError("error must be in [0, 5)")
+        self.error = error
+        self.seed = seed
+
+    def for_request(self, req: Request) -> Footprint:
+        context = req.segment.prompt_tokens
+        segs = req.program.segments
+        last = segs[-1]
+        remaining = len(segs) - req.seg_index
+        peak = float(last.prompt_tokens + last.output_tokens)
+        fp = Footprint(peak=peak, remaining_turns=remaining, growth=(peak - context) / remaining)
+        if self.error > 0:
+            rng = random.Random(f"footprint-{self.seed}-{req.program.program_id}-{req.request_id}")
+            e = max(rng.gauss(0.0, self.error), -0.9)
+            grown = max(fp.peak - context, 0.0) * (1 + e)
+            fp = Footprint(
+                peak=context + grown, remaining_turns=fp.remaining_turns, growth=fp.growth * (1 + e)
+            )
+        return fp
 
 
 @lru_cache(maxsize=8)
@@ -125,7 +158,7 @@ class _Recording(ProgramPolicy):
                     load=self.load,
                     engaged=self.engaged,
                     committed=self.committed / self.budget_tokens,
-                    resident=self.committed_resident / self.budget_tokens,
+                    resident=self.resident_commitment() / self.budget_tokens,
                     in_flight=len(self.in_flight),
                     held=self.counters_held,
                 )
@@ -138,6 +171,8 @@ def run(spec: Spec) -> Outcome:
     arrivals = _arrivals(spec)
     predictor = make_predictor("oracle")
     options = dict(spec.options)
+    if spec.true_footprint_error is not None:
+        options["footprint"] = TrueFootprint(error=spec.true_footprint_error)
     if spec.policy == "program" and spec.burst is not None:
         policy: Any = _Recording(predictor=predictor, preset=preset, **options)
     else:
@@ -175,15 +210,15 @@ def _stable(outs: list[Outcome]) -> str:
 def sensitivity(
     workload: str, qps: float, seeds: list[int], base: dict[str, Any], jobs: int
 ) -> None:
-    variants: list[tuple[str, tuple[tuple[str, Any], ...]]] = [
-        ("true footprint, 0 % error", (("footprint_source", "oracle"),)),
-        ("true × (1+e), 25 %", (("footprint_source", "oracle"), ("footprint_error", 0.25))),
-        ("true × (1+e), 50 %", (("footprint_source", "oracle"), ("footprint_error", 0.5))),
-        ("online history (default)", ()),
+    variants: list[tuple[str, float | None]] = [
+        ("true footprint, 0 % error", 0.0),
+        ("true × (1+e), 25 %", 0.25),
+        ("true × (1+e), 50 %", 0.5),
+        ("online history (default)", None),
     ]
     specs = [
-        Spec(workload, "program", qps, s, options=opts, **base)
-        for _, opts in variants
+        Spec(workload, "program", qps, s, true_footprint_error=error, **base)
+        for _, error in variants
         for s in seeds
     ]
     specs += [Spec(workload, "lamps", qps, s, **base) for s in seeds]

@@ -345,6 +345,11 @@ def device_name(device: str) -> str:
         import torch
 
         return str(torch.cuda.get_device_name(torch.device(device)))
+    return cpu_name()
+
+
+def cpu_name() -> str:
+    """The CPU's model and core count, in words."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -37,6 +37,11 @@ class Preset:
     token_budget: int = 2048  # chunked-prefill budget: tokens per iteration
     max_num_seqs: int = 256  # requests resident and advancing at once
     saturation_tokens: int = 384  # INFERCEPT's S: tokens that saturate the GPU
+    # Whether the engine can copy KV that is pinned on the GPU out to the host after the turn
+    # ended (INFERCEPT's revisit, a pin released under pressure or at its TTL).  vLLM with the
+    # plug-in cannot (its connector copies only at a turn's end), so by default the simulator
+    # cannot either, and such a swap is a discard in both; INFERCEPT's own engine could.
+    pin_swap: bool = False
 
     def __post_init__(self) -> None:
         if self.gpu_kv_gb <= 0 or self.host_swap_gb < 0:
@@ -320,7 +325,7 @@ def load_preset(
     """A registered preset, then the config file's fields, then explicit overrides."""
     preset = PRESETS.get(name)
     if config_file is not None:
-        data = _read_config(Path(config_file))
+        data = read_preset_file(Path(config_file))
         base = data.pop("base", None)
         if base is not None:
             preset = PRESETS.get(str(base))
@@ -330,7 +335,8 @@ def load_preset(
     return preset
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_preset_file(path: Path) -> dict[str, Any]:
+    """A preset file's fields as written (TOML or JSON), not yet applied to its base."""
     try:
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)

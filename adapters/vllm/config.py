@@ -18,6 +18,26 @@ from lamps_agent.scheduler import PinLifetime
 
 CLIENT_STRATEGY = ("advisory", "obey")
 
+SUPPORTED_VLLM = ("0.32", "0.33")
+"""vLLM minor versions whose scheduler the plug-in hooks (``running.pop()`` as the FCFS victim,
+``allocate_slots``, ``_enqueue_waiting_request``, ``_free_request``): 0.32 is tested here (the CPU
+build), 0.33's scheduler source was checked to keep every one of these plug points."""
+
+
+class UnsupportedVllm(RuntimeError):
+    pass
+
+
+def check_vllm_version(version: str) -> None:
+    """Refuse, at start-up and with the supported versions named, a vLLM whose scheduler the
+    plug-in was not built against (its scheduler interface is not public)."""
+    if ".".join(version.split(".")[:2]) not in SUPPORTED_VLLM:
+        raise UnsupportedVllm(
+            f"the lamps plug-in supports vLLM {' and '.join(f'{v}.x' for v in SUPPORTED_VLLM)}, "
+            f"not {version}: install a supported version or run without the plug-in"
+        )
+
+
 STOCK = "stock"
 """The server policy that is vLLM's own scheduler, without the plug-in; every other server policy
 is a core policy, run by the plug-in."""

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 log = logging.getLogger("lamps.vllm")
-SWAP_MARK = "_lamps_swap"  # set on a vLLM Request by LampsScheduler (scheduler.SWAP_MARK)
+SWAP_MARK = "_lamps_swap"  # set on a vLLM Request by the plug-in (lamps_core.SWAP_MARK)
 
 
 @dataclass

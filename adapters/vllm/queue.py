@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import overload
+from typing import Any, overload
 
-from vllm.v1.core.sched.request_queue import RequestQueue
-from vllm.v1.request import Request
+try:  # vLLM's abstract queue, so a missing method is an error at class creation ...
+    from vllm.v1.core.sched.request_queue import RequestQueue
+except ImportError:  # ... and, without vLLM, the plug-in's state can be built and tested alone
+    RequestQueue = object  # type: ignore[misc,assignment]
 
 from lamps_agent.request import Request as CoreRequest
 from lamps_agent.request import RequestState
 from lamps_agent.scheduler import Scheduler
 
+Request = Any  # a vLLM ``vllm.v1.request.Request``, used by its attributes
 CoreOf = Callable[[Request], CoreRequest | None]
 
 
@@ -76,10 +79,11 @@ class LampsRequestQueue(RequestQueue):
         if not self._walk_done:
             if self._walk is None:
                 self._walk = self._sched.admissible(len(self._sched.waiting))
-            core = next(self._walk, None)
-            if core is not None:
-                self._ahead.append(self._vllm[core.request_id])
-                return self._ahead[0]
+            for core in self._walk:
+                request = self._vllm.get(core.request_id)
+                if request is not None:  # else vLLM holds it in a queue of its own
+                    self._ahead.append(request)
+                    return request
             self._walk_done = True
             if not self._held_counted and self._sched.waiting:
                 self.gate_held_steps += 1  # the gate ended the walk with requests waiting

@@ -23,514 +23,21 @@ decides:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-import threading
-import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
+import vllm
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.request import Request, RequestStatus
+from vllm.v1.request import Request
 
-from adapters.vllm.config import PluginConfig
-from adapters.vllm.execute import order_running, retry_allocation
-from adapters.vllm.housekeeping import Housekeeper
-from adapters.vllm.pins import PinStore
-from adapters.vllm.queue import LampsRequestQueue
-from adapters.vllm.turns import TurnInfo, TurnTracker
-from lamps_agent.kv_memory import KVMemory
-from lamps_agent.policies import make_policy
-from lamps_agent.predictors import OraclePredictor
-from lamps_agent.predictors.base import Outcome
-from lamps_agent.presets import load_preset
-from lamps_agent.program import Program, Segment
-from lamps_agent.request import KVStrategy, RequestState
-from lamps_agent.request import Request as CoreRequest
-from lamps_agent.scheduler import PausedKV
-from lamps_agent.scheduler import Scheduler as CoreScheduler
+from adapters.vllm.config import PluginConfig, check_vllm_version
+from adapters.vllm.lamps_core import LampsCore
+from adapters.vllm.steplog import StepLog
 
 log = logging.getLogger("lamps.vllm")
-SWAP_MARK = "_lamps_swap"  # read by adapters.vllm.connector.HostSwapConnector
-_NORMAL_END = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED)
-
-
-@dataclass(slots=True)
-class Tracked:
-    """A vLLM request and the core request that stands for its turn."""
-
-    core: CoreRequest
-    info: TurnInfo
-
-
-@dataclass(slots=True)
-class DecisionCounters:
-    preserve: int = 0
-    swap: int = 0
-    discard: int = 0
-    finished: int = 0
-    unpredicted_pauses: int = 0  # predicted "final answer", paused all the same
-    advised_followed: int = 0  # the client's kv_strategy hint matched the decision
-    advised_overruled: int = 0
-    late_swap_fallbacks: int = 0  # a revisit chose swap for pinned KV: vLLM can only free it
-    held_steps: int = 0  # running requests the policy held, summed over steps
-
-    def count(self, strategy: KVStrategy | None) -> None:
-        if strategy is None:
-            self.finished += 1
-        else:
-            name = strategy.value
-            setattr(self, name, getattr(self, name) + 1)
-
-
-@dataclass(slots=True)
-class _AwayTurn:
-    """A session's turn that ended in a (possibly) tool call: its core request waits for the
-    session's next turn, which the core sees as that tool's return."""
-
-    core: CoreRequest
-    info: TurnInfo
-    output_tokens: int
-    ended_at: float
-
-
-MAX_AWAY_SESSIONS = 50_000  # sessions that never come back are forgotten beyond this many
-
-
-@dataclass(slots=True)
-class _Held:
-    index: int
-    request: Request
-
-
-def _mirror(request: Request, core: CoreRequest) -> None:
-    """The core request advances as vLLM computed its turn."""
-    core.kv_tokens = request.num_computed_tokens
-    core.generated = request.num_output_tokens
-    if core.generated > 0 and core.state is RequestState.PREFILLING:
-        core.move_to(RequestState.DECODING)
-
-
-def _priority_scheduling(sched: Scheduler) -> bool:
-    """vLLM's ``--scheduling-policy``: "priority" orders by the requests' priority first, and
-    the core honours it (the plug-in's queue replaces vLLM's priority heap)."""
-    policy = getattr(sched.scheduler_config, "policy", "fcfs")
-    return str(getattr(policy, "value", policy)) == "priority"
-
-
-class LampsCore:
-    """The plug-in's state, kept apart from vLLM's class so both scheduler variants share it."""
-
-    def __init__(self, sched: Scheduler, config: PluginConfig) -> None:
-        self.sched = sched
-        self.config = config
-        self.preset = load_preset(config.preset, config_file=config.preset_file or None)
-        pool = sched.kv_cache_manager.block_pool
-        self.pool = pool
-        self.block_size = sched.cache_config.block_size
-        connector = getattr(sched, "connector", None)
-        self.swap_available = type(connector).__name__ == "HostSwapConnector"
-        host_blocks = int(getattr(connector, "capacity_blocks", 0)) if self.swap_available else 0
-        memory = KVMemory(
-            num_gpu_blocks=max(pool.num_gpu_blocks, 1),
-            num_host_blocks=max(host_blocks, 0),
-            block_size=self.block_size,
-        )
-        # The hints are the predictions: an oracle over segments built from them.
-        policy = make_policy(
-            config.policy, predictor=OraclePredictor(), preset=self.preset, **config.policy_options
-        )
-        policy.limit_context(sched.max_model_len)
-        self.core = CoreScheduler(
-            preset=self.preset,
-            policy=policy,
-            memory=memory,
-            pin_lifetime=config.pin_lifetime,
-            priority_scheduling=_priority_scheduling(sched),
-        )
-        self.policy = policy
-        self.turns = TurnTracker(default_output_tokens=config.default_output_tokens)
-        self.pins = PinStore(touch=pool.touch, free=pool.free_blocks)
-        self.tracked: dict[str, Tracked] = {}
-        self.away: dict[str, _AwayTurn] = {}  # session id -> its paused turn
-        self.decisions = DecisionCounters()
-        self.step = 0
-        self.prefill_computed = 0
-        self.prefill_cached = 0
-        self.swaps = 0
-        self.swap_fallbacks = 0
-        self.errors = 0
-        self._ids = 0
-        self._held: list[_Held] = []
-        self._stats_file = os.environ.get("LAMPS_STATS_FILE")
-        self.lock = threading.RLock()  # the engine thread's scheduler calls vs housekeeping
-        self.housekeeper = Housekeeper(
-            lock=self.lock,
-            expire=self.expire_idle,
-            write_stats=self.write_stats if self._stats_file else None,
-        )
-        self.queue = LampsRequestQueue(scheduler=self.core, core_of=self.core_of)
-        retry_allocation(sched.kv_cache_manager, self.release_for)
-
-    def core_of(self, request: Request) -> CoreRequest | None:
-        tracked = self.tracked.get(request.request_id)
-        return tracked.core if tracked is not None else None
-
-    # -- requests in -------------------------------------------------------------------------
-    def on_add(self, request: Request) -> None:
-        try:
-            params = request.sampling_params
-            info = self.turns.read(
-                getattr(params, "extra_args", None) if params is not None else None,
-                request.session_id,
-                request.priority,
-                getattr(params, "max_tokens", None) if params is not None else None,
-            )
-            self._set_clock()
-            away = self.away.pop(info.session_id, None) if info.session_id else None
-            core = self._returned(away, request, info) if away is not None else None
-            if core is None:
-                core = self._core_request(request, info)
-                core.priority = request.priority
-                self._credit_pin(core, info.session_id)
-                # A session's later turn queues as a returning turn: stock order puts it at the
-                # back (it is a new request to vLLM), not at the session's start.
-                hist = self.turns.sessions.get(info.session_id) if info.session_id else None
-                later = hist is not None and hist.turns > 0
-                self.core.add_request(core, resumed=later)
-            self.tracked[request.request_id] = Tracked(core, info)
-        except Exception:
-            self.errors += 1
-            self.tracked.pop(request.request_id, None)
-            log.exception("lamps: could not read request %s; FCFS for it", request.request_id)
-
-    @staticmethod
-    def _turn_segments(prompt: int, info: TurnInfo) -> tuple[Segment, ...]:
-        """This turn as predicted (and, if a tool call is predicted, the turn after it)."""
-        output = max(round(info.output_tokens), 1)
-        first = Segment(
-            prompt_tokens=prompt,
-            output_tokens=output,
-            tool=info.tool,
-            tool_duration=info.tool_duration,
-        )
-        if info.tool is None:
-            return (first,)
-        return (first, Segment(prompt_tokens=prompt + output, output_tokens=1))
-
-    def _returned(self, away: _AwayTurn, request: Request, info: TurnInfo) -> CoreRequest | None:
-        """The session's next turn arrived: for the core, the tool of its paused turn returned
-        (:meth:`~lamps_agent.scheduler.core.Scheduler.tool_returned`, with what really happened:
-        the turn's output, the gap as the tool's duration, the tokens the tool added), and the
-        same core request goes on with this turn.  None when the new prompt does not extend
-        the session's context (the client rewrote it): the session starts afresh."""
-        core = away.core
-        if not core.is_paused:
-            return None
-        prompt = max(request.num_prompt_tokens, 1)
-        seg = core.segment
-        context = seg.prompt_tokens + away.output_tokens
-        if prompt < context or away.output_tokens < 1:
-            self.core.abort(core)
-            self._drop_pin(info.session_id, "rewritten")
-            return None
-        outcome = Outcome(
-            output_tokens=away.output_tokens,
-            tool=away.info.tool or "unknown",
-            tool_duration=max(time.time() - away.ended_at, 0.0),
-            returned_tokens=prompt - context,
-        )
-        ended = Segment(
-            prompt_tokens=seg.prompt_tokens,
-            output_tokens=max(away.output_tokens, 1),
-            tool=outcome.tool,
-            tool_duration=outcome.tool_duration,
-            returned_tokens=outcome.returned_tokens,
-        )
-        program = core.program
-        core.program = dataclasses.replace(
-            program,
-            segments=(
-                *program.segments[: core.seg_index],
-                ended,
-                *self._turn_segments(prompt, info),
-            ),
-        )
-        self.core.tool_returned(core, outcome, key=info.session_id)
-        core.priority = request.priority
-        self._credit_pin(core, info.session_id)
-        return core
-
-    def _core_request(self, request: Request, info: TurnInfo) -> CoreRequest:
-        """A session's first turn as the core sees it, arriving when the session first
-        arrived."""
-        segments = self._turn_segments(max(request.num_prompt_tokens, 1), info)
-        hist = self.turns.sessions.get(info.session_id) if info.session_id else None
-        self._ids += 1
-        return CoreRequest(
-            request_id=self._ids,
-            program=Program(
-                program_id=request.request_id,
-                agent=info.agent or "vllm",
-                segments=segments,
-                session_id=info.session_id,
-                first_step=info.step,
-            ),
-            arrival_time=hist.first_arrival if hist is not None else request.arrival_time,
-        )
-
-    # -- every step ----------------------------------------------------------------------------
-    def _set_clock(self) -> None:
-        self.core.set_time(time.time())
-        self.core.iteration = self.step
-        self.core.memory.free_gpu_blocks = min(
-            self.pool.get_num_free_blocks(), self.core.memory.num_gpu_blocks
-        )
-
-    def _mirror_running(self) -> None:
-        """The core's running requests advance as vLLM computed them."""
-        for request in self.sched.running:
-            core = self.core_of(request)
-            if core is not None:
-                _mirror(request, core)
-
-    def before_schedule(self) -> None:
-        self.step += 1
-        self._set_clock()
-        self._mirror_running()
-        self.core.sync_view()
-        self.expire_pins()
-        for paused, strategy in self.core.revisit_paused():
-            if strategy is KVStrategy.SWAP:
-                self.decisions.late_swap_fallbacks += 1
-            self._release(paused, "revisit")
-        order_running(self.sched.running, self.core, self.core_of)
-        self._hold_running()  # asked in the running order, as the core asks
-        self.queue.new_step()
-
-    def expire_pins(self) -> None:
-        """Release the pins whose time to live ran out at the core's clock."""
-        for paused in self.core.expire_pins():
-            self._release(paused, "ttl")
-
-    def expire_idle(self) -> None:
-        """Housekeeping on an engine that may not be scheduling: set the clock, then expire."""
-        if self.pins.pins:
-            self._set_clock()
-            self.expire_pins()
-
-    def release_for(self, request: Request) -> bool:
-        """vLLM could not allocate ``request``'s blocks: release the pin the core gives up first
-        (never the request's own session's).  False when no pin is left, and vLLM preempts."""
-        tracked = self.tracked.get(request.request_id)
-        paused = self.core.pin_to_release(
-            exclude=tracked.info.session_id if tracked is not None else None
-        )
-        if paused is None:
-            return False
-        if paused.strategy is KVStrategy.SWAP:
-            # A pin cannot be copied out here (the connector copies at a turn's end):
-            # released into vLLM's prefix-cached pool instead.
-            self.decisions.late_swap_fallbacks += 1
-        self._release(paused, "pressure")
-        return True
-
-    def _hold_running(self) -> None:
-        """Policies that hold resident requests (Nested WAIT): set them aside for this step."""
-        if not self.policy.uses_holds:
-            return
-        self.policy.begin_iteration(self.core.running_order())
-        running = self.sched.running
-        keep = []
-        for index, request in enumerate(running):
-            core = self.core_of(request)
-            if core is not None and self.policy.hold(core):
-                self._held.append(_Held(index, request))
-            else:
-                keep.append(request)
-        if self._held:
-            self.decisions.held_steps += len(self._held)
-            running[:] = keep
-
-    def _restore_held(self) -> None:
-        if self._held:
-            running = self.sched.running
-            for held in self._held:
-                running.insert(min(held.index, len(running)), held.request)
-            self._held.clear()
-
-    def after_schedule_failed(self) -> None:
-        self._restore_held()
-        self.queue.end_step()
-
-    def after_schedule(self, out: Any) -> None:
-        self._restore_held()
-        for core in self.queue.end_step():
-            sid = core.program.session_id  # the session's turns share one core request
-            if sid is not None:
-                paused = self.core.resume_paused(sid)
-                if paused is not None:
-                    self.pins.release(sid, "admitted")
-        for new in out.scheduled_new_reqs:
-            prompt = len(new.prompt_token_ids or ())
-            self.prefill_computed += max(prompt - new.num_computed_tokens, 0)
-            self.prefill_cached += new.num_computed_tokens
-
-    def _credit_pin(self, core: CoreRequest, session_id: str | None) -> None:
-        """A later turn whose session's KV is pinned waits with that KV resident, as a preserved
-        turn waits in the simulator: the policy sees only its new tokens as prefill to place.
-        (A vLLM request starts with no computed tokens, so a gate that waits for room for the
-        whole context would count the pinned blocks twice: once as used, once as needed.)"""
-        blocks = self.pins.pins.get(session_id) if session_id is not None else None
-        if blocks:
-            core.kv_tokens = min(len(blocks) * self.block_size, core.segment.prompt_tokens)
-
-    def _release(self, paused: PausedKV, reason: str) -> None:
-        sid = str(paused.key)
-        request = paused.request
-        if request is not None and request.state is RequestState.PAUSED_PRESERVED:
-            # The plug-in can only free a pin: whatever the strategy, the core's turn is
-            # discarded (its blocks stay in vLLM's prefix cache until evicted).
-            self.core.drop_preserved(paused, KVStrategy.DISCARD)
-        if self.pins.release(sid, reason):
-            # The session's waiting turn no longer has that KV resident.
-            for tracked in self.tracked.values():
-                core = tracked.core
-                if tracked.info.session_id == sid and core.state is RequestState.WAITING:
-                    core.kv_tokens = 0
-
-    # -- turns out -----------------------------------------------------------------------------
-    def on_free(self, request: Request) -> None:
-        tracked = self.tracked.pop(request.request_id, None)
-        if tracked is None:
-            return
-        core, info = tracked.core, tracked.info
-        self.queue.forget(core)
-        self._set_clock()
-        sid = info.session_id
-        if request.status not in _NORMAL_END:
-            self.core.abort(core)
-            if sid is not None and self.core.resume_paused(sid) is not None:
-                self.pins.release(sid, "abort")
-            return
-        _mirror(request, core)
-        continues = self.turns.may_continue(info)
-        self.turns.turn_ended(info, request.num_output_tokens)
-        outcome = Outcome(
-            output_tokens=request.num_output_tokens,
-            tool=info.tool,
-            tool_duration=info.tool_duration,
-            returned_tokens=0,
-        )
-        if sid is not None and self.core.resume_paused(sid) is not None:
-            self.pins.release(sid, "replaced")  # a session holds at most one pin
-        blocks = self._pinnable(request) if continues else []
-        strategy = self.core.end_turn(
-            core,
-            outcome,
-            continues=continues,
-            key=sid,
-            blocks=len(blocks),
-            gap=self._gap(info),
-            override=info.strategy if self.config.client_strategy == "obey" else None,
-        )
-        self._count(info, strategy)
-        if sid is None or strategy is None:
-            return
-        self._keep_away(sid, _AwayTurn(core, info, request.num_output_tokens, time.time()))
-        if strategy is KVStrategy.SWAP:
-            # The next turn is a new request; the connector's LRU store keeps the copy.
-            self.core.release_host_copy(core)
-            if self.swap_available:
-                setattr(request, SWAP_MARK, True)  # the host-swap connector copies it out
-                self.swaps += 1
-            else:
-                self.swap_fallbacks += 1  # no host store on this engine: vLLM's discard + LRU
-        elif strategy is KVStrategy.PRESERVE:
-            if blocks:
-                self.pins.pin(sid, blocks)
-            else:
-                empty = self.core.resume_paused(sid)  # nothing full to keep
-                if empty is not None:
-                    self._release(empty, "empty")
-
-    def _keep_away(self, sid: str, away: _AwayTurn) -> None:
-        earlier = self.away.pop(sid, None)
-        if earlier is not None and earlier.core is not away.core:
-            self.core.abort(earlier.core)  # a session's turns ran side by side
-        if len(self.away) >= MAX_AWAY_SESSIONS:  # the oldest half never came back
-            for old in list(self.away)[: len(self.away) // 2]:
-                self.core.abort(self.away.pop(old).core)
-                self._drop_pin(old, "forgotten")
-        self.away[sid] = away
-
-    def _drop_pin(self, sid: str | None, reason: str) -> None:
-        if sid is not None and self.core.resume_paused(sid) is not None:
-            self.pins.release(sid, reason)
-
-    def _pinnable(self, request: Request) -> list[Any]:
-        blocks = self.sched.kv_cache_manager.get_blocks(request.request_id).blocks[0]
-        return PinStore.pinnable(blocks)
-
-    def _gap(self, info: TurnInfo) -> float | None:
-        """The predicted pause: the hinted tool's duration, else the session's mean gap between
-        turns (None: the core's default for an unknown gap)."""
-        if info.tool is not None:
-            return info.tool_duration
-        return self.turns.mean_gap(info.session_id)
-
-    def _count(self, info: TurnInfo, strategy: KVStrategy | None) -> None:
-        self.decisions.count(strategy)
-        if strategy is None:
-            return
-        if info.tool is None:
-            self.decisions.unpredicted_pauses += 1
-        if info.strategy is not None:
-            if info.strategy is strategy:
-                self.decisions.advised_followed += 1
-            else:
-                self.decisions.advised_overruled += 1
-
-    def release_all(self, reason: str) -> None:
-        for sid in list(self.pins.pins):
-            self.core.resume_paused(sid)
-            self.pins.release(sid, reason)
-
-    # -- reporting -----------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        return {
-            "policy": self.config.policy,
-            "step": self.step,
-            "hints": asdict(self.turns.counters),
-            "decisions": asdict(self.decisions),
-            "waiting": len(self.core.waiting),
-            "pins_active": len(self.pins.pins),
-            "pinned_blocks": self.pins.pinned_blocks,
-            "pins": asdict(self.pins.counters),
-            "prefill_computed_tokens": self.prefill_computed,
-            "prefill_cached_tokens": self.prefill_cached,
-            "swaps": self.swaps,
-            "swap_fallbacks": self.swap_fallbacks,
-            "errors": self.errors,
-            "free_blocks": self.pool.get_num_free_blocks(),
-            "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
-            "gate_held_steps": self.queue.gate_held_steps,
-            "policy_state": self.policy.state(),
-        }
-
-    def write_stats(self) -> None:
-        if self._stats_file:
-            try:
-                tmp = f"{self._stats_file}.tmp"
-                with open(tmp, "w") as fh:
-                    json.dump(self.stats(), fh)
-                os.replace(tmp, self._stats_file)
-            except OSError as exc:
-                log.warning("lamps: cannot write stats to %s: %s", self._stats_file, exc)
 
 
 class _LampsMixin:
@@ -538,9 +45,14 @@ class _LampsMixin:
     the block pool holds the plug-in's lock, so housekeeping can run while the engine is idle."""
 
     lamps: LampsCore
+    steplog: StepLog | None = None
+    # A step's wall time is schedule() to update_from_output() only when vLLM does not schedule
+    # the next step before the last one's output (its async scheduler does).
+    times_steps: bool = True
 
     def _lamps_init(self) -> None:
         sched: Any = self
+        check_vllm_version(vllm.__version__)
         config = PluginConfig.load(getattr(sched.vllm_config, "additional_config", None))
         self.lamps = LampsCore(sched, config)
         sched.waiting = self.lamps.queue
@@ -548,6 +60,11 @@ class _LampsMixin:
         # priority victim rule is off, so its victim is ``running.pop()``, the core's choice.
         sched.policy = SchedulingPolicy.FCFS
         self.lamps.housekeeper.start()
+        path = os.environ.get("LAMPS_STEP_LOG")
+        if path and self.times_steps:
+            self.steplog = StepLog(path)
+        elif path:
+            log.warning("lamps: LAMPS_STEP_LOG ignored: steps overlap under async scheduling")
         log.info("lamps scheduler: policy=%s preset=%s", config.policy, config.preset)
 
     def add_request(self, request: Request) -> None:
@@ -556,8 +73,16 @@ class _LampsMixin:
                 self.lamps.on_add(request)
             super().add_request(request)  # type: ignore[misc]
 
+    def _enqueue_waiting_request(self, request: Request) -> None:
+        with self.lamps.lock:
+            super()._enqueue_waiting_request(request)  # type: ignore[misc]
+            if self._holds_kv_blocks(request):  # type: ignore[attr-defined]
+                self.lamps.hold_by_engine(request)
+
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
+            if self.steplog is not None:
+                self.steplog.begin()
             self.lamps.before_schedule()
             try:
                 out = super().schedule(*args, **kwargs)  # type: ignore[misc]
@@ -565,11 +90,17 @@ class _LampsMixin:
                 self.lamps.after_schedule_failed()
                 raise
             self.lamps.after_schedule(out)
+            if self.steplog is not None:
+                sched: Any = self
+                self.steplog.scheduled(out, sched.requests, self.lamps.used_blocks())
             return out
 
     def update_from_output(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
-            return super().update_from_output(*args, **kwargs)  # type: ignore[misc]
+            result = super().update_from_output(*args, **kwargs)  # type: ignore[misc]
+            if self.steplog is not None:
+                self.steplog.end()
+            return result
 
     def finish_requests(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
@@ -598,6 +129,8 @@ class _LampsMixin:
         with self.lamps.lock:
             self.lamps.release_all("shutdown")
             self.lamps.write_stats()
+            if self.steplog is not None:
+                self.steplog.close()
         super().shutdown()  # type: ignore[misc]
 
 
@@ -608,6 +141,8 @@ class LampsScheduler(_LampsMixin, Scheduler):
 
 
 class LampsAsyncScheduler(_LampsMixin, AsyncScheduler):
+    times_steps = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lamps_init()

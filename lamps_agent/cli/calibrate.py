@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lamps_agent.policies import POLICIES
-from lamps_agent.presets import load_preset
+from lamps_agent.presets import load_preset, read_preset_file
 from lamps_agent.workloads import generate_programs, load_trace
 from lamps_agent.workloads.infercept import BUILTIN_TRACES
 
@@ -32,6 +32,16 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _engine_options(p)
     p.add_argument("--out", type=Path, required=True, help="preset file to write (.toml or .json)")
+    p.add_argument(
+        "--from-step-log", type=Path, nargs="+", metavar="LOG",
+        help="fit the engine as it was served instead: step logs a plug-in server wrote "
+        "(LAMPS_STEP_LOG; bench --engine writes steps-LABEL.jsonl); no --model needed",
+    )  # fmt: skip
+    p.add_argument(
+        "--engine-preset", type=Path,
+        help="with --from-step-log: the engine's preset file (e.g. an in-process profile of the "
+        "same engine) whose cost terms the served fit replaces; default: --base",
+    )  # fmt: skip
     p.set_defaults(handler=run_profile)
 
     v = sub.add_parser(
@@ -72,7 +82,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine", "as the served engine runs (validate's servers get these)")
-    g.add_argument("--model", required=True, help="model folder (e.g. /tmp/tiny-llama)")
+    g.add_argument("--model", help="model folder (e.g. /tmp/tiny-llama); required to profile")
     g.add_argument("--kv-cache-bytes", type=int, default=3_000_000)
     g.add_argument("--block-size", type=int, default=32)
     g.add_argument("--max-num-seqs", type=int, default=16)
@@ -146,14 +156,59 @@ def profile_to_file(args: argparse.Namespace, out: Path) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    _import_vllm_adapter()
     if args.out.suffix not in (".toml", ".json"):
         raise ValueError(f"--out {args.out}: must end in .toml or .json")
+    if args.from_step_log:
+        return fit_served(args)
+    _need_model(args)
+    _import_vllm_adapter()
     profile_to_file(args, args.out)
     return 0
 
 
+def _need_model(args: argparse.Namespace) -> None:
+    if not args.model:
+        raise ValueError("--model is required (the model folder the engine serves)")
+
+
+def fit_served(args: argparse.Namespace) -> int:
+    """Fit the cost model to a served engine's step logs: a quarter of the step shapes held
+    back, the fit judged on them (R², median per-shape error) and its worst residuals shown."""
+    prof = _adapter("profile")
+    steplog = importlib.import_module("adapters.vllm.steplog")
+    records = [r for path in args.from_step_log for r in steplog.read_step_log(path)]
+    samples = prof.samples_from_step_log(records)
+    fit, back = prof.held_back(samples)
+    if not back:
+        raise ValueError("the step logs hold too few step shapes to hold any back")
+    engine = load_preset(args.base, config_file=args.engine_preset)
+    cost = prof.fit_cost_model(fit, base=engine.cost)
+    on_fit, on_back = prof.fit_quality(cost, fit), prof.fit_quality(cost, back)
+    print(f"{len(records)} served steps from {len(args.from_step_log)} log(s)")
+    print(f"fit:       R² {on_fit.r2:.3f}, median error {on_fit.median_rel_error:.1%} over {on_fit.samples} steps")  # fmt: skip
+    print(f"held back: R² {on_back.r2:.3f}, median error {on_back.median_rel_error:.1%}, max {on_back.max_rel_error:.1%} over {on_back.samples} steps")  # fmt: skip
+    print("worst held-back step shapes (prefill tok, decodes, resident KV: measured ms, error):")
+    for s, err in prof.residuals(cost, back)[:8]:
+        print(f"  {s.prefill_tokens:5d} {s.decode_seqs:3d} {s.resident_kv_tokens:6d}: {s.ms:7.2f} ms {err:+.0%}")  # fmt: skip
+    for line in list(prof.iter_report(on_fit, cost))[1:]:  # the terms
+        print(line)
+    fields: dict[str, Any] = {"base": args.base} if args.engine_preset is None else {}
+    if args.engine_preset is not None:
+        fields = read_preset_file(args.engine_preset)
+    fields["description"] = (
+        f"fitted by lamps-agent profile --from-step-log on {len(records)} served steps; held-back "
+        f"R² {on_back.r2:.3f}, median error {on_back.median_rel_error:.0%}"
+    )
+    fields["cost"] = {**fields.get("cost", {}), **{n: getattr(cost, n) for n in prof.FEATURES}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    prof.write_preset(args.out, fields)
+    load_preset(config_file=args.out)  # what was written must load
+    print(f"wrote {args.out}")
+    return 0
+
+
 def run_validate(args: argparse.Namespace) -> int:
+    _need_model(args)
     _import_vllm_adapter()
     val = _adapter("validate")
 

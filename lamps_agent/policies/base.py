@@ -181,6 +181,10 @@ class Policy:
     def on_leave(self, req: Request) -> None:
         """A resident request stopped being resident (finished, paused, preempted)."""
 
+    def on_abort(self, req: Request) -> None:
+        """``req`` was aborted wherever it was (waiting, running or paused): it will not come
+        back."""
+
     def limit_context(self, tokens: int) -> None:
         """The engine's longest context (a server's ``max_model_len``): no request's context can
         grow past it.  Policies that predict context growth cap their predictions here."""

@@ -107,6 +107,7 @@ class SchedulerCounters:
     pins_released: int = 0  # preserved KV dropped under memory pressure
     pins_expired: int = 0  # preserved KV dropped when its time to live ran out
     swap_fallbacks: int = 0  # swap chosen, no host room: discarded instead
+    pin_swaps_discarded: int = 0  # a pin the policy would swap out, on an engine that cannot
     rejected: int = 0
     prefix_hit_tokens: int = 0  # context tokens a turn found in the prefix cache (not recomputed)
     admissions: int = 0  # requests taken from the waiting queue
@@ -450,11 +451,20 @@ class Scheduler:
         for paused, strategy in self.policy.adjust_paused(self.paused.values()):
             if strategy is KVStrategy.PRESERVE or paused.key not in self.paused:
                 continue
+            strategy = self._pin_leaves_by(strategy)
             self.paused.pop(paused.key)
             paused.strategy = strategy
             changes.append((paused, strategy))
             self._record(DecisionKind.REVISIT, paused.key, strategy.value)
         return changes
+
+    def _pin_leaves_by(self, strategy: KVStrategy) -> KVStrategy:
+        """KV pinned on the GPU leaves it by a discard unless the engine can copy pinned KV out
+        (``preset.pin_swap``): a decision no engine can carry out is made by neither."""
+        if strategy is KVStrategy.SWAP and not self.preset.pin_swap:
+            self.counters.pin_swaps_discarded += 1
+            return KVStrategy.DISCARD
+        return strategy
 
     def expire_pins(self) -> list[PausedKV]:
         """Preserved entries whose time to live ran out, removed (the engine frees the KV)."""
@@ -473,7 +483,9 @@ class Scheduler:
         if worst is not None:
             self.paused.pop(worst.key)
             worst.strategy = (
-                KVStrategy.DISCARD if worst.returned else self.policy.release_strategy(worst)
+                KVStrategy.DISCARD
+                if worst.returned
+                else self._pin_leaves_by(self.policy.release_strategy(worst))
             )
             self.counters.pins_released += 1
             self._record(DecisionKind.RELEASE, worst.key, worst.strategy.value)
@@ -550,6 +562,7 @@ class Scheduler:
         if req.host_blocks:
             self.memory.free_host_blocks += req.host_blocks
             req.host_blocks = 0
+        self.policy.on_abort(req)
 
     def release_host_copy(self, req: Request) -> None:
         """``req``'s host copy is no longer the core's to account for: an engine whose turns are

@@ -259,11 +259,14 @@ def test_admission_releases_pins_rather_than_block_on_them(small_preset: Preset)
     assert a.state is RequestState.PAUSED_DISCARDED and sched.counters.pins_released == 1
 
 
+@pytest.mark.parametrize("pin_swap", [True, False])
 def test_pin_released_under_pressure_is_swapped_when_that_wastes_less(
-    small_preset: Preset,
+    small_preset: Preset, pin_swap: bool
 ) -> None:
+    """On an engine that can copy pinned KV out (INFERCEPT's); on one that cannot (vLLM with the
+    plug-in, the default) the same decision is a discard, counted."""
     cost = dataclasses.replace(small_preset.cost, swap_bytes_per_s=200e9)
-    preset = dataclasses.replace(small_preset, cost=cost, host_swap_gb=4.0)
+    preset = dataclasses.replace(small_preset, cost=cost, host_swap_gb=4.0, pin_swap=pin_swap)
 
     class PinningLamps(LampsPolicy):
         def on_pause(self, paused: PausedKV) -> KVStrategy:
@@ -279,9 +282,15 @@ def test_pin_released_under_pressure_is_swapped_when_that_wastes_less(
     _run_until_paused(sched, a)
     b = Request(request_id=1, program=make_program("b", [(4, 0, 0)], prompt=3000), arrival_time=1.0)
     sched.add_request(b)
+    context = a.kv_tokens
     out = sched.schedule()
-    assert a.state is RequestState.PAUSED_SWAPPED and a.recomputed_tokens == 0
-    assert out.swap_out_tokens == a.kv_tokens
+    if pin_swap:
+        assert a.state is RequestState.PAUSED_SWAPPED and a.recomputed_tokens == 0
+        assert out.swap_out_tokens == a.kv_tokens
+        assert sched.counters.pin_swaps_discarded == 0
+    else:
+        assert a.state is RequestState.PAUSED_DISCARDED and a.recomputed_tokens == context
+        assert out.swap_out_tokens == 0 and sched.counters.pin_swaps_discarded == 1
 
 
 # -- 5. prefill attention over the existing context; the engine's real token budget -------------

@@ -154,7 +154,7 @@ def test_a_swap_the_host_cannot_take_falls_back_to_discard_and_is_counted(
     """A preserved turn the policy later swaps (on a revisit, or released under memory
     pressure) while the host tier is full is discarded instead: the run completes and the
     fallback is counted (the core used to raise OutOfBlocks from KVMemory.swap_out)."""
-    tiny_host = dataclasses.replace(small_preset, gpu_kv_gb=0.5, host_swap_gb=0.001)
+    tiny_host = dataclasses.replace(small_preset, gpu_kv_gb=0.5, host_swap_gb=0.001, pin_swap=True)
 
     class PreserveThenSwap(LampsPolicy):
         adjusts_paused = when == "revisit"

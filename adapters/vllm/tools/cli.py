@@ -365,8 +365,11 @@ def _start_servers(
     options = policy_options(args.policy_options or (), labels)
     for i, label in enumerate(labels):
         stats = (out / f"stats-{label}.json").resolve()  # the plug-in's counters, kept
+        steps = (out / f"steps-{label}.jsonl").resolve()  # the plug-in's step log
+        steps.unlink(missing_ok=True)
         opts = _serve_options(
             args, policy=server_policy(label), swap=args.swap, stats_file=str(stats),
+            step_log=str(steps),
             vllm_args=tuple(args.vllm_arg or ()), async_scheduler=None, host="127.0.0.1",
             port=args.port + i, reserved_cpus=args.reserved_cpus,
             policy_options=options.get(label, {}),

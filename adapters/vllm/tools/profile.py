@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import logging
 import os
-import platform
 import random
 import statistics
 import time
@@ -28,7 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from adapters.vllm.steplog import StepRecord, describe
 from lamps_agent.cost_model import CostModel
+from lamps_agent.opprofile import cpu_name
+from lamps_agent.presets import write_preset_file
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,48 @@ def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = No
     return fitted if base is None else replace(fitted, swap_bytes_per_s=base.swap_bytes_per_s)
 
 
+RESIDENT_BUCKET = 256  # served steps are grouped by resident KV in buckets of this many tokens
+
+
+def samples_from_step_log(records: Sequence[StepRecord]) -> list[StepSample]:
+    """A served engine's steps as profile samples: each step's shape and wall time, grouped (for
+    :func:`medians`) by resident KV bucket, prefill tokens and decoding sequences."""
+    return [
+        StepSample(
+            point=r.shape.resident_kv_tokens // RESIDENT_BUCKET,
+            prefill_tokens=r.shape.prefill_tokens,
+            decode_seqs=r.shape.decode_seqs,
+            resident_kv_tokens=r.shape.resident_kv_tokens,
+            attn_products=r.shape.attn_products,
+            ms=r.ms,
+        )
+        for r in records
+        if r.shape.prefill_tokens or r.shape.decode_seqs
+    ]
+
+
+def held_back(
+    samples: Sequence[StepSample], *, every: int = 4
+) -> tuple[list[StepSample], list[StepSample]]:
+    """(fit, held back): every ``every``-th step *shape* (by :func:`medians`' groups, in order of
+    first appearance) is held back, so the held-back part holds shapes the fit never saw."""
+    order: dict[tuple[int, int, int], int] = {}
+    for s in samples:
+        order.setdefault((s.point, s.prefill_tokens, s.decode_seqs), len(order))
+    fit, back = [], []
+    for s in samples:
+        index = order[(s.point, s.prefill_tokens, s.decode_seqs)]
+        (back if index % every == every - 1 else fit).append(s)
+    return fit, back
+
+
+def residuals(cost: CostModel, samples: Sequence[StepSample]) -> list[tuple[StepSample, float]]:
+    """Each step shape's median and the model's relative error on it, worst first."""
+    rows = medians(samples)
+    out = [(s, (predict_ms(cost, s) - s.ms) / s.ms) for s in rows]
+    return sorted(out, key=lambda r: -abs(r[1]))
+
+
 def predict_ms(cost: CostModel, s: StepSample) -> float:
     return 1000.0 * cost.iteration_time(
         s.prefill_tokens, s.decode_seqs, s.resident_kv_tokens, s.attn_products
@@ -253,18 +296,13 @@ class _StepRecorder:
         scheduler.schedule, scheduler.update_from_output = timed_schedule, timed_update
 
     def _describe(self, out: Any) -> tuple[int, int, int, float]:
-        prefill = decodes = resident = 0
-        attn = 0.0
-        for req_id, n in out.num_scheduled_tokens.items():
-            req = self.scheduler.requests[req_id]
-            before = req.num_computed_tokens - n  # V1 advances it inside schedule()
-            resident += before
-            if before < req.num_prompt_tokens:
-                prefill += n
-                attn += n * (before + n / 2)
-            else:
-                decodes += 1
-        return prefill, decodes, resident, attn
+        shape = describe(out.num_scheduled_tokens, self.scheduler.requests)
+        return (
+            shape.prefill_tokens,
+            shape.decode_seqs,
+            shape.resident_kv_tokens,
+            shape.attn_products,
+        )
 
 
 class _Driver:
@@ -459,41 +497,12 @@ def write_samples(path: Path, samples: Sequence[StepSample]) -> None:
 
 
 def write_preset(path: Path, fields: dict[str, Any]) -> None:
-    if path.suffix == ".toml":
-        path.write_text(_toml(fields))
-    else:
-        path.write_text(json.dumps(fields, indent=2) + "\n")
-
-
-def _toml(fields: dict[str, Any]) -> str:
-    top = [f"{k} = {_toml_value(v)}" for k, v in fields.items() if not isinstance(v, dict)]
-    tables = [
-        f"\n[{k}]\n" + "\n".join(f"{sk} = {_toml_value(sv)}" for sk, sv in v.items())
-        for k, v in fields.items()
-        if isinstance(v, dict)
-    ]
-    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    write_preset_file(path, fields)
 
 
 def hardware() -> str:
     """The machine the profile ran on, in words."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({os.cpu_count()} cores), vLLM-CPU"
+    return f"{cpu_name()}, vLLM-CPU"
 
 
 def iter_report(quality: FitQuality, cost: CostModel) -> Iterator[str]:

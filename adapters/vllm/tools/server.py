@@ -50,6 +50,9 @@ class ServeOptions:
     port: int = 8000
     host: str = "127.0.0.1"
     stats_file: str | None = None
+    step_log: str | None = (
+        None  # LAMPS_STEP_LOG: the plug-in's per-step log (adapters/vllm/steplog)
+    )
     # VLLM_CPU_NUM_OF_RESERVED_CPU for the server (None: vLLM's own rule, which reserves one more
     # core when a KV connector is loaded; a comparison sets it equally for every server)
     reserved_cpus: int | None = None
@@ -101,6 +104,8 @@ def server_env(opts: ServeOptions) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     if opts.stats_file:
         env["LAMPS_STATS_FILE"] = opts.stats_file
+    if opts.step_log:
+        env["LAMPS_STEP_LOG"] = opts.step_log
     if opts.reserved_cpus is not None:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(opts.reserved_cpus)
     return env

@@ -1,45 +1,30 @@
-"""The program-aware policy: threshold admission, footprint prediction, aging bound, TTL rule."""
+"""The program-aware policy as a whole, driven through the core scheduler: its parts together
+(threshold admission, sessions, learning, TTL at the pause, engage rule, reporting).
+Each part's own behaviour is tested beside it (test_gate.py, test_footprint.py, ...)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import pytest
 
 from lamps_agent.policies import make_policy
-from lamps_agent.policies.program import (
-    ADMITTED,
-    NEW,
-    FootprintPredictor,
-    ProgramPolicy,
-    ttl_by_cost_benefit,
-)
+from lamps_agent.policies.program import ADMITTED, NEW, ProgramPolicy
 from lamps_agent.predictors import Outcome, make_predictor
 from lamps_agent.presets import Preset, load_preset
-from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy, Request, RequestState
 from lamps_agent.scheduler import PausedKV, Scheduler
 from lamps_agent.sim import RunLabels, Simulator
 from lamps_agent.workloads import poisson_workload
 from lamps_agent.workloads.longctx import generate_longctx
 from tests.core.conftest import make_program
-
-
-def _policy(preset: Preset, **options: object) -> tuple[ProgramPolicy, Scheduler]:
-    policy = make_policy("program", predictor=make_predictor("oracle"), preset=preset, **options)
-    assert isinstance(policy, ProgramPolicy)
-    return policy, Scheduler(preset=preset, policy=policy)
-
-
-def _request(rid: int, *, prompt: int = 2000, agent: str = "a") -> Request:
-    program = make_program(f"p{rid}", [(50, 1.0, 500)] * 4, prompt=prompt, agent=agent)
-    return Request(request_id=rid, program=program, arrival_time=float(rid))
+from tests.core.program.helpers import program_policy, serving_turn, sim_request
 
 
 def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Preset) -> None:
     # A budget of about one program: the first is admitted, the next new ones are held.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
-    first, second, third = _request(1), _request(2), _request(3)
+    policy, sched = program_policy(
+        small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0
+    )
+    first, second, third = sim_request(1), sim_request(2), sim_request(3)
     for req in (first, second, third):
         sched.add_request(req)
     admitted = list(sched.admissible(10))
@@ -58,55 +43,19 @@ def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Prese
 def test_an_engine_with_nothing_in_flight_admits_even_a_program_over_budget(
     small_preset: Preset,
 ) -> None:
-    policy, sched = _policy(small_preset, target_utilization=0.001, open_below=0.0, engage_at=0.0)
-    big = _request(1, prompt=8000)
+    policy, sched = program_policy(
+        small_preset, target_utilization=0.001, open_below=0.0, engage_at=0.0
+    )
+    big = sim_request(1, prompt=8000)
     sched.add_request(big)
     assert policy.footprint_term(big) > policy.budget_tokens
     assert list(sched.admissible(10)) == [big]
 
 
-def test_footprint_predictor_uses_the_prior_then_learns_per_agent() -> None:
-    fp = FootprintPredictor(prior_turns=8, prior_growth=1000, min_programs=3)
-    assert fp.predict(agent="coder", step=0, context=4000).peak == pytest.approx(12_000)
-    for turns, peak in ((4, 5000), (4, 5000), (6, 7000)):  # 1000 tokens per turn
-        fp.observe(agent="coder", turns=turns, first_prompt=1000, peak=peak)
-    assert fp.known("coder") and not fp.known("chat")
-    start = fp.predict(agent="coder", step=0, context=1000)
-    assert start.growth == pytest.approx(1000)
-    assert start.remaining_turns == pytest.approx(14 / 3)  # mean of 4, 4, 6
-    late = fp.predict(agent="coder", step=4, context=5000)  # only the 6-turn program went on
-    assert late.remaining_turns == pytest.approx(2)
-    assert late.peak == pytest.approx(7000)
-    past = fp.predict(agent="coder", step=9, context=10_000)  # longer than any seen: one more
-    assert past.remaining_turns == pytest.approx(1)
-    assert fp.predict(agent="chat", step=0, context=500).peak == pytest.approx(8500)
-
-
-@dataclass
-class _Turn:
-    agent: str
-    step: int
-    output_tokens: int
-    prompt_tokens: int | None
-    session_id: str | None
-
-
-def test_footprint_predictor_learns_from_recorded_turns() -> None:
-    records = [_Turn("coder", step, 100, 1000 + 600 * step, "s1") for step in range(5)] + [
-        _Turn("coder", 0, 100, None, "s2"),
-        _Turn("coder", 0, 100, 500, None),
-    ]
-    fp = FootprintPredictor(min_programs=1)
-    assert fp.seed_from_turns(records) == 1  # s2 has no prompt sizes, the last no session
-    got = fp.predict(agent="coder", step=0, context=1000)
-    assert got.remaining_turns == pytest.approx(5)
-    assert got.growth == pytest.approx((1000 + 2400 + 100 - 1000) / 5)
-
-
 def test_the_policy_learns_footprints_from_finished_programs(small_preset: Preset) -> None:
     programs = [make_program(f"p{i}", [(30, 0.1, 100)] * 5, agent="x") for i in range(6)]
     arrivals = poisson_workload(programs, qps=0.5, seed=0)
-    policy, _ = _policy(small_preset)
+    policy, _ = program_policy(small_preset)
     Simulator(preset=small_preset, policy=policy, arrivals=arrivals).run(
         RunLabels(policy="program", predictor="oracle")
     )
@@ -117,40 +66,11 @@ def test_the_policy_learns_footprints_from_finished_programs(small_preset: Prese
     assert not policy.in_flight and policy.committed == 0.0
 
 
-def test_aging_bounds_how_late_an_entrant_can_pass(small_preset: Preset) -> None:
-    policy, sched = _policy(small_preset, max_age_s=60.0)
-    huge, tiny, later = _request(1), _request(2), _request(3)
-    for area in (1e6, 2e6, 3e6):  # the running mean area the handicaps are relative to
-        policy._aged_key(huge, area, NEW)
-    key_huge = policy._aged_key(huge, 1e9, NEW)
-    sched.set_time(10.0)  # a far smaller program 10 s later goes first
-    key_tiny = policy._aged_key(tiny, 1.0, NEW)
-    assert key_tiny < key_huge
-    sched.set_time(60.0)  # max_age_s later: never ahead, however small its area
-    key_later = policy._aged_key(later, 0.0, NEW)
-    assert key_huge < key_later
-    for area in (0.0, 1.0, 1e3, 1e6, 1e12):
-        handicap = policy._aged_key(later, area, NEW)[1] - 60.0
-        assert 0.0 <= handicap < 60.0
-        assert policy._aged_key(later, area, ADMITTED)[1] - 60.0 < policy.turn_max_age_s
-
-
-def test_ttl_rule_pins_as_long_as_the_held_memory_is_worth_it() -> None:
-    durations = [1.0, 2.0, 3.0, 4.0]
-    # Cheap to hold (1 token): pin until every call has returned.
-    assert ttl_by_cost_benefit(durations, context_tokens=1, fallback_waste=10) == (4.0, 2.5)
-    # Expensive to hold: every TTL costs more than not pinning at all.
-    assert ttl_by_cost_benefit(durations, context_tokens=10, fallback_waste=10) == (0.0, 10)
-    # In between: pin for the bulk of the distribution, not its tail.
-    tau, _ = ttl_by_cost_benefit([1.0] * 9 + [100.0], context_tokens=1, fallback_waste=5)
-    assert tau == 1.0
-
-
 def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: Preset) -> None:
-    policy, sched = _policy(small_preset, engage_at=0.0)
+    policy, sched = program_policy(small_preset, engage_at=0.0)
     for _ in range(20):  # a 10 ms tool: holding 350 tokens that long beats swap or recompute
         policy.durations.observe("tool", 0.01)
-    req = _request(1, prompt=300)
+    req = sim_request(1, prompt=300)
     sched.add_request(req)
     sched.admit(req)
     req.move_to(RequestState.DECODING)
@@ -172,7 +92,7 @@ def test_program_policy_runs_a_long_context_workload_without_losing_requests() -
     preset = load_preset("h100-llama3-8b", overrides={"gpu_kv_gb": 8})
     programs = generate_longctx(30, seed=4, max_context=32_768)
     arrivals = poisson_workload(programs, qps=0.2, seed=0)
-    policy, _ = _policy(preset)
+    policy, _ = program_policy(preset)
     sim = Simulator(preset=preset, policy=policy, arrivals=arrivals)
     result = sim.run(RunLabels(policy="program", predictor="oracle"))
     assert result.summary.num_requests == len(arrivals)
@@ -186,8 +106,11 @@ def test_bad_options_are_refused(small_preset: Preset) -> None:
     for bad in (
         {"target_utilization": 0},
         {"max_age_s": 0},
-        {"footprint_source": "psychic"},
-        {"footprint_error": -0.1},
+        {"patience": 0},
+        {"engage_at": -1},
+        # A sensitivity study's knobs are the study's (benchmarks/program_policy.py), not options.
+        {"footprint_source": "oracle"},
+        {"footprint_error": 0.25},
         {"open_below": 2},
     ):
         with pytest.raises(ValueError):
@@ -196,8 +119,8 @@ def test_bad_options_are_refused(small_preset: Preset) -> None:
 
 def test_a_turn_that_paused_and_never_came_back_is_forgotten(small_preset: Preset) -> None:
     # The vLLM plug-in makes each turn a request of its own: the paused one never resumes.
-    policy, sched = _policy(small_preset)
-    req = _request(1)
+    policy, sched = program_policy(small_preset)
+    req = sim_request(1)
     sched.add_request(req)
     sched.admit(req)
     assert req.prediction is not None and policy.committed > 0
@@ -212,38 +135,21 @@ def test_a_turn_that_paused_and_never_came_back_is_forgotten(small_preset: Prese
     assert not policy.in_flight and policy.committed == 0.0
 
 
-def _serving_turn(
-    rid: int, *, session: str, step: int, prompt: int, final: bool = False
-) -> Request:
-    """A turn as the vLLM plug-in hands it to the core: a program of this turn alone (and a
-    one-token turn after its predicted tool), named by its session and step."""
-    first = Segment(
-        prompt_tokens=prompt,
-        output_tokens=50,
-        tool=None if final else "tool",
-        tool_duration=0.0 if final else 1.0,
-    )
-    segments = (first,) if final else (first, Segment(prompt_tokens=prompt + 50, output_tokens=1))
-    program = Program(
-        program_id=f"vllm-{rid}", agent="coder", segments=segments, session_id=session,
-        first_step=step,
-    )  # fmt: skip
-    return Request(request_id=rid, program=program, arrival_time=0.0)
-
-
 def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
     small_preset: Preset,
 ) -> None:
     # A budget of about one program, as in the threshold test, but every turn its own request.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
-    first = _serving_turn(1, session="s1", step=0, prompt=2000)
+    policy, sched = program_policy(
+        small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0
+    )
+    first = serving_turn(1, session="s1", step=0, prompt=2000)
     sched.add_request(first)
     sched.admit(first)
     outcome = Outcome(output_tokens=50, tool="tool", tool_duration=1.0, returned_tokens=0)
     policy.on_turn_end(first, outcome)  # the pause; this request never resumes
     assert "s1" in policy.in_flight
-    newcomer = _serving_turn(2, session="s2", step=0, prompt=2000)
-    later = _serving_turn(3, session="s1", step=1, prompt=2050, final=True)
+    newcomer = serving_turn(2, session="s2", step=0, prompt=2000)
+    later = serving_turn(3, session="s1", step=1, prompt=2050, final=True)
     sched.add_request(newcomer)
     sched.add_request(later)
     # The session's next turn is a later turn of an admitted program: ahead of the new program,
@@ -263,11 +169,13 @@ def test_a_serving_engines_turns_are_linked_into_one_program_by_session(
 
 def test_the_policy_reports_what_its_gate_holds(small_preset: Preset) -> None:
     # What a serving engine's statistics show (LAMPS_STATS_FILE): sessions linked, refusals.
-    policy, sched = _policy(small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0)
-    first = _serving_turn(1, session="s1", step=0, prompt=2000)
+    policy, sched = program_policy(
+        small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0
+    )
+    first = serving_turn(1, session="s1", step=0, prompt=2000)
     sched.add_request(first)
     sched.admit(first)
-    sched.add_request(_serving_turn(2, session="s2", step=0, prompt=2000))
+    sched.add_request(serving_turn(2, session="s2", step=0, prompt=2000))
     assert list(sched.admissible(10)) == []  # over budget while s1 runs
     state = policy.state()
     assert state["in_flight"] == 1 and state["in_flight_in_tool"] == 0
@@ -290,9 +198,9 @@ def test_a_program_in_a_tool_counts_against_the_budget_only_while_its_kv_is_pinn
     # WAIT's fluid load is the memory held: a program waiting on a tool with its KV off the GPU
     # holds none (the INFERCEPT traces' programs spend most of their life so), so it does not
     # hold a new program at the door; its next turn counts again and goes first.
-    policy, sched = _policy(small_preset, open_below=0.0, engage_at=0.0)
+    policy, sched = program_policy(small_preset, open_below=0.0, engage_at=0.0)
     other, first, waiting = (
-        _serving_turn(rid, session=f"s{rid}", step=0, prompt=2000) for rid in (0, 1, 2)
+        serving_turn(rid, session=f"s{rid}", step=0, prompt=2000) for rid in (0, 1, 2)
     )
     sched.add_request(other)
     capacity = policy.budget_tokens / policy.target_utilization
@@ -308,9 +216,10 @@ def test_a_program_in_a_tool_counts_against_the_budget_only_while_its_kv_is_pinn
     assert admitted == ([] if kv is KVStrategy.PRESERVE else [waiting])
     s1 = policy.in_flight["s1"].term
     held = policy.committed - (0.0 if kv is KVStrategy.PRESERVE else s1)
-    assert policy.committed_resident == pytest.approx(held)
+    assert policy.resident_commitment() == pytest.approx(held)
+    assert policy.state()["committed_resident_tokens"] == round(held, 1)
     # s1's tool returns: its next turn is a later turn of an admitted program, counted again
-    sched.add_request(_serving_turn(3, session="s1", step=1, prompt=2100), resumed=True)
+    sched.add_request(serving_turn(3, session="s1", step=1, prompt=2100), resumed=True)
     assert policy.resident_commitment() == pytest.approx(policy.committed)
 
 
@@ -319,17 +228,17 @@ def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) ->
     # engine's tiny model, a scaled workload) that is more than any context it can hold, and the
     # gate would admit one program at a time until three had finished.
     def gate(limit: int | None) -> list[Request]:
-        policy, sched = _policy(small_preset, open_below=0.0, engage_at=0.0)
+        policy, sched = program_policy(small_preset, open_below=0.0, engage_at=0.0)
         capacity = policy.budget_tokens / policy.target_utilization
         policy.target_utilization = 1_200 / capacity  # room for two programs of ≤ 1,000 tokens
         if limit is not None:
             policy.limit_context(limit)
         for rid in (1, 2):
-            sched.add_request(_serving_turn(rid, session=f"s{rid}", step=0, prompt=100))
+            sched.add_request(serving_turn(rid, session=f"s{rid}", step=0, prompt=100))
         return list(sched.admissible(10))
 
-    policy, _ = _policy(small_preset)
-    turn = _serving_turn(1, session="s1", step=0, prompt=100)
+    policy, _ = program_policy(small_preset)
+    turn = serving_turn(1, session="s1", step=0, prompt=100)
     assert policy.predicted_peak(turn) == 100 + 8 * 1_500
     policy.limit_context(1_000)
     assert policy.predicted_peak(turn) == 1_000
@@ -341,9 +250,9 @@ def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) ->
 
 
 def test_the_program_rules_engage_only_under_a_sustained_kv_load(small_preset: Preset) -> None:
-    policy, sched = _policy(small_preset, engage_at=0.5, load_window_s=10.0)
+    policy, sched = program_policy(small_preset, engage_at=0.5, load_window_s=10.0)
     assert policy.admission_gate() is None and not policy.engaged  # an idle engine: open
-    quiet = _request(1)
+    quiet = sim_request(1)
     sched.add_request(quiet)  # LAMPS-aging's order: one class, entered + aging_s · ln(area)
     assert quiet.queue_key[0] == ADMITTED
     memory = sched.memory
@@ -353,7 +262,7 @@ def test_the_program_rules_engage_only_under_a_sustained_kv_load(small_preset: P
     assert not policy.engaged and policy.load < 0.1  # a spike is not a load
     sched.set_time(30.0)  # three windows at 60 %: the time average passes 0.5
     assert policy.admission_gate() is not None and policy.engaged
-    newcomer = _request(2)
+    newcomer = sim_request(2)
     sched.add_request(newcomer)
     assert newcomer.queue_key[0] == NEW  # the program classes apply
     memory.free(int(0.6 * memory.num_gpu_blocks))
@@ -398,23 +307,134 @@ def _swapped_turn(sched: Scheduler, *, tool_s: float) -> Request:
 
 
 def test_an_engine_with_its_own_host_store_releases_the_cores_copy(small_preset: Preset) -> None:
-    _, sched = _policy(small_preset, engage_at=0.0)
+    _, sched = program_policy(small_preset, engage_at=0.0)
     req = _swapped_turn(sched, tool_s=10.0)
     sched.release_host_copy(req)  # what the vLLM plug-in does after a swap decision
     assert sched.memory.free_host_blocks == sched.memory.num_host_blocks
     assert req.state is RequestState.PAUSED_DISCARDED
 
 
-def test_a_committed_footprint_past_the_budget_engages_before_the_kv_fills(
+def _end(sched: Scheduler, turn: Request, *, tool: bool, session: str) -> None:
+    """The plug-in's report of a turn's end: a pause into a tool, or the session's last turn."""
+    outcome = Outcome(
+        output_tokens=50, tool="tool" if tool else None, tool_duration=1.0, returned_tokens=0
+    )
+    sched.end_turn(turn, outcome, continues=tool, key=session, gap=1.0 if tool else None)
+
+
+def test_the_committed_figures_return_to_zero_when_every_program_has_left(
     small_preset: Preset,
 ) -> None:
-    # Many programs just started: little KV in use yet, their predicted footprints past budget.
-    policy, sched = _policy(small_preset, engage_at=0.5, commit_at=1.0, load_window_s=10.0)
-    assert policy.admission_gate() is None
-    policy.committed = 2.0 * policy.budget_tokens
-    sched.set_time(30.0)
-    assert policy.admission_gate() is not None and policy.engaged
-    assert policy.load < 0.1 and policy.commitment > 1.0
-    policy.committed = 0.0
-    sched.set_time(60.0)
-    assert policy.admission_gate() is None and not policy.engaged
+    # Issue 22: after a real-engine run, state() showed committed_resident_tokens of 1,868 and
+    # 2,963 with nothing in flight.  It was the gate's last look, kept: the gate is consulted
+    # only while requests wait, so the figure stayed at what it counted then; and an aborted
+    # turn's program stayed in flight (and counted) for stale_s.  Driven as the plug-in does.
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    turns = {s: serving_turn(i, session=s, step=0, prompt=500) for i, s in enumerate("abc", 1)}
+    for turn in turns.values():
+        sched.add_request(turn)
+        sched.admit(turn)
+    assert set(policy.in_flight) == {"a", "b", "c"} and policy.resident_commitment() > 0
+    _end(sched, turns["a"], tool=True, session="a")  # a pauses; its next turn comes back
+    later = serving_turn(4, session="a", step=1, prompt=550, final=True)
+    sched.add_request(later, resumed=True)
+    sched.sync_view()
+    assert list(sched.admissible(10)) == [later]  # the gate's look, with programs in flight
+    sched.admit(later)
+    _end(sched, later, tool=False, session="a")
+    _end(sched, turns["b"], tool=False, session="b")
+    sched.abort(turns["c"])  # the client went away mid-turn: no end is reported
+    state = policy.state()
+    assert state["in_flight"] == 0 and state["in_flight_in_tool"] == 0
+    assert state["committed_tokens"] == 0.0
+    assert state["committed_resident_tokens"] == 0.0
+    assert state["admissions"] == 3  # a, b and c; a's later turn was not a new program
+    assert policy.footprints._agents["coder"].growth_n == 2  # a and b finished; c taught nothing
+
+
+def test_an_aborted_turn_frees_its_programs_place_at_the_next_look(small_preset: Preset) -> None:
+    # A budget of about one program: while an aborted program counted, the gate stayed shut.
+    policy, sched = program_policy(
+        small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0
+    )
+    first = serving_turn(1, session="s1", step=0, prompt=2000)
+    second = serving_turn(2, session="s2", step=0, prompt=2000)
+    sched.add_request(first)
+    sched.add_request(second)
+    assert list(sched.admissible(10)) == [first]
+    sched.admit(first)
+    sched.sync_view()
+    assert list(sched.admissible(10)) == []
+    sched.abort(first)
+    sched.sync_view()
+    assert list(sched.admissible(10)) == [second]
+    assert set(policy.in_flight) == set()  # s2 enters when admitted
+
+
+def test_a_preempted_turn_is_not_taken_for_an_aborted_one(small_preset: Preset) -> None:
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    first = serving_turn(1, session="s1", step=0, prompt=500)
+    sched.add_request(first)
+    sched.admit(first)
+    sched.preempt(first)  # leaves the GPU and goes back to wait: its program stays in flight
+    sched.admission_gate()
+    assert set(policy.in_flight) == {"s1"} and policy.state()["in_flight"] == 1
+
+
+def test_a_sessions_earlier_turn_aborted_beside_its_current_one_keeps_the_program(
+    small_preset: Preset,
+) -> None:
+    # A client that ran two turns of one session side by side and dropped the earlier one: the
+    # program goes on with the later turn, so it stays in flight.
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    earlier = serving_turn(1, session="s1", step=0, prompt=500)
+    sched.add_request(earlier)
+    sched.admit(earlier)
+    later = serving_turn(2, session="s1", step=1, prompt=600)
+    sched.add_request(later, resumed=True)
+    sched.admit(later)
+    sched.abort(earlier)
+    assert policy.state()["in_flight"] == 1
+    sched.abort(later)
+    assert policy.state()["in_flight"] == 0 and policy.state()["committed_tokens"] == 0.0
+
+
+def test_the_figures_return_to_zero_when_a_sessions_turns_continue_one_request(
+    small_preset: Preset,
+) -> None:
+    # The plug-in's other path: a session's next turn is its paused turn's tool return
+    # (Scheduler.tool_returned), the same core request going on.
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    done, dropped = (
+        serving_turn(i, session=s, step=0, prompt=500) for i, s in ((1, "a"), (2, "b"))
+    )
+    for turn in (done, dropped):
+        sched.add_request(turn)
+        sched.admit(turn)
+        _end(sched, turn, tool=True, session=turn.program.session_id or "")
+        back = Outcome(output_tokens=50, tool="tool", tool_duration=1.0, returned_tokens=10)
+        sched.tool_returned(turn, back, key=turn.program.session_id)
+        sched.sync_view()
+        assert turn in list(sched.admissible(10))
+        sched.admit(turn)
+    _end(sched, done, tool=False, session="a")
+    sched.abort(dropped)  # mid-turn
+    state = policy.state()
+    assert state["in_flight"] == 0 and state["committed_tokens"] == 0.0
+    assert state["committed_resident_tokens"] == 0.0 and state["admissions"] == 2
+
+
+def test_a_turn_aborted_while_it_waits_ends_its_program_at_once(small_preset: Preset) -> None:
+    """A session's next turn aborted in the queue never left the GPU, so on_leave cannot tell;
+    the core's abort does (Policy.on_abort): the program is no longer in flight or counted."""
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    first = serving_turn(1, session="s1", step=0, prompt=500)
+    sched.add_request(first)
+    sched.admit(first)
+    _end(sched, first, tool=True, session="s1")
+    later = serving_turn(2, session="s1", step=1, prompt=550, final=True)
+    sched.add_request(later, resumed=True)  # waits; the client goes away before it runs
+    assert policy.state()["in_flight"] == 1
+    sched.abort(later)
+    state = policy.state()
+    assert state["in_flight"] == 0 and state["committed_tokens"] == 0.0

@@ -1,0 +1,142 @@
+"""The served engine's step log: what each step scheduled and how long it took, as vLLM ran it.
+
+With ``LAMPS_STEP_LOG=/path/steps.jsonl`` in a server's environment, the plug-in appends one JSON
+line per engine step: when it started, what it scheduled (each request's scheduled tokens; the
+step's prefill tokens, decoding sequences, resident KV tokens and prefill attention products — the
+cost model's inputs), which requests it preempted, the KV blocks in use, and its wall time from
+``schedule()`` to the end of ``update_from_output()`` (the model's forward in between).  A served
+engine is then profiled as it serves (``lamps-agent profile --from-step-log``), with its process
+layout, flags and connector, and a replay's steps can be compared with the simulator's.
+
+No vLLM import: vLLM's objects are read by their attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+log = logging.getLogger("lamps.vllm")
+
+
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """The cost model's inputs for one step (:class:`~lamps_agent.cost_model.CostModel`)."""
+
+    prefill_tokens: int = 0
+    decode_seqs: int = 0
+    resident_kv_tokens: int = 0
+    attn_products: float = 0.0  # Σ chunk × (context before the chunk + chunk / 2)
+
+
+def describe(num_scheduled_tokens: Mapping[str, int], requests: Mapping[str, Any]) -> StepShape:
+    """What a step scheduled, from vLLM's ``SchedulerOutput.num_scheduled_tokens`` and its
+    requests, read after ``schedule()`` (which has already advanced ``num_computed_tokens``)."""
+    prefill = decodes = resident = 0
+    attn = 0.0
+    for req_id, n in num_scheduled_tokens.items():
+        req = requests.get(req_id)
+        if req is None:
+            continue
+        before = req.num_computed_tokens - n
+        resident += before
+        if before < req.num_prompt_tokens:
+            prefill += n
+            attn += n * (before + n / 2)
+        else:
+            decodes += 1
+    return StepShape(prefill, decodes, resident, attn)
+
+
+@dataclass(slots=True)
+class StepRecord:
+    step: int
+    t: float  # wall-clock start (time.time())
+    ms: float  # schedule() start to update_from_output() end
+    shape: StepShape
+    scheduled: dict[str, int] = field(default_factory=dict)  # request id -> tokens
+    preempted: list[str] = field(default_factory=list)
+    used_blocks: int = 0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.update(data.pop("shape"))
+        return json.dumps(data, separators=(",", ":"))
+
+
+def read_step_log(path: Path) -> list[StepRecord]:
+    """The records of a step log; a malformed line is an error naming the file and line."""
+    records = []
+    with path.open() as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                shape = StepShape(
+                    prefill_tokens=int(data.pop("prefill_tokens")),
+                    decode_seqs=int(data.pop("decode_seqs")),
+                    resident_kv_tokens=int(data.pop("resident_kv_tokens")),
+                    attn_products=float(data.pop("attn_products")),
+                )
+                records.append(StepRecord(shape=shape, **data))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: not a step record ({exc})") from None
+    return records
+
+
+class StepLog:
+    """Times each step between ``begin`` (schedule() starts) and ``end`` (update_from_output()
+    returned) and appends its record.  Writing failures are logged once and counted, never
+    raised into the engine."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.errors = 0
+        self._fh: TextIO | None = None
+        self._step = 0
+        self._pending: StepRecord | None = None
+        self._start = 0.0
+
+    def begin(self) -> None:
+        self._start = time.perf_counter()
+        self._pending = None
+
+    def scheduled(self, out: Any, requests: Mapping[str, Any], used_blocks: int) -> None:
+        tokens = dict(out.num_scheduled_tokens)
+        if not tokens:
+            return
+        self._step += 1
+        self._pending = StepRecord(
+            step=self._step,
+            t=time.time(),
+            ms=0.0,
+            shape=describe(tokens, requests),
+            scheduled=tokens,
+            preempted=sorted(getattr(out, "preempted_req_ids", None) or ()),
+            used_blocks=used_blocks,
+        )
+
+    def end(self) -> None:
+        record, self._pending = self._pending, None
+        if record is None:
+            return
+        record.ms = (time.perf_counter() - self._start) * 1000.0
+        try:
+            if self._fh is None:
+                self._fh = Path(self.path).open("a", buffering=1 << 16)  # noqa: SIM115 (kept open)
+            self._fh.write(record.to_json() + "\n")
+        except OSError as exc:
+            self.errors += 1
+            if self.errors == 1:
+                log.warning("lamps: cannot write the step log %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,111 @@
+"""The ``program`` policy's admission gate: a fluid-model threshold on whole programs (after WAIT).
+
+Later turns of admitted programs pass when their whole context fits in the free KV (else they
+wait for memory, not for anyone's rank); new programs while the fluid footprint stays under
+budget and no later turn is waiting for memory.  The queue puts every later turn ahead of every
+new program, so the first refused new program ends the walk (``exhausted``).  The gate sees the
+policy through :class:`GatedPolicy` and is made afresh for each look.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from lamps_agent.policies.base import EngineView
+from lamps_agent.policies.program.inflight import ProgramsInFlight
+from lamps_agent.policies.program.keys import program_key
+from lamps_agent.request import Request
+
+
+class GatedPolicy(Protocol):
+    """What the gate reads of its policy (and the one count it keeps there)."""
+
+    counters_held: int  # new programs refused (one per refusal)
+
+    @property
+    def view(self) -> EngineView: ...
+
+    @property
+    def in_flight(self) -> ProgramsInFlight: ...
+
+    @property
+    def patience(self) -> int | None: ...
+
+    @property
+    def budget_tokens(self) -> float: ...
+
+    @property
+    def open_below_tokens(self) -> float: ...
+
+    def footprint_term(self, req: Request) -> float: ...
+
+    def predicted_peak(self, req: Request) -> float: ...
+
+
+class ProgramGate:
+    """One look's gate.  ``resident``: the committed footprint of the programs whose KV is on the
+    GPU at this look (:meth:`ProgramsInFlight.resident`)."""
+
+    def __init__(self, policy: GatedPolicy, *, resident: float) -> None:
+        self._policy = policy
+        self._resident = resident
+        self._pending = 0.0
+        self._pending_peaks = 0.0
+        self._closed = False
+        self._turn_waits = False
+        self._given = 0  # requests this walk admitted
+        # Idle: nothing running, or no program in flight but turns paused in a tool whose
+        # return this engine cannot see.  An idle engine admits the head whatever its size:
+        # requests queued before the rules engaged carry the later turns' class, so a new
+        # program among them could otherwise hold the walk with nothing running to free memory.
+        self._idle = policy.view.num_running == 0 or all(
+            f.in_tool for f in policy.in_flight.values()
+        )
+        memory = policy.view.memory
+        self._free_blocks = memory.free_gpu_blocks - max(1, memory.num_gpu_blocks // 100)
+        self._used = memory.used_gpu_blocks * memory.block_size
+
+    def allow(self, req: Request) -> bool:
+        policy = self._policy
+        if program_key(req) in policy.in_flight:
+            return self._allow_turn(req)
+        if self._turn_waits:
+            self._closed = True
+            return False
+        patience = policy.patience
+        if patience is not None and policy.view.iteration - req.enqueued_iteration >= patience:
+            return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
+        term = policy.footprint_term(req)
+        peak = policy.predicted_peak(req)
+        committed = self._resident + self._pending
+        if self._idle and not self._given:
+            ok = True  # an idle engine admits the head, whatever its size
+        else:
+            ok = committed + term <= policy.budget_tokens or (
+                self._used + self._pending_peaks + peak <= policy.open_below_tokens
+            )
+        if ok:
+            self._given += 1
+            self._pending += term
+            self._pending_peaks += peak
+            self._free_blocks -= policy.view.memory.blocks_for(req.remaining_prefill + 1)
+            return True
+        self._closed = True
+        policy.counters_held += 1
+        return False
+
+    def _allow_turn(self, req: Request) -> bool:
+        """A chunked prefill reserves one chunk at a time: a long context recomputed into memory
+        that cannot hold it preempts others chunk by chunk (and they it).  Start it only when
+        all of it fits, or when nothing else runs."""
+        need = self._policy.view.memory.blocks_for(req.remaining_prefill + 1)
+        if need <= self._free_blocks or self._policy.view.num_running == 0:
+            self._free_blocks -= need
+            self._given += 1
+            return True
+        self._turn_waits = True
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._closed

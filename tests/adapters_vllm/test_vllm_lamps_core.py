@@ -1,0 +1,152 @@
+"""The plug-in's state (``LampsCore``) built and driven without vLLM: fakes stand in for vLLM's
+scheduler, block pool and requests, with the attributes the plug-in reads — as the plug-in is
+driven inside vLLM: a session's turn arrives, vLLM takes it from the plug-in's queue, the turn
+ends in a tool call (its KV pinned), the next turn arrives (the core hears the tool's return) and
+is admitted (the pin released)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from adapters.vllm.config import PluginConfig
+from adapters.vllm.lamps_core import LampsCore
+from lamps_agent.hints import LampsHints
+from lamps_agent.request import KVStrategy
+
+BLOCK = 16
+
+
+class Status(enum.Enum):  # the names the plug-in reads of vLLM's RequestStatus
+    WAITING = 0
+    RUNNING = 1
+    FINISHED_STOPPED = 2
+
+
+@dataclass(eq=False)
+class FakeRequest:
+    request_id: str
+    num_prompt_tokens: int
+    extra_args: dict[str, Any]
+    session_id: str | None = None
+    priority: int = 0
+    arrival_time: float = 0.0
+    num_computed_tokens: int = 0
+    num_output_tokens: int = 0
+    status: Status = Status.WAITING
+    sampling_params: Any = None
+
+    def __post_init__(self) -> None:
+        self.sampling_params = SimpleNamespace(extra_args=self.extra_args, max_tokens=64)
+
+
+@dataclass
+class FakePool:
+    num_gpu_blocks: int = 200
+    free: int = 199
+    touched: list[Any] = field(default_factory=list)
+    freed: list[Any] = field(default_factory=list)
+
+    def get_num_free_blocks(self) -> int:
+        return self.free
+
+    def touch(self, blocks: Any) -> None:
+        self.touched.extend(blocks)
+
+    def free_blocks(self, blocks: Any) -> None:
+        self.freed.extend(blocks)
+
+
+def fake_vllm_scheduler() -> Any:
+    pool = FakePool()
+    blocks: dict[str, list[Any]] = {}
+    manager = SimpleNamespace(
+        block_pool=pool,
+        allocate_slots=lambda request, *a, **k: object(),
+        get_blocks=lambda rid: SimpleNamespace(blocks=[blocks.get(rid, [])]),
+    )
+    return SimpleNamespace(
+        kv_cache_manager=manager,
+        cache_config=SimpleNamespace(block_size=BLOCK),
+        scheduler_config=SimpleNamespace(policy="fcfs"),
+        max_model_len=4096,
+        running=[],
+        requests={},
+        blocks=blocks,
+    )
+
+
+def turn(rid: str, prompt: int, *, step: int, tool: str | None) -> FakeRequest:
+    hints = LampsHints(
+        session_id="s", priority=0, agent="test", step=step, output_tokens=10, tool=tool,
+        tool_duration=5.0 if tool else 0.0,
+        kv_strategy=KVStrategy.PRESERVE if tool else KVStrategy.DISCARD,
+    )  # fmt: skip
+    return FakeRequest(rid, prompt, hints.to_xargs(), session_id="s")
+
+
+def run_turn(lamps: LampsCore, sched: Any, request: FakeRequest) -> None:
+    """vLLM's side: add, one step that takes it from the queue, run it to its end, free it."""
+    lamps.on_add(request)
+    lamps.queue.add_request(request)
+    lamps.before_schedule()
+    assert lamps.queue.pop_request() is request
+    request.status = Status.RUNNING
+    sched.running.append(request)
+    lamps.after_schedule(SimpleNamespace(scheduled_new_reqs=[]))
+    request.num_computed_tokens = request.num_prompt_tokens + 10
+    request.num_output_tokens = 10
+    request.status = Status.FINISHED_STOPPED
+    sched.running.remove(request)
+    sched.blocks[request.request_id] = [
+        SimpleNamespace(block_hash=i, is_null=False)
+        for i in range(request.num_computed_tokens // BLOCK)
+    ]
+    lamps.on_free(request)
+
+
+def test_a_sessions_turns_through_the_plugin_state_without_vllm() -> None:
+    sched = fake_vllm_scheduler()
+    lamps = LampsCore(sched, PluginConfig(policy="lamps", client_strategy="obey"))
+    first = turn("r1", 100, step=0, tool="search")
+    run_turn(lamps, sched, first)
+    assert lamps.decisions.preserve == 1 and "s" in lamps.pins.pins
+    assert len(sched.kv_cache_manager.block_pool.touched) == 110 // BLOCK  # the pin's references
+    core = lamps.away["s"].core
+
+    second = turn("r2", 130, step=1, tool=None)
+    run_turn(lamps, sched, second)
+    assert lamps.tracked == {} and "s" not in lamps.away
+    assert core.seg_index == 1 and core.program.segments[0].returned_tokens == 20
+    stats = lamps.stats()
+    assert stats["pins"]["released"] == {"admitted": 1} and stats["pins_active"] == 0
+    assert stats["decisions"]["finished"] == 1 and stats["errors"] == 0
+    assert len(sched.kv_cache_manager.block_pool.freed) == 110 // BLOCK
+
+
+def test_the_plugin_state_needs_no_vllm(tmp_path: Any) -> None:
+    """The test above, run again with every ``vllm`` import refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import importlib.abc, sys\n"
+        "class Refuse(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'vllm' or name.startswith('vllm.'):\n"
+        "            raise ImportError('vllm refused')\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        "import pytest\n"
+        f"sys.exit(pytest.main([{str(Path(__file__))!r}, '-q', '-p', 'no:cacheprovider',\n"
+        "    '-k', 'without_vllm']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout

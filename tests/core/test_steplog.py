@@ -1,0 +1,115 @@
+"""The served engine's step log (adapters/vllm/steplog.py) and the fit of a preset to it
+(``lamps-agent profile --from-step-log``), without an engine: steps drawn from a known cost model."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from adapters.vllm.steplog import StepLog, StepRecord, StepShape, describe, read_step_log
+from adapters.vllm.tools.profile import (
+    fit_cost_model,
+    fit_quality,
+    held_back,
+    predict_ms,
+    samples_from_step_log,
+)
+from lamps_agent.cli.main import main
+from lamps_agent.cost_model import CostModel
+from lamps_agent.presets import load_preset
+
+TRUE = CostModel(
+    base_ms=6.0,
+    prefill_ms_per_token=0.03,
+    decode_ms_per_seq=0.4,
+    kv_ms_per_token=0.002,
+    prefill_attn_ms_per_mtok2=8.0,
+)
+
+
+def test_a_step_is_described_as_the_cost_model_sees_it() -> None:
+    # After schedule(): num_computed_tokens already includes the scheduled tokens.
+    requests = {
+        "p": SimpleNamespace(num_computed_tokens=300, num_prompt_tokens=500),  # chunk 200 of 500
+        "d": SimpleNamespace(num_computed_tokens=81, num_prompt_tokens=40),  # a decode at 80
+    }
+    shape = describe({"p": 200, "d": 1, "gone": 5}, requests)
+    assert shape == StepShape(
+        prefill_tokens=200, decode_seqs=1, resident_kv_tokens=100 + 80,
+        attn_products=200 * (100 + 100),
+    )  # fmt: skip
+
+
+def _steps(n: int, seed: int = 0) -> list[StepRecord]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prefill = rng.choice((0, 0, 64, 256, 1024))
+        decodes = rng.randint(0 if prefill else 1, 16)
+        resident = rng.randint(0, 6000)
+        attn = prefill * (rng.randint(0, 2000) + prefill / 2)
+        shape = StepShape(prefill, decodes, resident, attn)
+        ms = 1000 * TRUE.iteration_time(prefill, decodes, resident, attn)
+        out.append(StepRecord(step=i + 1, t=float(i), ms=ms * rng.uniform(0.97, 1.03), shape=shape))
+    return out
+
+
+def test_the_log_round_trips_and_a_bad_line_names_its_place(tmp_path: Path) -> None:
+    path = tmp_path / "steps.jsonl"
+    log = StepLog(str(path))
+    requests = {"a": SimpleNamespace(num_computed_tokens=20, num_prompt_tokens=20)}
+    for _ in range(3):
+        log.begin()
+        log.scheduled(SimpleNamespace(num_scheduled_tokens={"a": 20}, preempted_req_ids={"x"}),
+                      requests, used_blocks=7)  # fmt: skip
+        log.end()
+    log.begin()
+    log.scheduled(SimpleNamespace(num_scheduled_tokens={}), requests, used_blocks=7)
+    log.end()  # an empty step is not logged
+    log.close()
+    records = read_step_log(path)
+    assert [r.step for r in records] == [1, 2, 3]
+    assert records[0].shape.prefill_tokens == 20 and records[0].preempted == ["x"]
+    assert records[0].used_blocks == 7 and records[0].ms >= 0
+    path.write_text(path.read_text() + json.dumps({"step": 4}) + "\n")
+    with pytest.raises(ValueError, match=r"steps.jsonl:4: not a step record"):
+        read_step_log(path)
+
+
+def test_a_fit_on_served_steps_predicts_the_step_shapes_it_never_saw() -> None:
+    samples = samples_from_step_log(_steps(600))
+    fit, back = held_back(samples)
+    assert fit and back
+    seen = {(s.point, s.prefill_tokens, s.decode_seqs) for s in fit}
+    assert not seen & {(s.point, s.prefill_tokens, s.decode_seqs) for s in back}
+    cost = fit_cost_model(fit)
+    quality = fit_quality(cost, back)
+    assert quality.r2 > 0.95 and quality.median_rel_error < 0.05
+    worst = max(abs(predict_ms(cost, s) - predict_ms(TRUE, s)) / predict_ms(TRUE, s) for s in back)
+    assert worst < 0.10
+
+
+def test_profile_from_a_step_log_writes_a_preset_that_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "steps-noop.jsonl"
+    log.write_text("".join(r.to_json() + "\n" for r in _steps(400, seed=1)))
+    out = tmp_path / "served.toml"
+    assert main(["profile", "--from-step-log", str(log), "--base", "a100-gptj6b",
+                 "--out", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "held back: R² " in text and "400 served steps" in text
+    preset = load_preset(config_file=out)
+    assert preset.cost.prefill_ms_per_token == pytest.approx(0.03, rel=0.1)
+    assert preset.num_gpu_blocks == load_preset("a100-gptj6b").num_gpu_blocks
+
+
+def test_profile_without_a_model_or_a_step_log_is_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["profile", "--out", str(tmp_path / "x.toml")]) == 2
+    assert "--model is required" in capsys.readouterr().err
