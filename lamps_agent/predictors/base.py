@@ -43,6 +43,13 @@ class Prediction:
     returned_tokens: float
 
     def __post_init__(self) -> None:
+        # one comparison chain per field (NaN and inf fail it); the loop below names the bad one
+        if (
+            0.0 <= self.output_tokens < math.inf
+            and 0.0 <= self.tool_duration < math.inf
+            and 0.0 <= self.returned_tokens < math.inf
+        ):
+            return
         for name in ("output_tokens", "tool_duration", "returned_tokens"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

@@ -85,15 +85,21 @@ class HistoryPredictor(Predictor):
 
     def predict_output_tokens(self, query: PredictionQuery) -> float:
         with self._lock:
-            for key in self._output_keys(query):
-                stat = self._outputs.get(key)
-                if stat is not None and stat.count >= self._min_count:
-                    return max(stat.mean, 1.0)
+            return self._output_tokens(query)
+
+    def _output_tokens(self, query: PredictionQuery) -> float:  # the caller holds the lock
+        for key in self._output_keys(query):
+            stat = self._outputs.get(key)
+            if stat is not None and stat.count >= self._min_count:
+                return max(stat.mean, 1.0)
         return self._default_output
 
     def predict_tool_duration(self, tool: str) -> float:
         with self._lock:
             seen = self._lookup(self._durations, tool)
+        return self._duration(tool, seen)
+
+    def _duration(self, tool: str, seen: float | None) -> float:
         if seen is not None:
             return seen
         if self._hints is not None:
@@ -104,19 +110,20 @@ class HistoryPredictor(Predictor):
         return self._default_duration
 
     def predict(self, query: PredictionQuery) -> Prediction:
+        # one lock for the three look-ups: this runs on every model call of a LangChain agent
         tool = query.tool
+        with self._lock:
+            output = self._output_tokens(query)
+            if tool is not None:
+                seen = self._lookup(self._durations, tool)
+                returned = self._lookup(self._returned, tool)
         if tool is None:
             duration, returned = 0.0, 0.0
         else:
-            duration = self.predict_tool_duration(tool)
-            with self._lock:
-                seen = self._lookup(self._returned, tool)
-            returned = self._default_returned if seen is None else seen
+            duration = self._duration(tool, seen)  # the hint source is asked outside the lock
+            returned = self._default_returned if returned is None else returned
         return Prediction(
-            output_tokens=self.predict_output_tokens(query),
-            tool=tool,
-            tool_duration=duration,
-            returned_tokens=returned,
+            output_tokens=output, tool=tool, tool_duration=duration, returned_tokens=returned
         )
 
     def observe(self, query: PredictionQuery, outcome: Outcome) -> None:

@@ -428,3 +428,25 @@ def test_with_model_settings_is_override_without_its_cost() -> None:
 
     custom = Custom(model=model, messages=[], model_settings={})
     assert type(with_model_settings(custom, settings)) is Custom
+
+
+def test_model_attr_reads_what_getattr_reads() -> None:
+    """The per-class shortcut for a name a chat model cannot have never hides one it has."""
+    from pydantic import BaseModel, ConfigDict
+
+    from adapters.langchain.middleware import model_attr
+
+    class Plain(BaseModel):
+        default_headers: dict[str, str] | None = None
+
+    class Extra(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    class NotPydantic:
+        model_kwargs = {"a": 1}  # noqa: RUF012
+
+    assert model_attr(Plain(default_headers={"x": "y"}), "default_headers") == {"x": "y"}
+    assert model_attr(Plain(), "model_kwargs") is None
+    assert model_attr(Plain(), "model_kwargs") is None  # the cached answer
+    assert model_attr(Extra(model_kwargs={"k": 1}), "model_kwargs") == {"k": 1}
+    assert model_attr(NotPydantic(), "model_kwargs") == {"a": 1}

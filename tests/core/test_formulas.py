@@ -7,8 +7,9 @@ import pytest
 
 from lamps_agent.area import Timing, TurnShape, area_decode, area_prefill, turn_area
 from lamps_agent.cost_model import CostModel
+from lamps_agent.presets import load_preset
 from lamps_agent.request import KVStrategy
-from lamps_agent.strategy import choose_strategy
+from lamps_agent.strategy import choose_strategy, least_waste_rule
 from lamps_agent.waste import (
     EngineLoad,
     discard_waste,
@@ -97,3 +98,28 @@ def test_choose_strategy_prefers_preserve_for_short_calls_and_not_for_long_ones(
     assert no_swap is KVStrategy.DISCARD
     with pytest.raises(ValueError):
         choose_strategy(context_tokens=math.nan, tool_duration=1)
+
+
+@pytest.mark.parametrize("preset", ["a100-gptj6b", "h100-llama3-8b", "h200-llama3-70b-tp4"])
+@pytest.mark.parametrize("swap_allowed", [True, False])
+def test_least_waste_rule_answers_as_choose_strategy(preset: str, swap_allowed: bool) -> None:
+    """The precomputed rule the LangChain middleware runs per model call is choose_strategy."""
+    p = load_preset(preset)
+    idle = EngineLoad(running_tokens=0.0, batch_query_tokens=0.0)
+    for load in (None, idle):
+        rule = least_waste_rule(p, load, swap_allowed=swap_allowed)
+        seen = set()
+        for context in (0, 1, 17, 255.5, 1_000, 4_096, 30_000, 131_072):
+            for duration in (0.0, 1e-4, 0.05, 0.7, 3.0, 30.0, 600.0):
+                want = choose_strategy(
+                    context_tokens=context,
+                    tool_duration=duration,
+                    preset=p,
+                    load=load,
+                    swap_allowed=swap_allowed,
+                )
+                assert rule(context, duration) is want, (context, duration)
+                seen.add(want)
+        assert len(seen) >= 2  # the grid reaches more than one strategy
+    with pytest.raises(ValueError):
+        least_waste_rule(p)(math.nan, 1.0)
