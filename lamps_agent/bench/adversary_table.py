@@ -43,13 +43,15 @@ class AdversaryRow:
 
 
 def groups_of(point: Point) -> dict[str, Distribution]:
-    """E2E of the point's measured programs, by group: liars, honest, each tenant."""
+    """E2E of the point's measured programs, by group: liars, honest, each tenant (where
+    there are several)."""
     measured = point.window.measured(point.result.requests)
     groups: dict[str, list[RequestMetrics]] = {LIARS: [], HONEST: []}
+    several = len(set(point.tenants.values())) > 1  # one tenant: its column repeats "all"
     for m in measured:
         groups[LIARS if m.program_id in point.liars else HONEST].append(m)
         tenant = point.tenants.get(m.program_id)
-        if tenant is not None:
+        if tenant is not None and several:
             groups.setdefault(f"tenant {tenant}", []).append(m)
     return {name: Distribution.of([m.e2e for m in ms]) for name, ms in groups.items() if ms}
 
