@@ -1,7 +1,8 @@
 """An adversarial workload: programs that lie in their hints, and tenants, one of them bursting.
 
 Lies (``--lies``), told by a fraction of the programs (``--liar-fraction``) chosen per arrival
-from the run's seed, so every policy and every lie kind meets the same liars:
+from the run's seed, and by every program of the first ``--liar-tenants`` tenants (lying
+clients), so every policy and every lie kind meets the same liars:
 
 - ``short``: every turn claims a 1-token output and an instant (0 s) tool;
 - ``final``: every turn claims to be the final answer (no tool call);
@@ -79,6 +80,7 @@ class Adversary:
 
     liar_fraction: float = 0.0
     tenants: int = 1
+    liar_tenants: int = 0  # tenants t0..tK-1 lie in every program (a lying client)
     burst_tenant: int | None = None
     burst_factor: float = 1.0
 
@@ -87,6 +89,10 @@ class Adversary:
             raise ValueError(f"--liar-fraction: must be in [0, 1], got {self.liar_fraction}")
         if self.tenants < 1:
             raise ValueError(f"--tenants: must be >= 1, got {self.tenants}")
+        if not 0 <= self.liar_tenants <= self.tenants:
+            raise ValueError(
+                f"--liar-tenants: must be in [0, --tenants {self.tenants}], got {self.liar_tenants}"
+            )
         if self.burst_tenant is not None and not 0 <= self.burst_tenant < self.tenants:
             raise ValueError(
                 f"--burst-tenant: must be in [0, {self.tenants - 1}], got {self.burst_tenant}"
@@ -96,7 +102,11 @@ class Adversary:
 
     @property
     def active(self) -> bool:
-        return self.liar_fraction > 0 or self.tenants > 1
+        return self.liar_fraction > 0 or self.liar_tenants > 0 or self.tenants > 1
+
+    @property
+    def lies(self) -> bool:
+        return self.liar_fraction > 0 or self.liar_tenants > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +147,7 @@ def cast(
         liar = roles.random() < adversary.liar_fraction
         drawn = tenants.randrange(adversary.tenants)
         tenant = program.tenant or tenant_name(drawn)  # a burst's arrival carries its tenant
+        liar = liar or tenant in _lying_tenants(adversary)
         agent = program.agent
         if liar:
             liars.add(pid)
@@ -145,6 +156,10 @@ def cast(
         relabelled = dataclasses.replace(program, program_id=pid, tenant=tenant, agent=agent)
         out.append(Arrival(arrival.time, relabelled))
     return Cast(arrivals=out, liars=frozenset(liars), spoof_agent=spoof)
+
+
+def _lying_tenants(adversary: Adversary) -> set[str]:
+    return {tenant_name(k) for k in range(adversary.liar_tenants)}
 
 
 def _time(arrival: Arrival) -> float:

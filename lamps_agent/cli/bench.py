@@ -276,6 +276,13 @@ def _add_adversary_options(p: argparse.ArgumentParser) -> None:
     )
     adv.add_argument("--tenants", type=int, default=1, metavar="N", help="tenants t0..tN-1")
     adv.add_argument(
+        "--liar-tenants",
+        type=int,
+        default=0,
+        metavar="K",
+        help="tenants t0..tK-1 lie in every program (lying clients; with --tenants)",
+    )
+    adv.add_argument(
         "--burst-tenant", type=int, metavar="K", help="tenant K bursts in the middle third"
     )
     adv.add_argument(
@@ -291,7 +298,7 @@ def _add_adversary_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="discount each source's hints by its claims against its behaviour "
         "(lamps_agent.predictors.calibrated); auto: on when hints come from clients "
-        "(--liar-fraction or --tenants)",
+        "(--liar-fraction, --liar-tenants or --tenants)",
     )
 
 
@@ -302,11 +309,12 @@ def _adversary(args: argparse.Namespace) -> tuple[Adversary, list[str], bool]:
     adversary = Adversary(
         liar_fraction=args.liar_fraction,
         tenants=args.tenants,
+        liar_tenants=args.liar_tenants,
         burst_tenant=args.burst_tenant,
         burst_factor=args.burst_factor if args.burst_tenant is not None else 1.0,
     )
-    if set(lies) != {"none"} and adversary.liar_fraction == 0:
-        raise ValueError("--lies: nobody lies without --liar-fraction > 0")
+    if set(lies) != {"none"} and not adversary.lies:
+        raise ValueError("--lies: nobody lies without --liar-fraction or --liar-tenants")
     calibrate = bool(args.calibrate == "on" or (args.calibrate == "auto" and adversary.active))
     return adversary, lies, calibrate
 

@@ -172,3 +172,12 @@ def test_the_adversarial_bench_reports_liars_honest_and_tenants() -> None:
         bound,
     )
     assert again.summary == points[1].summary  # the same seed, the same metrics
+
+
+def test_a_lying_tenant_lies_in_every_program() -> None:
+    programs = generate_programs(20, seed=1)
+    arrivals = poisson_workload(programs, qps=2.0, seed=0, num_programs=200)
+    adversary = Adversary(tenants=10, liar_tenants=1)
+    roles = cast(adversary, programs, arrivals, qps=2.0, seed=0, lie="short")
+    lying = {a.program.program_id for a in roles.arrivals if a.program.tenant == "t0"}
+    assert lying and roles.liars == lying
