@@ -17,7 +17,12 @@ a tool) the claim passes unchanged: an honest client keeps full weight, and an e
   duration and returned tokens.
 
 The session's own record speaks first (one turn of evidence is enough: a lie is systematic); a
-session without one is judged by its tenant's, once the tenant has ``min_tenant`` turns.
+session without one is judged by its tenant's, once the tenant has ``min_tenant`` turns.  A
+session's first turn from a tenant without evidence against it is checked for plausibility: a
+claimed output more than ``tolerance`` outside the range the agent's turns with that tool
+produced (its last 256, once there are ``min_population``), or a tool duration as far outside the
+tool's, is replaced by that population's median.  An honest claim is a draw from the same population and almost never
+leaves its range; a claim of 1 token where the agent never wrote fewer than 20 does.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class CalibratedPredictor(Predictor):
         tolerance: float = 2.0,
         window: int = 64,
         min_tenant: int = 8,
+        min_population: int = 32,
     ) -> None:
         if not tolerance > 1:
             raise ValueError(f"tolerance must be a factor > 1, got {tolerance}")
@@ -86,6 +92,8 @@ class CalibratedPredictor(Predictor):
         self._log_tolerance = math.log(tolerance)
         self._window = window
         self._min_tenant = min_tenant
+        self._min_population = min_population
+        self._outputs: dict[tuple[str, str | None], deque[float]] = {}  # by (agent, tool)
         self._records: dict[Hashable, _Record] = {}
         self._tools: dict[str, _ToolStats] = {}
         self._claims: dict[Hashable, Prediction] = {}
@@ -104,6 +112,10 @@ class CalibratedPredictor(Predictor):
 
     def observe(self, query: PredictionQuery, outcome: Outcome) -> None:
         self.inner.observe(query, outcome)
+        outputs = self._outputs.get((query.agent, outcome.tool))
+        if outputs is None:
+            outputs = self._outputs[query.agent, outcome.tool] = deque(maxlen=256)
+        outputs.append(float(outcome.output_tokens))
         if outcome.tool is not None:
             stats = self._tools.setdefault(outcome.tool, _ToolStats())
             stats.durations.append(outcome.tool_duration)
@@ -141,7 +153,7 @@ class CalibratedPredictor(Predictor):
     def _discount(self, query: PredictionQuery, claim: Prediction) -> Prediction:
         record = self._evidence(query)
         if record is None:
-            return claim
+            return self._plausible(query, claim)
         output, tool = claim.output_tokens, claim.tool
         duration, returned = claim.tool_duration, claim.returned_tokens
         changed = False
@@ -158,6 +170,33 @@ class CalibratedPredictor(Predictor):
         return Prediction(
             output_tokens=output, tool=tool, tool_duration=duration, returned_tokens=returned
         )
+
+    def _plausible(self, query: PredictionQuery, claim: Prediction) -> Prediction:
+        """A first claim outside its population's range becomes the population's median."""
+        output, duration = claim.output_tokens, claim.tool_duration
+        outputs = self._outputs.get((query.agent, claim.tool))
+        if outputs is not None and len(outputs) >= self._min_population:
+            output = self._within(output, outputs, floor=1.0)
+        stats = self._tools.get(claim.tool) if claim.tool is not None else None
+        if stats is not None and len(stats.durations) >= self._min_population:
+            duration = self._within(duration, stats.durations, floor=DURATION_FLOOR_S)
+        if output == claim.output_tokens and duration == claim.tool_duration:
+            return claim
+        return Prediction(
+            output_tokens=output,
+            tool=claim.tool,
+            tool_duration=duration,
+            returned_tokens=claim.returned_tokens,
+        )
+
+    def _within(self, value: float, population: deque[float], *, floor: float) -> float:
+        """``value``, or the population's median if it is more than the tolerance outside the
+        population's range (on ``value + floor``: a 0 claim stays comparable)."""
+        tolerance = math.exp(self._log_tolerance)
+        low, high = (min(population) + floor) / tolerance, (max(population) + floor) * tolerance
+        if low <= value + floor <= high:
+            return value
+        return statistics.median(population)
 
     def _duration_prior(self, tool: str, claimed: float, record: _Record) -> float:
         """The tool's duration by the registry, else as observed here, else the claim scaled by

@@ -181,3 +181,18 @@ def test_a_lying_tenant_lies_in_every_program() -> None:
     roles = cast(adversary, programs, arrivals, qps=2.0, seed=0, lie="short")
     lying = {a.program.program_id for a in roles.arrivals if a.program.tenant == "t0"}
     assert lying and roles.liars == lying
+
+
+def test_a_liars_first_turn_among_honest_programs_is_checked_for_plausibility() -> None:
+    """One lying session in an honest tenant: its first claims (1 token, a 0 s tool) are far
+    outside what the agent's turns with that tool do, so the population's medians replace them;
+    an honest first turn within the range passes."""
+    calibrated = CalibratedPredictor(
+        LyingPredictor(OraclePredictor(), liars={"liar"}, kind="short")
+    )
+    for i in range(12):
+        _play(calibrated, _program(f"h{i}"), "good")
+    first = calibrated.predict(_query(_program("liar"), 0, "good"))
+    assert first.output_tokens == pytest.approx(300) and first.tool_duration == pytest.approx(4.0)
+    honest = calibrated.predict(_query(_program("h99"), 0, "good"))
+    assert honest == OraclePredictor().predict(_query(_program("h99"), 0, "good"))
