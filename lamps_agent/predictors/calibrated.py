@@ -131,11 +131,16 @@ class CalibratedPredictor(Predictor):
 
     # -- the discount -----------------------------------------------------------------------
     def trusted(self, query: PredictionQuery) -> bool:
-        """Whether the claims of ``query``'s source stand unchanged."""
+        """Whether the claims of ``query``'s source stand unchanged (but for plausibility)."""
         record = self._evidence(query)
-        return record is None or not (
-            self._off(record.output) or self._off(record.duration) or record.false_finals
-        )
+        return record is None or self._clean(record)
+
+    def _clean(self, record: _Record) -> bool:
+        return not (self._off(record.output) or self._off(record.duration) or record.false_finals)
+
+    def _session_known(self, query: PredictionQuery) -> bool:
+        record = self._records.get(_sources(query)[0])
+        return record is not None and bool(record.output or record.finals)
 
     def _evidence(self, query: PredictionQuery) -> _Record | None:
         session, tenant = _sources(query)
@@ -152,7 +157,7 @@ class CalibratedPredictor(Predictor):
 
     def _discount(self, query: PredictionQuery, claim: Prediction) -> Prediction:
         record = self._evidence(query)
-        if record is None:
+        if record is None or (not self._session_known(query) and self._clean(record)):
             return self._plausible(query, claim)
         output, tool = claim.output_tokens, claim.tool
         duration, returned = claim.tool_duration, claim.returned_tokens
