@@ -60,6 +60,8 @@ class Program:
     program of its own, with ``session_id`` naming the agent session it belongs to and
     ``first_step`` its turn index in that session, so that a policy can link a session's turns
     (``session_key`` and ``step_of``).  In the simulator a program is the whole session.
+    ``tenant`` names the client that sent it (hints are that client's word: docs/scheduling.md,
+    "Hints are untrusted").
     """
 
     program_id: str
@@ -67,12 +69,15 @@ class Program:
     segments: tuple[Segment, ...]
     session_id: str | None = None
     first_step: int = 0
+    tenant: str | None = None  # the client it came from; None: the one tenant of a deployment
 
     def __post_init__(self) -> None:
         if not self.segments:
             raise ValueError(f"program {self.program_id!r} has no segments")
         if self.session_id is not None and not self.session_id:
             raise ValueError(f"program {self.program_id!r}: session_id must not be empty")
+        if self.tenant is not None and not self.tenant:
+            raise ValueError(f"program {self.program_id!r}: tenant must not be empty")
         _check_count("first_step", self.first_step, minimum=0)
         for i, seg in enumerate(self.segments[:-1]):
             if not seg.has_tool_call:

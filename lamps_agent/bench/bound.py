@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from lamps_agent.policies import make_policy
 from lamps_agent.predictors import make_predictor
 from lamps_agent.presets import Preset
-from lamps_agent.program import Program
+from lamps_agent.program import Program, Segment
 from lamps_agent.sim import RunLabels, Simulator
 from lamps_agent.workloads.arrivals import Arrival
 
@@ -48,14 +48,16 @@ class ContentionFreeBound:
             raise ValueError("the bound needs at least one policy")
         self.preset = preset
         self.policies = tuple(policies)
-        self._cache: dict[Program, Alone] = {}
+        # Keyed by the turns: alone, a program's name, agent and tenant change nothing (an
+        # adversarial run gives every arrival a name of its own).
+        self._cache: dict[tuple[Segment, ...], Alone] = {}
 
     def of(self, program: Program) -> Alone:
-        hit = self._cache.get(program)
+        hit = self._cache.get(program.segments)
         if hit is None:
             runs = [alone_latency(program, preset=self.preset, policy=p) for p in self.policies]
             hit = min(runs, key=lambda a: a.e2e)
-            self._cache[program] = hit
+            self._cache[program.segments] = hit
         return hit
 
     def mean_e2e(self, programs: Iterable[Program]) -> float:

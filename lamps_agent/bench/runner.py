@@ -3,10 +3,12 @@ measured under the steady-state protocol (:mod:`lamps_agent.bench.protocol`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamps_agent.bench.adversary import Adversary, Cast, LyingPredictor, cast, lie_kind
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.protocol import Stability, Window, judge_stability
 from lamps_agent.metrics import (
@@ -18,7 +20,8 @@ from lamps_agent.metrics import (
     summarize,
 )
 from lamps_agent.policies import make_policy
-from lamps_agent.predictors import DurationSource, make_predictor
+from lamps_agent.predictors import DurationSource, Predictor, make_predictor
+from lamps_agent.predictors.calibrated import CalibratedPredictor
 from lamps_agent.presets import Preset
 from lamps_agent.program import Program
 from lamps_agent.sim import Simulator
@@ -34,6 +37,7 @@ class RunSpec:
     predictor: str
     qps: float
     seed: int | None = None  # None: the config's seed
+    lie: str = "none"  # what the config's liars claim (lamps_agent.bench.adversary)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +57,9 @@ class BenchConfig:
     options_by_policy: dict[str, dict[str, Any]] = field(default_factory=dict)  # --policy-options
     hints: DurationSource | None = None
     timeline_for: RunSpec | None = None  # record KV use over time for this run
+    adversary: Adversary = field(default_factory=Adversary)  # liars and tenants
+    lies: Sequence[str] = ("none",)
+    calibrate: bool = False  # hints are the clients' word: discount them by their calibration
 
     @property
     def seeds(self) -> list[int]:
@@ -60,11 +67,12 @@ class BenchConfig:
 
     def specs(self) -> list[RunSpec]:
         return [
-            RunSpec(policy=pol, predictor=pred, qps=q, seed=seed)
+            RunSpec(policy=pol, predictor=pred, qps=q, seed=seed, lie=lie)
             for q in self.qps
             for pol in self.policies
             for pred in self.predictors
             for seed in self.seeds
+            for lie in self.lies
         ]
 
 
@@ -79,13 +87,51 @@ def arrivals_for(config: BenchConfig, qps: float, seed: int) -> list[Arrival]:
     )
 
 
-def run_one(config: BenchConfig, spec: RunSpec, arrivals: list[Arrival] | None = None) -> RunResult:
+def cast_for(config: BenchConfig, spec: RunSpec) -> Cast:
+    """The run's arrivals with their liars and tenants (every arrival honest, in no tenant,
+    without an adversary)."""
+    seed = seed_of(config, spec)
+    arrivals = arrivals_for(config, spec.qps, seed)
+    if not config.adversary.active:
+        return Cast(arrivals=arrivals, liars=frozenset(), spoof_agent=None)
+    return cast(
+        config.adversary,
+        config.programs,
+        arrivals,
+        qps=spec.qps,
+        seed=seed,
+        lie=lie_kind(spec.lie),
+    )
+
+
+def run_predictor(config: BenchConfig, spec: RunSpec, liars: frozenset[str]) -> Predictor:
+    """The run's predictor: the liars' claims over the predictor asked for, checked against
+    behaviour when ``config.calibrate``."""
+    seed = seed_of(config, spec)
+    predictor = make_predictor(spec.predictor, seed=seed, hints=config.hints)
+    if liars and spec.lie in ("short", "final", "hog"):
+        predictor = LyingPredictor(predictor, liars=liars, kind=lie_kind(spec.lie))
+    if config.calibrate:
+        predictor = CalibratedPredictor(predictor, prior=config.hints)
+    return predictor
+
+
+def run_one(
+    config: BenchConfig,
+    spec: RunSpec,
+    arrivals: list[Arrival] | None = None,
+    *,
+    liars: frozenset[str] = frozenset(),
+) -> RunResult:
     """One simulation, every arrival to completion (warm-up and drain included)."""
     seed = seed_of(config, spec)
     if arrivals is None:
-        arrivals = arrivals_for(config, spec.qps, seed)
-    predictor = make_predictor(spec.predictor, seed=seed, hints=config.hints)
+        roles = cast_for(config, spec)
+        arrivals, liars = roles.arrivals, roles.liars
+    predictor = run_predictor(config, spec, liars)
     predictor_label = ran_predictor_label(spec.predictor, predictor.name)
+    if spec.lie != "none":  # the table's rows keep the lies apart
+        predictor_label = f"{predictor_label} lie:{spec.lie}"
     options = dict(config.policy_options) if spec.policy.startswith("lamps") else {}
     options.update(config.options_by_policy.get(spec.policy, {}))
     policy = make_policy(spec.policy, predictor=predictor, preset=config.preset, **options)
@@ -122,6 +168,8 @@ class Point:
     stability: Stability
     alone_e2e: float  # mean contention-free E2E of the measured programs
     result: RunResult  # the whole run (every program), for plots
+    liars: frozenset[str] = frozenset()  # program ids of the liars (an adversarial run)
+    tenants: dict[str, str | None] = field(default_factory=dict)  # program id -> tenant
 
 
 def window_of(config: BenchConfig, arrivals: list[Arrival]) -> Window:
@@ -186,8 +234,12 @@ def measure(
 
 
 def run_point(config: BenchConfig, spec: RunSpec, bound: ContentionFreeBound) -> Point:
-    arrivals = arrivals_for(config, spec.qps, seed_of(config, spec))
-    return measure(config, spec, run_one(config, spec, arrivals), arrivals, bound)
+    roles = cast_for(config, spec)
+    result = run_one(config, spec, roles.arrivals, liars=roles.liars)
+    point = measure(config, spec, result, roles.arrivals, bound)
+    if not config.adversary.active:
+        return point
+    return dataclasses.replace(point, liars=roles.liars, tenants=roles.tenant_of())
 
 
 def ran_predictor_label(requested: str, ran: str) -> str:

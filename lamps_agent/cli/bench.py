@@ -24,6 +24,12 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.markup import escape
 
+from lamps_agent.bench.adversary import LIE_KINDS, Adversary, lie_kind
+from lamps_agent.bench.adversary_table import (
+    adversary_markdown,
+    adversary_rows,
+    adversary_table,
+)
 from lamps_agent.bench.aggregate import Row, baseline_rows, group, stability_notes
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.capacity import search
@@ -126,6 +132,7 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="first part of the window, simulated but not measured (default: "
         f"{WARMUP_FACTOR:g}× the unloaded mean E2E; 0 with --num-programs)",
     )
+    _add_adversary_options(p)
     cap = p.add_argument_group("capacity", "lead with the highest stable rate of each policy")
     cap.add_argument(
         "--capacity",
@@ -251,6 +258,68 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(handler=run_bench)
 
 
+def _add_adversary_options(p: argparse.ArgumentParser) -> None:
+    adv = p.add_argument_group(
+        "adversary", "programs that lie in their hints; tenants, one bursting (issue 23)"
+    )
+    adv.add_argument(
+        "--lies",
+        default="none",
+        help=f"comma-separated lies to run, each against the same liars: {', '.join(LIE_KINDS)} "
+        "(none: the all-honest run the table compares with; add it to get the ratios)",
+    )
+    adv.add_argument(
+        "--liar-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of the arrivals that lie (drawn per arrival from the seed)",
+    )
+    adv.add_argument("--tenants", type=int, default=1, metavar="N", help="tenants t0..tN-1")
+    adv.add_argument(
+        "--liar-tenants",
+        type=int,
+        default=0,
+        metavar="K",
+        help="tenants t0..tK-1 lie in every program (lying clients; with --tenants)",
+    )
+    adv.add_argument(
+        "--burst-tenant", type=int, metavar="K", help="tenant K bursts in the middle third"
+    )
+    adv.add_argument(
+        "--burst-factor",
+        type=float,
+        default=10.0,
+        metavar="F",
+        help="the bursting tenant sends F times its share of the rate (default 10)",
+    )
+    adv.add_argument(
+        "--calibrate",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="discount each source's hints by its claims against its behaviour "
+        "(lamps_agent.predictors.calibrated); auto: on when hints come from clients "
+        "(--liar-fraction, --liar-tenants or --tenants)",
+    )
+
+
+def _adversary(args: argparse.Namespace) -> tuple[Adversary, list[str], bool]:
+    lies: list[str] = [lie_kind(t.strip()) for t in args.lies.split(",") if t.strip()]
+    if not lies:
+        raise ValueError("--lies: give at least one (none, short, final, hog, spoof)")
+    adversary = Adversary(
+        liar_fraction=args.liar_fraction,
+        tenants=args.tenants,
+        liar_tenants=args.liar_tenants,
+        burst_tenant=args.burst_tenant,
+        burst_factor=args.burst_factor if args.burst_tenant is not None else 1.0,
+    )
+    if set(lies) != {"none"} and not adversary.lies:
+        raise ValueError("--lies: nobody lies without --liar-fraction or --liar-tenants")
+    calibrate = bool(args.calibrate == "on" or (args.calibrate == "auto" and adversary.active))
+    return adversary, lies, calibrate
+
+
 def _rates(text: str) -> list[float]:
     rates = [options.positive_number(item, "--qps") for item in options.split(text)]
     if not rates:
@@ -329,6 +398,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     preset = options.preset(args)
     timeline = _timeline(args, policies, predictors, qps)
     programs, name = _programs(args)
+    adversary, lies, calibrate = _adversary(args)
     return BenchConfig(
         programs=programs,
         trace_name=name,
@@ -347,6 +417,9 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
             {} if args.engine else options.policy_options(args.policy_options or (), policies)
         ),
         timeline_for=timeline,
+        adversary=adversary,
+        lies=lies,
+        calibrate=calibrate,
     )
 
 
@@ -425,6 +498,10 @@ def run_bench(args: argparse.Namespace) -> int:
     for note in stability_notes(rows, bases):
         console.print(escape(note))
     _note_fallbacks([p.summary for p in points], console)
+    if config.adversary.active:
+        adversarial = adversary_rows(points)
+        _table_console(True).print(adversary_table(adversarial))
+        (args.out / "adversary.md").write_text(adversary_markdown(adversarial))
     _write_outputs(args, config, points, rows, caps, baseline, unloaded, console, limit)
     return 0
 
@@ -569,7 +646,8 @@ def _simulate(
             points.append(point)
             verdict = "stable" if point.stability.stable else "unstable"
             progress.finished(
-                f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}",
+                f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}"
+                + ("" if spec.lie == "none" else f" lie={spec.lie}"),
                 f"E2E mean {point.summary.e2e.mean:.2f} s, {verdict}",
             )
     return points

@@ -113,6 +113,7 @@ class Policy:
             tool=seg.tool,
             prompt_tokens=seg.prompt_tokens,
             program_id=req.program.program_id,
+            tenant=req.program.tenant,
             truth=seg,
         )
 

@@ -32,6 +32,7 @@ class PredictionQuery:
     prompt_tokens: int
     prompt_text: str | None = None
     program_id: str | None = None  # the program the turn belongs to (replay: find its text)
+    tenant: str | None = None  # the client whose hints these are (None: the only one)
     truth: Segment | None = None
 
 

@@ -197,7 +197,7 @@ class ProgramPolicy(LampsPolicy):
 
     def _aged_key(self, req: Request, area: float, cls: float) -> tuple[float, ...]:
         max_age = self.max_age_s if cls == NEW else self.turn_max_age_s
-        handicap = self.aging.handicap(area, max_age)
+        handicap = self.aging.handicap(area, max_age, req.program.tenant)
         return program_queue_key(req, cls=cls, entered=self.view.now + handicap)
 
     def preemption_key(self, req: Request) -> tuple[float, ...]:

@@ -54,9 +54,25 @@ def test_aging_bounds_how_late_an_entrant_can_pass() -> None:
         assert aging.handicap(area, 20.0) < 20.0
 
 
-def test_the_reference_is_the_running_mean_area() -> None:
+def test_the_reference_is_the_median_area() -> None:
     aging = Aging()
     assert aging.handicap(100.0, 10.0) == pytest.approx(5.0)  # A = Ā: half the bound
     aging.handicap(300.0, 10.0)
-    assert aging.mean_area == pytest.approx(200.0)
+    assert aging.reference == pytest.approx(200.0)
     assert aging.num_areas == 2
+
+
+def test_a_hog_cannot_move_the_reference() -> None:
+    """Issue 23: 10 % of turns claiming 100k-token outputs (areas 1e6 times larger) within a
+    tenant, or a whole tenant of them among four, leave the reference where the honest put it."""
+    honest = [100.0 + i % 50 for i in range(2000)]
+    alone, mixed, tenants = Aging(), Aging(), Aging()
+    for i, area in enumerate(honest):
+        alone.count(area)
+        mixed.count(1e8 if i % 10 == 0 else area)
+        tenants.count(area, f"t{i % 3}")
+        if i % 3 == 0:
+            tenants.count(1e8, "hog")
+    assert mixed.reference == pytest.approx(alone.reference, rel=0.1)
+    assert tenants.reference == pytest.approx(alone.reference, rel=0.1)
+    assert 120 < alone.reference < 130
