@@ -25,7 +25,20 @@ VERSION="$(python -c 'import vllm; print(vllm.__version__)')"
 TESTS="$OUTDIR/vllm_tests"
 if [ ! -f "$TESTS/tests/v1/core/test_scheduler.py" ]; then
   SRC="$OUTDIR/sdist"; mkdir -p "$SRC"
-  python -m pip download -q --no-deps --no-binary :all: "vllm==$VERSION" -d "$SRC"
+  # The sdist itself, from PyPI's simple index (pip download --no-binary would build its
+  # metadata, which needs a CUDA toolchain).
+  python - "$VERSION" "$SRC/vllm-$VERSION.tar.gz" <<'PY'
+import re, sys, urllib.parse, urllib.request
+version, dest = sys.argv[1], sys.argv[2]
+index = "https://pypi.org/simple/vllm/"
+with urllib.request.urlopen(index, timeout=60) as r:
+    page = r.read().decode()
+name = re.escape(f"vllm-{version}.tar.gz")
+href = re.search(rf'href="([^"]*{name}[^"]*)"', page)
+if href is None:
+    sys.exit(f"no source release vllm-{version}.tar.gz on {index}")
+urllib.request.urlretrieve(urllib.parse.urljoin(index, href.group(1).replace("&amp;", "&")), dest)
+PY
   tar xzf "$SRC"/vllm-"$VERSION".tar.gz -C "$SRC"
   from="$SRC/vllm-$VERSION/tests"
   for f in __init__.py v1/__init__.py v1/core/__init__.py v1/core/utils.py \
