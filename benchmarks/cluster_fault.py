@@ -33,20 +33,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.vllm.tools.cluster import group_members, read_manifest  # noqa: E402
+from adapters.vllm.tools.cluster import group_members, http_status, read_manifest  # noqa: E402
 
 ENGINE = ["--enforce-eager", "--block-size", "32", "--max-model-len", "4096",
           "--kv-cache-memory-bytes", "64000000"]  # fmt: skip
-
-
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
 
 
 def _threads_cores(pid: int) -> str:
@@ -147,9 +137,9 @@ def main() -> int:
         health_at = None
         while time.monotonic() - t_kill < 180:
             now = time.monotonic() - t_kill
-            ready.append(_get(f"{url}/readiness"))
-            alive.append(_get(f"{url}/liveness"))
-            if health_at is None and _get(f"{victim_url}/health") == 200:
+            ready.append(http_status(f"{url}/readiness"))
+            alive.append(http_status(f"{url}/liveness"))
+            if health_at is None and http_status(f"{victim_url}/health") == 200:
                 health_at = now
             if orphans_20 is None and now >= 20:
                 orphans_20 = group_members(victim)

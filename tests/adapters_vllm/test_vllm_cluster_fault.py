@@ -20,8 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from adapters.vllm.tools.cluster import (  # noqa: E402
     ClusterOptions,
     cpu_layout,
     group_members,
+    http_status,
     read_manifest,
 )
 from adapters.vllm.tools.server import ServeOptions, scrape_metrics  # noqa: E402
@@ -51,16 +50,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ["--enforce-eager", "--block-size", "32", "--max-model-len", "4096",
           "--kv-cache-memory-bytes", "64000000"]  # fmt: skip
 MAX_TOKENS = 3000
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
 
 
 class Launcher:
@@ -177,8 +166,8 @@ def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: 
 
         ready, alive, orphans = [], [], None
         while time.monotonic() - t_kill < 150:
-            ready.append(_status(f"{url}/readiness"))
-            alive.append(_status(f"{url}/liveness"))
+            ready.append(http_status(f"{url}/readiness"))
+            alive.append(http_status(f"{url}/liveness"))
             if orphans is None and time.monotonic() - t_kill >= 20:
                 orphans = group_members(victim)
             if orphans is not None and launcher.first(f"{name}: serving again"):
@@ -195,7 +184,7 @@ def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: 
             liveness=dict(Counter(alive)),
             retries=middleware.num_model_retries,
             reply_finish_reason=reply.response_metadata.get("finish_reason"),
-            replacement_health=_status(f"{victim_url}/health"),
+            replacement_health=http_status(f"{victim_url}/health"),
         )
         print(json.dumps(report, indent=2))
         (log_dir / "fault.json").write_text(json.dumps(report, indent=2))

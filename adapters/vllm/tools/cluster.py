@@ -393,11 +393,18 @@ def _healthy(url: str) -> bool:
 
 def _answers(url: str) -> bool:
     """Whether ``url`` answers 200 within 2 s."""
+    return http_status(url) == 200
+
+
+def http_status(url: str, *, timeout: float = 2.0) -> int:
+    """The HTTP status ``url`` answers within ``timeout`` seconds; 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
 
 
 def _tail(path: Path, chars: int = 2000) -> str:
