@@ -52,6 +52,19 @@ class Timing:
     transfer_seconds: Callable[[float], float]  # tokens -> seconds
 
 
+def tool_phase(
+    context: float, strategy: KVStrategy, tool_duration: float, timing: Timing
+) -> tuple[float, float]:
+    """While a tool runs: the area ``context`` tokens of KV hold under ``strategy`` (preserve:
+    the whole call; swap: the copy out and back; discard: nothing), and the tokens resident
+    when the next turn starts."""
+    if strategy is KVStrategy.PRESERVE:
+        return context * tool_duration, context
+    if strategy is KVStrategy.SWAP:
+        return 2 * context * timing.transfer_seconds(context), context
+    return 0.0, 0.0
+
+
 def turn_area(turn: TurnShape, strategy: KVStrategy, timing: Timing) -> float:
     new = max(turn.prompt - turn.resident, 0.0)
     area = area_prefill(turn.resident, new, timing.prefill_seconds(new))
@@ -59,14 +72,8 @@ def turn_area(turn: TurnShape, strategy: KVStrategy, timing: Timing) -> float:
     if not turn.has_tool:
         return area
     c1 = turn.prompt + turn.output
-    if strategy is KVStrategy.PRESERVE:
-        area += c1 * turn.tool_duration
-        resumed_from = c1
-    elif strategy is KVStrategy.SWAP:
-        area += 2 * c1 * timing.transfer_seconds(c1)
-        resumed_from = c1
-    else:
-        resumed_from = 0.0
+    held, resumed_from = tool_phase(c1, strategy, turn.tool_duration, timing)
+    area += held
     refill = c1 + turn.returned - resumed_from
     area += area_prefill(resumed_from, refill, timing.prefill_seconds(refill))
     area += area_decode(c1 + turn.returned, turn.next_output, timing.tau)

@@ -13,7 +13,7 @@ import math
 import statistics
 from collections import deque
 
-from lamps_agent.area import Timing, area_decode, area_prefill
+from lamps_agent.area import Timing, area_decode, area_prefill, tool_phase
 from lamps_agent.policies.base import predicted_turn
 from lamps_agent.policies.program.footprint import Footprint
 from lamps_agent.request import KVStrategy, Request
@@ -35,14 +35,8 @@ def remaining_area(req: Request, fp: Footprint, timing: Timing) -> float:
         area += area_decode(context, pred.output_tokens, timing.tau)
         paused = context + pred.output_tokens
         if j < turns - 1 and pred.has_tool_call:
-            if strategy is KVStrategy.PRESERVE:
-                area += paused * pred.tool_duration
-                resident = paused
-            elif strategy is KVStrategy.SWAP:
-                area += 2 * paused * timing.transfer_seconds(paused)
-                resident = paused
-            else:
-                resident = 0.0
+            held, resident = tool_phase(paused, strategy, pred.tool_duration, timing)
+            area += held
         context += max(fp.growth, pred.output_tokens)
     return area
 
