@@ -13,31 +13,23 @@ No vLLM import: vLLM's objects are read by their attributes.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from lamps_agent.steps import StepRecord, StepShape, read_step_log
+
+__all__ = ["StepLog", "StepRecord", "StepShape", "describe", "read_step_log"]
+
 log = logging.getLogger("lamps.vllm")
-
-
-@dataclass(frozen=True, slots=True)
-class StepShape:
-    """The cost model's inputs for one step (:class:`~lamps_agent.cost_model.CostModel`)."""
-
-    prefill_tokens: int = 0
-    decode_seqs: int = 0
-    resident_kv_tokens: int = 0
-    attn_products: float = 0.0  # Σ chunk × (context before the chunk + chunk / 2)
 
 
 def describe(num_scheduled_tokens: Mapping[str, int], requests: Mapping[str, Any]) -> StepShape:
     """What a step scheduled, from vLLM's ``SchedulerOutput.num_scheduled_tokens`` and its
     requests, read after ``schedule()`` (which has already advanced ``num_computed_tokens``)."""
-    prefill = decodes = resident = 0
+    prefill = prefills = decodes = resident = 0
     attn = 0.0
     for req_id, n in num_scheduled_tokens.items():
         req = requests.get(req_id)
@@ -47,47 +39,11 @@ def describe(num_scheduled_tokens: Mapping[str, int], requests: Mapping[str, Any
         resident += before
         if before < req.num_prompt_tokens:
             prefill += n
+            prefills += 1
             attn += n * (before + n / 2)
         else:
             decodes += 1
-    return StepShape(prefill, decodes, resident, attn)
-
-
-@dataclass(slots=True)
-class StepRecord:
-    step: int
-    t: float  # wall-clock start (time.time())
-    ms: float  # schedule() start to update_from_output() end
-    shape: StepShape
-    scheduled: dict[str, int] = field(default_factory=dict)  # request id -> tokens
-    preempted: list[str] = field(default_factory=list)
-    used_blocks: int = 0
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data.update(data.pop("shape"))
-        return json.dumps(data, separators=(",", ":"))
-
-
-def read_step_log(path: Path) -> list[StepRecord]:
-    """The records of a step log; a malformed line is an error naming the file and line."""
-    records = []
-    with path.open() as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                shape = StepShape(
-                    prefill_tokens=int(data.pop("prefill_tokens")),
-                    decode_seqs=int(data.pop("decode_seqs")),
-                    resident_kv_tokens=int(data.pop("resident_kv_tokens")),
-                    attn_products=float(data.pop("attn_products")),
-                )
-                records.append(StepRecord(shape=shape, **data))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not a step record ({exc})") from None
-    return records
+    return StepShape(prefill, decodes, resident, attn, prefills)
 
 
 class StepLog:
