@@ -6,7 +6,14 @@ matters on fast GPUs with long contexts, and a term for prefill attention over t
 already exists (quadratic in the context; it dominates past ~8k tokens on an 8B model)::
 
     t = base + prefill·prefill_tokens + decode·decode_seqs + kv·resident_kv_tokens
-        + attn·Σ_chunks chunk·(context_before + chunk/2) / 1e6                        (ms)
+        + attn·Σ_chunks chunk·(context_before + chunk/2) / 1e6
+        + prefill_request·prefill_seqs                                                (ms)
+
+The last term is a fixed cost per request a step prefills (its chunk's setup in the worker:
+input preparation, a sampler row, the attention metadata of one more query range); on the CPU
+engine as served it is ~1.3–2.4 ms, larger than a whole decode step, and without it a fit tilts
+the per-token slope to cover small prefills and over-predicts long ones (docs/benchmarks.md,
+"The engine as served").
 
 A swap moves bytes over the host link: ``t = latency + bytes / bandwidth``.  Copies either overlap
 the iteration's compute (``copy_overlaps_compute``: the step takes ``max(compute, copy)``, as
@@ -30,6 +37,7 @@ class CostModel:
     swap_latency_ms: float = 0.0
     copy_overlaps_compute: bool = True  # True: step = max(compute, copy); False: compute + copy
     prefill_attn_ms_per_mtok2: float = 0.0  # ms per 1e6 (query token × context token) products
+    prefill_request_ms: float = 0.0  # ms per request a step prefills (a chunk of its prompt)
 
     def __post_init__(self) -> None:
         for name in (
@@ -39,6 +47,7 @@ class CostModel:
             "kv_ms_per_token",
             "swap_latency_ms",
             "prefill_attn_ms_per_mtok2",
+            "prefill_request_ms",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -54,15 +63,18 @@ class CostModel:
         decode_seqs: int,
         resident_kv_tokens: int,
         prefill_attn_products: float = 0.0,
+        prefill_seqs: int = 0,
     ) -> float:
         """Seconds one engine iteration computes.  ``prefill_attn_products`` is
-        :func:`attn_products` summed over the iteration's prefill chunks."""
+        :func:`attn_products` summed over the iteration's prefill chunks, ``prefill_seqs`` the
+        number of those chunks (one per prefilling request)."""
         ms = (
             self.base_ms
             + self.prefill_ms_per_token * prefill_tokens
             + self.decode_ms_per_seq * decode_seqs
             + self.kv_ms_per_token * resident_kv_tokens
             + self.prefill_attn_ms_per_mtok2 * prefill_attn_products * 1e-6
+            + self.prefill_request_ms * prefill_seqs
         )
         return ms / 1000.0
 
@@ -72,7 +84,7 @@ class CostModel:
         if tokens <= 0:
             return 0.0
         chunks = math.ceil(tokens / token_budget)
-        ms = self.base_ms * chunks + self.prefill_ms_per_token * tokens
+        ms = (self.base_ms + self.prefill_request_ms) * chunks + self.prefill_ms_per_token * tokens
         if self.prefill_attn_ms_per_mtok2 > 0:
             # Σ chunk·(before + chunk/2) over the chunks = tokens·(context + tokens/2) exactly
             # when the chunks tile the range: the triangle of new × new pairs plus the rectangle.

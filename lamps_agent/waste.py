@@ -48,7 +48,9 @@ def discard_waste(
     c_h = max(token_budget - load.batch_query_tokens, 1.0)
     n = max(math.ceil(context_tokens / c_h) - 1, 0)
     r = math.fmod(context_tokens, c_h)  # as coded (an exact multiple leaves r = 0)
-    f_s = (cost.prefill_ms_per_token * token_budget + cost.base_ms) / 1000.0
+    f_s = (
+        cost.prefill_ms_per_token * token_budget + cost.base_ms + cost.prefill_request_ms
+    ) / 1000.0
     f_ch = a * c_h
     f_last = a * r
     R = load.running_tokens
@@ -92,7 +94,9 @@ def discard_waste_array(
     c_h = max(token_budget - load.batch_query_tokens, 1.0)
     n = np.maximum(np.ceil(C / c_h) - 1, 0)
     r = np.fmod(C, c_h)
-    f_s = (cost.prefill_ms_per_token * token_budget + cost.base_ms) / 1000.0
+    f_s = (
+        cost.prefill_ms_per_token * token_budget + cost.base_ms + cost.prefill_request_ms
+    ) / 1000.0
     R = load.running_tokens
     waste = f_s * c_h * n * (n + 1) / 2 + a * c_h * n * R + a * r * (R + r)
     waste = waste + _attn_waste(n, r, c_h, R, cost)

@@ -83,7 +83,7 @@ def _prefill_area(cost: CostModel, budget: int, resident: int, target: int) -> f
     area = 0.0
     while resident < target:
         chunk = min(budget, target - resident)
-        step = cost.iteration_time(chunk, 0, resident, chunk * (resident + chunk / 2.0))
+        step = cost.iteration_time(chunk, 0, resident, chunk * (resident + chunk / 2.0), 1)
         resident += chunk
         area += resident * step
     return area
@@ -122,6 +122,7 @@ def compute_seconds(program: Program, preset: Preset) -> float:
         prefill += new
         decode += seg.output_tokens
         own_ms += cost.prefill_attn_ms_per_mtok2 * new * (resident + new / 2.0) * 1e-6
+        own_ms += cost.prefill_request_ms * math.ceil(new / preset.token_budget)  # its chunks
         steps = seg.output_tokens - 1  # the prefill's last step emits the first token
         reads = steps * (seg.prompt_tokens + 1) + steps * (steps - 1) / 2
         own_ms += cost.kv_ms_per_token * reads

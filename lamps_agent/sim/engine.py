@@ -175,7 +175,9 @@ class Simulator:
             resident += r.kv_tokens
             prefill_tokens += chunk
             products += chunk * (r.kv_tokens + chunk / 2.0)
-        compute = cost.iteration_time(prefill_tokens, len(out.decodes), resident, products)
+        compute = cost.iteration_time(
+            prefill_tokens, len(out.decodes), resident, products, len(out.prefills)
+        )
         moved = out.swap_in_tokens + out.swap_out_tokens
         transfer = cost.swap_time(moved * preset.kv_bytes_per_token) if moved else 0.0
         dt = cost.step_time(compute, transfer)

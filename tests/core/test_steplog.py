@@ -28,6 +28,7 @@ TRUE = CostModel(
     decode_ms_per_seq=0.4,
     kv_ms_per_token=0.002,
     prefill_attn_ms_per_mtok2=8.0,
+    prefill_request_ms=2.5,
 )
 
 
@@ -40,7 +41,7 @@ def test_a_step_is_described_as_the_cost_model_sees_it() -> None:
     shape = describe({"p": 200, "d": 1, "gone": 5}, requests)
     assert shape == StepShape(
         prefill_tokens=200, decode_seqs=1, resident_kv_tokens=100 + 80,
-        attn_products=200 * (100 + 100),
+        attn_products=200 * (100 + 100), prefill_seqs=1,
     )  # fmt: skip
 
 
@@ -49,11 +50,12 @@ def _steps(n: int, seed: int = 0) -> list[StepRecord]:
     out = []
     for i in range(n):
         prefill = rng.choice((0, 0, 64, 256, 1024))
+        prefills = rng.randint(1, 3) if prefill else 0  # the prefill tokens split among them
         decodes = rng.randint(0 if prefill else 1, 16)
         resident = rng.randint(0, 6000)
         attn = prefill * (rng.randint(0, 2000) + prefill / 2)
-        shape = StepShape(prefill, decodes, resident, attn)
-        ms = 1000 * TRUE.iteration_time(prefill, decodes, resident, attn)
+        shape = StepShape(prefill, decodes, resident, attn, prefills)
+        ms = 1000 * TRUE.iteration_time(prefill, decodes, resident, attn, prefills)
         out.append(StepRecord(step=i + 1, t=float(i), ms=ms * rng.uniform(0.97, 1.03), shape=shape))
     return out
 
@@ -91,6 +93,39 @@ def test_a_fit_on_served_steps_predicts_the_step_shapes_it_never_saw() -> None:
     assert quality.r2 > 0.95 and quality.median_rel_error < 0.05
     worst = max(abs(predict_ms(cost, s) - predict_ms(TRUE, s)) / predict_ms(TRUE, s) for s in back)
     assert worst < 0.10
+    assert cost.prefill_request_ms == pytest.approx(TRUE.prefill_request_ms, rel=0.25)
+
+
+def test_the_fit_weighs_a_shape_by_how_often_it_was_seen() -> None:
+    # 200 steady decode steps and one wild outlier shape: the outlier must not drag the decode
+    # cost, which most of the run's time is made of.
+    steady = [
+        StepRecord(step=i, t=0.0, ms=1000 * TRUE.iteration_time(0, d, r), shape=StepShape(0, d, r))
+        for i, (d, r) in enumerate(
+            (d, r) for d in (1, 2, 4, 8) for r in (500, 1500, 3000) for _ in range(20)
+        )
+    ]
+    prefills = [
+        StepRecord(step=i, t=0.0, ms=1000 * TRUE.iteration_time(p, 1, 500, p * p / 2, 1),
+                   shape=StepShape(p, 1, 500, p * p / 2, 1))
+        for i, p in enumerate((64, 128, 256, 512, 1024, 2048))
+    ]  # fmt: skip
+    odd = StepRecord(step=0, t=0.0, ms=40.0, shape=StepShape(0, 16, 500))  # one slow step
+    cost = fit_cost_model(samples_from_step_log([*steady, *prefills, odd]))
+    for d in (1, 4, 8):
+        assert 1000 * cost.iteration_time(0, d, 1500) == pytest.approx(
+            1000 * TRUE.iteration_time(0, d, 1500), rel=0.05
+        )
+
+
+def test_an_older_log_without_prefill_seqs_derives_them(tmp_path: Path) -> None:
+    record = StepRecord(step=1, t=0.0, ms=5.0, shape=StepShape(300, 1, 100, 9e4, 2),
+                        scheduled={"a": 200, "b": 100, "c": 1})  # fmt: skip
+    data = json.loads(record.to_json())
+    del data["prefill_seqs"]
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(data) + "\n")
+    assert read_step_log(path)[0].shape.prefill_seqs == 2
 
 
 def test_profile_from_a_step_log_writes_a_preset_that_loads(

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.vllm.steplog import StepRecord, describe
+from adapters.vllm.steplog import StepRecord, StepShape, describe
 from lamps_agent.cost_model import CostModel
 from lamps_agent.opprofile import cpu_name
 from lamps_agent.presets import write_preset_file
@@ -39,6 +39,7 @@ FEATURES = (
     "decode_ms_per_seq",
     "kv_ms_per_token",
     "prefill_attn_ms_per_mtok2",
+    "prefill_request_ms",
 )
 
 
@@ -52,8 +53,10 @@ class StepSample:
     resident_kv_tokens: int
     attn_products: float  # Σ chunk × (context before chunk + chunk/2)
     ms: float
+    prefill_seqs: int = 0  # requests the step prefills
     # Steps of one shape, whose medians the fit takes; None: (point, prefill, decodes) exactly.
     group: tuple[int, ...] | None = None
+    steps: int = 1  # how many steps this sample stands for (a median of a group: its size)
 
     @property
     def shape_key(self) -> tuple[int, ...]:
@@ -70,6 +73,7 @@ class StepSample:
             float(self.decode_seqs),
             float(self.resident_kv_tokens),
             self.attn_products / 1e6,
+            float(self.prefill_seqs),
         )
 
 
@@ -158,7 +162,9 @@ def medians(samples: Sequence[StepSample]) -> list[StepSample]:
             resident_kv_tokens=int(statistics.median(s.resident_kv_tokens for s in g)),
             attn_products=statistics.median(s.attn_products for s in g),
             ms=statistics.median(s.ms for s in g),
+            prefill_seqs=int(statistics.median(s.prefill_seqs for s in g)),
             group=key,
+            steps=len(g),
         )
         for key, g in groups.items()
     ]
@@ -166,8 +172,12 @@ def medians(samples: Sequence[StepSample]) -> list[StepSample]:
 
 def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = None) -> CostModel:
     """Non-negative least squares on relative error (each row divided by its measured time, so a
-    2 ms decode step counts as much as a 200 ms prefill) over the :func:`medians` of the steps.
-    With five unknowns the exact NNLS solution is found by trying every subset of columns."""
+    2 ms decode step counts as much as a 200 ms prefill) over the :func:`medians` of the steps,
+    each median weighted by the square root of its group's size: a median's standard error
+    shrinks as 1/√n, so a shape seen 3,000 times is not outvoted by one seen once (on a served
+    engine's log the unweighted fit missed held-back shapes by twice as much; docs/benchmarks.md,
+    "The engine as served").  With six unknowns the exact NNLS solution is found by trying every
+    subset of columns."""
     import numpy as np
 
     rows = medians(samples)
@@ -175,7 +185,7 @@ def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = No
         raise ValueError(f"need at least {len(FEATURES)} step shapes to fit, got {len(rows)}")
     x = np.array([s.row() for s in rows])
     y = np.array([s.ms for s in rows])
-    w = 1.0 / np.maximum(y, 1e-9)
+    w = np.sqrt([s.steps for s in rows]) / np.maximum(y, 1e-9)
     xw, yw = x * w[:, None], y * w
     best: tuple[float, Any] | None = None
     for size in range(1, len(FEATURES) + 1):
@@ -189,7 +199,7 @@ def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = No
             if best is None or sse < best[0]:
                 best = (sse, full)
     assert best is not None  # a single column always has a non-negative fit (y > 0)
-    base_ms, prefill, decode, kv, attn = (float(v) for v in best[1])
+    base_ms, prefill, decode, kv, attn, per_request = (float(v) for v in best[1])
     if base_ms == prefill == decode == 0:
         raise ValueError("the fit found no time per step; the measurements are degenerate")
     fitted = CostModel(
@@ -198,6 +208,7 @@ def fit_cost_model(samples: Sequence[StepSample], *, base: CostModel | None = No
         decode_ms_per_seq=decode,
         kv_ms_per_token=kv,
         prefill_attn_ms_per_mtok2=attn,
+        prefill_request_ms=per_request,
     )
     # Copies are not profiled: the base preset's host link stays.
     return fitted if base is None else replace(fitted, swap_bytes_per_s=base.swap_bytes_per_s)
@@ -221,10 +232,12 @@ def samples_from_step_log(records: Sequence[StepRecord]) -> list[StepSample]:
             resident_kv_tokens=r.shape.resident_kv_tokens,
             attn_products=r.shape.attn_products,
             ms=r.ms,
+            prefill_seqs=r.shape.prefill_seqs,
             group=(
                 r.shape.resident_kv_tokens // RESIDENT_BUCKET,
                 -(-r.shape.prefill_tokens // PREFILL_BUCKET),  # 0 only for no prefill at all
                 r.shape.decode_seqs,
+                r.shape.prefill_seqs,
             ),
         )
         for r in records
@@ -256,7 +269,7 @@ def residuals(cost: CostModel, samples: Sequence[StepSample]) -> list[tuple[Step
 
 def predict_ms(cost: CostModel, s: StepSample) -> float:
     return 1000.0 * cost.iteration_time(
-        s.prefill_tokens, s.decode_seqs, s.resident_kv_tokens, s.attn_products
+        s.prefill_tokens, s.decode_seqs, s.resident_kv_tokens, s.attn_products, s.prefill_seqs
     )
 
 
@@ -289,24 +302,26 @@ class _StepRecorder:
         self.samples: list[StepSample] = []
         self.point = -1
         self.recording = True
-        self._pending: tuple[float, int, int, int, float] | None = None
+        self._pending: tuple[float, StepShape] | None = None
         schedule, update = scheduler.schedule, scheduler.update_from_output
 
         def timed_schedule(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             out = schedule(*args, **kwargs)
-            self._pending = (start, *self._describe(out))
+            self._pending = (start, describe(out.num_scheduled_tokens, self.scheduler.requests))
             return out
 
         def timed_update(*args: Any, **kwargs: Any) -> Any:
             result = update(*args, **kwargs)
             if self._pending is not None and self.recording:
-                start, prefill, decodes, resident, attn = self._pending
-                if prefill or decodes:
+                start, shape = self._pending
+                if shape.prefill_tokens or shape.decode_seqs:
                     self.samples.append(
                         StepSample(
-                            point=self.point, prefill_tokens=prefill, decode_seqs=decodes,
-                            resident_kv_tokens=resident, attn_products=attn,
+                            point=self.point, prefill_tokens=shape.prefill_tokens,
+                            decode_seqs=shape.decode_seqs,
+                            resident_kv_tokens=shape.resident_kv_tokens,
+                            attn_products=shape.attn_products, prefill_seqs=shape.prefill_seqs,
                             ms=(time.perf_counter() - start) * 1000.0,
                         )
                     )  # fmt: skip
@@ -314,15 +329,6 @@ class _StepRecorder:
             return result
 
         scheduler.schedule, scheduler.update_from_output = timed_schedule, timed_update
-
-    def _describe(self, out: Any) -> tuple[int, int, int, float]:
-        shape = describe(out.num_scheduled_tokens, self.scheduler.requests)
-        return (
-            shape.prefill_tokens,
-            shape.decode_seqs,
-            shape.resident_kv_tokens,
-            shape.attn_products,
-        )
 
 
 class _Driver:
@@ -510,7 +516,10 @@ def preset_fields(
 
 def write_samples(path: Path, samples: Sequence[StepSample]) -> None:
     """Every timed step as CSV, to look at what the fit saw."""
-    names = ("point", "prefill_tokens", "decode_seqs", "resident_kv_tokens", "attn_products", "ms")
+    names = (
+        "point", "prefill_tokens", "prefill_seqs", "decode_seqs", "resident_kv_tokens",
+        "attn_products", "ms",
+    )  # fmt: skip
     rows = [",".join(names)]
     rows += [",".join(str(getattr(s, n)) for n in names) for s in samples]
     path.write_text("\n".join(rows) + "\n")
