@@ -1,11 +1,13 @@
 """The profile's fit and preset file, and validate's report, without an engine."""
 
+import dataclasses
 import math
 import random
 
 import pytest
 
 from adapters.vllm.tools.profile import (
+    FEATURES,
     EngineFacts,
     StepSample,
     fit_cost_model,
@@ -24,6 +26,7 @@ TRUE = CostModel(
     decode_ms_per_seq=0.3,
     kv_ms_per_token=0.001,
     prefill_attn_ms_per_mtok2=5.0,
+    prefill_request_ms=1.5,
 )
 
 
@@ -38,18 +41,17 @@ def _samples(noise: float, seed: int = 0) -> list[StepSample]:
         for c in (0, 2048)
     ):
         attn = p * (c + p / 2)
-        s = StepSample(point=point, prefill_tokens=p, decode_seqs=b,
+        s = StepSample(point=point, prefill_tokens=p, decode_seqs=b, prefill_seqs=int(p > 0),
                        resident_kv_tokens=b * k + c, attn_products=attn, ms=1.0)  # fmt: skip
         ms = predict_ms(TRUE, s) * (1 + rng.gauss(0, noise))
-        out.append(StepSample(point=point, prefill_tokens=p, decode_seqs=b,
-                              resident_kv_tokens=b * k + c, attn_products=attn, ms=ms))  # fmt: skip
+        out.append(dataclasses.replace(s, ms=ms))
     return out
 
 
 def test_fit_recovers_the_constants_that_made_the_times() -> None:
     fitted = fit_cost_model(_samples(noise=0.0))
     for name in ("base_ms", "prefill_ms_per_token", "decode_ms_per_seq", "kv_ms_per_token",
-                 "prefill_attn_ms_per_mtok2"):  # fmt: skip
+                 "prefill_attn_ms_per_mtok2", "prefill_request_ms"):  # fmt: skip
         assert getattr(fitted, name) == pytest.approx(getattr(TRUE, name), rel=1e-6)
     quality = fit_quality(fitted, _samples(noise=0.0))
     assert quality.r2 == pytest.approx(1.0) and quality.max_rel_error < 1e-6
@@ -78,7 +80,7 @@ def test_a_column_that_would_go_negative_is_dropped() -> None:
         for i, k in enumerate((0, 500, 1000, 1500, 2000, 2500))
     ]
     assert fit_cost_model(samples).kv_ms_per_token == 0.0
-    with pytest.raises(ValueError, match="at least 5 step shapes"):
+    with pytest.raises(ValueError, match=f"at least {len(FEATURES)} step shapes"):
         fit_cost_model(samples[:2])
 
 
