@@ -36,6 +36,7 @@ from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import Request
 from lamps_agent.scheduler import Scheduler, SchedulerOutput
+from lamps_agent.steps import StepRecord, StepShape, request_key
 from lamps_agent.workloads.arrivals import Arrival
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Simulator:
         policy: Policy,
         arrivals: Sequence[Arrival],
         record_timeline: bool = False,
+        record_steps: bool = False,
     ) -> None:
         if any(b.time < a.time for a, b in itertools.pairwise(arrivals)):
             raise ValueError("arrivals must be sorted by time")
@@ -91,6 +93,8 @@ class Simulator:
         self._t_times: list[float] = []
         self._t_used: list[int] = []
         self._t_pinned: list[int] = []
+        # one record per iteration, in the served engine's step-log format (lamps_agent.steps)
+        self.steps: list[StepRecord] | None = [] if record_steps else None
 
     # -- the main loop -------------------------------------------------------------------
     def run(self, labels: RunLabels) -> RunResult:
@@ -118,10 +122,13 @@ class Simulator:
         sched = self.scheduler
         if not sched.has_work:
             return _IDLE
+        resident = {req: req.preemptions for req in sched.running} if self.steps is not None else {}
         out = sched.schedule()
         if out.is_empty:
             return _BLOCKED
         dt, compute = self._execute(out)
+        if self.steps is not None:
+            self._record_step(out, dt, [r for r, n in resident.items() if r.preemptions > n])
         self.now += dt
         sched.set_time(self.now)
         finished: list[Request] = []
@@ -168,15 +175,13 @@ class Simulator:
         """Seconds the iteration takes on the cost model, and its compute alone."""
         preset = self.preset
         cost = preset.cost
-        resident = sum(r.kv_tokens for r in out.decodes)
-        prefill_tokens = 0
-        products = 0.0
-        for r, chunk in out.prefills:  # kv_tokens: the context before this chunk
-            resident += r.kv_tokens
-            prefill_tokens += chunk
-            products += chunk * (r.kv_tokens + chunk / 2.0)
+        shape = step_shape(out)
         compute = cost.iteration_time(
-            prefill_tokens, len(out.decodes), resident, products, len(out.prefills)
+            shape.prefill_tokens,
+            shape.decode_seqs,
+            shape.resident_kv_tokens,
+            shape.attn_products,
+            shape.prefill_seqs,
         )
         moved = out.swap_in_tokens + out.swap_out_tokens
         transfer = cost.swap_time(moved * preset.kv_bytes_per_token) if moved else 0.0
@@ -189,6 +194,23 @@ class Simulator:
             self._t_used.append(memory.used_gpu_blocks)
             self._t_pinned.append(memory.blocks_for(preserved))
         return dt, compute
+
+    def _record_step(self, out: SchedulerOutput, dt: float, preempted: list[Request]) -> None:
+        assert self.steps is not None
+        scheduled = {request_key(r.request_id, r.seg_index): 1 for r in out.decodes}
+        for r, chunk in out.prefills:
+            scheduled[request_key(r.request_id, r.seg_index)] = chunk
+        self.steps.append(
+            StepRecord(
+                step=len(self.steps) + 1,
+                t=self.now,
+                ms=dt * 1000.0,
+                shape=step_shape(out),
+                scheduled=scheduled,
+                preempted=sorted(request_key(r.request_id, r.seg_index) for r in preempted),
+                used_blocks=self.scheduler.memory.used_gpu_blocks,
+            )
+        )
 
     # -- events --------------------------------------------------------------------------
     def _absorb_events(self) -> None:
@@ -255,6 +277,23 @@ class Simulator:
                 capacity_blocks=memory.num_gpu_blocks,
             )
         return RunResult(summary=summary, requests=metrics, timeline=timeline)
+
+
+def step_shape(out: SchedulerOutput) -> StepShape:
+    """The cost model's inputs for an iteration (each request's ``kv_tokens``: its context before
+    this step's chunk)."""
+    resident = sum(r.kv_tokens for r in out.decodes)
+    products = 0.0
+    for r, chunk in out.prefills:
+        resident += r.kv_tokens
+        products += chunk * (r.kv_tokens + chunk / 2.0)
+    return StepShape(
+        prefill_tokens=out.prefill_tokens,
+        decode_seqs=len(out.decodes),
+        resident_kv_tokens=resident,
+        attn_products=products,
+        prefill_seqs=len(out.prefills),
+    )
 
 
 def _request_metrics(req: Request) -> RequestMetrics:

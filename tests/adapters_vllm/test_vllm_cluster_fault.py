@@ -96,13 +96,23 @@ def _worker_cores(pgid: int) -> set[int]:
     raise AssertionError(f"no VLLM::Worker in process group {pgid}")
 
 
-def _running_on(replicas: list[dict[str, Any]]) -> int | None:
-    for i, r in enumerate(replicas):
+def _generated(replicas: list[dict[str, Any]]) -> list[float]:
+    """Each replica's generated-token counter (-1 where its metrics cannot be read)."""
+    counts = []
+    for r in replicas:
         try:
-            if scrape_metrics(r["url"]).get("vllm:num_requests_running", 0) > 0:
-                return i
+            counts.append(scrape_metrics(r["url"]).get("vllm:generation_tokens_total", 0.0))
         except OSError:
-            continue
+            counts.append(-1.0)
+    return counts
+
+
+def _running_on(replicas: list[dict[str, Any]], before: list[float]) -> int | None:
+    """The replica generating the turn: its generated-token counter rose since ``before`` (a
+    counter, not the running gauge, which a fast turn can slip between two scrapes of)."""
+    for i, (now, then) in enumerate(zip(_generated(replicas), before, strict=True)):
+        if then >= 0 and now > then:
+            return i
     return None
 
 
@@ -131,6 +141,10 @@ def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: 
             assert r["cores"] == layout.bind(i)
             assert _worker_cores(int(r["pid"])) == set(layout.replica_cores[i])
         report["cores"] = [r["cores"] for r in replicas]
+        ready_by = time.monotonic() + 60  # the router routes once it has seen both replicas
+        while http_status(f"{url}/readiness") != 200:
+            assert time.monotonic() < ready_by, "the router never became ready"
+            time.sleep(0.5)
 
         # an agent streams a long turn; once it has sent tokens, its replica's server dies
         middleware = LampsMiddleware(transport="extra_body", retry_delay_s=0.5)
@@ -140,23 +154,32 @@ def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: 
         agent = create_agent(model=model, tools=[], middleware=[middleware])
         seen: list[str] = []
         final: dict[str, Any] = {}
+        errors: list[Exception] = []
 
         def run() -> None:
             config = {"configurable": {"thread_id": "fault-1"}}
-            for mode, data in agent.stream({"messages": [("user", "tell a long story")]},
-                                           config, stream_mode=["messages", "values"]):  # fmt: skip
-                if mode == "messages":
-                    seen.append(str(data[0].content))
-                else:
-                    final.update(data)
+            try:
+                for mode, data in agent.stream({"messages": [("user", "tell a long story")]},
+                                               config, stream_mode=["messages", "values"]):  # fmt: skip
+                    if mode == "messages":
+                        seen.append(str(data[0].content))
+                    else:
+                        final.update(data)
+            except Exception as exc:  # noqa: BLE001 (reported by the main thread)
+                errors.append(exc)
 
+        before = _generated(replicas)
         thread = threading.Thread(target=run)
         thread.start()
         deadline = time.monotonic() + 120
         victim_index = None
         while victim_index is None or len(seen) < 20:
-            assert thread.is_alive() and time.monotonic() < deadline, "the turn never streamed"
-            victim_index = _running_on(replicas) if victim_index is None else victim_index
+            running, on_time = thread.is_alive(), time.monotonic() < deadline
+            assert running and on_time, (
+                f"the turn never streamed (thread alive {running}, {len(seen)} chunks, replica "
+                f"{victim_index}, error {errors[0] if errors else None!r})"
+            )
+            victim_index = _running_on(replicas, before) if victim_index is None else victim_index
             time.sleep(0.05)
         victim = int(replicas[victim_index]["pid"])
         name, victim_url = replicas[victim_index]["name"], replicas[victim_index]["url"]
@@ -174,6 +197,7 @@ def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: 
                 break
             time.sleep(0.5)
         thread.join(timeout=120)
+        assert not errors, f"the agent's turn failed: {errors[0]!r}"
         died, served = launcher.first(f"{name}: died"), launcher.first(f"{name}: serving again")
         reply = final["messages"][-1]
         report.update(
