@@ -316,16 +316,105 @@ PRESETS.register("h200-gptj6b")(
 )
 
 
+# -- the engine a fitted preset was measured on ---------------------------------------------
+ENGINE_FILE = (
+    "engine.json"  # bench --engine compare's record of its servers' engine, beside their step logs
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeasuredEngine:
+    """The engine a fitted preset file was measured on (its ``[measured]`` table), or the engine
+    a run uses: a run on another engine than the preset's is refused (:func:`check_measured`),
+    not silently simulated with constants of another process layout, block size or KV size.
+    ``None`` is "not known", never compared."""
+
+    # "served" (through the HTTP server, as bench --engine and validate run it) or "in-process"
+    how: str | None = None
+    model: str | None = None  # the model folder's name
+    block_size: int | None = None
+    kv_cache_bytes: int | None = None  # --kv-cache-memory-bytes
+    token_budget: int | None = None  # --max-num-batched-tokens
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    reserved_cpus: int | None = None  # VLLM_CPU_NUM_OF_RESERVED_CPU
+    vllm: str | None = None  # vLLM's version
+
+    def __post_init__(self) -> None:
+        if self.how not in (None, "served", "in-process"):
+            raise ConfigError(f"measured.how must be 'served' or 'in-process', got {self.how!r}")
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any], *, source: str) -> MeasuredEngine:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown [measured] field(s) {', '.join(unknown)}")
+        texts = ("how", "model", "vllm")
+        try:
+            values: dict[str, Any] = {
+                k: v if k in texts or v is None else int(v) for k, v in data.items()
+            }
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: [measured]: {exc}") from None
+
+    def fields(self) -> dict[str, Any]:
+        """The ``[measured]`` table to write (what is known)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def mismatches(self, run: MeasuredEngine) -> list[str]:
+        """Where ``run`` differs from this measurement, as "field: measured X, run Y"."""
+        out = []
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(run, f.name)
+            if mine is not None and theirs is not None and mine != theirs:
+                out.append(f"{f.name}: measured {mine}, this run {theirs}")
+        return out
+
+
+def read_measured(path: str | Path) -> MeasuredEngine | None:
+    """A preset file's ``[measured]`` table; None when the file has none (a hand-written file,
+    or one written before profiles recorded it)."""
+    data = read_preset_file(Path(path)).get("measured")
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"preset file {path}: [measured] must be a table")
+    return MeasuredEngine.from_fields(data, source=f"preset file {path}")
+
+
+def check_measured(path: str | Path, run: MeasuredEngine) -> MeasuredEngine | None:
+    """Refuse a preset file measured on another engine than ``run``'s (a ConfigError naming each
+    difference); the file's measurement, or None where it records none."""
+    measured = read_measured(path)
+    if measured is None:
+        return None
+    diffs = measured.mismatches(run)
+    if diffs:
+        raise ConfigError(
+            f"preset file {path} was measured on another engine than this run's ("
+            + "; ".join(diffs)
+            + "): profile this engine (lamps-agent profile) or run the engine it was measured on"
+        )
+    return measured
+
+
 def load_preset(
     name: str = "a100-gptj6b",
     *,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Preset:
-    """A registered preset, then the config file's fields, then explicit overrides."""
+    """A registered preset, then the config file's fields, then explicit overrides.  A file's
+    ``[measured]`` table (the engine it was profiled on) is checked for form here and against a
+    run's engine by :func:`check_measured`."""
     preset = PRESETS.get(name)
     if config_file is not None:
         data = read_preset_file(Path(config_file))
+        if "measured" in data:
+            read_measured(config_file)  # well-formed, or a clear error now
+            data.pop("measured")
         base = data.pop("base", None)
         if base is not None:
             preset = PRESETS.get(str(base))

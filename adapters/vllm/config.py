@@ -11,9 +11,11 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from lamps_agent.policies import POLICIES
+from lamps_agent.presets import MeasuredEngine, check_measured
 from lamps_agent.scheduler import PinLifetime
 
 CLIENT_STRATEGY = ("advisory", "obey")
@@ -115,3 +117,27 @@ def _coerce(kind: type, value: Any) -> Any:
     if kind is dict and isinstance(value, str):
         return json.loads(value)  # from an environment variable
     return kind(value)
+
+
+def check_preset_engine(config: PluginConfig, vllm_config: Any, vllm_version: str) -> None:
+    """Refuse to start on a preset file measured on another engine than this one (its block size,
+    KV size, batching limits, model, CPU layout): its constants would be another engine's."""
+    if not config.preset_file:
+        return
+    cache, sched, model = (
+        vllm_config.cache_config,
+        vllm_config.scheduler_config,
+        vllm_config.model_config,
+    )
+    reserved = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    here = MeasuredEngine(
+        model=Path(str(model.model)).name or None,
+        block_size=cache.block_size,
+        kv_cache_bytes=getattr(cache, "kv_cache_memory_bytes", None),
+        token_budget=sched.max_num_batched_tokens,
+        max_num_seqs=sched.max_num_seqs,
+        max_model_len=model.max_model_len,
+        reserved_cpus=int(reserved) if reserved and reserved.isdigit() else None,
+        vllm=vllm_version,
+    )
+    check_measured(config.preset_file, here)

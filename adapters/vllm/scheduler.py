@@ -33,7 +33,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
-from adapters.vllm.config import PluginConfig, check_vllm_version
+from adapters.vllm.config import PluginConfig, check_preset_engine, check_vllm_version
 from adapters.vllm.lamps_core import LampsCore
 from adapters.vllm.steplog import StepLog
 
@@ -54,6 +54,7 @@ class _LampsMixin:
         sched: Any = self
         check_vllm_version(vllm.__version__)
         config = PluginConfig.load(getattr(sched.vllm_config, "additional_config", None))
+        check_preset_engine(config, sched.vllm_config, vllm.__version__)
         self.lamps = LampsCore(sched, config)
         sched.waiting = self.lamps.queue
         # The core orders by priority where vLLM was asked to (LampsCore read it): vLLM's own

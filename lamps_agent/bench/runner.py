@@ -25,6 +25,7 @@ from lamps_agent.predictors.calibrated import CalibratedPredictor
 from lamps_agent.presets import Preset
 from lamps_agent.program import Program
 from lamps_agent.sim import Simulator
+from lamps_agent.steps import StepRecord
 from lamps_agent.workloads.arrivals import Arrival, poisson_workload
 
 RECOMMENDED_POLICY = "lamps"
@@ -122,8 +123,10 @@ def run_one(
     arrivals: list[Arrival] | None = None,
     *,
     liars: frozenset[str] = frozenset(),
+    steps: list[StepRecord] | None = None,
 ) -> RunResult:
-    """One simulation, every arrival to completion (warm-up and drain included)."""
+    """One simulation, every arrival to completion (warm-up and drain included); with ``steps``
+    (a list), every iteration's record is appended to it (:mod:`lamps_agent.steps`)."""
     seed = seed_of(config, spec)
     if arrivals is None:
         roles = cast_for(config, spec)
@@ -140,8 +143,9 @@ def run_one(
         policy=policy,
         arrivals=arrivals,
         record_timeline=spec == config.timeline_for,
+        record_steps=steps is not None,
     )
-    return sim.run(
+    result = sim.run(
         RunLabels(
             policy=spec.policy,
             predictor=predictor_label,
@@ -150,6 +154,9 @@ def run_one(
             seed=seed,
         )
     )
+    if steps is not None and sim.steps is not None:
+        steps.extend(sim.steps)
+    return result
 
 
 def seed_of(config: BenchConfig, spec: RunSpec) -> int:

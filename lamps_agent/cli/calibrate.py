@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from lamps_agent.policies import POLICIES
-from lamps_agent.presets import load_preset, read_preset_file
+from lamps_agent.presets import (
+    ENGINE_FILE,
+    MeasuredEngine,
+    check_measured,
+    load_preset,
+    read_preset_file,
+)
 from lamps_agent.workloads import generate_programs, load_trace
 from lamps_agent.workloads.infercept import BUILTIN_TRACES
 
@@ -47,9 +53,11 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     v = sub.add_parser(
         "validate",
         help="the simulator against the real engine on the same workload",
-        description="Profile the engine (or take --preset-file), replay the same arrivals on a "
-        "real vLLM server per policy and in the simulator with the fitted preset, and print the "
-        "error of mean E2E, P99 E2E and recomputed tokens (needs the vllm extra).",
+        description="Profile the engine as it serves (a plug-in server logs every step of a "
+        "replay on other arrivals; the cost model is fitted to those steps) or take "
+        "--preset-file (refused when it was measured on another engine), replay the same "
+        "arrivals on a real vLLM server per policy and in the simulator with the fitted preset, "
+        "and print the error of mean E2E, P99 E2E and recomputed tokens (needs the vllm extra).",
     )
     _engine_options(v)
     v.add_argument("--preset-file", type=Path, help="a fitted preset; skips profiling")
@@ -138,8 +146,9 @@ def profile_to_file(args: argparse.Namespace, out: Path) -> None:
     cost = prof.fit_cost_model(result.samples, base=base.cost)
     quality = prof.fit_quality(cost, result.samples)
     fields = prof.preset_fields(
-        result.facts, cost, quality, base=args.base, host_swap_gb=args.host_swap_gb
-    )
+        result.facts, cost, quality, base=args.base, host_swap_gb=args.host_swap_gb,
+        measured=prof.in_process_engine(opts, result.facts),
+    )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     prof.write_preset(out, fields)
     prof.write_samples(out.with_suffix(".samples.csv"), result.samples)
@@ -200,11 +209,32 @@ def fit_served(args: argparse.Namespace) -> int:
         f"R² {on_back.r2:.3f}, median error {on_back.median_rel_error:.0%}"
     )
     fields["cost"] = {**fields.get("cost", {}), **{n: getattr(cost, n) for n in prof.FEATURES}}
+    fields["measured"] = _served_engine(args.from_step_log).fields()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     prof.write_preset(args.out, fields)
     load_preset(config_file=args.out)  # what was written must load
     print(f"wrote {args.out}")
     return 0
+
+
+def _served_engine(logs: list[Path]) -> MeasuredEngine:
+    """The engine the step logs were written on: ``engine.json`` beside them (``bench --engine
+    compare`` writes it); all the logs' engines must agree.  Without one only "served" is known."""
+    engines = set()
+    for log in logs:
+        path = log.parent / ENGINE_FILE
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read {path}: {exc}") from None
+            engines.add(MeasuredEngine.from_fields(data, source=str(path)))
+        else:
+            print(f"note: no {ENGINE_FILE} beside {log}: the preset records only that the engine was served")  # fmt: skip
+            engines.add(MeasuredEngine(how="served"))
+    if len(engines) > 1:
+        raise ValueError("the step logs come from engines with different settings: fit them apart")
+    return engines.pop()
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -218,11 +248,6 @@ def run_validate(args: argparse.Namespace) -> int:
     if not policies:
         raise ValueError("--policies: give at least one")
     args.out.mkdir(parents=True, exist_ok=True)
-    preset_file = args.preset_file
-    if preset_file is None:
-        preset_file = args.out / "preset.json"
-        profile_to_file(args, preset_file)
-    preset = load_preset(config_file=preset_file)
     if args.synthetic is not None:
         programs, name = generate_programs(args.synthetic, seed=args.seed), "synthetic"
     else:
@@ -236,6 +261,14 @@ def run_validate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     usable, arrivals = val.workload(programs, opts)
     print(f"{name}: {len(usable)} of {len(programs)} programs fit; {len(arrivals)} arrivals")
+    preset_file = args.preset_file
+    if preset_file is None:
+        preset_file = val.profile_served(usable, opts, base=args.base, out=args.out / "preset.json")
+    else:
+        engine = _adapter("server").served_engine(val.serve_options(opts, "vllm"))
+        if check_measured(preset_file, engine) is None:  # another engine's file: an error
+            print(f"note: {preset_file} does not say which engine it was measured on: not checked")
+    preset = load_preset(config_file=preset_file)
     sim = val.simulate(usable, preset, opts, name)
     real, unloaded = val.replay_real(
         arrivals, opts, name, preset_file=preset_file.resolve(), preset=preset

@@ -14,13 +14,14 @@ from adapters.vllm.tools.profile import (
     ProfileOptions,
     fit_cost_model,
     fit_quality,
+    in_process_engine,
     predict_ms,
     preset_fields,
     profile,
     write_preset,
 )
 from lamps_agent.cli.main import main
-from lamps_agent.presets import load_preset
+from lamps_agent.presets import load_preset, read_measured
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -50,7 +51,8 @@ def test_profile_fits_held_out_steps_and_writes_a_loadable_preset(
     assert 1 / SANITY_FACTOR <= ratio <= SANITY_FACTOR
 
     quality = fit_quality(cost, train)
-    fields = preset_fields(result.facts, cost, quality, base="h100-llama3-8b", host_swap_gb=1.0)
+    fields = preset_fields(result.facts, cost, quality, base="h100-llama3-8b", host_swap_gb=1.0,
+                           measured=in_process_engine(opts, result.facts))  # fmt: skip
     path = tmp_path / "fitted.toml"
     write_preset(path, fields)
     preset = load_preset(config_file=path)
@@ -58,6 +60,8 @@ def test_profile_fits_held_out_steps_and_writes_a_loadable_preset(
     assert preset.block_size == 32 and preset.max_num_seqs == 8 and preset.token_budget == 2048
     assert preset.kv_bytes_per_token == 2 * 2 * 1 * 64 * result.facts.dtype_bytes  # tiny Llama
     assert preset.cost.base_ms == pytest.approx(cost.base_ms)
+    measured = read_measured(path)
+    assert measured is not None and measured.how == "in-process" and measured.block_size == 32
 
 
 def test_validate_end_to_end_reports_both_sides(tiny_model: Path, tmp_path: Path) -> None:
@@ -80,5 +84,26 @@ def test_validate_end_to_end_reports_both_sides(tiny_model: Path, tmp_path: Path
         assert set(c["within_targets"]) == {"e2e_mean", "e2e_p99", "recomputed"}
     assert sorted(report["ranking_real"]) == sorted(report["ranking_sim"]) == ["lamps", "vllm"]
     assert isinstance(report["ranking_agrees"], bool)
-    assert load_preset(config_file=out / "preset.json").gpu_kv_tokens > 0
+    # the preset was fitted to the served engine's own steps, with that engine's shape
+    preset = load_preset(config_file=out / "preset.json")
+    # the engine's blocks, less vLLM's null block (as the in-process profile counts them)
+    assert preset.num_gpu_blocks == 2 * 2**20 // (32 * preset.kv_bytes_per_token) - 1
+    assert preset.block_size == 32 and preset.max_num_seqs == 8
+    measured = read_measured(out / "preset.json")
+    assert measured is not None and measured.how == "served" and measured.reserved_cpus == 1
+    assert (out / "steps-profile.jsonl").stat().st_size > 0
     assert "ranking by mean E2E" in (out / "report.md").read_text()
+
+
+def test_validate_refuses_a_preset_measured_on_another_engine(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({"base": "h100-llama3-8b",
+                                 "measured": {"how": "in-process", "block_size": 16}}))  # fmt: skip
+    rc = main(["validate", "--model", str(tiny_model), "--synthetic", "4", "--preset-file",
+               str(stale), "--out", str(tmp_path / "v")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "measured on another engine" in err
+    assert "how: measured in-process, this run served" in err and "block_size: measured 16" in err
+    assert not (tmp_path / "v" / "report.json").exists()

@@ -18,7 +18,7 @@ from adapters.vllm.tools.profile import (
 )
 from adapters.vllm.tools.validate import Metric, PolicyComparison, ValidationReport, report_lines
 from lamps_agent.cost_model import CostModel
-from lamps_agent.presets import load_preset
+from lamps_agent.presets import MeasuredEngine, load_preset, read_measured
 
 TRUE = CostModel(
     base_ms=4.0,
@@ -90,8 +90,9 @@ def test_the_preset_file_loads_with_the_engine_and_the_fit(tmp_path, suffix: str
                         n_kv_heads=1, head_dim=64, dtype_bytes=2, token_budget=2048,
                         max_num_seqs=16, model="/tmp/tiny-llama")  # fmt: skip
     fitted = fit_cost_model(_samples(noise=0.0))
+    measured = MeasuredEngine(how="in-process", block_size=32, max_num_seqs=16)
     fields = preset_fields(facts, fitted, fit_quality(fitted, _samples(noise=0.0)),
-                           base="h100-llama3-8b", host_swap_gb=4.0)  # fmt: skip
+                           base="h100-llama3-8b", host_swap_gb=4.0, measured=measured)  # fmt: skip
     path = tmp_path / f"fitted{suffix}"
     write_preset(path, fields)
     preset = load_preset(config_file=path)
@@ -99,6 +100,7 @@ def test_the_preset_file_loads_with_the_engine_and_the_fit(tmp_path, suffix: str
     assert preset.kv_bytes_per_token == 512 and preset.token_budget == 2048
     assert preset.max_num_seqs == 16 and preset.cost.decode_ms_per_seq == pytest.approx(0.3)
     assert "fitted by lamps-agent profile" in preset.description and "CPU" in preset.description
+    assert read_measured(path) == measured  # the engine it was measured on goes with it
 
 
 def _comparison(policy: str, real: float, sim: float) -> PolicyComparison:

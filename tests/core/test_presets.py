@@ -2,13 +2,23 @@ import itertools
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from lamps_agent import physics
 from lamps_agent.errors import ConfigError, UnknownNameError
 from lamps_agent.opcost import SHIPPED_TABLES, OperatorTable, compose
-from lamps_agent.presets import MEASURED, PRESETS, load_preset, parse_overrides
+from lamps_agent.presets import (
+    MEASURED,
+    PRESETS,
+    MeasuredEngine,
+    check_measured,
+    load_preset,
+    parse_overrides,
+    read_measured,
+    write_preset_file,
+)
 
 
 def test_presets_exist_with_their_capacities() -> None:
@@ -122,3 +132,78 @@ def test_docs_list_exactly_the_registered_presets() -> None:
     readme = (root / "README.md").read_text()
     listed = readme.split("Presets (", 1)[1].split("(override", 1)[0]
     assert set(re.findall(r"`([^`]+)`", listed)) == set(PRESETS.names())
+
+
+# -- the engine a fitted preset was measured on --------------------------------------------------
+def _measured_file(tmp_path: Path, **measured: object) -> Path:
+    path = tmp_path / "fitted.toml"
+    write_preset_file(
+        path,
+        {
+            "base": "h100-llama3-8b",
+            "cost": {"base_ms": 1.0},
+            "measured": {"how": "served", **measured},
+        },
+    )
+    return path
+
+
+def test_a_fitted_preset_records_its_engine_and_still_loads(tmp_path: Path) -> None:
+    path = _measured_file(tmp_path, block_size=32, kv_cache_bytes=3_000_000, reserved_cpus=1)
+    assert load_preset(config_file=path).cost.base_ms == 1.0
+    measured = read_measured(path)
+    assert measured == MeasuredEngine(
+        how="served", block_size=32, kv_cache_bytes=3_000_000, reserved_cpus=1
+    )
+    assert read_measured(_plain_file(tmp_path)) is None
+
+
+def _plain_file(tmp_path: Path) -> Path:
+    path = tmp_path / "plain.json"
+    write_preset_file(path, {"base": "h100-llama3-8b"})
+    return path
+
+
+def test_a_run_on_another_engine_than_the_preset_s_is_refused_naming_each_difference(
+    tmp_path: Path,
+) -> None:
+    path = _measured_file(tmp_path, block_size=32, kv_cache_bytes=3_000_000, reserved_cpus=1)
+    same = MeasuredEngine(how="served", block_size=32, kv_cache_bytes=3_000_000, reserved_cpus=1)
+    assert check_measured(path, same) is not None
+    # what the run does not know is not compared
+    assert check_measured(path, MeasuredEngine(block_size=32)) is not None
+    other = MeasuredEngine(how="in-process", block_size=16, kv_cache_bytes=3_000_000)
+    with pytest.raises(ConfigError) as err:
+        check_measured(path, other)
+    text = str(err.value)
+    assert "how: measured served, this run in-process" in text
+    assert "block_size: measured 32, this run 16" in text and "kv_cache_bytes" not in text
+    assert (
+        check_measured(_plain_file(tmp_path), other) is None
+    )  # nothing recorded: nothing to check
+
+
+def test_a_malformed_measured_table_is_a_clear_error(tmp_path: Path) -> None:
+    for bad, match in (({"how": "guessed"}, "measured.how"), ({"blocks": 3}, "unknown"),
+                       ({"block_size": "big"}, "measured")):  # fmt: skip
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps({"base": "h100-llama3-8b", "measured": bad}))
+        with pytest.raises(ConfigError, match=match):
+            load_preset(config_file=path)
+
+
+def test_the_plug_in_refuses_a_preset_measured_on_another_engine(tmp_path: Path) -> None:
+    from adapters.vllm.config import PluginConfig, check_preset_engine
+
+    path = _measured_file(tmp_path, block_size=32, max_num_seqs=16, model="tiny-llama")
+    vllm_config = SimpleNamespace(
+        cache_config=SimpleNamespace(block_size=32, kv_cache_memory_bytes=None),
+        scheduler_config=SimpleNamespace(max_num_batched_tokens=2048, max_num_seqs=16),
+        model_config=SimpleNamespace(model="/tmp/tiny-llama", max_model_len=4096),
+    )
+    config = PluginConfig(preset_file=str(path))
+    check_preset_engine(config, vllm_config, "0.32.0")  # the same engine: starts
+    vllm_config.scheduler_config.max_num_seqs = 64
+    with pytest.raises(ConfigError, match="max_num_seqs: measured 16, this run 64"):
+        check_preset_engine(config, vllm_config, "0.32.0")
+    check_preset_engine(PluginConfig(), vllm_config, "0.32.0")  # no preset file: nothing to check

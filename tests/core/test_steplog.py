@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -20,7 +21,8 @@ from adapters.vllm.tools.profile import (
 )
 from lamps_agent.cli.main import main
 from lamps_agent.cost_model import CostModel
-from lamps_agent.presets import load_preset
+from lamps_agent.errors import ConfigError
+from lamps_agent.presets import MeasuredEngine, check_measured, load_preset, read_measured
 
 TRUE = CostModel(
     base_ms=6.0,
@@ -141,6 +143,17 @@ def test_profile_from_a_step_log_writes_a_preset_that_loads(
     preset = load_preset(config_file=out)
     assert preset.cost.prefill_ms_per_token == pytest.approx(0.03, rel=0.1)
     assert preset.num_gpu_blocks == load_preset("a100-gptj6b").num_gpu_blocks
+    # without the engine's record beside the log, the preset knows only that it was served
+    assert read_measured(out) == MeasuredEngine(how="served") and "no engine.json" in text
+
+    # bench --engine compare writes engine.json beside its step logs: the preset carries it
+    engine = MeasuredEngine(how="served", block_size=32, kv_cache_bytes=3_000_000, reserved_cpus=1)
+    (tmp_path / "engine.json").write_text(json.dumps(engine.fields()))
+    assert main(["profile", "--from-step-log", str(log), "--base", "a100-gptj6b",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert read_measured(out) == engine
+    with pytest.raises(ConfigError, match="block_size: measured 32, this run 16"):
+        check_measured(out, dataclasses.replace(engine, block_size=16))
 
 
 def test_profile_without_a_model_or_a_step_log_is_one_error(

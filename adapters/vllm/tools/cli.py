@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import shlex
@@ -17,6 +18,7 @@ from typing import Any
 
 from adapters.vllm.config import STOCK, server_policies
 from lamps_agent.cli import options as cli_options
+from lamps_agent.presets import ENGINE_FILE
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -325,19 +327,9 @@ def _report_unloaded(
 def max_model_len(vllm_args: Sequence[str]) -> int | None:
     """``--max-model-len`` among vLLM options (``--max-model-len=N`` or ``--max-model-len N``),
     or None where it is not given (the server then takes the model's own limit)."""
-    found = None
-    for i, arg in enumerate(vllm_args):
-        name, eq, value = arg.partition("=")
-        if name == "--max-model-len":
-            if not eq:
-                value = vllm_args[i + 1] if i + 1 < len(vllm_args) else ""
-            try:
-                found = int(value)
-            except ValueError:
-                raise ValueError(
-                    f"--vllm-arg: --max-model-len {value!r} is not an integer"
-                ) from None
-    return found
+    from adapters.vllm.tools.server import vllm_int_option
+
+    return vllm_int_option(vllm_args, "--max-model-len")
 
 
 def _fitting_programs(programs: Sequence[Any], vllm_args: Sequence[str], console: Any) -> list[Any]:
@@ -372,7 +364,7 @@ def _start_servers(
 ) -> dict[str, str]:
     """Start every server of a comparison (one port each), print their layout, and refuse a
     comparison whose servers are not laid out alike."""
-    from adapters.vllm.tools.server import server_layout
+    from adapters.vllm.tools.server import served_engine, server_layout
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,6 +400,7 @@ def _start_servers(
             f"the servers are not laid out alike ({', '.join(odd)} differ; see {out}/server-*.log)"
             ": set --reserved-cpus, and the same --vllm-arg for all"
         )
+    (out / ENGINE_FILE).write_text(json.dumps(served_engine(opts).fields(), indent=2) + "\n")
     (out / "layout.txt").write_text(
         f"VLLM_CPU_NUM_OF_RESERVED_CPU={reserved}\n"
         + "".join(f"{label}: {layout.text()}\n" for label, layout in layouts.items())

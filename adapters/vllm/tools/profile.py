@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import logging
 import os
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +31,7 @@ from typing import Any
 from adapters.vllm.steplog import StepRecord, StepShape, describe
 from lamps_agent.cost_model import CostModel
 from lamps_agent.opprofile import cpu_name
-from lamps_agent.presets import write_preset_file
+from lamps_agent.presets import MeasuredEngine, write_preset_file
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +389,39 @@ def _engine_facts(llm: Any, opts: ProfileOptions) -> EngineFacts:
     )
 
 
+_KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
+_DTYPE = re.compile(r"dtype=torch\.(\w+)")
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
+
+
+def served_facts(log_text: str, opts: ProfileOptions) -> EngineFacts:
+    """The engine a server ran, from its start-up log (KV cache tokens, dtype) and the model's
+    ``config.json`` (layers, KV heads, head size): what ``_engine_facts`` reads from an in-process
+    engine, for a server that cannot be asked."""
+    tokens, dtype = _KV_TOKENS.search(log_text), _DTYPE.search(log_text)
+    if tokens is None or dtype is None or dtype.group(1) not in _DTYPE_BYTES:
+        raise ValueError("the server's log does not say its KV cache size and dtype")
+    try:
+        hf = json.loads((Path(opts.model) / "config.json").read_text())
+        n_layers, heads = int(hf["num_hidden_layers"]), int(hf["num_attention_heads"])
+        n_kv = int(hf.get("num_key_value_heads") or heads)
+        head_dim = int(hf.get("head_dim") or int(hf["hidden_size"]) // heads)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"cannot read the model's shape from {opts.model}/config.json: {exc}"
+        ) from None
+    dtype_bytes = _DTYPE_BYTES[dtype.group(1)]
+    return EngineFacts(
+        # the log's tokens are the pool's blocks × block size (a float product, so rounded); one
+        # block of the pool is vLLM's null block, as _engine_facts counts it
+        num_gpu_blocks=round(int(tokens.group(1).replace(",", "")) / opts.block_size) - 1,
+        block_size=opts.block_size,
+        kv_bytes_per_token=2 * n_layers * n_kv * head_dim * dtype_bytes,
+        n_layers=n_layers, n_kv_heads=n_kv, head_dim=head_dim, dtype_bytes=dtype_bytes,
+        token_budget=opts.token_budget, max_num_seqs=opts.max_num_seqs, model=str(opts.model),
+    )  # fmt: skip
+
+
 def make_engine(opts: ProfileOptions) -> Any:
     """An in-process engine configured as the served one is (``validate`` passes the same
     options to its servers)."""
@@ -487,9 +522,16 @@ def _one_prefill(driver: _Driver, recorder: _StepRecorder, point: GridPoint) -> 
 
 
 def preset_fields(
-    facts: EngineFacts, cost: CostModel, quality: FitQuality, *, base: str, host_swap_gb: float
+    facts: EngineFacts,
+    cost: CostModel,
+    quality: FitQuality,
+    *,
+    base: str,
+    host_swap_gb: float,
+    measured: MeasuredEngine,
 ) -> dict[str, Any]:
-    """The preset file's content: a base preset, the measured engine, the fitted costs."""
+    """The preset file's content: a base preset, the measured engine, the fitted costs, and how
+    the engine ran (``[measured]``: a run on another engine refuses the file)."""
     cost_fields = {name: getattr(cost, name) for name in FEATURES}
     return {
         "base": base,
@@ -511,7 +553,20 @@ def preset_fields(
             "dtype_bytes": facts.dtype_bytes,
         },
         "cost": cost_fields,
+        "measured": measured.fields(),
     }
+
+
+def in_process_engine(opts: ProfileOptions, facts: EngineFacts) -> MeasuredEngine:
+    """The engine an in-process profile measured, for the preset's ``[measured]`` table."""
+    import vllm
+
+    return MeasuredEngine(
+        how="in-process", model=Path(facts.model).name or facts.model,
+        block_size=facts.block_size, kv_cache_bytes=opts.kv_cache_bytes,
+        token_budget=facts.token_budget, max_num_seqs=facts.max_num_seqs,
+        max_model_len=opts.max_model_len, vllm=vllm.__version__,
+    )  # fmt: skip
 
 
 def write_samples(path: Path, samples: Sequence[StepSample]) -> None:

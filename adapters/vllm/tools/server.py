@@ -29,6 +29,7 @@ from typing import Any
 
 import adapters
 from adapters.vllm.config import loads_plugin
+from lamps_agent.presets import MeasuredEngine
 
 SCHEDULER = "adapters.vllm.scheduler.LampsScheduler"
 ASYNC_SCHEDULER = "adapters.vllm.scheduler.LampsAsyncScheduler"
@@ -84,6 +85,46 @@ def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[s
         connector = {**CONNECTOR, "kv_connector_extra_config": {"host_swap_gb": opts.host_swap_gb}}
         cmd += ["--kv-transfer-config", json.dumps(connector)]
     return [*cmd, *opts.vllm_args]
+
+
+def vllm_option(vllm_args: Sequence[str], name: str) -> str | None:
+    """The value of ``name`` (e.g. ``--block-size``) among vLLM options, given as ``--name=V`` or
+    ``--name V`` (the last one wins, as in vLLM's parser); None where it is not given."""
+    found = None
+    for i, arg in enumerate(vllm_args):
+        key, eq, value = arg.partition("=")
+        if key == name:
+            found = value if eq else (vllm_args[i + 1] if i + 1 < len(vllm_args) else "")
+    return found
+
+
+def vllm_int_option(vllm_args: Sequence[str], name: str) -> int | None:
+    value = vllm_option(vllm_args, name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--vllm-arg: {name} {value!r} is not an integer") from None
+
+
+def served_engine(opts: ServeOptions) -> MeasuredEngine:
+    """The engine a server with ``opts`` runs, as a fitted preset's ``[measured]`` table records
+    it (what the options leave to vLLM's defaults is unknown: None)."""
+    import vllm
+
+    args = opts.vllm_args
+    return MeasuredEngine(
+        how="served",
+        model=Path(opts.model).name or opts.model,
+        block_size=vllm_int_option(args, "--block-size"),
+        kv_cache_bytes=vllm_int_option(args, "--kv-cache-memory-bytes"),
+        token_budget=vllm_int_option(args, "--max-num-batched-tokens"),
+        max_num_seqs=vllm_int_option(args, "--max-num-seqs"),
+        max_model_len=vllm_int_option(args, "--max-model-len"),
+        reserved_cpus=opts.reserved_cpus,
+        vllm=vllm.__version__,
+    )
 
 
 def gpu_available() -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 from adapters.vllm.config import STOCK, loads_plugin
 from adapters.vllm.tools.profile import ProfileOptions
+from adapters.vllm.tools.server import ServeOptions
 from lamps_agent.bench.runner import BenchConfig, RunSpec, run_one
 from lamps_agent.metrics import RunSummary
 from lamps_agent.presets import Preset
@@ -30,6 +31,9 @@ from lamps_agent.program import Program
 from lamps_agent.workloads.arrivals import Arrival, poisson_workload
 from lamps_agent.workloads.scale import fitting
 
+RESERVED = 1  # VLLM_CPU_NUM_OF_RESERVED_CPU of every server: the same CPU layout for all
+PROFILE_POLICY = "vllm"  # the profile's server: the plug-in, ordering as stock vLLM does
+PROFILE_SEED = 7919  # the profile replays arrivals of seed + this: not the ones validated
 SIM_STOCK = "vllm"  # the simulator's model of stock vLLM, validated against the stock server
 ENGINE_POLICY = {SIM_STOCK: STOCK}  # the simulator's name -> the server's (plug-in policy names)
 TARGETS = {"e2e_mean": 0.10, "e2e_p99": 0.15, "recomputed": 0.10}
@@ -203,14 +207,88 @@ def replay_real(
         return _replay_servers(arrivals, opts, name, preset=preset, say=say)
 
 
+def serve_options(opts: ValidateOptions, policy: str, **more: Any) -> ServeOptions:
+    """Every validate server alike: the engine's options, one reserved core, and the swap store's
+    connector on every server (stock too, where it moves nothing), as ``bench --engine compare``
+    runs them — so the profile's server is the engine every policy is replayed on."""
+    from adapters.vllm.tools.server import ServeOptions
+
+    return ServeOptions(
+        model=opts.engine.model, policy=policy, preset="h100-llama3-8b", swap=opts.swap,
+        port=opts.port, tools=False, vllm_args=engine_args(opts.engine), reserved_cpus=RESERVED,
+        **more,
+    )  # fmt: skip
+
+
+def profile_served(
+    programs: Sequence[Program],
+    opts: ValidateOptions,
+    *,
+    base: str,
+    out: Path,
+    say: Callable[[str], None] = print,
+) -> Path:
+    """Profile the engine as it serves: the plug-in with the stock order (``vllm`` policy) logs
+    every step (``LAMPS_STEP_LOG``) while the workload is replayed on arrivals of another seed;
+    the cost model is fitted to those steps (a quarter of the step shapes held back to judge it)
+    and written to ``out`` with the engine's shape read from the server's start-up log and its
+    settings in ``[measured]``."""
+    from adapters.vllm.tools import profile as prof
+    from adapters.vllm.tools.server import ManagedServer, served_engine
+    from lamps_agent.presets import load_preset
+    from lamps_agent.steps import read_step_log
+
+    assert opts.log_dir is not None
+    steps = opts.log_dir / "steps-profile.jsonl"
+    steps.unlink(missing_ok=True)
+    serve = serve_options(opts, PROFILE_POLICY, step_log=str(steps.resolve()))
+    arrivals = poisson_workload(
+        programs, qps=opts.qps, seed=opts.seed + PROFILE_SEED, num_programs=opts.num_programs
+    )
+    log = opts.log_dir / "server-profile.log"
+    say(
+        f"profiling the served engine: {len(arrivals)} programs on seed {opts.seed + PROFILE_SEED} …"
+    )
+    with _server_environment(None), ManagedServer(serve, log_path=log) as server:
+        asyncio.run(_replay(server.url, arrivals, opts, seed=opts.seed + PROFILE_SEED))
+    records = read_step_log(steps)
+    samples = prof.samples_from_step_log(records)
+    fit, back = prof.held_back(samples)
+    if not back:
+        raise ValueError(
+            f"the profiling replay ran too few step shapes ({len(samples)}) to judge a fit"
+        )
+    cost = prof.fit_cost_model(fit, base=load_preset(base).cost)
+    on_back = prof.fit_quality(cost, back)
+    facts = prof.served_facts(log.read_text(errors="replace"), opts.engine)
+    fields = prof.preset_fields(
+        facts, cost, on_back, base=base, host_swap_gb=4.0, measured=served_engine(serve)
+    )
+    fields["description"] = (
+        f"fitted by lamps-agent validate on {len(records)} served steps of {facts.model}; "
+        f"held-back R² {on_back.r2:.3f}, median error {on_back.median_rel_error:.0%}"
+    )
+    prof.write_preset(out, fields)
+    load_preset(config_file=out)  # what was written must load
+    say(
+        f"served profile: {len(records)} steps; held back: R² {on_back.r2:.3f}, median error "
+        f"{on_back.median_rel_error:.1%} over {on_back.samples} steps; wrote {out}"
+    )
+    return out
+
+
 @contextlib.contextmanager
-def _server_environment(preset_file: Path) -> Iterator[None]:
+def _server_environment(preset_file: Path | None) -> Iterator[None]:
     """The servers' environment (they inherit ours), restored afterwards: a caller's process
     (a test session with in-process engines) keeps its own."""
     saved = dict(os.environ)
-    os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "1"  # every server the same CPU layout
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # servers as users run them
-    os.environ["LAMPS_PRESET_FILE"] = str(preset_file)  # the plug-in decides on the fitted costs
+    if preset_file is not None:
+        os.environ["LAMPS_PRESET_FILE"] = str(
+            preset_file
+        )  # the plug-in decides on the fitted costs
+    else:
+        os.environ.pop("LAMPS_PRESET_FILE", None)
     try:
         yield
     finally:
@@ -226,16 +304,14 @@ def _replay_servers(
     preset: Preset,
     say: Callable[[str], None],
 ) -> tuple[dict[str, tuple[RunSummary, EngineDiagnostics]], float | None]:
-    from adapters.vllm.tools.server import ManagedServer, ServeOptions
+    from adapters.vllm.tools.server import ManagedServer
 
     summaries: dict[str, tuple[RunSummary, EngineDiagnostics]] = {}
     unloaded: float | None = None
     for policy in opts.policies:
         served = ENGINE_POLICY.get(policy, policy)
-        serve = ServeOptions(
-            model=opts.engine.model, policy=served, preset="h100-llama3-8b",
-            swap=opts.swap and loads_plugin(served), port=opts.port, tools=False,
-            vllm_args=engine_args(opts.engine),
+        serve = serve_options(
+            opts, served,
             stats_file=str(opts.log_dir / f"stats-{served}.json") if opts.log_dir else None,
         )  # fmt: skip
         log = opts.log_dir / f"server-{served}.log" if opts.log_dir else None
@@ -247,11 +323,20 @@ def _replay_servers(
     return summaries, unloaded
 
 
-def _replay_opts(url: str, opts: ValidateOptions) -> Any:
+def _replay_opts(url: str, opts: ValidateOptions, seed: int | None = None) -> Any:
     from adapters.vllm.tools.replay import ReplayOptions
 
     # Tool times are already scaled in the programs: the replay waits them as they are.
-    return ReplayOptions(url=url, model=opts.engine.model, time_scale=1.0, seed=opts.seed)
+    seed = opts.seed if seed is None else seed
+    return ReplayOptions(url=url, model=opts.engine.model, time_scale=1.0, seed=seed)
+
+
+async def _replay(
+    url: str, arrivals: Sequence[Arrival], opts: ValidateOptions, *, seed: int
+) -> Any:
+    from adapters.vllm.tools.replay import replay
+
+    return await replay(arrivals, _replay_opts(url, opts, seed))
 
 
 def _replay_once(
