@@ -109,6 +109,8 @@ def _comparison(policy: str, real: float, sim: float) -> PolicyComparison:
         e2e_mean=Metric(real=real, sim=sim),
         e2e_p99=Metric(real=3 * real, sim=3 * sim),
         recomputed=Metric(real=1000.0, sim=0.0),
+        steps=Metric.over_rounds([100.0, 96.0, 110.0], 102.0),
+        preemptions=Metric(real=2.0, sim=2.0),
     )
 
 
@@ -119,10 +121,16 @@ def test_report_errors_come_from_both_sides_and_rankings_are_compared() -> None:
     )  # fmt: skip
     vllm = report.comparisons[0]
     assert vllm.e2e_mean.rel_error == pytest.approx(0.05)
-    assert vllm.within_targets() == {"e2e_mean": True, "e2e_p99": True, "recomputed": False}
+    assert vllm.within_targets() == {
+        "e2e_mean": True, "e2e_p99": True, "recomputed": False, "steps": True
+    }  # fmt: skip
     assert report.ranking_real == ["lamps", "vllm"] and report.ranking_sim == ["vllm", "lamps"]
     assert not report.ranking_agrees and report.load_factor == pytest.approx(15.0)
     text = "\n".join(report_lines(report))
     assert "DIFFERS" in text and "+37.5%" in text and "missed: vllm recomputed" in text
     assert math.isnan(Metric(real=0.0, sim=1.0).rel_error)
     assert report.to_dict()["comparisons"][1]["e2e_mean"]["rel_error"] == pytest.approx(0.375)
+    # over rounds: the median against the simulator, the range (the engine's spread) beside it
+    steps = vllm.steps
+    assert steps.real == 100.0 and steps.rel_error == pytest.approx(0.02)
+    assert steps.real_spread == pytest.approx(0.14) and "| 100 (96–110) | 102 | +2.0% |" in text

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import statistics
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ PROFILE_POLICY = "vllm"  # the profile's server: the plug-in, ordering as stock 
 PROFILE_SEED = 7919  # the profile replays arrivals of seed + this: not the ones validated
 SIM_STOCK = "vllm"  # the simulator's model of stock vLLM, validated against the stock server
 ENGINE_POLICY = {SIM_STOCK: STOCK}  # the simulator's name -> the server's (plug-in policy names)
-TARGETS = {"e2e_mean": 0.10, "e2e_p99": 0.15, "recomputed": 0.10}
+TARGETS = {"e2e_mean": 0.10, "e2e_p99": 0.15, "recomputed": 0.10, "steps": 0.05}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +50,7 @@ class ValidateOptions:
     seed: int = 0
     swap: bool = True  # plug-in servers get the host swap store (stock has none)
     port: int = 8011
+    rounds: int = 1  # replays per policy, interleaved (A B C A B C …): the engine's own spread
     unloaded: bool = True  # also replay programs alone on the stock server
     # ... only the programs the fitted model ranks longest alone (0: all); P99 of n programs
     # interpolates between the two longest, so a handful of the longest gives it
@@ -58,8 +60,25 @@ class ValidateOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class Metric:
-    real: float
+    real: float  # the median over the rounds
     sim: float
+    real_low: float | None = None  # the rounds' range (None: one round)
+    real_high: float | None = None
+
+    @classmethod
+    def over_rounds(cls, reals: Sequence[float], sim: float) -> Metric:
+        if len(reals) == 1:
+            return cls(real=reals[0], sim=sim)
+        return cls(
+            real=statistics.median(reals), sim=sim, real_low=min(reals), real_high=max(reals)
+        )
+
+    @property
+    def real_spread(self) -> float | None:
+        """The engine's own run-to-run spread, (high − low) / median."""
+        if self.real_low is None or self.real_high is None or not self.real:
+            return None
+        return (self.real_high - self.real_low) / self.real
 
     @property
     def rel_error(self) -> float:
@@ -82,8 +101,8 @@ class PolicyComparison:
     e2e_mean: Metric
     e2e_p99: Metric
     recomputed: Metric
-    steps: Metric | None = None
-    preemptions: Metric | None = None
+    steps: Metric
+    preemptions: Metric
     real_mean_itl_ms: float | None = None
 
     def within_targets(self) -> dict[str, bool]:
@@ -200,9 +219,10 @@ def replay_real(
     preset_file: Path,
     preset: Preset,
     say: Callable[[str], None] = print,
-) -> tuple[dict[str, tuple[RunSummary, EngineDiagnostics]], float | None]:
-    """Each policy's server in turn, the same arrivals replayed on each; the unloaded P99 from
-    the stock server after its loaded run (so its cache does not help the measured one)."""
+) -> tuple[dict[str, list[tuple[RunSummary, EngineDiagnostics]]], float | None]:
+    """Each policy's server, the same arrivals replayed on each, ``rounds`` times interleaved;
+    the unloaded P99 from the stock server after its loaded runs (so its cache does not help
+    the measured ones)."""
     with _server_environment(preset_file):
         return _replay_servers(arrivals, opts, name, preset=preset, say=say)
 
@@ -303,32 +323,41 @@ def _replay_servers(
     *,
     preset: Preset,
     say: Callable[[str], None],
-) -> tuple[dict[str, tuple[RunSummary, EngineDiagnostics]], float | None]:
+) -> tuple[dict[str, list[tuple[RunSummary, EngineDiagnostics]]], float | None]:
+    """Every policy's server up at once; ``rounds`` rounds, each replaying the arrivals on every
+    server in turn (new token and session ids per round: no round finds another's prefixes)."""
     from adapters.vllm.tools.server import ManagedServer
 
-    summaries: dict[str, tuple[RunSummary, EngineDiagnostics]] = {}
+    runs: dict[str, list[tuple[RunSummary, EngineDiagnostics]]] = {p: [] for p in opts.policies}
     unloaded: float | None = None
-    for policy in opts.policies:
-        served = ENGINE_POLICY.get(policy, policy)
-        serve = serve_options(
-            opts, served,
-            stats_file=str(opts.log_dir / f"stats-{served}.json") if opts.log_dir else None,
-        )  # fmt: skip
-        log = opts.log_dir / f"server-{served}.log" if opts.log_dir else None
-        say(f"starting vLLM ({served}) …")
-        with ManagedServer(serve, log_path=log) as server:
-            summaries[policy] = _replay_once(server.url, arrivals, opts, policy, name)
-            if not loads_plugin(served) and opts.unloaded:
-                unloaded = _unloaded_p99(server.url, arrivals, opts, preset)
-    return summaries, unloaded
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for i, policy in enumerate(opts.policies):
+            served = ENGINE_POLICY.get(policy, policy)
+            serve = serve_options(
+                opts, served, port=opts.port + i,
+                stats_file=str(opts.log_dir / f"stats-{served}.json") if opts.log_dir else None,
+            )  # fmt: skip
+            log = opts.log_dir / f"server-{served}.log" if opts.log_dir else None
+            say(f"starting vLLM ({served}) on port {opts.port + i} …")
+            urls[policy] = stack.enter_context(ManagedServer(serve, log_path=log)).url
+        for rnd in range(opts.rounds):
+            for policy, url in urls.items():
+                say(f"round {rnd + 1}/{opts.rounds}: {policy} …")
+                runs[policy].append(_replay_once(url, arrivals, opts, policy, name, rnd))
+        stock = [p for p in opts.policies if not loads_plugin(ENGINE_POLICY.get(p, p))]
+        if stock and opts.unloaded:
+            unloaded = _unloaded_p99(urls[stock[0]], arrivals, opts, preset)
+    return runs, unloaded
 
 
-def _replay_opts(url: str, opts: ValidateOptions, seed: int | None = None) -> Any:
+def _replay_opts(url: str, opts: ValidateOptions, seed: int | None = None, rnd: int = 0) -> Any:
     from adapters.vllm.tools.replay import ReplayOptions
 
     # Tool times are already scaled in the programs: the replay waits them as they are.
-    seed = opts.seed if seed is None else seed
-    return ReplayOptions(url=url, model=opts.engine.model, time_scale=1.0, seed=seed)
+    seed = opts.seed * 1000 + rnd if seed is None else seed
+    return ReplayOptions(url=url, model=opts.engine.model, time_scale=1.0, seed=seed,
+                         session_prefix=f"r{rnd}-")  # fmt: skip
 
 
 async def _replay(
@@ -340,13 +369,14 @@ async def _replay(
 
 
 def _replay_once(
-    url: str, arrivals: Sequence[Arrival], opts: ValidateOptions, policy: str, name: str
-) -> tuple[RunSummary, EngineDiagnostics]:
+    url: str, arrivals: Sequence[Arrival], opts: ValidateOptions, policy: str, name: str,
+    rnd: int = 0,
+) -> tuple[RunSummary, EngineDiagnostics]:  # fmt: skip
     from adapters.vllm.tools.replay import replay, summarize
     from adapters.vllm.tools.server import scrape_metrics
 
     before = scrape_metrics(url)
-    results = asyncio.run(replay(arrivals, _replay_opts(url, opts)))
+    results = asyncio.run(replay(arrivals, _replay_opts(url, opts, rnd=rnd)))
     after = scrape_metrics(url)
 
     def delta(key: str) -> float:
@@ -399,56 +429,76 @@ def _unloaded_p99(
 
 
 def compare(
-    real: dict[str, tuple[RunSummary, EngineDiagnostics]], sim: dict[str, RunSummary], *,
+    real: dict[str, list[tuple[RunSummary, EngineDiagnostics]]], sim: dict[str, RunSummary], *,
     name: str, programs: int, qps: float, unloaded_p99: float | None,
 ) -> ValidationReport:  # fmt: skip
-    comparisons = tuple(
-        PolicyComparison(
+    """Each policy's simulated figures against the engine's median over its rounds (with their
+    range, the engine's own spread)."""
+
+    def metric(
+        runs: list[tuple[RunSummary, EngineDiagnostics]], get: Any, sim_value: float
+    ) -> Metric:
+        return Metric.over_rounds([float(get(r, d)) for r, d in runs], float(sim_value))
+
+    comparisons = []
+    for policy, runs in real.items():
+        s = sim[policy]
+        itl = [d.mean_itl_ms for _, d in runs if not math.isnan(d.mean_itl_ms)]
+        comparisons.append(PolicyComparison(
             policy=policy,
-            e2e_mean=Metric(real=r.e2e.mean, sim=sim[policy].e2e.mean),
-            e2e_p99=Metric(real=r.e2e.p99, sim=sim[policy].e2e.p99),
-            recomputed=Metric(
-                real=float(r.recomputed_tokens), sim=float(sim[policy].recomputed_tokens)
-            ),
-            steps=Metric(real=float(d.steps), sim=float(sim[policy].iterations)),
-            preemptions=Metric(real=float(d.preemptions), sim=float(sim[policy].preemptions)),
-            real_mean_itl_ms=d.mean_itl_ms,
-        )
-        for policy, (r, d) in real.items()
-    )
+            e2e_mean=metric(runs, lambda r, d: r.e2e.mean, s.e2e.mean),
+            e2e_p99=metric(runs, lambda r, d: r.e2e.p99, s.e2e.p99),
+            recomputed=metric(runs, lambda r, d: r.recomputed_tokens, s.recomputed_tokens),
+            steps=metric(runs, lambda r, d: d.steps, s.iterations),
+            preemptions=metric(runs, lambda r, d: d.preemptions, s.preemptions),
+            real_mean_itl_ms=statistics.median(itl) if itl else math.nan,
+        ))  # fmt: skip
     return ValidationReport(
-        workload=name, programs=programs, qps=qps, comparisons=comparisons,
+        workload=name, programs=programs, qps=qps, comparisons=tuple(comparisons),
         unloaded_p99=unloaded_p99,
     )  # fmt: skip
 
 
 def report_lines(report: ValidationReport) -> list[str]:
-    """The report as a Markdown table and a verdict."""
+    """The report as a Markdown table and a verdict; with rounds, each real value is the median
+    and its range over the rounds follows it."""
 
     def pct(m: Metric) -> str:
         return "n/a" if math.isnan(m.rel_error) else f"{m.rel_error:+.1%}"
+
+    def real(m: Metric, fmt: str) -> str:
+        text = format(m.real, fmt)
+        if m.real_low is not None and m.real_high is not None:
+            text += f" ({format(m.real_low, fmt)}–{format(m.real_high, fmt)})"
+        return text
 
     lines = [
         f"{report.workload}: {report.programs} programs, qps {report.qps:g}",
         "",
         "| policy | E2E mean real s | sim s | err | E2E P99 real s | sim s | err "
-        "| recomputed real | sim | err |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| recomputed real | sim | err | steps real | sim | err |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report.comparisons:
         lines.append(
-            f"| {c.policy} | {c.e2e_mean.real:.2f} | {c.e2e_mean.sim:.2f} | {pct(c.e2e_mean)} "
-            f"| {c.e2e_p99.real:.2f} | {c.e2e_p99.sim:.2f} | {pct(c.e2e_p99)} "
-            f"| {c.recomputed.real:,.0f} | {c.recomputed.sim:,.0f} | {pct(c.recomputed)} |"
+            f"| {c.policy} | {real(c.e2e_mean, '.2f')} | {c.e2e_mean.sim:.2f} | {pct(c.e2e_mean)} "
+            f"| {real(c.e2e_p99, '.2f')} | {c.e2e_p99.sim:.2f} | {pct(c.e2e_p99)} "
+            f"| {real(c.recomputed, ',.0f')} | {c.recomputed.sim:,.0f} | {pct(c.recomputed)} "
+            f"| {real(c.steps, ',.0f')} | {c.steps.sim:,.0f} | {pct(c.steps)} |"
         )
     lines.append("")
     for c in report.comparisons:
-        if c.steps is not None and c.preemptions is not None:
-            lines.append(
-                f"{c.policy}: engine steps real {c.steps.real:,.0f} / sim {c.steps.sim:,.0f}; "
-                f"preemptions real {c.preemptions.real:,.0f} / sim {c.preemptions.sim:,.0f}; "
-                f"real mean inter-token latency {c.real_mean_itl_ms:.1f} ms"
+        spread, itl = c.e2e_mean.real_spread, c.real_mean_itl_ms
+        lines.append(
+            f"{c.policy}: preemptions real {real(c.preemptions, ',.0f')} / sim "
+            f"{c.preemptions.sim:,.0f}; real mean inter-token latency "
+            + (f"{itl:.1f} ms" if itl is not None and not math.isnan(itl) else "n/a")
+            + (
+                f"; the engine's own spread of mean E2E over the rounds {spread:.1%}"
+                if spread is not None
+                else ""
             )
+        )
     lines.append("")
     agree = "agrees" if report.ranking_agrees else "DIFFERS"
     lines.append(
@@ -466,7 +516,7 @@ def report_lines(report: ValidationReport) -> list[str]:
         for name, ok in c.within_targets().items() if not ok
     ]  # fmt: skip
     lines.append(
-        "targets (mean 10 %, P99 15 %, recomputed 10 %): "
+        "targets (mean 10 %, P99 15 %, recomputed 10 %, steps 5 %): "
         + ("all met" if not missed else "missed: " + ", ".join(missed))
     )
     return lines
