@@ -18,10 +18,20 @@ previous prompt, its generated tokens and the tool's returned tokens (ids drawn 
 that fall inside a step are delivered after it, arrivals before tool returns (as the simulator
 does); with nothing to schedule the clock jumps to the next event.
 
-Virtual mode has no KV connector, so the plug-in's swap decisions are discards (vLLM frees the
-blocks, which stay in its prefix cache until evicted); :attr:`VirtualRun.swaps_discarded` counts
-them.  The plug-in's housekeeping thread does not run: its pins expire on the virtual clock, at
-every step and whenever the clock jumps.
+Virtual mode has no KV connector, so the plug-in has no host store: its core sees no host
+blocks and chooses between preserve and discard, and any swap it still decides is a discard
+(vLLM frees the blocks, which stay in its prefix cache until evicted), counted in
+:attr:`VirtualRun.swaps_discarded`.  Compare with a simulator whose preset
+has ``host_swap_gb=0``.  The plug-in's housekeeping thread does not run: its pins expire on the
+virtual clock, at every step and whenever the clock jumps.
+
+Where vLLM differs from the simulator by construction (the tests pin the first):
+
+* vLLM never computes a turn's last sampled token (the next turn's prefill does), so a turn
+  whose prompt + output ends on a block boundary leaves its last block unfilled and uncached;
+  the simulator counts that token's KV, and a decoding request's resident KV one token ahead.
+* vLLM admits a waiting request only when its whole prompt fits (``scheduler_reserve_full_isl``)
+  and keeps no watermark; the simulator checks the first chunk and keeps a 1 % watermark.
 """
 
 from __future__ import annotations
