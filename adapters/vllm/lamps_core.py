@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from lamps_agent.kv_memory import KVMemory
 from lamps_agent.policies import make_policy
 from lamps_agent.predictors import OraclePredictor
 from lamps_agent.predictors.base import Outcome
-from lamps_agent.presets import load_preset
+from lamps_agent.presets import Preset, load_preset
 from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy, RequestState
 from lamps_agent.request import Request as CoreRequest
@@ -107,15 +108,25 @@ def _priority_scheduling(sched: Any) -> bool:
 class LampsCore:
     """The plug-in's state, kept apart from vLLM's class so both scheduler variants share it."""
 
-    def __init__(self, sched: Any, config: PluginConfig) -> None:
+    def __init__(
+        self,
+        sched: Any,
+        config: PluginConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        preset: Preset | None = None,
+    ) -> None:
         """``sched``: vLLM's scheduler (its block pool, cache and scheduler configs, running
-        list, requests and connector are read)."""
+        list, requests and connector are read).  ``clock``: seconds now, wall time served (the
+        virtual-clock engine passes its own).  ``preset``: the cost model's preset, given as an
+        object instead of ``config.preset`` by name (the virtual-clock engine's)."""
         self.sched = sched
         self.config = config
+        self.clock = clock
+        if preset is None:
+            preset = load_preset(config.preset, config_file=config.preset_file or None)
         # The connector copies KV out only at a turn's end: pinned KV can only be freed.
-        self.preset = dataclasses.replace(
-            load_preset(config.preset, config_file=config.preset_file or None), pin_swap=False
-        )
+        self.preset = dataclasses.replace(preset, pin_swap=False)
         pool = sched.kv_cache_manager.block_pool
         self.pool = pool
         self.block_size = sched.cache_config.block_size
@@ -140,7 +151,7 @@ class LampsCore:
             priority_scheduling=_priority_scheduling(sched),
         )
         self.policy = policy
-        self.turns = TurnTracker(default_output_tokens=config.default_output_tokens)
+        self.turns = TurnTracker(default_output_tokens=config.default_output_tokens, clock=clock)
         self.pins = PinStore(touch=pool.touch, free=pool.free_blocks)
         self.tracked: dict[str, Tracked] = {}
         self.away: dict[str, _AwayTurn] = {}  # session id -> its paused turn
@@ -231,7 +242,7 @@ class LampsCore:
         outcome = Outcome(
             output_tokens=away.output_tokens,
             tool=away.info.tool or "unknown",
-            tool_duration=max(time.time() - away.ended_at, 0.0),
+            tool_duration=max(self.clock() - away.ended_at, 0.0),
             returned_tokens=prompt - context,
         )
         ended = Segment(
@@ -275,7 +286,7 @@ class LampsCore:
 
     # -- every step ----------------------------------------------------------------------------
     def _set_clock(self) -> None:
-        self.core.set_time(time.time())
+        self.core.set_time(self.clock())
         self.core.iteration = self.step
         self.core.memory.free_gpu_blocks = min(
             self.pool.get_num_free_blocks(), self.core.memory.num_gpu_blocks
@@ -446,7 +457,7 @@ class LampsCore:
         self._count(info, strategy)
         if sid is None or strategy is None:
             return
-        self._keep_away(sid, _AwayTurn(core, info, request.num_output_tokens, time.time()))
+        self._keep_away(sid, _AwayTurn(core, info, request.num_output_tokens, self.clock()))
         if strategy is KVStrategy.SWAP:
             # The next turn is a new request; the connector's LRU store keeps the copy.
             self.core.release_host_copy(core)
@@ -506,7 +517,8 @@ class LampsCore:
             self.pins.release(sid, reason)
 
     def used_blocks(self) -> int:
-        return self.pool.num_gpu_blocks - 1 - self.pool.get_num_free_blocks()  # less the null block
+        # All blocks less the free ones and vLLM's null block.
+        return int(self.pool.num_gpu_blocks - 1 - self.pool.get_num_free_blocks())
 
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -49,24 +49,32 @@ class _LampsMixin:
     # A step's wall time is schedule() to update_from_output() only when vLLM does not schedule
     # the next step before the last one's output (its async scheduler does).
     times_steps: bool = True
+    # Whether the housekeeping thread expires pins while the engine idles (on wall time).  An
+    # engine that owns its clock (adapters.vllm.virtual) turns it off and expires them itself.
+    housekeeping: bool = True
 
     def _lamps_init(self) -> None:
         sched: Any = self
         check_vllm_version(vllm.__version__)
         config = PluginConfig.load(getattr(sched.vllm_config, "additional_config", None))
         check_preset_engine(config, sched.vllm_config, vllm.__version__)
-        self.lamps = LampsCore(sched, config)
+        self.lamps = self._lamps_core(config)
         sched.waiting = self.lamps.queue
         # The core orders by priority where vLLM was asked to (LampsCore read it): vLLM's own
         # priority victim rule is off, so its victim is ``running.pop()``, the core's choice.
         sched.policy = SchedulingPolicy.FCFS
-        self.lamps.housekeeper.start()
+        if self.housekeeping:
+            self.lamps.housekeeper.start()
         path = os.environ.get("LAMPS_STEP_LOG")
         if path and self.times_steps:
             self.steplog = StepLog(path)
         elif path:
             log.warning("lamps: LAMPS_STEP_LOG ignored: steps overlap under async scheduling")
         log.info("lamps scheduler: policy=%s preset=%s", config.policy, config.preset)
+
+    def _lamps_core(self, config: PluginConfig) -> LampsCore:
+        """The plug-in's state for this scheduler (a subclass passes its clock and preset)."""
+        return LampsCore(self, config)
 
     def add_request(self, request: Request) -> None:
         with self.lamps.lock:

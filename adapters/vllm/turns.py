@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +56,12 @@ class HintCounters:
 
 
 class TurnTracker:
-    def __init__(self, *, default_output_tokens: int) -> None:
+    def __init__(
+        self, *, default_output_tokens: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        """``clock``: seconds now (wall time served; the virtual-clock engine's own clock)."""
         self.default_output_tokens = default_output_tokens
+        self.clock = clock
         self.history = SessionTable()
         self.counters = HintCounters()
 
@@ -75,7 +80,7 @@ class TurnTracker:
 
     def read(self, xargs: Any, session_id: Any, priority: Any, max_tokens: int | None) -> TurnInfo:
         """Hints if well-formed, else a server-side estimate.  Never raises."""
-        now = time.time()
+        now = self.clock()
         sid = None
         if isinstance(session_id, str) and session_id:
             if len(session_id) <= MAX_SESSION_ID_LENGTH:
@@ -142,6 +147,6 @@ class TurnTracker:
         self.history.turn_ended(
             info.session_id,
             output_tokens,
-            time.time(),
+            self.clock(),
             hinted_final=info.hinted and info.tool is None,
         )
