@@ -69,7 +69,9 @@ class IllegalTransition(RuntimeError):
 
 @dataclass(slots=True, eq=False)
 class Request:
-    """One agent program inside the engine.  ``kv_tokens`` counts tokens whose KV exists."""
+    """One agent program inside the engine.  ``kv_tokens`` counts tokens whose KV exists: as in
+    vLLM, a sampled token has none until the next step feeds it back, so a decoding request holds
+    KV for its prompt and all but its last generated token."""
 
     request_id: int
     program: Program
@@ -78,6 +80,9 @@ class Request:
     seg_index: int = 0
     kv_tokens: int = 0  # tokens with KV computed for the current context
     generated: int = 0  # tokens generated in the current segment
+    # leading context tokens the engine has had (computed, or sampled): prefilling below this
+    # is recomputation
+    seen_tokens: int = 0
     gpu_blocks: int = 0
     host_blocks: int = 0
     strategy: KVStrategy | None = None  # planned handling of the coming tool call

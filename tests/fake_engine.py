@@ -102,8 +102,7 @@ class FakeVllm:
             if req.state is S.DECODING:
                 chunk, tokens = 0, 1
             elif req.state is S.PREFILLING:
-                chunk = min(req.remaining_prefill, budget)
-                tokens = chunk + (1 if chunk == req.remaining_prefill else 0)
+                chunk = tokens = min(req.remaining_prefill, budget)
             else:
                 i += 1
                 continue

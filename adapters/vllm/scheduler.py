@@ -50,7 +50,7 @@ class _LampsMixin:
     # the next step before the last one's output (its async scheduler does).
     times_steps: bool = True
     # Whether the housekeeping thread expires pins while the engine idles (on wall time).  An
-    # engine that owns its clock (adapters.vllm.virtual) turns it off and expires them itself.
+    # engine that owns its clock (adapters.vllm.tools.virtual) turns it off and expires them itself.
     housekeeping: bool = True
 
     def _lamps_init(self) -> None:

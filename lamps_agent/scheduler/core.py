@@ -183,7 +183,8 @@ class Scheduler:
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
         self.running: list[Request] = []
         self.counters = SchedulerCounters()
-        self.watermark_blocks = max(1, self.memory.num_gpu_blocks // 100)
+        # vLLM's admission headroom (SchedulerConfig.watermark): none by default since V1
+        self.watermark_blocks = 0
         self.priority_scheduling = priority_scheduling
         self.now = 0.0
         self.iteration = 0
@@ -493,11 +494,9 @@ class Scheduler:
 
     def _release_kv(self, req: Request) -> None:
         """Free ``req``'s GPU KV for a recompute: its full blocks stay in the prefix cache (if
-        any) until evicted; the tokens count as recomputed until a hit takes them back."""
+        any) until evicted; what the next prefill computes again counts as recomputed then."""
         memory = self.memory
         memory.free(req.gpu_blocks, owner=req.request_id, cached=req.kv_tokens // memory.block_size)
-        self.counters.recomputed_tokens += req.kv_tokens
-        req.recomputed_tokens += req.kv_tokens
         req.gpu_blocks = 0
         req.kv_tokens = 0
 
@@ -517,8 +516,6 @@ class Scheduler:
         tokens = taken * memory.block_size
         req.gpu_blocks += taken
         req.kv_tokens += tokens
-        req.recomputed_tokens -= tokens
-        self.counters.recomputed_tokens -= tokens
         self.counters.prefix_hit_tokens += tokens
 
     def preempt(self, req: Request) -> None:
@@ -587,8 +584,6 @@ class Scheduler:
         elif req.state is S.PAUSED_SWAPPED:
             self.release_host_copy(req)
             req.kv_tokens = 0
-            self.counters.recomputed_tokens += tokens
-            req.recomputed_tokens += tokens
         elif req.state is S.PAUSED_DISCARDED:
             return 0
         else:
@@ -662,8 +657,7 @@ class Scheduler:
             if req.state is S.DECODING:
                 chunk, tokens = 0, 1
             elif req.state is S.PREFILLING:
-                chunk = min(req.remaining_prefill, budget)
-                tokens = chunk + (1 if chunk == req.remaining_prefill else 0)
+                chunk = tokens = min(req.remaining_prefill, budget)
             else:
                 i += 1
                 continue
@@ -699,9 +693,9 @@ class Scheduler:
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
         """Admit from the waiting queue in the policy's order: new turns (reusing a cached
         prefix), turns back from a tool with pinned KV, and swapped turns (copied in while the
-        step's copy budget lasts; the first always goes)."""
-        if not self.waiting:
-            return
+        step's copy budget lasts; the first always goes).  The walk starts (and a stateful gate
+        is asked) even with nothing waiting, as vLLM asks the plug-in's queue in every step that
+        has budget and preempted nothing."""
         admitted: list[Request] = []
         seats = self.preset.max_num_seqs - len(self.running)
         copy = CopyBudget(self.copy_budget_tokens())
@@ -723,18 +717,19 @@ class Scheduler:
         memory = self.memory
         hit = self._prefix_hit_blocks(req)
         have = req.kv_tokens + hit * memory.block_size
-        remaining = req.context_target - have
-        chunk = min(remaining, budget)
-        finishing = 1 if chunk == remaining else 0
-        new = memory.blocks_for(have + chunk + finishing) - req.gpu_blocks - hit
+        chunk = min(req.context_target - have, budget)
+        new = memory.blocks_for(have + chunk) - req.gpu_blocks - hit
         return chunk, new, hit
 
     def make_room(self, req: Request, budget: int) -> bool:
-        """Whether ``req``'s admission fits now (with the watermark), releasing pins in the
-        policy's order (never its own) while it does not; False once none is left."""
+        """Whether ``req``'s admission fits now, releasing pins in the policy's order (never its
+        own) while it does not; False once none is left.  As vLLM (``scheduler_reserve_full_isl``,
+        on by default), the whole context must fit, not only the first chunk — the blocks it
+        still needs beyond those it holds, its cached prefix included — plus the watermark."""
+        memory = self.memory
         while True:
-            _, new, hit = self.admission_need(req, budget)
-            if self.memory.can_allocate(new + hit + self.watermark_blocks):
+            full = memory.blocks_for(req.context_target) - req.gpu_blocks
+            if memory.can_allocate(full + self.watermark_blocks):
                 return True
             if not self._release_a_pin(exclude=req.request_id):
                 return False
@@ -777,7 +772,13 @@ class Scheduler:
         self.view.batch_query_tokens = out.query_tokens
         ended: list[TurnEnd] = []
         for req, chunk in out.prefills:
+            # recomputed: the part of the chunk the context had before (computed, or sampled
+            # and never fed back), as a served engine's prompt tokens less the minimum count it
+            again = max(min(req.kv_tokens + chunk, req.seen_tokens) - req.kv_tokens, 0)
+            req.recomputed_tokens += again
+            self.counters.recomputed_tokens += again
             req.kv_tokens += chunk
+            req.seen_tokens = max(req.seen_tokens, req.kv_tokens)
             if req.kv_tokens >= req.context_target:
                 self._emit_token(req, ended, from_prefill=True)
         for req in out.decodes:
@@ -788,8 +789,13 @@ class Scheduler:
         return ended
 
     def _emit_token(self, req: Request, ended: list[TurnEnd], *, from_prefill: bool) -> None:
-        req.kv_tokens += 1
+        # A token is sampled; its KV is computed by the step that feeds it back (the next
+        # decode, or the next turn's prefill for a turn's last token), as in vLLM.  A decode
+        # step computes the KV of the token sampled before it.
+        if not from_prefill:
+            req.kv_tokens += 1
         req.generated += 1
+        req.seen_tokens = max(req.seen_tokens, req.context_target)
         if from_prefill:
             if req.first_token_time is None:
                 req.first_token_time = self.now

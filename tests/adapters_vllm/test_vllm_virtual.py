@@ -1,5 +1,5 @@
 """The virtual-clock vLLM engine: vLLM's scheduler stepped on the cost model's time
-(:mod:`adapters.vllm.virtual`).  No model runs: the tiny model's config and tokenizer only."""
+(:mod:`adapters.vllm.tools.virtual`).  No model runs: the tiny model's config and tokenizer only."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="the vllm extra is not installed")
 
-from adapters.vllm.virtual import (
+from adapters.vllm.tools.virtual import (
     VirtualEngine,
     VirtualOptions,
     VirtualRun,

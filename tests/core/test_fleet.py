@@ -356,8 +356,9 @@ def test_release_paused_drops_what_the_session_holds(
     if strategy is KVStrategy.DISCARD:
         assert dropped == 0 and sched.counters.recomputed_tokens == before
     else:
-        assert dropped == held == 310
-        assert sched.counters.recomputed_tokens == before + held
+        assert dropped == held == 309  # 300 + 10 generated, the last without KV
+        # counted as recomputed when (and where) the next turn computes it again
+        assert sched.counters.recomputed_tokens == before
         assert req.request_id not in sched.paused
     with pytest.raises(ValueError, match="not paused"):
         sched.release_paused(Request(request_id=9, program=req.program, arrival_time=0.0))
