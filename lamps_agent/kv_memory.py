@@ -3,8 +3,9 @@
 With ``prefix_caching`` (vLLM's automatic prefix caching, on by default in vLLM V1), a request
 whose KV is freed leaves its full blocks hashed in the free pool: they count as free, and the
 next allocation that needs them evicts them in LRU order (the free pool is a queue, evicted from
-its head; a freed request's blocks join its tail, last block first, so eviction shortens a cached
-prefix from its end).  Until evicted, the owner's next turn takes them back instead of recomputing
+its head; a freed request's full blocks join its tail, last block first, so eviction shortens a
+cached prefix from its end, while blocks with nothing reusable — a partial last block — go to its
+head and are reused first, as vLLM 0.32's ``BlockPool.free_blocks`` orders them).  Until evicted, the owner's next turn takes them back instead of recomputing
 them.  Cached prefixes are known by their owner (a request id), not by content hashes: in an agent
 program each turn's prompt extends the previous turn's context, so the owner's prefix is exactly
 what the next turn can hit.
@@ -118,30 +119,42 @@ class KVMemory:
                 lru.popleft()
 
     def free(self, blocks: int, *, owner: Hashable | None = None, cached: int = 0) -> None:
-        """Return ``blocks`` to the free pool; with prefix caching, the first ``cached`` of them
-        (the owner's full blocks) stay reusable by ``owner`` until evicted."""
+        """Return ``blocks`` to the free pool; with prefix caching, ``cached`` of them are full
+        blocks (hashed), which stay reusable by ``owner`` (if any) until evicted."""
         self.free_gpu_blocks += blocks
         if self.free_gpu_blocks > self.num_gpu_blocks:
             raise RuntimeError("freed more GPU blocks than exist (double free)")
         if not self.prefix_caching or blocks == 0:
             return
-        cached = min(cached, blocks) if owner is not None else 0
-        self._append(None, blocks - cached)  # the partial last block first: evicted first
-        if cached > 0:
+        cached = min(cached, blocks)
+        # As vLLM's BlockPool.free_blocks: blocks with no content to reuse (a partial last
+        # block) go to the front of the pool, reused first; full blocks to its end.  Without an
+        # owner (a finished program) nobody will hit them, but they stand where vLLM's do.
+        self._prepend(blocks - cached)
+        if cached > 0 and owner is None:
+            self._append_plain(cached)
+        elif cached > 0:
             self._forget(owner)
             run = _FreeRun(owner, cached)
             self._lru.append(run)
             self._cached[owner] = run
             self.cached_gpu_blocks += cached
 
-    def _append(self, owner: None, blocks: int) -> None:
-        if blocks <= 0:
-            return
+    def _append_plain(self, blocks: int) -> None:
         lru = self._lru
         if lru and lru[-1].owner is None:
             lru[-1].blocks += blocks
         else:
-            lru.append(_FreeRun(owner, blocks))
+            lru.append(_FreeRun(None, blocks))
+
+    def _prepend(self, blocks: int) -> None:
+        if blocks <= 0:
+            return
+        lru = self._lru
+        if lru and lru[0].owner is None:
+            lru[0].blocks += blocks
+        else:
+            lru.appendleft(_FreeRun(None, blocks))
 
     def _forget(self, owner: Hashable) -> None:
         """``owner``'s cached prefix becomes plain free blocks where it stands in the pool."""

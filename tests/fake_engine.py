@@ -119,10 +119,10 @@ class FakeVllm:
                 break
             req.scheduled_iteration = core.iteration
             if req.state is S.DECODING:
-                out.decodes.append(req)
+                out.add_decode(req)
                 budget -= 1
             else:
-                out.prefills.append((req, chunk))
+                out.add_prefill(req, chunk)
                 budget -= chunk
             i += 1
         return preempted

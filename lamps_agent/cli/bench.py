@@ -62,8 +62,6 @@ from lamps_agent.cli.progress import RunProgress
 from lamps_agent.metrics import RunSummary
 from lamps_agent.policies import POLICIES
 from lamps_agent.predictors import PREDICTORS
-from lamps_agent.program import Program
-from lamps_agent.workloads.scale import parse_scale, scale_tokens
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -327,16 +325,6 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
-def _programs(args: argparse.Namespace) -> tuple[list[Program], str]:
-    """The workload's programs and its name, token counts scaled by ``--token-scale`` (the name
-    then says so: ``longctx:coding-tok0.03125``)."""
-    factor = parse_scale(args.token_scale, "--token-scale")
-    programs, name = options.workload(args, pool_size=args.num_programs)
-    if factor == 1:
-        return programs, name
-    return scale_tokens(programs, factor), f"{name}-tok{factor:g}"
-
-
 def _timeline(
     args: argparse.Namespace, policies: list[str], predictors: list[str], qps: list[float]
 ) -> RunSpec | None:
@@ -397,7 +385,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
                 raise ValueError(f"--{flag.replace('_', '-')}: only with --capacity")
     preset = options.preset(args)
     timeline = _timeline(args, policies, predictors, qps)
-    programs, name = _programs(args)
+    programs, name = options.scaled_workload(args)
     adversary, lies, calibrate = _adversary(args)
     return BenchConfig(
         programs=programs,

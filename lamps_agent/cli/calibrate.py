@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lamps_agent.cli import options
 from lamps_agent.policies import POLICIES
 from lamps_agent.presets import (
     ENGINE_FILE,
@@ -24,7 +25,7 @@ from lamps_agent.presets import (
     load_preset,
     read_preset_file,
 )
-from lamps_agent.workloads import generate_programs, load_trace
+from lamps_agent.steps import write_step_log
 from lamps_agent.workloads.infercept import BUILTIN_TRACES
 
 
@@ -66,6 +67,16 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic programs instead")
     v.add_argument("--policies", default="vllm,lamps,infercept",
                    help=f"simulator names (vllm = stock vLLM on the engine), from: {', '.join(POLICIES.names())}")  # fmt: skip
+    v.add_argument("--token-scale", default="1", metavar="FACTOR",
+                   help="multiply every token count of the programs, e.g. 1/32 for longctx:coding on the tiny model")  # fmt: skip
+    v.add_argument(
+        "--virtual", action="store_true",
+        help="no server: run vLLM's own scheduler and KV-cache manager in-process on a virtual "
+        "clock (each step as long as the cost model says) against the simulator, and compare "
+        "them step by step (identical steps, first divergence, figures)",
+    )  # fmt: skip
+    v.add_argument("--rounds", type=int, default=3,
+                   help="replays per policy on the served engine, interleaved (the engine's spread)")  # fmt: skip
     v.add_argument("--qps", type=float, default=2.0)
     v.add_argument("--num-programs", type=int, default=40)
     v.add_argument("--time-scale", type=float, default=0.02, help="multiply tool durations")
@@ -247,20 +258,20 @@ def run_validate(args: argparse.Namespace) -> int:
         POLICIES.get(policy)  # lists the valid names on a typo
     if not policies:
         raise ValueError("--policies: give at least one")
+    if args.rounds < 1:
+        raise ValueError("--rounds: at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.synthetic is not None:
-        programs, name = generate_programs(args.synthetic, seed=args.seed), "synthetic"
-    else:
-        programs = list(load_trace(args.trace).programs)
-        name = args.trace if args.trace in BUILTIN_TRACES else Path(args.trace).stem
+    programs, name = options.scaled_workload(args)
     opts = val.ValidateOptions(
         engine=_profile_options(args), policies=policies, qps=args.qps,
         num_programs=args.num_programs, time_scale=args.time_scale, seed=args.seed,
         swap=not args.no_swap, port=args.port, unloaded=not args.no_unloaded,
-        unloaded_programs=args.unloaded_programs, log_dir=args.out,
+        unloaded_programs=args.unloaded_programs, log_dir=args.out, rounds=args.rounds,
     )  # fmt: skip
     usable, arrivals = val.workload(programs, opts)
     print(f"{name}: {len(usable)} of {len(programs)} programs fit; {len(arrivals)} arrivals")
+    if args.virtual:
+        return _validate_virtual(args, val, opts, usable, arrivals, name)
     preset_file = args.preset_file
     if preset_file is None:
         preset_file = val.profile_served(usable, opts, base=args.base, out=args.out / "preset.json")
@@ -281,4 +292,32 @@ def run_validate(args: argparse.Namespace) -> int:
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     (args.out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'}")
+    return 0
+
+
+def _validate_virtual(
+    args: argparse.Namespace, val: Any, opts: Any, programs: Any, arrivals: Any, name: str
+) -> int:
+    """``validate --virtual``: the simulator against vLLM's scheduler on a virtual clock."""
+    prof = _adapter("profile")
+    facts = prof.config_facts(opts.engine)
+    preset = val.engine_preset(facts, load_preset(args.base, config_file=args.preset_file))
+    print(
+        f"virtual engine: {facts.num_gpu_blocks} blocks of {facts.block_size}, budget "
+        f"{facts.token_budget}, {facts.max_num_seqs} seqs; cost model of "
+        f"{args.preset_file or args.base}; no host memory (no KV connector)"
+    )
+    comparisons = val.compare_virtual(
+        programs, arrivals, preset, model=opts.engine.model,
+        max_model_len=opts.engine.max_model_len, policies=opts.policies, name=name,
+        qps=opts.qps, seed=opts.seed,
+    )  # fmt: skip
+    header = f"{name}: {len(arrivals)} programs, qps {opts.qps:g}, virtual clock"
+    lines = val.virtual_report_lines(comparisons, header=header)
+    print("\n".join(lines))
+    (args.out / "report-virtual.md").write_text("\n".join(lines) + "\n")
+    for c in comparisons:
+        write_step_log(args.out / f"steps-sim-{c.policy}.jsonl", c.sim_steps)
+        write_step_log(args.out / f"steps-virtual-{c.policy}.jsonl", c.engine_steps)
+    print(f"wrote {args.out / 'report-virtual.md'} and both sides' steps (steps-*.jsonl)")
     return 0

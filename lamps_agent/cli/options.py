@@ -22,6 +22,7 @@ from lamps_agent.workloads import generate_programs, load_trace
 from lamps_agent.workloads.infercept import BUILTIN_TRACES, not_a_trace
 from lamps_agent.workloads.longctx import KINDS as LONGCTX_KINDS
 from lamps_agent.workloads.longctx import generate_longctx
+from lamps_agent.workloads.scale import parse_scale, scale_tokens
 
 DEFAULT_POOL = 1000  # programs in a generated long-context pool, unless the command sizes it
 
@@ -87,6 +88,16 @@ def workload(
     # A built-in trace keeps its built-in name (not the name of the data file behind it).
     name = args.trace if args.trace in BUILTIN_TRACES else trace.name
     return list(trace.programs), name
+
+
+def scaled_workload(args: argparse.Namespace) -> tuple[list[Program], str]:
+    """The workload's programs and its name, token counts scaled by ``--token-scale`` (the name
+    then says so: ``longctx:coding-tok0.03125``)."""
+    factor = parse_scale(args.token_scale, "--token-scale")
+    programs, name = workload(args, pool_size=args.num_programs)
+    if factor == 1:
+        return programs, name
+    return scale_tokens(programs, factor), f"{name}-tok{factor:g}"
 
 
 def preset(args: argparse.Namespace) -> Preset:

@@ -52,6 +52,17 @@ class SchedulerOutput:
     decodes: list[Request] = field(default_factory=list)
     swap_in_tokens: int = 0
     swap_out_tokens: int = 0
+    # every scheduled request in the order it was scheduled (the running walk, then admissions):
+    # the order vLLM advances them in, and so frees the KV of the turns that end
+    order: list[Request] = field(default_factory=list)
+
+    def add_prefill(self, req: Request, chunk: int) -> None:
+        self.prefills.append((req, chunk))
+        self.order.append(req)
+
+    def add_decode(self, req: Request) -> None:
+        self.decodes.append(req)
+        self.order.append(req)
 
     @property
     def prefill_tokens(self) -> int:
@@ -265,6 +276,10 @@ class Scheduler:
         self.policy.on_turn_end(req, outcome)
         state = req.state
         req.start_next_segment()
+        if state is S.PAUSED_PRESERVED:
+            # The next turn finds the pinned KV through the prefix cache, whole blocks only: the
+            # tokens of the last, partial block are computed again (vLLM hashes full blocks).
+            req.kv_tokens -= req.kv_tokens % self.memory.block_size
         self.sync_view()
         self.policy.on_turn_start(req)
         if state is S.PAUSED_PRESERVED:
@@ -541,7 +556,8 @@ class Scheduler:
                 returned_tokens=0,
             )
         self.policy.on_turn_end(req, outcome)
-        self.memory.free(req.gpu_blocks)
+        # its full blocks stay hashed in vLLM's pool (at its end), though no later turn hits them
+        self.memory.free(req.gpu_blocks, cached=req.kv_tokens // self.memory.block_size)
         req.gpu_blocks = 0
         req.move_to(S.FINISHED)
         req.finish_time = self.now
@@ -666,10 +682,10 @@ class Scheduler:
                 break
             req.scheduled_iteration = iteration
             if req.state is S.DECODING:
-                out.decodes.append(req)
+                out.add_decode(req)
                 budget -= 1
             else:
-                out.prefills.append((req, chunk))
+                out.add_prefill(req, chunk)
                 budget -= chunk
             i += 1
         return budget
@@ -751,7 +767,7 @@ class Scheduler:
             memory.allocate(new)
         req.gpu_blocks += new
         req.scheduled_iteration = self.iteration
-        out.prefills.append((req, chunk))
+        out.add_prefill(req, chunk)
         return chunk
 
     def copy_budget_tokens(self) -> float:
@@ -771,7 +787,12 @@ class Scheduler:
         self.view.last_compute_time = step_time if compute_time is None else compute_time
         self.view.batch_query_tokens = out.query_tokens
         ended: list[TurnEnd] = []
-        for req, chunk in out.prefills:
+        chunks = {id(req): chunk for req, chunk in out.prefills}
+        for req in out.order:  # as vLLM: in the order scheduled, which orders the KV freed
+            chunk = chunks.get(id(req))
+            if chunk is None:
+                self._emit_token(req, ended, from_prefill=False)
+                continue
             # recomputed: the part of the chunk the context had before (computed, or sampled
             # and never fed back), as a served engine's prompt tokens less the minimum count it
             again = max(min(req.kv_tokens + chunk, req.seen_tokens) - req.kv_tokens, 0)
@@ -781,8 +802,6 @@ class Scheduler:
             req.seen_tokens = max(req.seen_tokens, req.kv_tokens)
             if req.kv_tokens >= req.context_target:
                 self._emit_token(req, ended, from_prefill=True)
-        for req in out.decodes:
-            self._emit_token(req, ended, from_prefill=False)
         if ended:
             self.running = [r for r in self.running if r.state in (S.PREFILLING, S.DECODING)]
         self.iteration += 1

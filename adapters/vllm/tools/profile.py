@@ -401,6 +401,18 @@ def served_facts(log_text: str, opts: ProfileOptions) -> EngineFacts:
     tokens, dtype = _KV_TOKENS.search(log_text), _DTYPE.search(log_text)
     if tokens is None or dtype is None or dtype.group(1) not in _DTYPE_BYTES:
         raise ValueError("the server's log does not say its KV cache size and dtype")
+    # the log's tokens are the pool's blocks × block size (a float product, so rounded); one
+    # block of the pool is vLLM's null block, as _engine_facts counts it
+    blocks = round(int(tokens.group(1).replace(",", "")) / opts.block_size) - 1
+    return config_facts(opts, dtype_bytes=_DTYPE_BYTES[dtype.group(1)], num_gpu_blocks=blocks)
+
+
+def config_facts(
+    opts: ProfileOptions, *, dtype_bytes: int = 2, num_gpu_blocks: int | None = None
+) -> EngineFacts:
+    """The engine ``opts`` describe, from the model's ``config.json`` (layers, KV heads, head
+    size); its blocks, unless given, as vLLM sizes ``--kv-cache-memory-bytes`` (less the null
+    block).  ``dtype_bytes``: the KV cache's (the CPU build serves the tiny model in bf16)."""
     try:
         hf = json.loads((Path(opts.model) / "config.json").read_text())
         n_layers, heads = int(hf["num_hidden_layers"]), int(hf["num_attention_heads"])
@@ -410,13 +422,11 @@ def served_facts(log_text: str, opts: ProfileOptions) -> EngineFacts:
         raise ValueError(
             f"cannot read the model's shape from {opts.model}/config.json: {exc}"
         ) from None
-    dtype_bytes = _DTYPE_BYTES[dtype.group(1)]
+    kv_bytes = 2 * n_layers * n_kv * head_dim * dtype_bytes
+    if num_gpu_blocks is None:
+        num_gpu_blocks = opts.kv_cache_bytes // (kv_bytes * opts.block_size) - 1
     return EngineFacts(
-        # the log's tokens are the pool's blocks × block size (a float product, so rounded); one
-        # block of the pool is vLLM's null block, as _engine_facts counts it
-        num_gpu_blocks=round(int(tokens.group(1).replace(",", "")) / opts.block_size) - 1,
-        block_size=opts.block_size,
-        kv_bytes_per_token=2 * n_layers * n_kv * head_dim * dtype_bytes,
+        num_gpu_blocks=num_gpu_blocks, block_size=opts.block_size, kv_bytes_per_token=kv_bytes,
         n_layers=n_layers, n_kv_heads=n_kv, head_dim=head_dim, dtype_bytes=dtype_bytes,
         token_budget=opts.token_budget, max_num_seqs=opts.max_num_seqs, model=str(opts.model),
     )  # fmt: skip

@@ -29,6 +29,8 @@ from lamps_agent.bench.runner import BenchConfig, RunSpec, run_one
 from lamps_agent.metrics import RunSummary
 from lamps_agent.presets import Preset
 from lamps_agent.program import Program
+from lamps_agent.stepdiff import StepDiff, compare_steps
+from lamps_agent.steps import StepRecord
 from lamps_agent.workloads.arrivals import Arrival, poisson_workload
 from lamps_agent.workloads.scale import fitting
 
@@ -519,4 +521,90 @@ def report_lines(report: ValidationReport) -> list[str]:
         "targets (mean 10 %, P99 15 %, recomputed 10 %, steps 5 %): "
         + ("all met" if not missed else "missed: " + ", ".join(missed))
     )
+    return lines
+
+
+# -- the virtual-clock engine against the simulator, step by step ------------------------------
+@dataclass(frozen=True, kw_only=True)
+class VirtualComparison:
+    """One policy's run in the simulator and on the virtual-clock vLLM engine, same arrivals."""
+
+    policy: str
+    diff: StepDiff  # A: the simulator, B: the engine
+    sim: RunSummary
+    engine: RunSummary
+    sim_steps: list[StepRecord]
+    engine_steps: list[StepRecord]
+
+
+def engine_preset(facts: Any, preset: Preset) -> Preset:
+    """``preset``'s cost model on the engine ``facts`` describe (model shape, KV blocks, block
+    size, limits), without host memory: the virtual engine has no KV connector, so the plug-in
+    cannot swap there and neither may the simulator."""
+    block_bytes = facts.kv_bytes_per_token * facts.block_size
+    engine = preset.with_overrides({
+        "model": {"n_layers": facts.n_layers, "n_kv_heads": facts.n_kv_heads,
+                  "head_dim": facts.head_dim, "dtype_bytes": facts.dtype_bytes},
+        "block_size": facts.block_size, "token_budget": facts.token_budget,
+        "max_num_seqs": facts.max_num_seqs, "host_swap_gb": 0.0,
+        # half a block more than the blocks: the preset's floor division lands on them exactly
+        "gpu_kv_gb": (facts.num_gpu_blocks + 0.5) * block_bytes / 1e9,
+    })  # fmt: skip
+    if engine.num_gpu_blocks != facts.num_gpu_blocks:
+        raise AssertionError(f"{engine.num_gpu_blocks} blocks, not {facts.num_gpu_blocks}")
+    return engine
+
+
+def compare_virtual(
+    programs: Sequence[Program], arrivals: Sequence[Arrival], preset: Preset, *,
+    model: str, max_model_len: int, policies: Sequence[str], name: str, qps: float, seed: int,
+) -> list[VirtualComparison]:  # fmt: skip
+    """Each policy in the simulator (recording its steps) and on the virtual-clock engine (vLLM's
+    own scheduler for ``vllm``, the plug-in for the others), with exact hints on both sides."""
+    from adapters.vllm.tools.virtual import STOCK_POLICY, VirtualOptions, run_virtual
+    from lamps_agent.metrics import RunLabels
+
+    config = BenchConfig(
+        programs=programs, trace_name=name, preset=preset, qps=[qps], policies=list(policies),
+        seed=seed, num_programs=len(arrivals),
+    )  # fmt: skip
+    out = []
+    for policy in policies:
+        steps: list[StepRecord] = []
+        spec = RunSpec(policy=policy, predictor="oracle", qps=qps)
+        sim = run_one(config, spec, list(arrivals), steps=steps).summary
+        engine_policy = STOCK_POLICY if policy == SIM_STOCK else policy
+        run = run_virtual(
+            VirtualOptions(model=model, preset=preset, policy=engine_policy,
+                           max_model_len=max_model_len, seed=seed),
+            arrivals,
+        )  # fmt: skip
+        labels = RunLabels(policy=policy, predictor="oracle", trace=name, qps=qps, seed=seed)
+        out.append(VirtualComparison(
+            policy=policy, diff=compare_steps(steps, run.steps), sim=sim,
+            engine=run.summary(labels), sim_steps=steps, engine_steps=run.steps,
+        ))  # fmt: skip
+    return out
+
+
+def virtual_report_lines(comparisons: Sequence[VirtualComparison], *, header: str) -> list[str]:
+    """Per policy: the share of identical steps, the first divergence, and the figures."""
+    lines = [header, ""]
+    lines.append(
+        "| policy | identical steps | lockstep | steps sim / engine | E2E mean sim / engine s "
+        "| P99 sim / engine s | recomputed sim / engine | preemptions sim / engine |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c in comparisons:
+        d, s, e = c.diff, c.sim, c.engine
+        lines.append(
+            f"| {c.policy} | {d.identical_share:.1%} | {d.lockstep:,} | {d.a.steps:,} / "
+            f"{d.b.steps:,} | {s.e2e.mean:.3f} / {e.e2e.mean:.3f} | {s.e2e.p99:.3f} / "
+            f"{e.e2e.p99:.3f} | {s.recomputed_tokens:,} / {e.recomputed_tokens:,} | "
+            f"{d.a.preemptions} / {d.b.preemptions} |"
+        )
+    lines.append("")
+    for c in comparisons:
+        first = c.diff.first.describe(("sim", "engine")) if c.diff.first else "none"
+        lines.append(f"{c.policy}: first divergence: {first}")
     return lines
