@@ -94,6 +94,7 @@ class Request:
     enqueued_iteration: int = 0
     scheduled_iteration: int = -1  # the last iteration that advanced this request
     admitted_seq: int = 0  # when it last entered the running set (the scheduler's count)
+    arrival_seq: int = 0  # when its current turn became schedulable (the scheduler's count)
     priority: int = 0  # the client's priority, honoured where the engine schedules by it
     policy_tag: int = 0  # free slots for a policy's own bookkeeping (a type, a stage index, a rank)
     policy_rank: float = 0.0

@@ -98,6 +98,12 @@ def _mirror(request: Request, core: CoreRequest) -> None:
         core.move_to(RequestState.DECODING)
 
 
+def _arrival(request: Request) -> float | None:
+    """When the request reached the server (vLLM's ``arrival_time``), if it says."""
+    value = getattr(request, "arrival_time", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
 def _priority_scheduling(sched: Any) -> bool:
     """vLLM's ``--scheduling-policy``: "priority" orders by the requests' priority first, and
     the core honours it (the plug-in's queue replaces vLLM's priority heap)."""
@@ -190,8 +196,12 @@ class LampsCore:
                 request.session_id,
                 request.priority,
                 getattr(params, "max_tokens", None) if params is not None else None,
+                _arrival(request),
             )
             self._set_clock()
+            # the turn is planned on the engine's load now (the simulator's view at an arrival),
+            # not as it stood when the last step was scheduled
+            self._mirror_running()
             away = self.away.pop(info.session_id, None) if info.session_id else None
             core = self._returned(away, request, info) if away is not None else None
             if core is None:
@@ -291,6 +301,13 @@ class LampsCore:
         self.core.memory.free_gpu_blocks = min(
             self.pool.get_num_free_blocks(), self.core.memory.num_gpu_blocks
         )
+
+    def step_ran(self, out: Any) -> None:
+        """A step's output is in: the core's view learns the step's batch (its query tokens),
+        as the simulator's does before the turns that end in the step are decided."""
+        tokens = getattr(out, "total_num_scheduled_tokens", None)
+        if isinstance(tokens, int):
+            self.core.view.batch_query_tokens = tokens
 
     def _mirror_running(self) -> None:
         """The core's running requests advance as vLLM computed them."""

@@ -106,6 +106,8 @@ class _LampsMixin:
 
     def update_from_output(self, *args: Any, **kwargs: Any) -> Any:
         with self.lamps.lock:
+            out = args[0] if args else kwargs.get("scheduler_output")
+            self.lamps.step_ran(out)  # before the turns that end in it are decided
             result = super().update_from_output(*args, **kwargs)  # type: ignore[misc]
             if self.steplog is not None:
                 self.steplog.end()

@@ -37,7 +37,9 @@ def describe(num_scheduled_tokens: Mapping[str, int], requests: Mapping[str, Any
             continue
         before = req.num_computed_tokens - n
         resident += before
-        if before < req.num_prompt_tokens:
+        # vLLM's own prefill boundary: a preempted request recomputes its output tokens as
+        # prefill too (all but the last sampled one, which the decode after feeds back)
+        if before < max(req.num_prompt_tokens, req.num_tokens - 1):
             prefill += n
             prefills += 1
             attn += n * (before + n / 2)

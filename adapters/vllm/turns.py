@@ -78,9 +78,14 @@ class TurnTracker:
         self.counters.final_then_continued = self.history.surprises
         return hist
 
-    def read(self, xargs: Any, session_id: Any, priority: Any, max_tokens: int | None) -> TurnInfo:
-        """Hints if well-formed, else a server-side estimate.  Never raises."""
-        now = self.clock()
+    def read(
+        self, xargs: Any, session_id: Any, priority: Any, max_tokens: int | None,
+        arrived_at: float | None = None,
+    ) -> TurnInfo:  # fmt: skip
+        """Hints if well-formed, else a server-side estimate.  Never raises.  ``arrived_at``:
+        when the request reached the server (vLLM's ``arrival_time``, on the same clock), which
+        the engine may see only at its next step; default: now."""
+        now = self.clock() if arrived_at is None else min(float(arrived_at), self.clock())
         sid = None
         if isinstance(session_id, str) and session_id:
             if len(session_id) <= MAX_SESSION_ID_LENGTH:

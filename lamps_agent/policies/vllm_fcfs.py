@@ -21,8 +21,10 @@ class VllmPolicy(Policy):
     name = "vllm"
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
+        # vLLM's FCFS queue is in the order requests were added: turns that became schedulable
+        # at the same step keep the order they came in (not their program's)
         entered = self.view.now if resumed else req.arrival_time
-        return (entered, float(req.request_id))
+        return (entered, float(req.arrival_seq))
 
     def preemption_key(self, req: Request) -> tuple[float, ...]:
         """vLLM's running list is in admission order and its victim is the last admitted."""

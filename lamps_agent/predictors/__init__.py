@@ -16,7 +16,7 @@ from lamps_agent.predictors.base import (
 )
 from lamps_agent.predictors.history import HistoryPredictor
 from lamps_agent.predictors.noisy import NoisyPredictor
-from lamps_agent.predictors.oracle import OraclePredictor
+from lamps_agent.predictors.oracle import HintedOraclePredictor, OraclePredictor
 from lamps_agent.registry import Registry
 
 PredictorFactory = Callable[..., Predictor]
@@ -27,6 +27,12 @@ PREDICTORS: Registry[PredictorFactory] = Registry("predictor")
 def _oracle(**_: object) -> Predictor:
     """The trace's own values: the upper bound any predictor can reach."""
     return OraclePredictor()
+
+
+@PREDICTORS.register("oracle-hints")
+def _oracle_hints(**_: object) -> Predictor:
+    """The trace's values as exact hints carry them to a served engine (no returned tokens)."""
+    return HintedOraclePredictor()
 
 
 @PREDICTORS.register("noisy")
@@ -84,6 +90,7 @@ __all__ = [
     "PREDICTORS",
     "DurationEstimate",
     "DurationSource",
+    "HintedOraclePredictor",
     "HistoryPredictor",
     "NoisyPredictor",
     "OraclePredictor",

@@ -22,3 +22,21 @@ class OraclePredictor(Predictor):
 
     def predict(self, query: PredictionQuery) -> Prediction:
         return truth_of(query)
+
+
+class HintedOraclePredictor(Predictor):
+    """The oracle as a served engine hears it: what the hint envelope (:class:`LampsHints`)
+    carries — the turn's output, its tool and the tool's duration, exactly — and nothing it does
+    not (the tool's returned tokens: the engine learns them when the next turn arrives).  The
+    simulator's twin of the vLLM plug-in fed by exact hints (``validate``, the replay)."""
+
+    name = "oracle-hints"
+
+    def predict(self, query: PredictionQuery) -> Prediction:
+        truth = truth_of(query)
+        return Prediction(
+            output_tokens=truth.output_tokens,
+            tool=truth.tool,
+            tool_duration=truth.tool_duration,
+            returned_tokens=0.0,
+        )

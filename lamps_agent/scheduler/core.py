@@ -201,6 +201,7 @@ class Scheduler:
         self.iteration = 0
         self._pending_swap_out = 0
         self._admissions = itertools.count(1)
+        self._arrival_seq = itertools.count(1)  # turns in the order they became schedulable
         self.decisions: list[Decision] | None = [] if record_decisions else None
 
     def _record(self, kind: DecisionKind, subject: Request | Hashable, detail: str = "") -> None:
@@ -238,6 +239,7 @@ class Scheduler:
         ``resumed``: the turn continues a session after a tool (an engine that sees each turn as
         a request of its own says so), queued as :meth:`tool_returned` queues a later turn."""
         self.sync_view()
+        req.arrival_seq = next(self._arrival_seq)
         self.policy.on_turn_start(req)
         self._enqueue(req, resumed=resumed)
 
@@ -276,6 +278,7 @@ class Scheduler:
         self.policy.on_turn_end(req, outcome)
         state = req.state
         req.start_next_segment()
+        req.arrival_seq = next(self._arrival_seq)
         if state is S.PAUSED_PRESERVED:
             # The next turn finds the pinned KV through the prefix cache, whole blocks only: the
             # tokens of the last, partial block are computed again (vLLM hashes full blocks).

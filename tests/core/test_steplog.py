@@ -37,13 +37,18 @@ TRUE = CostModel(
 def test_a_step_is_described_as_the_cost_model_sees_it() -> None:
     # After schedule(): num_computed_tokens already includes the scheduled tokens.
     requests = {
-        "p": SimpleNamespace(num_computed_tokens=300, num_prompt_tokens=500),  # chunk 200 of 500
-        "d": SimpleNamespace(num_computed_tokens=81, num_prompt_tokens=40),  # a decode at 80
+        # chunk 200 of a 500-token prompt
+        "p": SimpleNamespace(num_computed_tokens=300, num_prompt_tokens=500, num_tokens=500),
+        # a decode: 40 prompt + 41 sampled tokens, all but the last with KV
+        "d": SimpleNamespace(num_computed_tokens=81, num_prompt_tokens=40, num_tokens=81),
+        # preempted after 41 sampled tokens, its prompt found in the prefix cache: the 33 output
+        # tokens it recomputes are prefill (vLLM's prefill boundary), not a decode
+        "r": SimpleNamespace(num_computed_tokens=73, num_prompt_tokens=40, num_tokens=81),
     }
-    shape = describe({"p": 200, "d": 1, "gone": 5}, requests)
+    shape = describe({"p": 200, "d": 1, "r": 33, "gone": 5}, requests)
     assert shape == StepShape(
-        prefill_tokens=200, decode_seqs=1, resident_kv_tokens=100 + 80,
-        attn_products=200 * (100 + 100), prefill_seqs=1,
+        prefill_tokens=200 + 33, decode_seqs=1, resident_kv_tokens=100 + 80 + 40,
+        attn_products=200 * (100 + 100) + 33 * (40 + 16.5), prefill_seqs=2,
     )  # fmt: skip
 
 
@@ -65,7 +70,7 @@ def _steps(n: int, seed: int = 0) -> list[StepRecord]:
 def test_the_log_round_trips_and_a_bad_line_names_its_place(tmp_path: Path) -> None:
     path = tmp_path / "steps.jsonl"
     log = StepLog(str(path))
-    requests = {"a": SimpleNamespace(num_computed_tokens=20, num_prompt_tokens=20)}
+    requests = {"a": SimpleNamespace(num_computed_tokens=20, num_prompt_tokens=20, num_tokens=20)}
     for _ in range(3):
         log.begin()
         log.scheduled(SimpleNamespace(num_scheduled_tokens={"a": 20}, preempted_req_ids={"x"}),

@@ -235,11 +235,12 @@ def serve_options(opts: ValidateOptions, policy: str, **more: Any) -> ServeOptio
     runs them — so the profile's server is the engine every policy is replayed on."""
     from adapters.vllm.tools.server import ServeOptions
 
-    return ServeOptions(
-        model=opts.engine.model, policy=policy, preset="h100-llama3-8b", swap=opts.swap,
-        port=opts.port, tools=False, vllm_args=engine_args(opts.engine), reserved_cpus=RESERVED,
-        **more,
-    )  # fmt: skip
+    values: dict[str, Any] = {
+        "model": opts.engine.model, "policy": policy, "preset": "h100-llama3-8b",
+        "swap": opts.swap, "port": opts.port, "tools": False,
+        "vllm_args": engine_args(opts.engine), "reserved_cpus": RESERVED,
+    }  # fmt: skip
+    return ServeOptions(**{**values, **more})
 
 
 def profile_served(
@@ -571,7 +572,8 @@ def compare_virtual(
     out = []
     for policy in policies:
         steps: list[StepRecord] = []
-        spec = RunSpec(policy=policy, predictor="oracle", qps=qps)
+        # the plug-in hears exact hints, which carry no returned tokens: so does the simulator
+        spec = RunSpec(policy=policy, predictor="oracle-hints", qps=qps)
         sim = run_one(config, spec, list(arrivals), steps=steps).summary
         engine_policy = STOCK_POLICY if policy == SIM_STOCK else policy
         run = run_virtual(
