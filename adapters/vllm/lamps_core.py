@@ -308,6 +308,9 @@ class LampsCore:
         tokens = getattr(out, "total_num_scheduled_tokens", None)
         if isinstance(tokens, int):
             self.core.view.batch_query_tokens = tokens
+        # the core's iteration counts the steps that ran, as the simulator's does: the step
+        # being scheduled is the next one
+        self.step += 1
 
     def _mirror_running(self) -> None:
         """The core's running requests advance as vLLM computed them."""
@@ -317,7 +320,6 @@ class LampsCore:
                 _mirror(request, core)
 
     def before_schedule(self) -> None:
-        self.step += 1
         self._set_clock()
         self._mirror_running()
         self.core.sync_view()

@@ -447,6 +447,7 @@ class Scheduler:
             strategy = KVStrategy.DISCARD
         paused.strategy = strategy
         if strategy is KVStrategy.PRESERVE:
+            self._pin_full_blocks(req, paused)
             req.move_to(S.PAUSED_PRESERVED)
             self.paused.add(paused)
             return 0
@@ -460,6 +461,20 @@ class Scheduler:
         self._release_kv(req)
         req.move_to(S.PAUSED_DISCARDED)
         return 0
+
+    def _pin_full_blocks(self, req: Request, paused: PausedKV) -> None:
+        """A pin holds the turn's full blocks, which the next turn finds by prefix; the partial
+        last block is freed now, to the front of the pool (vLLM's plug-in pins hashed blocks
+        only, :mod:`adapters.vllm.pins`)."""
+        memory = self.memory
+        if not memory.prefix_caching:
+            return
+        full = req.kv_tokens // memory.block_size
+        if req.gpu_blocks > full:
+            memory.free(req.gpu_blocks - full)
+            req.gpu_blocks = full
+        req.kv_tokens = full * memory.block_size
+        paused.blocks = min(paused.blocks, full)
 
     def revisit_paused(self) -> list[tuple[PausedKV, KVStrategy]]:
         """Once per iteration, for policies that revisit (INFERCEPT): the preserved entries that
@@ -765,8 +780,8 @@ class Scheduler:
         else:
             if hit:
                 self._take_prefix(req, hit)
-            elif req.gpu_blocks:
-                self.paused.pop(req.request_id)  # its pin is in use again
+            # its pin, if any, is in use again (one of no full block holds nothing, but goes too)
+            self.paused.pop(req.request_id)
             memory.allocate(new)
         req.gpu_blocks += new
         req.scheduled_iteration = self.iteration

@@ -195,7 +195,9 @@ def simulate(
         num_programs=opts.num_programs,
     )
     return {
-        policy: run_one(config, RunSpec(policy=policy, predictor="oracle", qps=opts.qps)).summary
+        policy: run_one(
+            config, RunSpec(policy=policy, predictor="oracle-hints", qps=opts.qps)
+        ).summary
         for policy in opts.policies
     }
 
