@@ -15,6 +15,10 @@ engine as served it is ~1.3–2.4 ms, larger than a whole decode step, and witho
 the per-token slope to cover small prefills and over-predicts long ones (docs/benchmarks.md,
 "The engine as served").
 
+A served engine adds time outside its steps: each turn's request crosses the HTTP server on
+its way in and its tokens on their way out (``frontend_ms_per_turn``, measured by
+``lamps-agent validate`` on the engine as served; the simulator delays each turn's start by it).
+
 A swap moves bytes over the host link: ``t = latency + bytes / bandwidth``.  Copies either overlap
 the iteration's compute (``copy_overlaps_compute``: the step takes ``max(compute, copy)``, as
 vLLM's CPU-offload connector and INFERCEPT's pipelined swaps do) or serialise with it (the step
@@ -38,6 +42,9 @@ class CostModel:
     copy_overlaps_compute: bool = True  # True: step = max(compute, copy); False: compute + copy
     prefill_attn_ms_per_mtok2: float = 0.0  # ms per 1e6 (query token × context token) products
     prefill_request_ms: float = 0.0  # ms per request a step prefills (a chunk of its prompt)
+    # Time a turn spends outside the engine on a served one: the request's way in through the
+    # HTTP server and its tokens' way out to the client (0 in-process; measured by validate)
+    frontend_ms_per_turn: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -48,6 +55,7 @@ class CostModel:
             "swap_latency_ms",
             "prefill_attn_ms_per_mtok2",
             "prefill_request_ms",
+            "frontend_ms_per_turn",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

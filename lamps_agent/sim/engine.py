@@ -93,6 +93,8 @@ class Simulator:
         self._t_times: list[float] = []
         self._t_used: list[int] = []
         self._t_pinned: list[int] = []
+        # a served engine's time outside its steps per turn: each turn reaches it this late
+        self._frontend = preset.cost.frontend_ms_per_turn / 1000.0
         # one record per iteration, in the served engine's step-log format (lamps_agent.steps)
         self.steps: list[StepRecord] | None = [] if record_steps else None
 
@@ -139,7 +141,7 @@ class Simulator:
                 self._done.append(req)
                 finished.append(req)
             else:
-                req.tool_returns_at = self.now + req.segment.tool_duration
+                req.tool_returns_at = self.now + req.segment.tool_duration + self._frontend
                 tool_calls.append(req)
         return Step(StepStatus.RAN, dt, tuple(finished), tuple(tool_calls))
 
@@ -156,7 +158,7 @@ class Simulator:
     def _next_event_time(self) -> float | None:
         times = []
         if self._next_arrival < len(self.arrivals):
-            times.append(self.arrivals[self._next_arrival].time)
+            times.append(self.arrivals[self._next_arrival].time + self._frontend)
         if self._events:
             times.append(self._events[0][0])
         return min(times) if times else None
@@ -215,7 +217,11 @@ class Simulator:
     # -- events --------------------------------------------------------------------------
     def _absorb_events(self) -> None:
         arrivals = self.arrivals
-        while self._next_arrival < len(arrivals) and arrivals[self._next_arrival].time <= self.now:
+        late = self._frontend  # the same sum as _next_event_time's, so a jump to it absorbs it
+        while (
+            self._next_arrival < len(arrivals)
+            and arrivals[self._next_arrival].time + late <= self.now
+        ):
             arrival = arrivals[self._next_arrival]
             self._arrive(self._next_arrival, arrival)
             self._next_arrival += 1

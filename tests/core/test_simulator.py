@@ -310,3 +310,15 @@ def test_stepping_by_hand_with_the_events_outside_gives_the_run(small_preset: Pr
             heapq.heappush(returns, (req.tool_returns_at, next(seq), req))
     assert sorted(r.request_id for r in finished) == list(range(len(arrivals)))
     assert sim.result(labels) == alone
+
+
+def test_a_served_engines_time_outside_its_steps_delays_every_turn(small_preset: Preset) -> None:
+    program = make_program("p", [(10, 0.5, 5), (10, 0.25, 5), (10, 0, 0)], prompt=300)
+    _, base = _simulate(small_preset, "vllm", [Arrival(1.0, program)])
+    served = dataclasses.replace(
+        small_preset, cost=dataclasses.replace(small_preset.cost, frontend_ms_per_turn=40.0)
+    )
+    _, result = _simulate(served, "vllm", [Arrival(1.0, program)])
+    # alone on the engine: each of the three turns reaches it 40 ms later, nothing else changes
+    assert result.summary.e2e.mean == pytest.approx(base.summary.e2e.mean + 3 * 0.040)
+    assert result.summary.iterations == base.summary.iterations

@@ -275,7 +275,7 @@ def profile_served(
         f"profiling the served engine: {len(arrivals)} programs on seed {opts.seed + PROFILE_SEED} …"
     )
     with _server_environment(None), ManagedServer(serve, log_path=log) as server:
-        asyncio.run(_replay(server.url, arrivals, opts, seed=opts.seed + PROFILE_SEED))
+        results = asyncio.run(_replay(server.url, arrivals, opts, seed=opts.seed + PROFILE_SEED))
     records = read_step_log(steps)
     samples = prof.samples_from_step_log(records)
     fit, back = prof.held_back(samples)
@@ -289,6 +289,13 @@ def profile_served(
     fields = prof.preset_fields(
         facts, cost, on_back, base=base, host_swap_gb=4.0, measured=served_engine(serve)
     )
+    real_e2e = statistics.mean(r.finish - r.arrival for r in results)
+    frontend, sim_e2e = frontend_per_turn(fields, programs, arrivals, real_e2e, opts)
+    fields["cost"]["frontend_ms_per_turn"] = frontend * 1000.0
+    say(
+        f"served profile: mean E2E {real_e2e:.2f} s at the client, {sim_e2e:.2f} s simulated "
+        f"on the fitted steps alone: {frontend * 1000:.0f} ms per turn outside the engine"
+    )
     fields["description"] = (
         f"fitted by lamps-agent validate on {len(records)} served steps of {facts.model}; "
         f"held-back R² {on_back.r2:.3f}, median error {on_back.median_rel_error:.0%}"
@@ -300,6 +307,45 @@ def profile_served(
         f"{on_back.median_rel_error:.1%} over {on_back.samples} steps; wrote {out}"
     )
     return out
+
+
+def frontend_per_turn(
+    fields: dict[str, Any], programs: Sequence[Program], arrivals: Sequence[Arrival],
+    real_e2e: float, opts: ValidateOptions,
+) -> tuple[float, float]:  # fmt: skip
+    """Seconds per turn the served engine's clients lose outside its steps (the HTTP server, the
+    client, the cores they share with the engine's scheduler): what makes the profiling replay's
+    mean E2E at the client longer than the simulator's on the fitted step costs alone, spread
+    over its turns (two fixed-point rounds: the delay itself changes the load).  Returns it and
+    the simulated mean E2E without it."""
+    from lamps_agent.presets import load_preset
+
+    turns = statistics.mean(len(a.program.segments) for a in arrivals)
+    frontend = 0.0
+    base_e2e = math.nan
+    for _ in range(3):
+        cost = {**fields["cost"], "frontend_ms_per_turn": frontend * 1000.0}
+        preset = load_preset(str(fields["base"]), overrides={**_shape(fields), "cost": cost})
+        config = BenchConfig(
+            programs=programs, trace_name="profile", preset=preset, qps=[opts.qps],
+            policies=[SIM_STOCK], seed=opts.seed, num_programs=len(arrivals),
+        )  # fmt: skip
+        spec = RunSpec(policy=SIM_STOCK, predictor="oracle-hints", qps=opts.qps)
+        sim_e2e = run_one(config, spec, list(arrivals)).summary.e2e.mean
+        if math.isnan(base_e2e):
+            base_e2e = sim_e2e
+        frontend = max(frontend + (real_e2e - sim_e2e) / turns, 0.0)
+    return frontend, base_e2e
+
+
+def _shape(fields: dict[str, Any]) -> dict[str, Any]:
+    """A preset file's engine fields, as overrides of its base."""
+    keys = ("gpu_kv_gb", "host_swap_gb", "block_size", "token_budget", "max_num_seqs")
+    shape: dict[str, Any] = {k: fields[k] for k in keys if k in fields}
+    model = {k: v for k, v in fields.get("model", {}).items() if k != "name"}
+    if model:
+        shape["model"] = model
+    return shape
 
 
 @contextlib.contextmanager
