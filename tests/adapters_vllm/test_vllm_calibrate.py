@@ -81,7 +81,7 @@ def test_validate_end_to_end_reports_both_sides(tiny_model: Path, tmp_path: Path
             real, sim = c[name]["real"], c[name]["sim"]
             assert real > 0 and sim > 0
             assert c[name]["rel_error"] == pytest.approx((sim - real) / real)
-        assert set(c["within_targets"]) == {"e2e_mean", "e2e_p99", "recomputed"}
+        assert set(c["within_targets"]) == {"e2e_mean", "e2e_p99", "recomputed", "steps"}
     assert sorted(report["ranking_real"]) == sorted(report["ranking_sim"]) == ["lamps", "vllm"]
     assert isinstance(report["ranking_agrees"], bool)
     # the preset was fitted to the served engine's own steps, with that engine's shape
