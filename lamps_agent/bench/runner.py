@@ -234,7 +234,13 @@ def measure(
         window=window,
         simulated=len(arrivals),
         measured=len(measured),
-        stability=judge_stability(measured, window, unloaded_engine=unloaded_engine),
+        stability=judge_stability(
+            measured,
+            window,
+            unloaded_engine=unloaded_engine,
+            run=result.requests,
+            alone_e2e={m.program_id: bound.of(programs[m.program_id]).e2e for m in result.requests},
+        ),
         alone_e2e=sum(a.e2e for a in alone) / len(alone),
         result=result,
     )

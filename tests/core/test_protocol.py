@@ -3,6 +3,7 @@ capacity search and "≈" for differences within the spread."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -136,6 +137,64 @@ def test_a_flat_run_is_stable_and_a_growing_one_is_not() -> None:
     # noise alone never trips it: a heavy-tailed flat run over many seeds
     for seed in range(20):
         assert judge_stability(_run(2.0, slope=0.0, seed=seed), window).stable
+
+
+def _single_server(arrivals: list[float], work: list[float], *, smallest_first: bool) -> list[float]:
+    """Finish times of one server doing ``work`` per arrival, FCFS or smallest job first."""
+    finish = [math.inf] * len(arrivals)
+    t, i, waiting = 0.0, 0, []
+    while i < len(arrivals) or waiting:
+        if not waiting:
+            t = max(t, arrivals[i])
+        while i < len(arrivals) and arrivals[i] <= t:
+            waiting.append(i)
+            i += 1
+        pick = min(waiting, key=lambda j: (work[j] if smallest_first else 0.0, j))
+        waiting.remove(pick)
+        t += work[pick]
+        finish[pick] = t
+    return finish
+
+
+def _served(load: float, *, smallest_first: bool, n: int = 3000) -> list[RequestMetrics]:
+    rng = random.Random(7)
+    arrivals, work, t = [], [], 0.0
+    for _ in range(n):
+        t += rng.expovariate(1.0)
+        arrivals.append(t)
+        work.append(rng.expovariate(1.0 / load))  # mean work `load`: utilisation = load
+    finish = _single_server(arrivals, work, smallest_first=smallest_first)
+    return [
+        dataclasses.replace(request(i, a, f - a, tool=0.0), finish=f)
+        for i, (a, f) in enumerate(zip(arrivals, finish, strict=True))
+    ]
+
+
+def test_the_backlog_catches_an_overload_that_starves_the_first_arrivals() -> None:
+    """Smallest-first under overload: the window's first arrivals wait longest, so engine time
+    does not grow across it; the programs left in the system do."""
+    run = _served(1.5, smallest_first=True)
+    window = Window(warmup=200.0, end=2800.0)
+    measured = window.measured(run)
+    blind = judge_stability(measured, window)
+    assert blind.stable  # what the engine-time test alone concludes
+    verdict = judge_stability(measured, window, run=run, alone_e2e={})
+    assert not verdict.stable and "backlog grew" in verdict.reason
+    assert verdict.backlog_growth > verdict.backlog_threshold > 0
+    # below capacity neither test fires, in either order of service
+    for smallest_first in (False, True):
+        calm = _served(0.7, smallest_first=smallest_first)
+        assert judge_stability(window.measured(calm), window, run=calm, alone_e2e={}).stable
+
+
+def test_a_backlog_still_filling_with_long_programs_is_not_growth() -> None:
+    """Long programs still arriving into an empty engine at the window's start raise the count
+    the way they would alone: that rise is the filling, not a queue."""
+    window = Window(warmup=10.0, end=100.0)
+    run = [request(i, 0.1 * i, 0.5, tool=200.0 if i % 10 == 0 else 1.0) for i in range(1000)]
+    alone = {m.program_id: m.e2e for m in run}
+    assert judge_stability(window.measured(run), window, run=run, alone_e2e=alone).stable
+    assert not judge_stability(window.measured(run), window, run=run, alone_e2e={}).stable
 
 
 def test_too_few_programs_cannot_be_judged_stable() -> None:
