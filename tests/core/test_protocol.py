@@ -139,7 +139,9 @@ def test_a_flat_run_is_stable_and_a_growing_one_is_not() -> None:
         assert judge_stability(_run(2.0, slope=0.0, seed=seed), window).stable
 
 
-def _single_server(arrivals: list[float], work: list[float], *, smallest_first: bool) -> list[float]:
+def _single_server(
+    arrivals: list[float], work: list[float], *, smallest_first: bool
+) -> list[float]:
     """Finish times of one server doing ``work`` per arrival, FCFS or smallest job first."""
     finish = [math.inf] * len(arrivals)
     t, i, waiting = 0.0, 0, []
