@@ -2,7 +2,7 @@
 P99 E2E under a target), found by bracketing and bisection.
 
 ``passes(qps)`` is assumed to hold up to some rate and fail above it.  From ``start`` the rate is
-doubled while it passes (halved while it fails) until a passing and a failing rate bracket the
+multiplied by ``growth`` (2 by default) while it passes (divided while it fails) until a passing and a failing rate bracket the
 boundary; then the bracket is bisected until ``high − low <= resolution × low``.  The answer is the
 bracket: the policy passes at ``low`` and fails at ``high`` (``high`` is ``None`` when no tested
 rate up to ``max_qps`` failed; ``low`` is ``None`` when none down to ``min_qps`` passed).
@@ -29,12 +29,15 @@ def search(
     resolution: float = 0.05,
     min_qps: float | None = None,
     max_qps: float | None = None,
+    growth: float = 2.0,
 ) -> Bracket:
     """The boundary of ``passes`` (see the module docstring).  Each rate is evaluated once."""
     if not (math.isfinite(start) and start > 0):
         raise ValueError(f"the search must start at a rate > 0, got {start}")
     if not 0 < resolution < 1:
         raise ValueError(f"resolution must be in (0, 1), got {resolution}")
+    if not (math.isfinite(growth) and growth > 1):
+        raise ValueError(f"growth must be > 1, got {growth}")
     lo_limit = min_qps if min_qps is not None else start / 64
     hi_limit = max_qps if max_qps is not None else start * 64
     tried: list[tuple[float, bool]] = []
@@ -50,7 +53,7 @@ def search(
     if test(q):
         low = q
         while high is None and q < hi_limit:
-            q = min(q * 2, hi_limit)  # the limit itself is the last rate tried
+            q = min(q * growth, hi_limit)  # the limit itself is the last rate tried
             if test(q):
                 low = q
             else:
@@ -58,7 +61,7 @@ def search(
     else:
         high = q
         while low is None and q > lo_limit:
-            q = max(q / 2, lo_limit)
+            q = max(q / growth, lo_limit)
             if test(q):
                 low = q
             else:

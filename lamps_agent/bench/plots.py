@@ -1,4 +1,5 @@
-"""PNG plots: latency against load for each policy, and KV memory over time for one run."""
+"""PNG plots: latency against load for each policy, KV memory over time for one run, and the
+main job's capacities beside the bound."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamps_agent.bench.demo import WorkloadResult
 from lamps_agent.bench.runner import RECOMMENDED_POLICY
 from lamps_agent.metrics import KVTimeline, RunSummary
 
@@ -154,4 +156,25 @@ def plot_kv_timeline(timeline: KVTimeline, path: Path, *, title: str = "") -> No
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_capacity(results: Sequence[WorkloadResult], path: Path) -> None:
+    """Each workload's stable capacities as bars (programs/s), the physical bound as a line; a
+    policy whose rate never failed up to the bound gets a hatched bar (a lower limit)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        names = [c.policy for c in r.capacities]
+        values = [c.capacity or 0.0 for c in r.capacities]
+        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
+        for bar, c in zip(bars, r.capacities, strict=True):
+            if c.bracket.high is None:
+                bar.set_hatch("//")
+        ax.axhline(r.bound.bound, color="black", linestyle="--", label=f"bound ({r.bound.limit})")
+        ax.set_title(r.workload.label, fontsize=10)
+        ax.set_ylabel("highest stable programs/s")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

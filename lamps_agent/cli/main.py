@@ -20,6 +20,7 @@ import lamps_agent
 
 _OWN_PACKAGES = ("lamps_agent", "tool_registry", "adapters")
 COMMAND_MODULES = (
+    "lamps_agent.cli.demo",
     "lamps_agent.cli.bench",
     "lamps_agent.cli.fleet",
     "tool_registry.cli",
