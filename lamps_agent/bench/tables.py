@@ -176,11 +176,11 @@ def capacity_table(
     ):
         table.add_column(h, justify="left" if h == "policy" else "right", no_wrap=True)
     for c in caps:
-        cells = [c.policy, _low(c.stable), _range(c.stable)]
+        cells = [c.policy, bracket_low_text(c.stable), bracket_text(c.stable)]
         if p99_target:
-            cells.append(_low(c.p99) if c.p99 else "—")
+            cells.append(bracket_low_text(c.p99) if c.p99 else "—")
         if bound:
-            cells += [f"{bound.bound:.3g}", _share(c.stable, bound)]
+            cells += [f"{bound.bound:.3g}", bound_share_text(c.stable, bound)]
         cells.append(str(c.evaluations))
         table.add_row(*cells)
     return table
@@ -199,11 +199,11 @@ def capacity_markdown(
         rule += "---:|---:|"
     lines = [head, rule]
     for c in caps:
-        line = f"| {c.policy} | {_low(c.stable)} | {_range(c.stable)} |"
+        line = f"| {c.policy} | {bracket_low_text(c.stable)} | {bracket_text(c.stable)} |"
         if p99_target:
-            line += f" {_low(c.p99) if c.p99 else '—'} |"
+            line += f" {bracket_low_text(c.p99) if c.p99 else '—'} |"
         if bound:
-            line += f" {bound.bound:.3g} | {_share(c.stable, bound)} |"
+            line += f" {bound.bound:.3g} | {bound_share_text(c.stable, bound)} |"
         lines.append(line)
     out = "\n".join(lines) + "\n"
     if bound:
@@ -218,7 +218,7 @@ def _bound_text(b: CapacityBound) -> str:
     )
 
 
-def _share(b: Bracket, bound: CapacityBound) -> str:
+def bound_share_text(b: Bracket, bound: CapacityBound) -> str:
     """The stable capacity as a share of the bound (its low end; ≥ when no rate failed)."""
     if b.low is None:
         return "—"
@@ -226,13 +226,13 @@ def _share(b: Bracket, bound: CapacityBound) -> str:
     return f"≥ {share}" if b.high is None else share
 
 
-def _low(b: Bracket) -> str:
+def bracket_low_text(b: Bracket) -> str:
     if b.low is None:
         return f"< {b.high:.3g}" if b.high is not None else "—"
     return f"≥ {b.low:.3g}" if b.high is None else f"{b.low:.3g}"
 
 
-def _range(b: Bracket) -> str:
+def bracket_text(b: Bracket) -> str:
     lo = "—" if b.low is None else f"{b.low:.3g}"
     hi = "—" if b.high is None else f"{b.high:.3g}"
     return f"{lo} – {hi}"

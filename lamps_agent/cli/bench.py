@@ -446,7 +446,7 @@ def choose_baseline(
     return None
 
 
-def _table_console(wide: bool) -> Console:
+def table_console(wide: bool) -> Console:
     # Tables fit the width; prose lines are left whole (soft wrap), so a log line greps whole.
     probe = Console(soft_wrap=True)
     # Off a terminal (CI logs, pipes): 80 columns, which the default table fits; --wide's table
@@ -462,7 +462,7 @@ def run_bench(args: argparse.Namespace) -> int:
     args.out = prepare_out_dir(
         args.out or default_out_dir(config.trace_name), overwrite=args.overwrite
     )
-    console = _table_console(args.wide)
+    console = table_console(args.wide)
     started = time.perf_counter()
     bound = make_bound(config)
     if not args.quiet:  # the window needs the bound: seconds of simulation before the first run
@@ -488,7 +488,7 @@ def run_bench(args: argparse.Namespace) -> int:
     _note_fallbacks([p.summary for p in points], console)
     if config.adversary.active:
         adversarial = adversary_rows(points)
-        _table_console(True).print(adversary_table(adversarial))
+        table_console(True).print(adversary_table(adversarial))
         (args.out / "adversary.md").write_text(adversary_markdown(adversarial))
     _write_outputs(args, config, points, rows, caps, baseline, unloaded, console, limit)
     return 0
@@ -786,7 +786,7 @@ def _run_engine(args: argparse.Namespace, config: BenchConfig) -> int:
     args.out = prepare_out_dir(
         args.out or default_out_dir(f"engine-{config.trace_name}"), overwrite=args.overwrite
     )
-    console = _table_console(args.wide)
+    console = table_console(args.wide)
     summaries = engine.run_engine_bench(args, config, console)
     name = args.baseline or (engine.STOCK if engine.STOCK in labels else None)
     baseline = Baseline(name) if name else None

@@ -23,7 +23,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -40,8 +39,11 @@ from lamps_agent.bench.demo import (
     headline,
 )
 from lamps_agent.bench.output import prepare_out_dir
-from lamps_agent.bench.runner import BenchConfig, RunSpec, run_point
+from lamps_agent.bench.runner import BenchConfig, RunSpec, make_bound, run_point
+from lamps_agent.bench.tables import bound_share_text, bracket_low_text, bracket_text
 from lamps_agent.cli import options
+from lamps_agent.cli.bench import build_config, table_console, with_window
+from lamps_agent.cli.bench import register_commands as register_bench
 
 DEFAULT_WORKLOADS = "multi-api@a100-gptj6b,longctx:coding@h200-llama3-8b"
 DEFAULT_POLICIES = f"{STOCK},infercept,lamps,program"
@@ -84,10 +86,8 @@ _SETUPS: dict[
 
 
 def _bench_args(workload: DemoWorkload, policies: Sequence[str], seed: int) -> argparse.Namespace:
-    from lamps_agent.cli import bench
-
     parser = argparse.ArgumentParser()
-    bench.register_commands(parser.add_subparsers())
+    register_bench(parser.add_subparsers())
     argv = ["bench", "--trace", workload.trace, "--preset", workload.preset, "--policies",
             ",".join(policies), "--seed", str(seed), "--qps", "1", "--no-plots"]  # fmt: skip
     return parser.parse_args(argv)
@@ -101,9 +101,6 @@ def _setup(
     verdicts are the ones ``bench --policies ...`` gives."""
     key = (workload, tuple(policies), seed)
     if key not in _SETUPS:
-        from lamps_agent.bench.runner import make_bound
-        from lamps_agent.cli.bench import build_config, with_window
-
         args = _bench_args(workload, policies, seed)
         config = build_config(args)
         bound = make_bound(config)
@@ -174,8 +171,9 @@ def _checked(args: argparse.Namespace) -> tuple[list[DemoWorkload], list[str]]:
     if args.jobs < 1:
         raise ValueError(f"--jobs: must be at least 1, got {args.jobs}")
     for w in workloads:  # every flag checked (and a bad trace named) before anything runs
-        options.preset(_bench_args(w, policies, args.seed))
-        options.scaled_workload(_bench_args(w, policies, args.seed))
+        bench_args = _bench_args(w, policies, args.seed)
+        options.preset(bench_args)
+        options.scaled_workload(bench_args)
     return workloads, policies
 
 
@@ -218,9 +216,7 @@ def run_demo(args: argparse.Namespace) -> int:
             for w in workloads
         ]
     elapsed = time.perf_counter() - started
-    console = (
-        Console(soft_wrap=True) if Console().is_terminal else Console(width=80, soft_wrap=True)
-    )
+    console = table_console(wide=False)
     for r in results:
         console.print(capacity_view(r))
         if r.at_load:
@@ -242,17 +238,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _cap_cells(r: WorkloadResult, c: PolicyCapacity) -> list[str]:
     b, stock = c.bracket, r.capacity_of(STOCK)
-    low = "—" if b.low is None else (f"≥ {b.low:.3g}" if b.high is None else f"{b.low:.3g}")
-    span = (
-        f"{'—' if b.low is None else f'{b.low:.3g}'} – {'—' if b.high is None else f'{b.high:.3g}'}"
-    )
-    share = "—" if b.low is None else f"{b.low / r.bound.bound:.0%}"
     ratio = (
         f"{b.low / stock.capacity:.2f}×"
         if b.low is not None and stock is not None and stock.capacity
         else "—"
     )
-    return [c.policy, low, span, share, ratio]
+    return [c.policy, bracket_low_text(b), bracket_text(b), bound_share_text(b, r.bound), ratio]
 
 
 def capacity_view(r: WorkloadResult) -> Table:
