@@ -10,7 +10,7 @@ best of them is the one no scheduler can beat on this engine).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from lamps_agent.policies import make_policy
@@ -40,6 +40,12 @@ def alone_latency(program: Program, *, preset: Preset, policy: str) -> Alone:
     return Alone(e2e=m.e2e, engine=m.e2e - m.tool_time)
 
 
+def best_alone(program: Program, *, preset: Preset, policies: Sequence[str]) -> Alone:
+    """The lowest of ``program``'s latencies alone under each of ``policies``."""
+    runs = [alone_latency(program, preset=preset, policy=p) for p in policies]
+    return min(runs, key=lambda a: a.e2e)
+
+
 class ContentionFreeBound:
     """The bound of each program, computed once per distinct program and cached."""
 
@@ -55,10 +61,15 @@ class ContentionFreeBound:
     def of(self, program: Program) -> Alone:
         hit = self._cache.get(program.segments)
         if hit is None:
-            runs = [alone_latency(program, preset=self.preset, policy=p) for p in self.policies]
-            hit = min(runs, key=lambda a: a.e2e)
-            self._cache[program.segments] = hit
+            hit = self._cache[program.segments] = best_alone(
+                program, preset=self.preset, policies=self.policies
+            )
         return hit
+
+    def learn(self, known: Mapping[tuple[Segment, ...], Alone]) -> None:
+        """Take bounds computed elsewhere (:func:`best_alone` on the same preset and policies,
+        e.g. in other processes) into the cache."""
+        self._cache.update(known)
 
     def mean_e2e(self, programs: Iterable[Program]) -> float:
         return statistics.fmean(self.of(p).e2e for p in programs)

@@ -31,6 +31,11 @@ class DemoWorkload:
     def label(self) -> str:
         return f"{self.trace} on {self.preset}"
 
+    @property
+    def generated(self) -> bool:
+        """A generated long-context workload (its pool of distinct programs is sized)."""
+        return self.trace == "longctx" or self.trace.startswith("longctx:")
+
     @classmethod
     def parse(cls, text: str) -> DemoWorkload:
         """``TRACE@PRESET``, e.g. ``multi-api@a100-gptj6b``."""
@@ -65,6 +70,7 @@ class LoadPoint:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkloadResult:
     workload: DemoWorkload
+    label: str  # how the tables and the sentence name it
     bound: CapacityBound
     capacities: tuple[PolicyCapacity, ...]
     load_qps: float | None  # a rate every policy sustained (None: none found)
@@ -105,9 +111,14 @@ def _ratio_text(best: PolicyCapacity, stock: PolicyCapacity) -> str:
     return f"{at_least}{ratio:.2f}× the agent programs of"
 
 
+def _seconds(s: float) -> str:
+    """Three significant digits, never in exponent form (1,003 s, 315 s, 56.0 s)."""
+    return f"{s:,.0f} s" if s >= 100 else f"{s:.3g} s"
+
+
 def headline(result: WorkloadResult, *, stock: str = STOCK) -> str:
     """One sentence a user can repeat, computed from ``result``."""
-    name = result.workload.label
+    name = result.label
     stock_cap = result.capacity_of(stock)
     best_name = best_policy(result.capacities, stock=stock)
     if stock_cap is None or stock_cap.capacity is None or best_name is None:
@@ -128,6 +139,6 @@ def headline(result: WorkloadResult, *, stock: str = STOCK) -> str:
     if mine is not None and theirs is not None and result.load_qps is not None:
         text += (
             f"; at {result.load_qps:.3g} programs/s, where all are stable, its P99 E2E is "
-            f"{mine.e2e_p99:.3g} s against {theirs.e2e_p99:.3g} s"
+            f"{_seconds(mine.e2e_p99)} against {_seconds(theirs.e2e_p99)}"
         )
     return text + "."

@@ -4,7 +4,7 @@ measured under the steady-state protocol (:mod:`lamps_agent.bench.protocol`)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,10 @@ class BenchConfig:
     adversary: Adversary = field(default_factory=Adversary)  # liars and tenants
     lies: Sequence[str] = ("none",)
     calibrate: bool = False  # hints are the clients' word: discount them by their calibration
+    fair_share: bool = (
+        True  # each tenant its share of KV and seats (lamps_agent.scheduler.fair_share)
+    )
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)  # 1 for a tenant not named
 
     @property
     def seeds(self) -> list[int]:
@@ -144,6 +148,8 @@ def run_one(
         arrivals=arrivals,
         record_timeline=spec == config.timeline_for,
         record_steps=steps is not None,
+        fair_share=config.fair_share,
+        tenant_weights=config.tenant_weights,
     )
     result = sim.run(
         RunLabels(

@@ -71,7 +71,13 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Simulate scheduling policies on an agent trace and compare them.",
     )
     options.add_workload_options(
-        p, pool_note="its pool holds --num-programs programs (default 1000)"
+        p, pool_note="its pool holds --pool programs (default: --num-programs, else 1000)"
+    )
+    p.add_argument(
+        "--pool",
+        type=int,
+        metavar="N",
+        help="distinct programs a generated long-context workload draws from (default 1000)",
     )
     p.add_argument(
         "--qps", default="1,2,3,4,5,6", help="comma-separated arrival rates (programs/s)"
@@ -299,6 +305,19 @@ def _add_adversary_options(p: argparse.ArgumentParser) -> None:
         "(lamps_agent.predictors.calibrated); auto: on when hints come from clients "
         "(--liar-fraction, --liar-tenants or --tenants)",
     )
+    adv.add_argument(
+        "--fair-share",
+        choices=("on", "off"),
+        default="on",
+        help="no tenant admitted past its share of KV blocks and seats while another waits "
+        "(lamps_agent.scheduler.fair_share; no change with one tenant)",
+    )
+    adv.add_argument(
+        "--tenant-weights",
+        default="",
+        metavar="T=W,...",
+        help="the tenants' weights in the fair share, e.g. t0=3,t1=1 (1 for a tenant not named)",
+    )
 
 
 def _adversary(args: argparse.Namespace) -> tuple[Adversary, list[str], bool]:
@@ -316,6 +335,24 @@ def _adversary(args: argparse.Namespace) -> tuple[Adversary, list[str], bool]:
         raise ValueError("--lies: nobody lies without --liar-fraction or --liar-tenants")
     calibrate = bool(args.calibrate == "on" or (args.calibrate == "auto" and adversary.active))
     return adversary, lies, calibrate
+
+
+def tenant_weights(text: str, tenants: int) -> dict[str, float]:
+    """``t0=3,t1=1`` for tenants ``t0..t{tenants-1}``."""
+    weights: dict[str, float] = {}
+    for item in options.split(text):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--tenant-weights: {item!r} is not TENANT=WEIGHT (t0=3)")
+        known = [f"t{i}" for i in range(tenants)]
+        if name not in known:
+            raise ValueError(
+                f"--tenant-weights: no tenant {name!r} (with --tenants {tenants}: "
+                f"{', '.join(known)})"
+            )
+        weights[name] = options.positive_number(value, f"--tenant-weights {name}")
+    return weights
 
 
 def _rates(text: str) -> list[float]:
@@ -361,6 +398,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     threshold = options.starvation_threshold(args.starvation_threshold)
     for flag, value in (
         ("--num-programs", args.num_programs),
+        ("--pool", args.pool),
         ("--duration", args.duration),
         ("--seeds", args.seeds),
         ("--p99-target", args.p99_target),
@@ -371,6 +409,8 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
             raise ValueError(f"{flag}: must be positive, got {value}")
     if args.warmup is not None and not (math.isfinite(args.warmup) and args.warmup >= 0):
         raise ValueError(f"--warmup: must be >= 0, got {args.warmup}")
+    if args.pool is not None and not (args.trace == "longctx" or args.trace.startswith("longctx:")):
+        raise ValueError("--pool: only for a generated long-context workload (--trace longctx…)")
     if args.num_programs is not None and args.duration is not None:
         raise ValueError("--num-programs and --duration: give one (programs or seconds)")
     if args.duration is not None and args.warmup is not None and args.warmup >= args.duration:
@@ -407,6 +447,8 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         timeline_for=timeline,
         adversary=adversary,
         lies=lies,
+        fair_share=args.fair_share == "on",
+        tenant_weights=tenant_weights(args.tenant_weights, args.tenants),
         calibrate=calibrate,
     )
 

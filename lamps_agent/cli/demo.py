@@ -20,15 +20,16 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from lamps_agent.bench.bound import ContentionFreeBound
+from lamps_agent.bench.bound import Alone, ContentionFreeBound, best_alone
 from lamps_agent.bench.capacity import Bracket, search
-from lamps_agent.bench.capacity_bound import CapacityBound, capacity_bound
+from lamps_agent.bench.capacity_bound import capacity_bound
 from lamps_agent.bench.demo import (
     STOCK,
     DemoWorkload,
@@ -44,12 +45,17 @@ from lamps_agent.bench.tables import bound_share_text, bracket_low_text, bracket
 from lamps_agent.cli import options
 from lamps_agent.cli.bench import build_config, table_console, with_window
 from lamps_agent.cli.bench import register_commands as register_bench
+from lamps_agent.presets import Preset
+from lamps_agent.program import Program, Segment
 
 DEFAULT_WORKLOADS = "multi-api@a100-gptj6b,longctx:coding@h200-llama3-8b"
 DEFAULT_POLICIES = f"{STOCK},infercept,lamps,program"
 SEARCH_FROM = 0.5  # × the bound: every policy measured so far sustains 30-95 % of it
 GROWTH = 1.2  # steps up from there: a probe far past capacity is the slowest to simulate
 RESOLUTION = 0.1  # the bracket's width relative to its low end
+# A generated long-context workload's distinct programs: each is simulated alone under every
+# policy for the bound (1,000, bench's default pool, took 190 s on one core of the demo's ~3 min)
+DEFAULT_POOL = 250
 
 
 def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +77,13 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=min(os.cpu_count() or 1, 4),
         help="capacity searches run at once (default: the cores, at most 4)",
     )
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=DEFAULT_POOL,
+        help=f"distinct programs of a generated long-context workload (default {DEFAULT_POOL}; "
+        "bench --pool)",
+    )
     options.add_seed_option(p)
     p.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
@@ -80,54 +93,26 @@ def register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 # -- in the worker processes -------------------------------------------------------------------
-_SETUPS: dict[
-    tuple[DemoWorkload, tuple[str, ...], int], tuple[BenchConfig, ContentionFreeBound]
-] = {}
+def _alone(
+    programs: Sequence[Program], preset: Preset, policies: Sequence[str]
+) -> dict[tuple[Segment, ...], Alone]:
+    """A slice of a workload's contention-free bound (:func:`best_alone` per program)."""
+    return {p.segments: best_alone(p, preset=preset, policies=policies) for p in programs}
 
 
-def _bench_args(workload: DemoWorkload, policies: Sequence[str], seed: int) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    register_bench(parser.add_subparsers())
-    argv = ["bench", "--trace", workload.trace, "--preset", workload.preset, "--policies",
-            ",".join(policies), "--seed", str(seed), "--qps", "1", "--no-plots"]  # fmt: skip
-    return parser.parse_args(argv)
-
-
-def _setup(
-    workload: DemoWorkload, policies: Sequence[str], seed: int
-) -> tuple[BenchConfig, ContentionFreeBound]:
-    """The bench config (steady-state window set) and contention-free bound, once per process.
-    The bound is over every demo policy, as ``bench`` computes it, so windows and stability
-    verdicts are the ones ``bench --policies ...`` gives."""
-    key = (workload, tuple(policies), seed)
-    if key not in _SETUPS:
-        args = _bench_args(workload, policies, seed)
-        config = build_config(args)
-        bound = make_bound(config)
-        config, _ = with_window(config, args, bound)
-        _SETUPS[key] = (config, bound)
-    return _SETUPS[key]
-
-
-def _capacity(
-    workload: DemoWorkload,
-    policies: Sequence[str],
-    policy: str,
-    seed: int,
-    limit: float,
-    quiet: bool,
-) -> tuple[Bracket, LoadPoint]:
+def _capacity(setup: Setup, policy: str, limit: float, quiet: bool) -> tuple[Bracket, LoadPoint]:
     """``policy``'s stable-capacity bracket, searched from ``SEARCH_FROM`` × the bound up to the
     bound itself (no scheduler sustains more), and its run at the first rate tried."""
-    config, bound = _setup(workload, policies, seed)
     runs: dict[float, LoadPoint] = {}
 
     def stable(q: float) -> bool:
-        runs[q] = _run(config, bound, policy, q)
+        began = time.perf_counter()
+        runs[q] = _run(setup, policy, q)
         if not quiet:
             verdict = "stable" if runs[q].stable else "unstable"
-            print(f"demo: {workload.label}: {policy} qps {q:.3g}: {verdict}", file=sys.stderr,
-                  flush=True)  # fmt: skip
+            took = time.perf_counter() - began
+            print(f"demo: {setup.label}: {policy} qps {q:.3g}: {verdict} ({took:.0f} s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
         return runs[q].stable
 
     start = SEARCH_FROM * limit
@@ -135,26 +120,69 @@ def _capacity(
     return found, runs[start]
 
 
-def _run(config: BenchConfig, bound: ContentionFreeBound, policy: str, qps: float) -> LoadPoint:
-    point = run_point(config, RunSpec(policy=policy, predictor="oracle", qps=qps), bound)
+def _run(setup: Setup, policy: str, qps: float) -> LoadPoint:
+    spec = RunSpec(policy=policy, predictor="oracle", qps=qps)
+    point = run_point(setup.config, spec, setup.bound)
     s = point.summary
     return LoadPoint(policy=policy, qps=qps, stable=point.stability.stable,
                      e2e_mean=s.e2e.mean, e2e_p99=s.e2e.p99, ttft_mean=s.ttft.mean)  # fmt: skip
 
 
-def _load_point(
-    workload: DemoWorkload, policies: Sequence[str], policy: str, seed: int, qps: float
-) -> LoadPoint:
-    config, bound = _setup(workload, policies, seed)
-    return _run(config, bound, policy, qps)
-
-
-def _physical_bound(workload: DemoWorkload, policies: Sequence[str], seed: int) -> CapacityBound:
-    config, _ = _setup(workload, policies, seed)
-    return capacity_bound(config.programs, config.preset)
-
-
 # -- in the main process -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setup:
+    """One workload as ``bench`` sets it up: its config (steady-state window set) and its
+    contention-free bound over every demo policy, so windows and stability verdicts are the
+    ones ``bench --policies ...`` gives."""
+
+    label: str
+    config: BenchConfig
+    bound: ContentionFreeBound
+
+
+def _bench_args(
+    workload: DemoWorkload, policies: Sequence[str], seed: int, pool: int
+) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register_bench(parser.add_subparsers())
+    argv = ["bench", "--trace", workload.trace, "--preset", workload.preset, "--policies",
+            ",".join(policies), "--seed", str(seed), "--qps", "1", "--no-plots"]  # fmt: skip
+    if workload.generated:
+        argv += ["--pool", str(pool)]
+    return parser.parse_args(argv)
+
+
+def _setups(
+    pool: ProcessPoolExecutor,
+    workloads: Sequence[DemoWorkload],
+    policies: Sequence[str],
+    args: argparse.Namespace,
+) -> dict[DemoWorkload, Setup]:
+    """Every workload's setup, its bound computed in slices across the processes."""
+    configs = {}
+    slices: dict[DemoWorkload, list[Future[dict[tuple[Segment, ...], Alone]]]] = {}
+    for w in workloads:
+        bench_args = _bench_args(w, policies, args.seed, args.pool)
+        config = build_config(bench_args)
+        distinct = list({p.segments: p for p in config.programs}.values())
+        per = max(1, -(-len(distinct) // (4 * args.jobs)))  # a few slices per process
+        slices[w] = [
+            pool.submit(_alone, distinct[i : i + per], config.preset, config.policies)
+            for i in range(0, len(distinct), per)
+        ]
+        configs[w] = (config, bench_args)
+    setups = {}
+    for w in workloads:
+        config, bench_args = configs[w]
+        bound = make_bound(config)
+        for part in slices[w]:
+            bound.learn(part.result())
+        config, _ = with_window(config, bench_args, bound)
+        label = w.label if not w.generated else f"{w.label} (pool {args.pool})"
+        setups[w] = Setup(label=label, config=config, bound=bound)
+    return setups
+
+
 def _done(point: LoadPoint | Future[LoadPoint]) -> LoadPoint:
     return point.result() if isinstance(point, Future) else point
 
@@ -170,8 +198,10 @@ def _checked(args: argparse.Namespace) -> tuple[list[DemoWorkload], list[str]]:
         raise ValueError(f"--policies: include {STOCK} (stock vLLM), what the result compares with")
     if args.jobs < 1:
         raise ValueError(f"--jobs: must be at least 1, got {args.jobs}")
+    if args.pool < 1:
+        raise ValueError(f"--pool: must be at least 1, got {args.pool}")
     for w in workloads:  # every flag checked (and a bad trace named) before anything runs
-        bench_args = _bench_args(w, policies, args.seed)
+        bench_args = _bench_args(w, policies, args.seed, args.pool)
         options.preset(bench_args)
         options.scaled_workload(bench_args)
     return workloads, policies
@@ -182,10 +212,10 @@ def run_demo(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out, overwrite=args.overwrite)
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        bounds = {w: pool.submit(_physical_bound, w, policies, args.seed) for w in workloads}
-        limits = {w: f.result() for w, f in bounds.items()}
+        setups = _setups(pool, workloads, policies, args)
+        limits = {w: capacity_bound(s.config.programs, s.config.preset) for w, s in setups.items()}
         searches: dict[tuple[DemoWorkload, str], Future[tuple[Bracket, LoadPoint]]] = {
-            (w, p): pool.submit(_capacity, w, policies, p, args.seed, limits[w].bound, args.quiet)
+            (w, p): pool.submit(_capacity, setups[w], p, limits[w].bound, args.quiet)
             for w in workloads
             for p in policies
         }
@@ -204,10 +234,11 @@ def run_demo(args: argparse.Namespace) -> int:
             load = loads[w] = common_load(per)
             if load is not None:
                 for p in policies:
-                    points[w, p] = pool.submit(_load_point, w, policies, p, args.seed, load)
+                    points[w, p] = pool.submit(_run, setups[w], p, load)
         results = [
             WorkloadResult(
                 workload=w,
+                label=setups[w].label,
                 bound=limits[w],
                 capacities=tuple(PolicyCapacity(policy=p, bracket=caps[w, p]) for p in policies),
                 load_qps=loads[w],
@@ -248,8 +279,7 @@ def _cap_cells(r: WorkloadResult, c: PolicyCapacity) -> list[str]:
 
 def capacity_view(r: WorkloadResult) -> Table:
     table = Table(
-        title=f"{r.workload.label}: highest stable programs/s (bound {r.bound.bound:.3g}, "
-        f"{r.bound.limit})",
+        title=f"{r.label}: highest stable programs/s (bound {r.bound.bound:.3g}, {r.bound.limit})",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -274,7 +304,7 @@ def load_view(r: WorkloadResult) -> Table:
 def markdown(results: Sequence[WorkloadResult], elapsed: float, args: argparse.Namespace) -> str:
     lines = [f"`lamps-agent demo` (seed {args.seed}, {elapsed:.0f} s)", ""]
     for r in results:
-        lines += [f"### {r.workload.label}", "",
+        lines += [f"### {r.label}", "",
                   f"Bound: {r.bound.bound:.3g} programs/s ({r.bound.limit}-bound; KV kept "
                   f"{r.bound.kv_kept:.3g}, KV dropped {r.bound.kv_dropped:.3g}, compute "
                   f"{r.bound.compute:.3g}).", "",

@@ -94,7 +94,8 @@ def scaled_workload(args: argparse.Namespace) -> tuple[list[Program], str]:
     """The workload's programs and its name, token counts scaled by ``--token-scale`` (the name
     then says so: ``longctx:coding-tok0.03125``)."""
     factor = parse_scale(args.token_scale, "--token-scale")
-    programs, name = workload(args, pool_size=args.num_programs)
+    pool = getattr(args, "pool", None)  # bench's --pool; else a fixed-size run's arrivals
+    programs, name = workload(args, pool_size=pool or args.num_programs)
     if factor == 1:
         return programs, name
     return scale_tokens(programs, factor), f"{name}-tok{factor:g}"

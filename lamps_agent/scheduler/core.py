@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from lamps_agent.kv_memory import KVMemory
@@ -38,6 +38,7 @@ from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
 from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request, RequestState
+from lamps_agent.scheduler.fair_share import FairShare
 from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
 from lamps_agent.scheduler.queue import WaitingQueue
 
@@ -174,11 +175,17 @@ class Scheduler:
         pin_lifetime: PinLifetime | None = None,
         priority_scheduling: bool = False,
         record_decisions: bool = False,
+        fair_share: bool = True,
+        tenant_weights: Mapping[str, float] | None = None,
     ) -> None:
         """``priority_scheduling``: a request's ``priority`` (lower first, as vLLM's
         ``--scheduling-policy priority``) comes before the policy's keys, in the waiting queue
         and in the running order.  ``record_decisions``: keep every :class:`Decision` in
-        :attr:`decisions` (for comparing drivers; off by default, it grows with the run)."""
+        :attr:`decisions` (for comparing drivers; off by default, it grows with the run).
+        ``fair_share``: no tenant is admitted past its share of KV blocks and seats while another
+        tenant waits, and a tenant over its share is preempted first (:mod:`.fair_share`;
+        ``tenant_weights`` weigh the shares, 1 for a tenant not named); no change with one
+        tenant."""
         self.preset = preset
         self.policy = policy
         self.memory = memory or KVMemory(
@@ -192,6 +199,15 @@ class Scheduler:
         policy.bind(self.view)
         self.pin_lifetime = pin_lifetime or PinLifetime()
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
+        self.fair_share = (
+            FairShare(
+                num_blocks=self.memory.num_gpu_blocks,
+                num_seats=preset.max_num_seqs,
+                weights=dict(tenant_weights or {}),
+            )
+            if fair_share
+            else None
+        )
         self.running: list[Request] = []
         self.counters = SchedulerCounters()
         # vLLM's admission headroom (SchedulerConfig.watermark): none by default since V1
@@ -262,7 +278,11 @@ class Scheduler:
         preemption order, ascending.  Preemption victims are taken from the end (vLLM's
         contract: ``running`` is walked from the front and ``running.pop()`` is the victim), so
         both engines preempt the request with the largest key among those not yet advanced."""
-        return sorted(self.running, key=self.preemption_rank)
+        share = self.fair_share
+        over = share.victim_last(self.running, self.waiting.tenants) if share else None
+        if over is None:
+            return sorted(self.running, key=self.preemption_rank)
+        return sorted(self.running, key=lambda r: (over(r), *self.preemption_rank(r)))
 
     def _note_dequeued(self, req: Request) -> None:
         wait = self.now - req.enqueued_at
@@ -309,7 +329,7 @@ class Scheduler:
         request that cannot fit: the next in order waits for memory too."""
         gate = self.admission_gate()
         given = 0
-        for req in self.waiting.ordered(self.iteration):
+        for req in self._fair(self.waiting.ordered(self.iteration)):
             if given >= limit:
                 return
             if gate is not None and not gate.allow(req):
@@ -320,6 +340,19 @@ class Scheduler:
                 return
             given += 1
             yield req
+
+    def _fair(self, walk: Iterator[Request]) -> Iterator[Request]:
+        """The policy's walk, tenants at or above their share last (:mod:`.fair_share`)."""
+        if self.fair_share is None:
+            return walk
+        memory = self.memory
+        return self.fair_share.order(
+            walk,
+            running=self.running,
+            waiting=self.waiting.tenants,
+            starved=lambda r: self.waiting.is_starved(r, self.iteration),
+            blocks_of=lambda r: max(memory.blocks_for(r.context_target) - r.gpu_blocks, 0),
+        )
 
     def admit(self, req: Request) -> None:
         """``req`` left the waiting queue for the GPU."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 
 from lamps_agent.request import Request
@@ -25,6 +25,7 @@ class WaitingQueue:
         self._fifo: deque[tuple[int, int, Request]] = deque()
         self._member: dict[int, int] = {}  # request id -> entry sequence number
         self._seq = itertools.count()
+        self.tenants: Counter[str | None] = Counter()  # waiting requests per tenant
 
     def __len__(self) -> int:
         return len(self._member)
@@ -39,12 +40,17 @@ class WaitingQueue:
         req.queue_key = key
         req.enqueued_iteration = iteration
         self._member[req.request_id] = seq
+        self.tenants[req.program.tenant] += 1
         heapq.heappush(self._heap, (key, seq, req))
         if self.starvation_threshold is not None:
             self._fifo.append((iteration, seq, req))
 
     def remove(self, req: Request) -> None:
         del self._member[req.request_id]  # entries in the heap / fifo die lazily
+        tenant = req.program.tenant
+        self.tenants[tenant] -= 1
+        if not self.tenants[tenant]:
+            del self.tenants[tenant]
         if len(self._heap) > 2 * len(self._member) + 64:
             self.compact()  # dead entries inside the heap would lengthen every walk
 

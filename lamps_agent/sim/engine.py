@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -76,13 +76,19 @@ class Simulator:
         arrivals: Sequence[Arrival],
         record_timeline: bool = False,
         record_steps: bool = False,
+        fair_share: bool = True,
+        tenant_weights: Mapping[str, float] | None = None,
     ) -> None:
+        """``fair_share``, ``tenant_weights``: the scheduler's share per tenant
+        (:class:`Scheduler`; no change with one tenant)."""
         if any(b.time < a.time for a, b in itertools.pairwise(arrivals)):
             raise ValueError("arrivals must be sorted by time")
         self.preset = preset
         self.policy = policy
         self.arrivals = arrivals
-        self.scheduler = Scheduler(preset=preset, policy=policy)
+        self.scheduler = Scheduler(
+            preset=preset, policy=policy, fair_share=fair_share, tenant_weights=tenant_weights
+        )
         self.now = 0.0
         self.memory_waste_token_s = 0.0
         self._events: list[tuple[float, int, Request]] = []  # tool returns

@@ -94,6 +94,11 @@ def test_bad_values_name_their_flag(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("--qps", "2,inf"): "--qps: 'inf' must be a positive number",
         ("--starvation-threshold", "soon"): "--starvation-threshold: expected an integer or 'off'",
         ("--duration", "-1"): "--duration: must be positive",
+        ("--pool", "100"): "--pool: only for a generated long-context workload",
+        ("--pool", "0"): "--pool: must be positive",
+        ("--tenant-weights", "t0"): "--tenant-weights: 't0' is not TENANT=WEIGHT (t0=3)",
+        ("--tenant-weights", "t1=2"): "--tenant-weights: no tenant 't1' (with --tenants 1: t0)",
+        ("--tenant-weights", "t0=-1"): "--tenant-weights t0: '-1' must be a positive number",
     }
     for (flag, value), message in cases.items():
         assert bench(flag, value, "--out", str(tmp_path / "o"), "--no-plots") == 2

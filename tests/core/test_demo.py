@@ -34,7 +34,7 @@ def point(policy: str, p99: float) -> LoadPoint:
 
 
 def result(caps: list[PolicyCapacity], points: Sequence[LoadPoint] = ()) -> WorkloadResult:
-    return WorkloadResult(workload=W, bound=BOUND, capacities=tuple(caps),
+    return WorkloadResult(workload=W, label=W.label, bound=BOUND, capacities=tuple(caps),
                           load_qps=common_load(caps), at_load=tuple(points))  # fmt: skip
 
 
@@ -86,6 +86,7 @@ def test_workloads_parse_and_bad_ones_are_named() -> None:
         (["--workloads", "multi-api@a1000"], "a1000"),
         (["--policies", "lamps,program"], "include vllm"),
         (["--policies", "vllm,lampz"], "lampz"),
+        (["--pool", "0"], "--pool: must be at least 1"),
     ],
 )
 def test_bad_options_are_one_line_errors(
