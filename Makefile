@@ -48,4 +48,4 @@ lint:
 demo:
 	$(PIP) install -e ".[langchain]"
 	lamps-agent examples
-	lamps-agent bench --qps 1,2,3,4,5,6 --policies vllm,infercept,lamps
+	lamps-agent demo

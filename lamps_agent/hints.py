@@ -30,6 +30,7 @@ _K_VERSION = "lamps_hint_version"
 _K_SESSION = "lamps_session_id"
 _K_PRIORITY = "lamps_priority"
 _K_AGENT = "lamps_agent"
+_K_TENANT = "lamps_tenant"
 _K_STEP = "lamps_step"
 _K_OUTPUT = "lamps_output_tokens"
 _K_TOOL = "lamps_tool"
@@ -50,7 +51,9 @@ class LampsHints:
     ``tool`` is the tool the turn is predicted to end in (``None``: a final answer), and
     ``tool_duration`` its predicted duration in seconds.  ``last_tool`` / ``last_tool_duration``
     report the tool call that just returned (measured), so a remote engine learns how long the
-    agent was away.  ``priority`` follows vLLM: lower is served first.
+    agent was away.  ``priority`` follows vLLM: lower is served first.  ``tenant`` names the
+    client (optional; the engine's fair share gives each tenant its share: :mod:`lamps_agent.
+    scheduler.fair_share`).
     """
 
     session_id: str
@@ -63,6 +66,7 @@ class LampsHints:
     kv_strategy: KVStrategy
     last_tool: str | None = None
     last_tool_duration: float | None = None
+    tenant: str | None = None
     version: int = HINT_VERSION
 
     def __post_init__(self) -> None:
@@ -95,6 +99,10 @@ class LampsHints:
                     and 0.0 <= self.last_tool_duration < math.inf
                 )
             )
+            and (
+                self.tenant is None
+                or (type(self.tenant) is str and 0 < len(self.tenant) <= MAX_SESSION_ID_LENGTH)
+            )
             and self.version == HINT_VERSION
         ):
             return
@@ -124,6 +132,10 @@ class LampsHints:
         if self.last_tool is not None:
             _check_str("last_tool", self.last_tool, allow_empty=False)
             _check_seconds("last_tool_duration", self.last_tool_duration)
+        if self.tenant is not None:
+            _check_str("tenant", self.tenant, allow_empty=False)
+            if len(self.tenant) > MAX_SESSION_ID_LENGTH:
+                raise HintError(f"tenant is longer than {MAX_SESSION_ID_LENGTH} characters")
 
     def to_xargs(self) -> dict[str, str | int | float]:
         """The flat ``vllm_xargs`` entries (str / int / float values only)."""
@@ -141,6 +153,8 @@ class LampsHints:
         if self.last_tool is not None and self.last_tool_duration is not None:
             xargs[_K_LAST_TOOL] = self.last_tool
             xargs[_K_LAST_DURATION] = float(self.last_tool_duration)
+        if self.tenant is not None:
+            xargs[_K_TENANT] = self.tenant
         return xargs
 
     def to_body(self) -> dict[str, Any]:
@@ -192,6 +206,7 @@ class LampsHints:
             last_tool_duration=None
             if last_duration is None
             else _as_float(_K_LAST_DURATION, last_duration),
+            tenant=xargs.get(_K_TENANT),
         )
 
     @classmethod

@@ -79,6 +79,9 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         predictor: predicts each turn; defaults to the core ``HistoryPredictor`` learning online,
             with the registry as its duration source.  Any ``Predictor`` can replace it.
         agent: the agent's name, part of the predictor's key and of the hints.
+        tenant: the client these agents run for (``lamps_tenant`` in the hints); the engine gives
+            each tenant its share of KV memory and seats while another waits (docs/scheduling.md,
+            "Fair share").  ``None`` (the default): no tenant.
         preset: hardware preset the KV strategy and the priority are computed for.
         strategy: ``(*, context_tokens, tool_duration, preset) -> KVStrategy``; defaults to
             ``lamps_agent.strategy.choose_strategy`` (least waste).
@@ -113,6 +116,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         registry: ToolRecorder | None = None,
         predictor: Predictor | None = None,
         agent: str = "agent",
+        tenant: str | None = None,
         preset: Preset | str = "a100-gptj6b",
         strategy: StrategyFn | None = None,
         priority: PriorityFn | int | None = None,
@@ -132,6 +136,7 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         check_session_header(session_header)
         self.planner = HintPlanner(
             agent=agent,
+            tenant=tenant,
             registry=registry,
             predictor=predictor,
             preset=preset,

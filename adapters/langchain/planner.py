@@ -168,6 +168,7 @@ class HintPlanner:
         self,
         *,
         agent: str = "agent",
+        tenant: str | None = None,
         registry: ToolRecorder | None = None,
         predictor: Predictor | None = None,
         preset: Preset | str = "a100-gptj6b",
@@ -178,6 +179,8 @@ class HintPlanner:
     ) -> None:
         if not isinstance(agent, str) or not agent:
             raise ValueError("agent must be a non-empty string")
+        if tenant is not None and (not isinstance(tenant, str) or not tenant):
+            raise ValueError("tenant must be a non-empty string or None")
         if registry is not None and not isinstance(registry, ToolRecorder):
             raise TypeError("registry must have record(tool, *, duration, ...) and estimate(tool)")
         if predictor is not None and not isinstance(predictor, Predictor):
@@ -191,6 +194,7 @@ class HintPlanner:
         if not isinstance(record_prompts, bool):
             raise TypeError(f"record_prompts must be a bool, got {type(record_prompts).__name__}")
         self.agent = agent
+        self.tenant = tenant  # the client these agents run for (the engine's fair share)
         self.registry = registry
         self.turns = registry if isinstance(registry, TurnRecorder) else None
         self.record_prompts = record_prompts
@@ -275,6 +279,7 @@ class HintPlanner:
             kv_strategy=strategy,
             last_tool=None if last is None else last[0],
             last_tool_duration=None if last is None else last[1],
+            tenant=self.tenant,
         )
         return ModelTurn(
             session_id=session_id,

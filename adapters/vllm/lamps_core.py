@@ -290,6 +290,7 @@ class LampsCore:
                 segments=segments,
                 session_id=info.session_id,
                 first_step=info.step,
+                tenant=info.tenant,
             ),
             arrival_time=hist.first_arrival if hist is not None else request.arrival_time,
         )

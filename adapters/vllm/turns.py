@@ -44,6 +44,7 @@ class TurnInfo:
     hinted: bool
     agent: str | None = None  # the hinted agent name
     step: int = 0  # the turn's index in its session: hinted, else the session's turns so far
+    tenant: str | None = None  # the hinted client (the core's fair share); None: no tenant
 
 
 @dataclass(slots=True)
@@ -114,6 +115,7 @@ class TurnTracker:
                     hinted=True,
                     agent=hints.agent,
                     step=min(hints.step, _MAX_STEP),
+                    tenant=hints.tenant,
                 )
         else:
             self.counters.missing += 1

@@ -279,7 +279,7 @@ class Scheduler:
         contract: ``running`` is walked from the front and ``running.pop()`` is the victim), so
         both engines preempt the request with the largest key among those not yet advanced."""
         share = self.fair_share
-        over = share.victim_last(self.running, self.waiting.tenants) if share else None
+        over = share.victim_last(self.running, self.waiting.tenants, self.paused) if share else None
         if over is None:
             return sorted(self.running, key=self.preemption_rank)
         return sorted(self.running, key=lambda r: (over(r), *self.preemption_rank(r)))
@@ -350,6 +350,7 @@ class Scheduler:
             walk,
             running=self.running,
             waiting=self.waiting.tenants,
+            pinned=self.paused,
             starved=lambda r: self.waiting.is_starved(r, self.iteration),
             blocks_of=lambda r: max(memory.blocks_for(r.context_target) - r.gpu_blocks, 0),
         )
@@ -546,7 +547,16 @@ class Scheduler:
         """Under memory pressure: the preserved entry the policy would give up first, removed,
         with the policy's choice of swap or discard in its ``strategy`` (a pin whose tool already
         returned is discarded: it is about to be used, a copy out and back buys nothing)."""
-        worst = self.paused.worst(self.policy.pin_release_key, exclude=exclude)
+        policy_key = self.policy.pin_release_key
+        share = self.fair_share
+        over = share.victim_last(self.running, self.waiting.tenants, self.paused) if share else None
+        if over is None:
+            worst = self.paused.worst(lambda p: (policy_key(p),), exclude=exclude)
+        else:  # a tenant over its share gives up its pins first
+            worst = self.paused.worst(
+                lambda p: (float(p.request is not None and over(p.request)), policy_key(p)),
+                exclude=exclude,
+            )
         if worst is not None:
             self.paused.pop(worst.key)
             worst.strategy = (

@@ -21,8 +21,9 @@ there on.  Hence:
   bound, :class:`WaitingQueue`) goes first whatever its tenant's share, so no tenant waits longer
   than ``starvation_threshold`` iterations for its turn at the head.
 
-Preemption reads the same verdict: the running order puts the requests of tenants over their
-share last, so they are preempted first (:meth:`FairShare.victim_last`).
+Preemption and pin release read the same verdict: the running order puts the requests of tenants
+over their share last, so they are preempted first, and their pinned KV is released first
+(:meth:`FairShare.victim_last`).  Pinned KV counts toward its tenant's blocks.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lamps_agent.request import Request
+from lamps_agent.request import KVStrategy, Request
+from lamps_agent.scheduler.paused import PausedKV
 
 Tenant = str | None
 
@@ -70,12 +72,19 @@ class FairShare:
     def weight(self, tenant: Tenant) -> float:
         return self.weights.get(tenant, 1.0) if tenant is not None else 1.0
 
-    def usage(self, running: Iterable[Request]) -> dict[Tenant, Usage]:
+    def usage(
+        self, running: Iterable[Request], pinned: Iterable[PausedKV] = ()
+    ) -> dict[Tenant, Usage]:
+        """Blocks and seats of the resident requests, and the GPU blocks that paused turns'
+        pinned KV holds (a tenant's idle sessions take memory from the others too)."""
         use: dict[Tenant, Usage] = {}
         for req in running:
             u = use.setdefault(tenant_of(req), Usage())
             u.blocks += req.gpu_blocks
             u.seats += 1
+        for paused in pinned:
+            if paused.request is not None and paused.strategy is KVStrategy.PRESERVE:
+                use.setdefault(tenant_of(paused.request), Usage()).blocks += paused.blocks
         return use
 
     def share(self, u: Usage) -> float:
@@ -88,10 +97,13 @@ class FairShare:
         return {t: self.weight(t) / total for t in active}
 
     def over(
-        self, running: Iterable[Request], waiting: Counter[Tenant]
+        self,
+        running: Iterable[Request],
+        waiting: Counter[Tenant],
+        pinned: Iterable[PausedKV] = (),
     ) -> tuple[dict[Tenant, Usage], dict[Tenant, float]]:
         """Each tenant's usage and its entitlement among the tenants with work."""
-        use = self.usage(running)
+        use = self.usage(running, pinned)
         tenants = set(use) | {t for t, n in waiting.items() if n > 0}
         return use, self.entitlements(tenants)
 
@@ -101,6 +113,7 @@ class FairShare:
         *,
         running: Iterable[Request],
         waiting: Counter[Tenant],
+        pinned: Iterable[PausedKV] = (),
         starved: Callable[[Request], bool],
         blocks_of: Callable[[Request], int],
     ) -> Iterator[Request]:
@@ -111,7 +124,7 @@ class FairShare:
         if sum(1 for n in waiting.values() if n > 0) <= 1:
             yield from walk  # a partition of one tenant's requests is their order
             return
-        use, entitled = self.over(running, waiting)
+        use, entitled = self.over(running, waiting, pinned)
         deferred: list[Request] = []
         for req in walk:
             tenant = tenant_of(req)
@@ -125,7 +138,10 @@ class FairShare:
         yield from deferred
 
     def victim_last(
-        self, running: Sequence[Request], waiting: Counter[Tenant]
+        self,
+        running: Sequence[Request],
+        waiting: Counter[Tenant],
+        pinned: Iterable[PausedKV] = (),
     ) -> Callable[[Request], bool] | None:
         """Whether a resident request's tenant holds more than its entitlement among the tenants
         with work: such requests go to the end of the running order (preempted first).  None
@@ -134,7 +150,8 @@ class FairShare:
         tenants.update(t for t, n in waiting.items() if n > 0)
         if len(tenants) <= 1:
             return None
-        use = self.usage(running)
+        use = self.usage(running, pinned)
+        tenants.update(use)
         entitled = self.entitlements(tenants)
         over = {t for t, u in use.items() if self.share(u) > entitled[t]}
         return lambda req: tenant_of(req) in over

@@ -107,11 +107,11 @@ class PausedTable:
         return out
 
     def worst(
-        self, key: Callable[[PausedKV], float], *, exclude: Hashable | None = None
+        self, key: Callable[[PausedKV], tuple[float, ...]], *, exclude: Hashable | None = None
     ) -> PausedKV | None:
-        """The entry to release first under pressure: the largest policy key."""
+        """The entry to release first under pressure: the largest key."""
         best: PausedKV | None = None
-        best_key = -float("inf")
+        best_key: tuple[float, ...] = ()
         for paused in self._preserved.values():
             if paused.key == exclude and exclude is not None:
                 continue

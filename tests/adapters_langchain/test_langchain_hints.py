@@ -43,6 +43,17 @@ def test_body_round_trip() -> None:
     assert LampsHints.from_body(body) == hints
 
 
+def test_a_tenant_round_trips_and_is_checked() -> None:
+    hints = sample(tenant="acme")
+    assert hints.to_xargs()["lamps_tenant"] == "acme"
+    assert LampsHints.from_body(hints.to_body()) == hints
+    assert "lamps_tenant" not in sample().to_xargs()
+    with pytest.raises(HintError, match="tenant"):
+        sample(tenant="")
+    with pytest.raises(HintError, match="tenant is longer"):
+        sample(tenant="x" * 10_000)
+
+
 def test_xargs_are_flat_prefixed_and_versioned() -> None:
     xargs = sample().to_xargs()
     assert xargs["lamps_hint_version"] == HINT_VERSION == 1

@@ -153,6 +153,18 @@ def test_fixed_and_callable_priority(registry: FakeRegistry) -> None:
     assert model.calls[0]["extra_body"]["priority"] == 128  # HistoryPredictor's default
 
 
+def test_the_tenant_travels_with_every_call(registry: FakeRegistry) -> None:
+    agent, model, _ = agent_with(tool_rounds(), registry, tenant="acme")
+    run_agent(agent, "x", mode="invoke")
+    assert {h.tenant for h in hints_of(model)} == {"acme"}
+    assert model.calls[0]["extra_body"]["vllm_xargs"]["lamps_tenant"] == "acme"
+    agent, model, _ = agent_with(tool_rounds(), registry)
+    run_agent(agent, "x", mode="invoke")
+    assert "lamps_tenant" not in model.calls[0]["extra_body"]["vllm_xargs"]
+    with pytest.raises(ValueError, match="tenant must be a non-empty string"):
+        LampsMiddleware(registry=registry, tenant="")
+
+
 def test_send_priority_off_keeps_it_in_xargs(registry: FakeRegistry) -> None:
     agent, model, _ = agent_with(tool_rounds(), registry, send_priority=False)
     run_agent(agent, "x", mode="invoke")

@@ -78,11 +78,13 @@ def fake_vllm_scheduler() -> Any:
     )
 
 
-def turn(rid: str, prompt: int, *, step: int, tool: str | None) -> FakeRequest:
+def turn(
+    rid: str, prompt: int, *, step: int, tool: str | None, tenant: str | None = None
+) -> FakeRequest:
     hints = LampsHints(
         session_id="s", priority=0, agent="test", step=step, output_tokens=10, tool=tool,
         tool_duration=5.0 if tool else 0.0,
-        kv_strategy=KVStrategy.PRESERVE if tool else KVStrategy.DISCARD,
+        kv_strategy=KVStrategy.PRESERVE if tool else KVStrategy.DISCARD, tenant=tenant,
     )  # fmt: skip
     return FakeRequest(rid, prompt, hints.to_xargs(), session_id="s")
 
@@ -124,6 +126,16 @@ def test_a_sessions_turns_through_the_plugin_state_without_vllm() -> None:
     assert stats["pins"]["released"] == {"admitted": 1} and stats["pins_active"] == 0
     assert stats["decisions"]["finished"] == 1 and stats["errors"] == 0
     assert len(sched.kv_cache_manager.block_pool.freed) == 110 // BLOCK
+
+
+def test_the_hinted_tenant_is_the_core_programs_tenant() -> None:
+    """The core's fair share (lamps_agent.scheduler.fair_share) reads Program.tenant: on vLLM it
+    is the tenant the client hinted."""
+    sched = fake_vllm_scheduler()
+    lamps = LampsCore(sched, PluginConfig(policy="lamps", client_strategy="obey"))
+    run_turn(lamps, sched, turn("r1", 100, step=0, tool="search", tenant="acme"))
+    assert lamps.away["s"].core.program.tenant == "acme"
+    assert lamps.core.fair_share is not None  # on by default, as in the simulator
 
 
 def test_the_plugin_state_needs_no_vllm(tmp_path: Any) -> None:

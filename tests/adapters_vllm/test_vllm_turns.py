@@ -89,3 +89,14 @@ def test_a_turn_knows_its_agent_and_step_hinted_or_counted() -> None:
     assert [i.step for i in unhinted] == [0, 0]  # no turn of "u" has ended yet
     t.turn_ended(unhinted[0], 12)
     assert t.read(None, "u", None, None).step == 1 and unhinted[0].agent is None
+
+
+def test_a_hinted_tenant_reaches_the_turn_and_a_bad_one_is_counted() -> None:
+    """The tenant the middleware sends is what the core's fair share groups by."""
+    t = TurnTracker(default_output_tokens=10)
+    assert t.read(_hints(session="a", tenant="acme"), "a", 0, None).tenant == "acme"
+    assert t.read(_hints(session="b"), "b", 0, None).tenant is None
+    bad = _hints(session="c")
+    bad["lamps_tenant"] = ""
+    assert t.read(bad, "c", 0, None).tenant is None
+    assert t.counters.malformed == 1
