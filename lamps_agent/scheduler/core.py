@@ -329,7 +329,7 @@ class Scheduler:
         request that cannot fit: the next in order waits for memory too."""
         gate = self.admission_gate()
         given = 0
-        for req in self._fair(self.waiting.ordered(self.iteration)):
+        for req in self._walk():
             if given >= limit:
                 return
             if gate is not None and not gate.allow(req):
@@ -341,17 +341,17 @@ class Scheduler:
             given += 1
             yield req
 
-    def _fair(self, walk: Iterator[Request]) -> Iterator[Request]:
-        """The policy's walk, tenants at or above their share last (:mod:`.fair_share`)."""
+    def _walk(self) -> Iterator[Request]:
+        """The waiting queue in the policy's order; with the fair share, tenants at or above
+        their share last (:mod:`.fair_share`)."""
         if self.fair_share is None:
-            return walk
+            return self.waiting.ordered(self.iteration)
         memory = self.memory
         return self.fair_share.order(
-            walk,
+            self.waiting,
+            self.iteration,
             running=self.running,
-            waiting=self.waiting.tenants,
             pinned=self.paused,
-            starved=lambda r: self.waiting.is_starved(r, self.iteration),
             blocks_of=lambda r: max(memory.blocks_for(r.context_target) - r.gpu_blocks, 0),
         )
 

@@ -17,9 +17,12 @@ there on.  Hence:
 - work-conserving: a tenant over its share is still admitted when nobody else waits for room;
 - a bursting tenant takes no more than its share while the others have work, and a tenant whose
   requests wait is never held behind one over its share;
-- the starvation bound is per request and so per tenant: a starved request (the waiting queue's
-  bound, :class:`WaitingQueue`) goes first whatever its tenant's share, so no tenant waits longer
-  than ``starvation_threshold`` iterations for its turn at the head.
+- the starvation bound holds per tenant within its share: a starved request (the waiting queue's
+  bound, :class:`WaitingQueue`) of a tenant below its entitlement goes first, so such a tenant
+  waits no longer than ``starvation_threshold`` iterations for its turn at the head; a starved
+  request of a tenant at or above its share goes first among the requests walked after the others
+  (a burst's backlog starves by the hundred: letting it jump the queue would hand the burst the
+  engine).
 
 Preemption and pin release read the same verdict: the running order puts the requests of tenants
 over their share last, so they are preempted first, and their pinned KV is released first
@@ -28,6 +31,8 @@ over their share last, so they are preempted first, and their pinned KV is relea
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 
 from lamps_agent.request import KVStrategy, Request
 from lamps_agent.scheduler.paused import PausedKV
+from lamps_agent.scheduler.queue import WaitingQueue
 
 Tenant = str | None
 
@@ -109,33 +115,68 @@ class FairShare:
 
     def order(
         self,
-        walk: Iterable[Request],
+        queue: WaitingQueue,
+        iteration: int,
         *,
         running: Iterable[Request],
-        waiting: Counter[Tenant],
         pinned: Iterable[PausedKV] = (),
-        starved: Callable[[Request], bool],
         blocks_of: Callable[[Request], int],
     ) -> Iterator[Request]:
-        """``walk`` (the policy's order) with the requests of tenants at or above their
-        entitlement moved after everyone else's; a starved request keeps its place.  Each request
+        """``queue``'s order with the requests of tenants at or above their entitlement moved
+        after everyone else's; starved requests first within each part.  Each request
         yielded counts toward its tenant's usage (``blocks_of(req)`` more blocks, one seat) as if
-        admitted.  With one tenant, ``walk`` itself."""
-        if sum(1 for n in waiting.values() if n > 0) <= 1:
-            yield from walk  # a partition of one tenant's requests is their order
+        admitted.  With one tenant waiting, the queue's own order.
+
+        The tenants' walks are merged by key, so a step costs what it admits, not the length of
+        a bursting tenant's backlog."""
+        waiting = queue.tenants
+        if len(waiting) <= 1:
+            yield from queue.ordered(iteration)  # a partition of one tenant's requests
             return
+        seen: set[int] = set()
         use, entitled = self.over(running, waiting, pinned)
-        deferred: list[Request] = []
-        for req in walk:
+        # Starved requests first, oldest first, unless their tenant is at its share: then first
+        # among its own, behind everyone within theirs (a burst's backlog starves by the
+        # hundred; letting it jump the queue would hand the burst the engine).
+        starved_over: list[Request] = []
+        for req in queue.starved(iteration, seen):
             tenant = tenant_of(req)
             u = use.setdefault(tenant, Usage())
-            if not starved(req) and self.share(u) >= entitled[tenant]:
-                deferred.append(req)
+            if self.share(u) >= entitled[tenant]:
+                starved_over.append(req)
                 continue
             u.blocks += blocks_of(req)
             u.seats += 1
             yield req
-        yield from deferred
+        walks = {t: queue.of_tenant(t) for t in waiting}
+        heads: list[tuple[tuple[float, ...], int, Tenant, Request]] = []
+        over: list[Tenant] = []
+        for tenant, walk in walks.items():
+            if self.share(use.setdefault(tenant, Usage())) >= entitled[tenant]:
+                over.append(tenant)
+            else:
+                _push_next(heads, tenant, walk, seen)
+        while heads:
+            key, seq, tenant, req = heads[0]
+            u = use[tenant]
+            if self.share(u) >= entitled[tenant]:
+                # reached its share during this walk: the rest of it waits behind the others
+                heapq.heappop(heads)
+                over.append(tenant)
+                walks[tenant] = itertools.chain([(key, seq, req)], walks[tenant])
+                continue
+            heapq.heappop(heads)
+            u.blocks += blocks_of(req)
+            u.seats += 1
+            yield req
+            _push_next(heads, tenant, walks[tenant], seen)
+        yield from starved_over
+        for tenant in over:
+            _push_next(heads, tenant, walks[tenant], seen)
+        while heads:
+            _, _, tenant, req = heapq.heappop(heads)
+            yield req
+            _push_next(heads, tenant, walks[tenant], seen)
 
     def victim_last(
         self,
@@ -155,3 +196,16 @@ class FairShare:
         entitled = self.entitlements(tenants)
         over = {t for t, u in use.items() if self.share(u) > entitled[t]}
         return lambda req: tenant_of(req) in over
+
+
+def _push_next(
+    heads: list[tuple[tuple[float, ...], int, Tenant, Request]],
+    tenant: Tenant,
+    walk: Iterator[tuple[tuple[float, ...], int, Request]],
+    seen: set[int],
+) -> None:
+    """The next entry of ``tenant``'s walk not yet given (starved ones were), onto ``heads``."""
+    for key, seq, req in walk:
+        if seq not in seen:
+            heapq.heappush(heads, (key, seq, tenant, req))
+            return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections import Counter
 
 import pytest
@@ -13,7 +14,7 @@ from lamps_agent.predictors.oracle import OraclePredictor
 from lamps_agent.presets import Preset
 from lamps_agent.program import Program
 from lamps_agent.request import Request
-from lamps_agent.scheduler import Scheduler
+from lamps_agent.scheduler import Scheduler, WaitingQueue
 from lamps_agent.scheduler.fair_share import FairShare
 from lamps_agent.sim.engine import Simulator
 from lamps_agent.workloads.arrivals import Arrival
@@ -33,14 +34,12 @@ def _walk(
     running: list[Request],
     starved: frozenset[int] = frozenset(),
 ) -> list[int]:
-    waiting = Counter(r.program.tenant for r in walk)
-    order = share.order(
-        walk,
-        running=running,
-        waiting=waiting,
-        starved=lambda r: r.request_id in starved,
-        blocks_of=lambda r: 1,
-    )
+    """The fair order of ``walk`` (the policy's order); ``starved`` requests waited 10 steps."""
+    queue = WaitingQueue(starvation_threshold=10)
+    # the starved ones entered first (the queue's starvation list is in the order of entry)
+    for pos, r in sorted(enumerate(walk), key=lambda e: e[1].request_id not in starved):
+        queue.push(r, (float(pos),), iteration=0 if r.request_id in starved else 10)
+    order = share.order(queue, 10, running=running, blocks_of=lambda r: 1)
     return [r.request_id for r in order]
 
 
@@ -81,10 +80,11 @@ def test_work_conserving_a_tenant_over_its_share_is_admitted_when_nobody_else_wa
     assert _walk(SHARE, walk, running) == [0, 1]
 
 
-def test_a_starved_request_keeps_its_place() -> None:
-    running = [_req(10, "a", blocks=60)]
-    walk = [_req(0, "a"), _req(1, "b")]
-    assert _walk(SHARE, walk, running, starved=frozenset({0})) == [0, 1]
+def test_a_starved_request_goes_first_within_its_tenants_part() -> None:
+    running = [_req(10, "a", blocks=60)]  # a over its half, b under
+    walk = [_req(0, "a"), _req(1, "a"), _req(2, "b"), _req(3, "b")]
+    # b's starved request first of all; a's starved one first of a's, behind b's
+    assert _walk(SHARE, walk, running, starved=frozenset({1, 3})) == [3, 2, 1, 0]
 
 
 def test_weights_set_the_entitlements() -> None:
@@ -151,3 +151,15 @@ def test_a_burst_of_one_tenant_does_not_hold_back_another(small_preset: Preset) 
     # without the share b's programs queue behind all of a's; with it they get half the engine
     assert b_fair < 0.5 * b_fcfs
     assert a_fair < 1.2 * a_fcfs  # the bursting tenant pays little for it
+
+
+def test_the_fair_walk_gives_every_waiting_request_once() -> None:
+    rng = random.Random(7)
+    for _ in range(50):
+        walk = [_req(i, rng.choice(["a", "b", "c"])) for i in range(30)]
+        running = [
+            _req(100 + i, rng.choice(["a", "b"]), blocks=rng.randrange(20)) for i in range(5)
+        ]
+        starved = frozenset(rng.sample(range(30), 4))
+        order = _walk(SHARE, walk, running, starved)
+        assert sorted(order) == list(range(30))
