@@ -8,7 +8,7 @@ in parallel, one process per core.
 
 Example::
 
-    lamps-agent demo                      # 7.4 minutes on 2 cores (443 s measured)
+    lamps-agent demo                      # under 2 minutes on 2 cores (103 s measured)
     lamps-agent demo --policies vllm,lamps,continuum,program --jobs 4
 """
 
