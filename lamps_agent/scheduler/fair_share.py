@@ -3,7 +3,7 @@
 A tenant is the client a program came from (:attr:`Program.tenant`; ``None`` is the one tenant
 of a deployment without tenants).  Its *usage* is its dominant share of the engine (dominant
 resource fairness, Ghodsi et al., NSDI 2011): the larger of the fraction of the GPU's KV blocks
-its resident requests hold and the fraction of the batch's seats (``max_num_seqs``) they take.
+its resident requests and its pinned KV hold and the fraction of the batch's seats (``max_num_seqs``) they take.
 Its *entitlement* is its weight over the weights of the tenants with work (resident or waiting),
 equal weights by default.
 
@@ -187,13 +187,9 @@ class FairShare:
         """Whether a resident request's tenant holds more than its entitlement among the tenants
         with work: such requests go to the end of the running order (preempted first).  None
         when one tenant has all the work (the policy's order stands)."""
-        tenants = {tenant_of(r) for r in running}
-        tenants.update(t for t, n in waiting.items() if n > 0)
-        if len(tenants) <= 1:
+        if len({tenant_of(r) for r in running} | {t for t, n in waiting.items() if n > 0}) <= 1:
             return None
-        use = self.usage(running, pinned)
-        tenants.update(use)
-        entitled = self.entitlements(tenants)
+        use, entitled = self.over(running, waiting, pinned)
         over = {t for t, u in use.items() if self.share(u) > entitled[t]}
         return lambda req: tenant_of(req) in over
 
