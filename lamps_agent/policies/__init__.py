@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
+from lamps_agent.policies.base import AdmissionGate, EngineView, Policy, TenantShares
 from lamps_agent.policies.continuum import ContinuumPolicy
 from lamps_agent.policies.infercept import InferceptPolicy
 from lamps_agent.policies.lamps import LampsAgingPolicy, LampsNoRankPolicy, LampsPolicy
@@ -56,6 +56,7 @@ __all__ = [
     "Policy",
     "ProgramPolicy",
     "SjfPolicy",
+    "TenantShares",
     "ThunderAgentPolicy",
     "VllmNoCachePolicy",
     "VllmPolicy",

@@ -23,7 +23,7 @@ a flag says so at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -32,6 +32,9 @@ from lamps_agent.predictors.base import Outcome, Prediction, PredictionQuery, Pr
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
 from lamps_agent.waste import EngineLoad, discard_waste, swap_waste
+
+# Each tenant's entitlement, a fraction (``None``: the one tenant of a deployment without them).
+TenantShares = Mapping[str | None, float]
 
 if TYPE_CHECKING:
     from lamps_agent.scheduler.paused import PausedKV
@@ -75,6 +78,12 @@ class AdmissionGate(Protocol):
     @property
     def exhausted(self) -> bool:
         """True once no later request can be allowed either (the engine stops asking)."""
+        ...
+
+    @property
+    def closes_tenant(self) -> bool:
+        """True when the last refusal holds every later request of the refused request's
+        tenant (a per-tenant budget, given ``shares``): the walk skips that tenant's rest."""
         ...
 
 
@@ -161,9 +170,12 @@ class Policy:
         return KVStrategy.DISCARD
 
     # -- admission -----------------------------------------------------------------------
-    def admission_gate(self) -> AdmissionGate | None:
+    def admission_gate(self, *, shares: TenantShares | None = None) -> AdmissionGate | None:
         """This iteration's gate (``None``: admit in order).  Called only if
-        ``gates_admission``; a gate must let every request through within a stated bound."""
+        ``gates_admission``; a gate must let every request through within a stated bound.
+        ``shares``: each tenant's entitlement (a fraction, summing to 1) among the tenants with
+        work, when the scheduler's fair share is on and more than one tenant has work; a gate
+        with a budget guarantees each tenant its share of it (else the gate ignores it)."""
         return None
 
     def begin_iteration(self, resident: Sequence[Request]) -> None:

@@ -21,7 +21,7 @@ import bisect
 import math
 from collections.abc import Sequence
 
-from lamps_agent.policies.base import AdmissionGate, Policy
+from lamps_agent.policies.base import AdmissionGate, Policy, TenantShares
 from lamps_agent.policies.fluid import DecayedRate, Mean, resident_budget
 from lamps_agent.policies.wait import _QuotaGate
 from lamps_agent.predictors.base import Outcome, Predictor
@@ -143,7 +143,7 @@ class NestedWaitPolicy(Policy):
     def hold(self, req: Request) -> bool:
         return self._at_boundary(req)
 
-    def admission_gate(self) -> AdmissionGate | None:
+    def admission_gate(self, *, shares: TenantShares | None = None) -> AdmissionGate | None:
         if self.view.num_running == 0:
             return None
         quota = self._gate_quota

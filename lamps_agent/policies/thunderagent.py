@@ -30,7 +30,7 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-from lamps_agent.policies.base import Policy
+from lamps_agent.policies.base import Policy, TenantShares
 from lamps_agent.policies.program import program_key, program_step
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
@@ -107,6 +107,8 @@ class _Gate:
     @property
     def exhausted(self) -> bool:
         return self._closed
+
+    closes_tenant = False  # ThunderAgent's pause and resume are per program
 
 
 class ThunderAgentPolicy(Policy):
@@ -249,7 +251,7 @@ class ThunderAgentPolicy(Policy):
             self.released -= 1
 
     # -- admission -------------------------------------------------------------------------
-    def admission_gate(self) -> _Gate:
+    def admission_gate(self, *, shares: TenantShares | None = None) -> _Gate:
         self._tick()
         return _Gate(self)
 

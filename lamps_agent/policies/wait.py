@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lamps_agent.policies.base import AdmissionGate, Policy, predicted_turn
+from lamps_agent.policies.base import AdmissionGate, Policy, TenantShares, predicted_turn
 from lamps_agent.policies.fluid import DecayedRate, Mean, resident_budget
 from lamps_agent.predictors.base import Predictor
 from lamps_agent.presets import Preset
@@ -60,6 +60,8 @@ class _QuotaGate:
     @property
     def exhausted(self) -> bool:
         return self._rejections >= self.MAX_REJECTIONS or not any(self._quotas.values())
+
+    closes_tenant = False  # quotas are per request type, not per tenant
 
 
 class WaitPolicy(Policy):
@@ -128,7 +130,7 @@ class WaitPolicy(Policy):
             quotas[j] = need if need >= 1 and s.waiting >= need else 0
         return quotas
 
-    def admission_gate(self) -> AdmissionGate | None:
+    def admission_gate(self, *, shares: TenantShares | None = None) -> AdmissionGate | None:
         if self.view.num_running == 0:
             return None  # an idle engine gains nothing by waiting
         return _QuotaGate(self.quotas(), self.patience, self.view.iteration)

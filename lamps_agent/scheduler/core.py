@@ -31,6 +31,7 @@ import enum
 import itertools
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from lamps_agent.kv_memory import KVMemory
@@ -38,7 +39,7 @@ from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
 from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request, RequestState
-from lamps_agent.scheduler.fair_share import FairShare
+from lamps_agent.scheduler.fair_share import FairShare, Tenant, tenant_of
 from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
 from lamps_agent.scheduler.queue import WaitingQueue
 
@@ -318,7 +319,18 @@ class Scheduler:
 
     # -- decisions both engines ask for ----------------------------------------------------
     def admission_gate(self) -> AdmissionGate | None:
-        return self.policy.admission_gate() if self.policy.gates_admission else None
+        if not self.policy.gates_admission:
+            return None
+        return self.policy.admission_gate(shares=self.tenant_shares())
+
+    def tenant_shares(self) -> dict[Tenant, float] | None:
+        """Each tenant's entitlement among the tenants with work (resident, pinned or waiting),
+        when the fair share is on and more than one tenant has work; else None."""
+        share = self.fair_share
+        if share is None:
+            return None
+        _, entitled = share.over(self.running, self.waiting.tenants, self.paused)
+        return entitled if len(entitled) > 1 else None
 
     def admissible(
         self, limit: int, *, blocked: Callable[[Request], bool] | None = None
@@ -329,21 +341,24 @@ class Scheduler:
         request that cannot fit: the next in order waits for memory too."""
         gate = self.admission_gate()
         given = 0
-        for req in self._walk():
+        closed: set[Tenant] = set()  # tenants the gate holds for the rest of this walk
+        for req in self._walk(closed):
             if given >= limit:
                 return
             if gate is not None and not gate.allow(req):
                 if gate.exhausted:
                     return
+                if gate.closes_tenant:
+                    closed.add(tenant_of(req))
                 continue
             if blocked is not None and blocked(req):
                 return
             given += 1
             yield req
 
-    def _walk(self) -> Iterator[Request]:
+    def _walk(self, closed: AbstractSet[Tenant]) -> Iterator[Request]:
         """The waiting queue in the policy's order; with the fair share, tenants at or above
-        their share last (:mod:`.fair_share`)."""
+        their share last, and none of the tenants in ``closed`` once there (:mod:`.fair_share`)."""
         if self.fair_share is None:
             return self.waiting.ordered(self.iteration)
         memory = self.memory
@@ -353,6 +368,7 @@ class Scheduler:
             running=self.running,
             pinned=self.paused,
             blocks_of=lambda r: max(memory.blocks_for(r.context_target) - r.gpu_blocks, 0),
+            closed=closed,
         )
 
     def admit(self, req: Request) -> None:

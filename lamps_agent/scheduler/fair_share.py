@@ -36,6 +36,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from lamps_agent.request import KVStrategy, Request
@@ -121,6 +122,7 @@ class FairShare:
         running: Iterable[Request],
         pinned: Iterable[PausedKV] = (),
         blocks_of: Callable[[Request], int],
+        closed: AbstractSet[Tenant] = frozenset(),
     ) -> Iterator[Request]:
         """``queue``'s order with the requests of tenants at or above their entitlement moved
         after everyone else's; starved requests first within each part.  Each request
@@ -128,10 +130,14 @@ class FairShare:
         admitted.  With one tenant waiting, the queue's own order.
 
         The tenants' walks are merged by key, so a step costs what it admits, not the length of
-        a bursting tenant's backlog."""
+        a bursting tenant's backlog.  ``closed``: tenants the consumer holds for the rest of the
+        walk (a gate's per-tenant budget, filled as the walk goes); none of theirs follows."""
         waiting = queue.tenants
         if len(waiting) <= 1:
-            yield from queue.ordered(iteration)  # a partition of one tenant's requests
+            for req in queue.ordered(iteration):  # a partition of one tenant's requests
+                if closed and tenant_of(req) in closed:
+                    return
+                yield req
             return
         seen: set[int] = set()
         use, entitled = self.over(running, waiting, pinned)
@@ -141,6 +147,8 @@ class FairShare:
         starved_over: list[Request] = []
         for req in queue.starved(iteration, seen):
             tenant = tenant_of(req)
+            if tenant in closed:
+                continue
             u = use.setdefault(tenant, Usage())
             if self.share(u) >= entitled[tenant]:
                 starved_over.append(req)
@@ -158,6 +166,9 @@ class FairShare:
                 _push_next(heads, tenant, walk, seen)
         while heads:
             key, seq, tenant, req = heads[0]
+            if tenant in closed:
+                heapq.heappop(heads)  # held: the rest of its walk is not asked for
+                continue
             u = use[tenant]
             if self.share(u) >= entitled[tenant]:
                 # reached its share during this walk: the rest of it waits behind the others
@@ -170,11 +181,16 @@ class FairShare:
             u.seats += 1
             yield req
             _push_next(heads, tenant, walks[tenant], seen)
-        yield from starved_over
+        for req in starved_over:
+            if tenant_of(req) not in closed:
+                yield req
         for tenant in over:
-            _push_next(heads, tenant, walks[tenant], seen)
+            if tenant not in closed:
+                _push_next(heads, tenant, walks[tenant], seen)
         while heads:
             _, _, tenant, req = heapq.heappop(heads)
+            if tenant in closed:
+                continue
             yield req
             _push_next(heads, tenant, walks[tenant], seen)
 

@@ -163,3 +163,27 @@ def test_the_fair_walk_gives_every_waiting_request_once() -> None:
         starved = frozenset(rng.sample(range(30), 4))
         order = _walk(SHARE, walk, running, starved)
         assert sorted(order) == list(range(30))
+
+
+def test_a_tenant_the_gate_closes_gets_nothing_more_from_the_walk() -> None:
+    queue = WaitingQueue(starvation_threshold=10)
+    walk = [_req(0, "a"), _req(1, "b"), _req(2, "a"), _req(3, "b"), _req(4, "a")]
+    for pos, r in enumerate(walk):
+        queue.push(r, (float(pos),), iteration=10)
+    closed: set[str | None] = set()
+    seen = []
+    for req in SHARE.order(queue, 10, running=[], blocks_of=lambda r: 1, closed=closed):
+        seen.append(req.request_id)
+        if req.request_id == 0:
+            closed.add("a")  # the gate held tenant a at its first request
+    assert seen == [0, 1, 3]
+    # one tenant waiting: closing it ends the walk
+    alone = WaitingQueue(starvation_threshold=10)
+    for pos, r in enumerate([_req(5, "a"), _req(6, "a")]):
+        alone.push(r, (float(pos),), iteration=10)
+    held: set[str | None] = set()
+    got = []
+    for req in SHARE.order(alone, 10, running=[], blocks_of=lambda r: 1, closed=held):
+        got.append(req.request_id)
+        held.add("a")
+    assert got == [5]

@@ -12,7 +12,7 @@ from lamps_agent.cli.main import main
 from lamps_agent.errors import UnknownNameError
 from lamps_agent.kv_memory import KVMemory
 from lamps_agent.policies import POLICIES, LampsPolicy, make_policy
-from lamps_agent.policies.base import AdmissionGate, Policy
+from lamps_agent.policies.base import AdmissionGate, Policy, TenantShares
 from lamps_agent.predictors import make_predictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.request import KVStrategy, Request, RequestState
@@ -266,11 +266,12 @@ class _ClosedUntil(LampsPolicy):
     OPENS = 5.0
     gates_admission = True
 
-    def admission_gate(self) -> AdmissionGate | None:
+    def admission_gate(self, *, shares: TenantShares | None = None) -> AdmissionGate | None:
         view = self.view
 
         class Gate:
             exhausted = view.now < _ClosedUntil.OPENS
+            closes_tenant = False
 
             def allow(self, req: Request) -> bool:
                 return view.now >= _ClosedUntil.OPENS

@@ -5,13 +5,20 @@ wait for memory, not for anyone's rank); new programs while the fluid footprint 
 budget and no later turn is waiting for memory.  The queue puts every later turn ahead of every
 new program, so the first refused new program ends the walk (``exhausted``).  The gate sees the
 policy through :class:`GatedPolicy` and is made afresh for each look.
+
+With tenants (``shares``, from the scheduler's fair share): each tenant is guaranteed its share of
+the budget — a new program of a tenant whose own committed footprint stays within its share
+passes whatever the others hold, so a bursting tenant's resident programs cannot shut the gate on
+the rest.  Past its share a tenant's program passes only by the shared rule above.  A refusal then
+holds that tenant alone (``closes_tenant``): the walk goes on to the other tenants' requests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
-from lamps_agent.policies.base import EngineView
+from lamps_agent.policies.base import EngineView, TenantShares
 from lamps_agent.policies.program.inflight import ProgramsInFlight
 from lamps_agent.policies.program.keys import program_key
 from lamps_agent.request import Request
@@ -46,9 +53,19 @@ class ProgramGate:
     """One look's gate.  ``resident``: the committed footprint of the programs whose KV is on the
     GPU at this look (:meth:`ProgramsInFlight.resident`)."""
 
-    def __init__(self, policy: GatedPolicy, *, resident: float) -> None:
+    def __init__(
+        self,
+        policy: GatedPolicy,
+        *,
+        resident: float,
+        shares: TenantShares | None = None,
+        resident_by_tenant: Mapping[str | None, float] | None = None,
+    ) -> None:
         self._policy = policy
         self._resident = resident
+        self._shares = shares
+        self._committed_by_tenant = dict(resident_by_tenant or {})
+        self._closes_tenant = False
         self._pending = 0.0
         self._pending_peaks = 0.0
         self._closed = False
@@ -67,32 +84,51 @@ class ProgramGate:
 
     def allow(self, req: Request) -> bool:
         policy = self._policy
+        self._closes_tenant = False
         if program_key(req) in policy.in_flight:
             return self._allow_turn(req)
-        if self._turn_waits:
-            self._closed = True
-            return False
+        term = policy.footprint_term(req)
+        tenant = req.program.tenant
+        within_share = self._within_share(tenant, term)
+        if self._turn_waits and not within_share:
+            return self._refuse(counted=False)  # later turns wait for memory: they go first
         patience = policy.patience
         if patience is not None and policy.view.iteration - req.enqueued_iteration >= patience:
             return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
-        term = policy.footprint_term(req)
         peak = policy.predicted_peak(req)
-        committed = self._resident + self._pending
-        if self._idle and not self._given:
+        if within_share or (self._idle and not self._given):
             ok = True  # an idle engine admits the head, whatever its size
         else:
-            ok = committed + term <= policy.budget_tokens or (
+            ok = self._resident + self._pending + term <= policy.budget_tokens or (
                 self._used + self._pending_peaks + peak <= policy.open_below_tokens
             )
-        if ok:
-            self._given += 1
-            self._pending += term
-            self._pending_peaks += peak
-            self._free_blocks -= policy.view.memory.blocks_for(req.remaining_prefill + 1)
-            return True
-        self._closed = True
-        policy.counters_held += 1
+        if not ok:
+            return self._refuse(counted=True)
+        self._given += 1
+        self._pending += term
+        self._pending_peaks += peak
+        self._free_blocks -= policy.view.memory.blocks_for(req.remaining_prefill + 1)
+        if self._shares is not None:
+            self._committed_by_tenant[tenant] = self._committed_by_tenant.get(tenant, 0.0) + term
+        return True
+
+    def _refuse(self, *, counted: bool) -> bool:
+        """A new program refused: without shares the walk ends; with them, its tenant's does."""
+        if self._shares is None:
+            self._closed = True
+        else:
+            self._closes_tenant = True
+        if counted:
+            self._policy.counters_held += 1
         return False
+
+    def _within_share(self, tenant: str | None, term: float) -> bool:
+        """Whether ``tenant``'s committed footprint with ``term`` stays within its share of the
+        budget (never, without shares)."""
+        if self._shares is None:
+            return False
+        share = self._shares.get(tenant, 0.0) * self._policy.budget_tokens
+        return self._committed_by_tenant.get(tenant, 0.0) + term <= share
 
     def _allow_turn(self, req: Request) -> bool:
         """A chunked prefill reserves one chunk at a time: a long context recomputed into memory
@@ -109,3 +145,7 @@ class ProgramGate:
     @property
     def exhausted(self) -> bool:
         return self._closed
+
+    @property
+    def closes_tenant(self) -> bool:
+        return self._closes_tenant

@@ -24,6 +24,7 @@ class InFlight:
     """One program in flight."""
 
     agent: str
+    tenant: str | None  # the client it came from (Program.tenant)
     first_prompt: int
     admitted_seq: int  # the preemption order: the most recently admitted program goes first
     term: float  # its footprint term, from its current turn's start
@@ -65,12 +66,21 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
         return self._records.get(key)
 
     def enter(
-        self, key: Hashable, *, agent: str, first_prompt: int, term: float, turn: int, now: float
+        self,
+        key: Hashable,
+        *,
+        agent: str,
+        tenant: str | None = None,
+        first_prompt: int,
+        term: float,
+        turn: int,
+        now: float,
     ) -> None:
         """Program ``key`` enters with its turn ``turn`` (a request id)."""
         self.admissions += 1
         self._records[key] = InFlight(
             agent=agent,
+            tenant=tenant,
             first_prompt=first_prompt,
             admitted_seq=self.admissions,
             term=term,
@@ -133,3 +143,12 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
             if flight is not None and flight.in_tool:
                 resident += flight.term
         return max(resident, 0.0)
+
+    def resident_by_tenant(self, pinned: Iterable[PausedKV]) -> dict[str | None, float]:
+        """:meth:`resident` split by tenant (one pass over the programs in flight)."""
+        kept = {paused.key for paused in pinned}
+        by_tenant: dict[str | None, float] = {}
+        for key, flight in self._records.items():
+            if not flight.in_tool or key in kept:
+                by_tenant[flight.tenant] = by_tenant.get(flight.tenant, 0.0) + flight.term
+        return by_tenant

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lamps_agent.policies.base import AdmissionGate
+from lamps_agent.policies.base import AdmissionGate, TenantShares
 from lamps_agent.policies.lamps import LampsPolicy
 from lamps_agent.policies.program.area import Aging, remaining_area
 from lamps_agent.policies.program.footprint import Footprint, FootprintPredictor, capped
@@ -209,7 +209,9 @@ class ProgramPolicy(LampsPolicy):
         return (float(seq), float(req.request_id))
 
     # -- admission -------------------------------------------------------------------------
-    def admission_gate(self) -> AdmissionGate | None:
+    def admission_gate(self, *, shares: TenantShares | None = None) -> AdmissionGate | None:
+        """The gate, if engaged; with ``shares``, each tenant is guaranteed its share of the
+        budget (:class:`ProgramGate`)."""
         self._drop_stale()
         resident = self.resident_commitment()
         memory = self.view.memory
@@ -218,7 +220,12 @@ class ProgramPolicy(LampsPolicy):
             used=memory.used_gpu_blocks / max(memory.num_gpu_blocks, 1),
             committed=resident / max(self.budget_tokens, 1.0),
         )
-        return ProgramGate(self, resident=resident) if engaged else None
+        if not engaged:
+            return None
+        if shares is None or len(shares) < 2:
+            return ProgramGate(self, resident=resident)
+        by_tenant = self.in_flight.resident_by_tenant(self.view.pinned)
+        return ProgramGate(self, resident=resident, shares=shares, resident_by_tenant=by_tenant)
 
     def on_admit(self, req: Request) -> None:
         if program_key(req) not in self.in_flight:
@@ -229,6 +236,7 @@ class ProgramPolicy(LampsPolicy):
         self.in_flight.enter(
             program_key(req),
             agent=req.program.agent,
+            tenant=req.program.tenant,
             first_prompt=first_prompt,
             term=term,
             turn=req.request_id,

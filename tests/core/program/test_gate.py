@@ -3,6 +3,7 @@ turns waiting for memory, the idle rule, work conservation and patience."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from lamps_agent.kv_memory import KVMemory
@@ -41,8 +42,10 @@ def _policy(*, running: int = 1, free_blocks: int = 1000) -> _Policy:
     return _Policy(view=EngineView(preset=preset, memory=memory, num_running=running))
 
 
-def _new(policy: _Policy, rid: int, term: float) -> Request:
+def _new(policy: _Policy, rid: int, term: float, *, tenant: str | None = None) -> Request:
     req = serving_turn(rid, session=f"s{rid}", step=0, prompt=100)
+    if tenant is not None:
+        req.program = dataclasses.replace(req.program, tenant=tenant)
     policy.terms[rid] = term
     return req
 
@@ -108,3 +111,35 @@ def test_patience_lets_a_new_program_through_after_so_many_iterations() -> None:
     gate = ProgramGate(policy, resident=0.0)
     assert gate.allow(old)
     assert not gate.allow(young)
+
+
+def test_with_tenants_each_is_guaranteed_its_share_of_the_budget() -> None:
+    policy = _policy()
+    _in_flight(policy, 9, prompt=100)  # a program running: the engine is not idle
+    # tenant a's programs hold 1,200 of the 1,000-token budget; b holds nothing
+    shares: dict[str | None, float] = {"a": 0.5, "b": 0.5}
+    gate = ProgramGate(policy, resident=1200.0, shares=shares, resident_by_tenant={"a": 1200.0})
+    assert not gate.allow(_new(policy, 1, 10.0, tenant="a"))  # a is past its share ...
+    assert gate.closes_tenant and not gate.exhausted  # ... which holds a alone
+    assert gate.allow(_new(policy, 2, 300.0, tenant="b"))  # b within its 500: passes
+    assert not gate.closes_tenant
+    assert gate.allow(_new(policy, 3, 200.0, tenant="b"))  # 500: at its share
+    assert not gate.allow(_new(policy, 4, 1.0, tenant="b"))  # past it, and the budget is full
+    assert gate.closes_tenant and policy.counters_held == 2
+
+
+def test_without_shares_the_first_refusal_ends_the_walk_as_before() -> None:
+    policy = _policy()
+    _in_flight(policy, 9, prompt=100)
+    gate = ProgramGate(policy, resident=1200.0)
+    assert not gate.allow(_new(policy, 2, 300.0, tenant="b"))
+    assert gate.exhausted and not gate.closes_tenant
+
+
+def test_a_later_turn_waiting_for_memory_holds_only_tenants_past_their_share() -> None:
+    policy = _policy(free_blocks=50)
+    shares: dict[str | None, float] = {"a": 0.5, "b": 0.5}
+    gate = ProgramGate(policy, resident=900.0, shares=shares, resident_by_tenant={"a": 900.0})
+    assert not gate.allow(_in_flight(policy, 1, prompt=5000))  # a's later turn waits for memory
+    assert not gate.allow(_new(policy, 2, 1.0, tenant="a"))  # a's new programs wait behind it
+    assert gate.allow(_new(policy, 3, 100.0, tenant="b"))  # b's share is b's
