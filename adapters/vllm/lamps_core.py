@@ -140,7 +140,9 @@ class LampsCore:
         self.swap_available = type(connector).__name__ == "HostSwapConnector"
         host_blocks = int(getattr(connector, "capacity_blocks", 0)) if self.swap_available else 0
         memory = KVMemory(
-            num_gpu_blocks=max(pool.num_gpu_blocks, 1),
+            # all but vLLM's null block (block 0, never free): the blocks requests can hold, as
+            # the simulator's preset counts them (a policy sizing by the total saw one more)
+            num_gpu_blocks=max(pool.num_gpu_blocks - 1, 1),
             num_host_blocks=max(host_blocks, 0),
             block_size=self.block_size,
         )

@@ -215,3 +215,14 @@ def test_options_are_validated(tiny_model: Path, tmp_path: Path) -> None:
         options(tmp_path)
     with pytest.raises(ValueError, match="sorted"):
         run_virtual(options(tiny_model), [Arrival(1.0, agent(0)), Arrival(0.0, agent(1))])
+
+
+def test_the_plugin_counts_the_blocks_requests_can_hold(tiny_model: Path) -> None:
+    """vLLM's block 0 is its null block, never free: the core's memory is the other blocks, as
+    the simulator's preset counts them (ThunderAgent sizes its capacity by the total, and one
+    block more made the engine admit a program a step before the simulator)."""
+    engine = VirtualEngine(options(tiny_model, policy="thunderagent", preset=preset(0.05)),
+                           [Arrival(0.0, agent(0))])  # fmt: skip
+    run = engine.run()
+    memory = engine.sched.lamps.core.memory
+    assert memory.num_gpu_blocks == run.usable_blocks == 23
