@@ -42,10 +42,16 @@ class Preset:
     # plug-in cannot (its connector copies only at a turn's end), so by default the simulator
     # cannot either, and such a swap is a discard in both; INFERCEPT's own engine could.
     pin_swap: bool = False
+    # The engine's longest context (vLLM's max_model_len); None: no limit beyond the KV cache.
+    # Policies that predict how far a context grows cap it here (Policy.limit_context), in the
+    # simulator as on the served engine.
+    max_model_len: int | None = None
 
     def __post_init__(self) -> None:
         if self.gpu_kv_gb <= 0 or self.host_swap_gb < 0:
             raise ConfigError("gpu_kv_gb must be > 0 and host_swap_gb >= 0")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"max_model_len must be >= 1, got {self.max_model_len}")
         for name in ("block_size", "token_budget", "max_num_seqs", "saturation_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
@@ -110,8 +116,13 @@ def _check_field(obj: object, name: str, key: str) -> None:
         raise ConfigError(f"unknown preset field {key!r}; valid: {', '.join(sorted(names))}")
 
 
+_OPTIONAL_INT = frozenset({"max_model_len"})  # None (unset) or an int
+
+
 def _coerce(current: Any, value: Any, key: str) -> Any:
     try:
+        if key in _OPTIONAL_INT:
+            return None if value is None or str(value).lower() in ("", "none") else int(value)
         if isinstance(current, bool):
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
         if isinstance(current, int):

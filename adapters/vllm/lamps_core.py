@@ -132,7 +132,9 @@ class LampsCore:
         if preset is None:
             preset = load_preset(config.preset, config_file=config.preset_file or None)
         # The connector copies KV out only at a turn's end: pinned KV can only be freed.
-        self.preset = dataclasses.replace(preset, pin_swap=False)
+        self.preset = dataclasses.replace(
+            preset, pin_swap=False, max_model_len=int(sched.max_model_len)
+        )
         pool = sched.kv_cache_manager.block_pool
         self.pool = pool
         self.block_size = sched.cache_config.block_size
@@ -150,7 +152,6 @@ class LampsCore:
         policy = make_policy(
             config.policy, predictor=OraclePredictor(), preset=self.preset, **config.policy_options
         )
-        policy.limit_context(sched.max_model_len)
         self.core = CoreScheduler(
             preset=self.preset,
             policy=policy,
@@ -182,7 +183,9 @@ class LampsCore:
             expire=self.expire_idle,
             write_stats=self.write_stats if self._stats_file else None,
         )
-        self.queue = LampsRequestQueue(scheduler=self.core, core_of=self.core_of)
+        self.queue = LampsRequestQueue(
+            scheduler=self.core, core_of=self.core_of, before_walk=self._sync_free_blocks
+        )
         retry_allocation(sched.kv_cache_manager, self.release_for)
 
     def core_of(self, request: Request) -> CoreRequest | None:
@@ -254,7 +257,9 @@ class LampsCore:
         outcome = Outcome(
             output_tokens=away.output_tokens,
             tool=away.info.tool or "unknown",
-            tool_duration=max(self.clock() - away.ended_at, 0.0),
+            # until the next turn reached the server (vLLM's arrival time), not until this
+            # step saw it: a step in progress is not the tool's time (the simulator's gap)
+            tool_duration=max((_arrival(request) or self.clock()) - away.ended_at, 0.0),
             returned_tokens=prompt - context,
         )
         ended = Segment(
@@ -301,6 +306,9 @@ class LampsCore:
     def _set_clock(self) -> None:
         self.core.set_time(self.clock())
         self.core.iteration = self.step
+        self._sync_free_blocks()
+
+    def _sync_free_blocks(self) -> None:
         self.core.memory.free_gpu_blocks = min(
             self.pool.get_num_free_blocks(), self.core.memory.num_gpu_blocks
         )

@@ -37,10 +37,20 @@ Request = Any  # a vLLM ``vllm.v1.request.Request``, used by its attributes
 CoreOf = Callable[[Request], CoreRequest | None]
 
 
+def _nothing() -> None:
+    return None
+
+
 class LampsRequestQueue(RequestQueue):
-    def __init__(self, *, scheduler: Scheduler, core_of: CoreOf) -> None:
+    def __init__(
+        self, *, scheduler: Scheduler, core_of: CoreOf, before_walk: Callable[[], None] = _nothing
+    ) -> None:
+        """``before_walk``: called as each admissible walk starts (the plug-in brings the core's
+        free blocks up to date: vLLM walks its waiting queue after this step's running requests
+        took their blocks, and the simulator's gate sees those taken too)."""
         self._sched = scheduler
         self._core_of = core_of
+        self._before_walk = before_walk
         self._vllm: dict[int, Request] = {}  # core request id -> vLLM request
         self._unknown: deque[Request] = deque()  # requests the plug-in could not read: FCFS, last
         self._walk: Iterator[CoreRequest] | None = None  # this step's admissible walk
@@ -78,6 +88,7 @@ class LampsRequestQueue(RequestQueue):
             return self._ahead[0]
         if not self._walk_done:
             if self._walk is None:
+                self._before_walk()
                 self._walk = self._sched.admissible(len(self._sched.waiting))
             for core in self._walk:
                 request = self._vllm.get(core.request_id)

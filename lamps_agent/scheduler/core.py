@@ -198,6 +198,8 @@ class Scheduler:
         self.paused = PausedTable()
         self.view = EngineView(preset=preset, memory=self.memory, pinned=self.paused)
         policy.bind(self.view)
+        if preset.max_model_len is not None:
+            policy.limit_context(preset.max_model_len)
         self.pin_lifetime = pin_lifetime or PinLifetime()
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
         self.fair_share = (

@@ -162,3 +162,44 @@ def test_the_plugin_state_needs_no_vllm(tmp_path: Any) -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout
+
+
+def test_the_tools_time_runs_until_the_next_turn_reached_the_server() -> None:
+    """The core hears the gap from the turn's end to the next turn's arrival (vLLM's
+    ``arrival_time``), not to the step that saw it: a step in progress is not the tool's time,
+    and the simulator's gap is the tool's."""
+    now = [1.0]
+    sched = fake_vllm_scheduler()
+    lamps = LampsCore(sched, PluginConfig(policy="lamps", client_strategy="obey"),
+                      clock=lambda: now[0])  # fmt: skip
+    run_turn(lamps, sched, turn("r1", 100, step=0, tool="search"))  # ends at t = 1
+    core = lamps.away["s"].core
+    second = turn("r2", 130, step=1, tool=None)
+    second.arrival_time = 3.0
+    now[0] = 3.5  # the step in progress when it arrived ended later
+    run_turn(lamps, sched, second)
+    assert core.program.segments[0].tool_duration == 2.0
+
+
+def test_the_core_sees_the_blocks_requests_can_hold_and_the_engines_longest_context() -> None:
+    sched = fake_vllm_scheduler()
+    lamps = LampsCore(sched, PluginConfig(policy="program", client_strategy="obey"))
+    pool = sched.kv_cache_manager.block_pool
+    assert lamps.core.memory.num_gpu_blocks == pool.num_gpu_blocks - 1  # less the null block
+    assert lamps.policy.max_context == 4096  # vLLM's max_model_len, through the preset
+
+
+def test_the_walk_reads_the_free_blocks_left_after_the_running_requests_took_theirs() -> None:
+    """vLLM walks its waiting queue after this step's running requests took their blocks: the
+    walk (and a gate's look at memory) starts from the pool as it stands then."""
+    sched = fake_vllm_scheduler()
+    lamps = LampsCore(sched, PluginConfig(policy="lamps", client_strategy="obey"))
+    request = turn("r1", 100, step=0, tool="search")
+    lamps.on_add(request)
+    lamps.queue.add_request(request)
+    lamps.before_schedule()
+    pool = sched.kv_cache_manager.block_pool
+    assert lamps.core.memory.free_gpu_blocks == pool.free
+    pool.free -= 7  # the running requests' new blocks this step
+    assert lamps.queue.pop_request() is request
+    assert lamps.core.memory.free_gpu_blocks == pool.free

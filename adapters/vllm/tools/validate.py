@@ -188,7 +188,7 @@ def simulate(
     config = BenchConfig(
         programs=programs,
         trace_name=name,
-        preset=preset,
+        preset=dataclasses.replace(preset, max_model_len=opts.engine.max_model_len),
         qps=[opts.qps],
         policies=list(opts.policies),
         seed=opts.seed,
@@ -613,6 +613,8 @@ def compare_virtual(
     from adapters.vllm.tools.virtual import STOCK_POLICY, VirtualOptions, run_virtual
     from lamps_agent.metrics import RunLabels
 
+    # the engine's longest context caps predicted growth on both sides (the plug-in's own)
+    preset = dataclasses.replace(preset, max_model_len=max_model_len)
     config = BenchConfig(
         programs=programs, trace_name=name, preset=preset, qps=[qps], policies=list(policies),
         seed=seed, num_programs=len(arrivals),

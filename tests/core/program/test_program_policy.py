@@ -249,6 +249,23 @@ def test_no_predicted_peak_outgrows_the_engines_context(small_preset: Preset) ->
         policy.limit_context(0)
 
 
+def test_the_engines_longest_context_reaches_the_policy_through_the_preset(
+    small_preset: Preset,
+) -> None:
+    """Both engines cap predicted growth at the engine's max_model_len: the scheduler passes the
+    preset's on (the vLLM plug-in sets it from vLLM's; validate sets the simulator's)."""
+    limited = small_preset.with_overrides({"max_model_len": 1_000})
+    policy = make_policy("program", predictor=make_predictor("oracle"), preset=limited)
+    Scheduler(preset=limited, policy=policy)
+    turn = serving_turn(1, session="s1", step=0, prompt=100)
+    assert policy.predicted_peak(turn) == 1_000
+    unlimited = make_policy("program", predictor=make_predictor("oracle"), preset=small_preset)
+    Scheduler(preset=small_preset, policy=unlimited)
+    assert unlimited.predicted_peak(turn) == 100 + 8 * 1_500
+    with pytest.raises(Exception, match="max_model_len"):
+        small_preset.with_overrides({"max_model_len": 0})
+
+
 def test_the_program_rules_engage_only_under_a_sustained_kv_load(small_preset: Preset) -> None:
     policy, sched = program_policy(small_preset, engage_at=0.5, load_window_s=10.0)
     assert policy.admission_gate() is None and not policy.engaged  # an idle engine: open
