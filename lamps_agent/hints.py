@@ -269,3 +269,16 @@ def _check_seconds(name: str, value: Any) -> None:
         raise HintError(f"{name} must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value < 0:
         raise HintError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+def tenant_of(xargs: Any) -> str | None:
+    """The tenant ``xargs`` name when the rest of the hints cannot be read: a tenant the server
+    derived (``adapters/vllm/tenant.py``) holds even when the client's own hints are malformed, so
+    a malformed hint is no way out of one's share.  None where none is named or it is no valid
+    name."""
+    if not isinstance(xargs, dict):
+        return None
+    tenant = xargs.get(_K_TENANT)
+    if type(tenant) is str and 0 < len(tenant) <= MAX_SESSION_ID_LENGTH:
+        return tenant
+    return None

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -81,6 +82,7 @@ class _AwayTurn:
     ended_at: float
 
 
+MAX_TENANTS_COUNTED = 256  # tenant names the statistics keep apart
 MAX_AWAY_SESSIONS = 50_000  # sessions that never come back are forgotten beyond this many
 
 
@@ -168,6 +170,7 @@ class LampsCore:
         # landing, a resumable stream): vLLM drains them first, outside the plug-in's queue.
         self.engine_held: dict[str, CoreRequest] = {}
         self.decisions = DecisionCounters()
+        self.tenant_turns: Counter[str] = Counter()  # turns read per tenant (stats)
         self.step = 0
         self.prefill_computed = 0
         self.prefill_cached = 0
@@ -219,10 +222,19 @@ class LampsCore:
                 later = hist is not None and hist.turns > 0
                 self.core.add_request(core, resumed=later)
             self.tracked[request.request_id] = Tracked(core, info)
+            self._count_tenant(info.tenant)
         except Exception:
             self.errors += 1
             self.tracked.pop(request.request_id, None)
             log.exception("lamps: could not read request %s; FCFS for it", request.request_id)
+
+    def _count_tenant(self, tenant: str | None) -> None:
+        """Turns per tenant for the statistics: the first ``MAX_TENANTS_COUNTED`` names, the
+        rest together (names come from clients unless the server derives them)."""
+        name = tenant if tenant is not None else "(none)"
+        if name not in self.tenant_turns and len(self.tenant_turns) >= MAX_TENANTS_COUNTED:
+            name = "(others)"
+        self.tenant_turns[name] += 1
 
     @staticmethod
     def _turn_segments(prompt: int, info: TurnInfo) -> tuple[Segment, ...]:
@@ -570,6 +582,7 @@ class LampsCore:
             "free_blocks": self.pool.get_num_free_blocks(),
             "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
             "gate_held_steps": self.queue.gate_held_steps,
+            "tenant_turns": dict(self.tenant_turns),
             "policy_state": self.policy.state(),
         }
 

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamps_agent.hints import MAX_PRIORITY, MAX_SESSION_ID_LENGTH, HintError, LampsHints
+from lamps_agent.hints import (
+    MAX_PRIORITY,
+    MAX_SESSION_ID_LENGTH,
+    HintError,
+    LampsHints,
+    tenant_of,
+)
 from lamps_agent.predictors.session import SessionHistory, SessionTable
 from lamps_agent.request import KVStrategy
 
@@ -119,7 +125,7 @@ class TurnTracker:
                 )
         else:
             self.counters.missing += 1
-        return self._estimate(sid, now, max_tokens)
+        return self._estimate(sid, now, max_tokens, tenant=tenant_of(xargs))
 
     def _malformed(self, reason: str) -> None:
         self.counters.malformed += 1
@@ -135,14 +141,17 @@ class TurnTracker:
                 reason,
             )
 
-    def _estimate(self, sid: str | None, now: float, max_tokens: int | None) -> TurnInfo:
+    def _estimate(
+        self, sid: str | None, now: float, max_tokens: int | None, *, tenant: str | None
+    ) -> TurnInfo:
         est = self.history.estimate(
             sid, now, default_output=float(self.default_output_tokens), max_tokens=max_tokens
         )
         self.counters.final_then_continued = self.history.surprises
         return TurnInfo(
-            sid, est.output_tokens, est.tool, est.tool_duration, None, hinted=False, step=est.step
-        )
+            sid, est.output_tokens, est.tool, est.tool_duration, None, hinted=False, step=est.step,
+            tenant=tenant,
+        )  # fmt: skip
 
     def mean_gap(self, session_id: str | None) -> float | None:
         return self.history.mean_gap(session_id)

@@ -3,6 +3,7 @@ them (``priority``, ``session_id``, ``vllm_xargs``), merged into an OpenAI chat 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import urllib.request
@@ -13,7 +14,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="the vllm extra is not installed")
 
-from adapters.vllm.tools.server import ManagedServer, ServeOptions, server_command
+from adapters.vllm.tools.server import ManagedServer, ServeOptions, server_command, server_env
 from lamps_agent.hints import LampsHints, merge_extra_body
 from lamps_agent.request import KVStrategy
 
@@ -26,10 +27,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+def _post(url: str, body: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(req, timeout=120) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
@@ -43,14 +45,20 @@ def test_serve_command_carries_the_plugin() -> None:
     assert json.loads(cmd[cmd.index("--additional-config") + 1])["lamps"]["policy"] == "infercept"
     assert "HostSwapConnector" in cmd[cmd.index("--kv-transfer-config") + 1]
     assert "--scheduler-cls" not in server_command(ServeOptions(model="m", policy="stock"))
+    derived = ServeOptions(model="m", tenant_from="header:X-Tenant-Id")
+    assert "adapters.vllm.tenant.TenantFromRequest" in server_command(derived)
+    assert server_env(derived)["LAMPS_TENANT_FROM"] == "header:X-Tenant-Id"
+    assert "--middleware" not in server_command(ServeOptions(model="m"))
 
 
 def test_http_requests_with_middleware_hints_reach_the_scheduler(
     tiny_model: Path, tmp_path: Path
 ) -> None:
+    """… and the tenant is the server's: derived from the API key, whatever the hints claim."""
     stats = tmp_path / "stats.json"
     opts = ServeOptions(
         model=str(tiny_model), policy="lamps", port=_free_port(), stats_file=str(stats),
+        tenant_from="api-key",
         vllm_args=("--enforce-eager", "--block-size", "32", "--max-model-len", "2048",
                    "--kv-cache-memory-bytes", str(2 * 2**20)),
     )  # fmt: skip
@@ -59,6 +67,7 @@ def test_http_requests_with_middleware_hints_reach_the_scheduler(
             hints = LampsHints(
                 session_id="thread-42", priority=1834, agent="qa", step=step, output_tokens=16,
                 tool=tool, tool_duration=duration, kv_strategy=KVStrategy.PRESERVE if tool else KVStrategy.DISCARD,
+                tenant="someone-else",  # a claim the server replaces
             )  # fmt: skip
             user_extra = {
                 "vllm_xargs": {"user_key": 7},
@@ -71,7 +80,7 @@ def test_http_requests_with_middleware_hints_reach_the_scheduler(
                 **merge_extra_body(hints.to_body(), user_extra),
             }
             assert body["vllm_xargs"]["user_key"] == 7 and body["session_id"] == "thread-42"
-            reply = _post(f"{server.url}/v1/chat/completions", body)
+            reply = _post(f"{server.url}/v1/chat/completions", body, key="sk-team-a")
             assert reply["choices"][0]["message"]["content"] is not None
         garbage = {"model": str(tiny_model), "prompt": "hello", "max_tokens": 4,
                    "vllm_xargs": {"lamps_hint_version": 1, "lamps_step": "NaN"}}  # fmt: skip
@@ -85,6 +94,10 @@ def test_http_requests_with_middleware_hints_reach_the_scheduler(
             )
     data = json.loads(stats.read_text())
     assert data["policy"] == "lamps"
+    tenant = "key-" + hashlib.sha256(b"sk-team-a").hexdigest()[:12]
+    assert data["tenant_turns"][tenant] == 2  # the two hinted turns, under the key's tenant
+    assert "someone-else" not in data["tenant_turns"]
+    assert data["tenant_turns"]["anonymous"] >= 1  # the requests without a key
     assert data["hints"]["ok"] >= 2 and data["hints"]["malformed"] >= 1
     decided = data["decisions"]
     assert decided["preserve"] + decided["swap"] + decided["discard"] >= 1  # the paused turn

@@ -100,3 +100,15 @@ def test_a_hinted_tenant_reaches_the_turn_and_a_bad_one_is_counted() -> None:
     bad["lamps_tenant"] = ""
     assert t.read(bad, "c", 0, None).tenant is None
     assert t.counters.malformed == 1
+
+
+def test_a_tenant_holds_when_the_rest_of_the_hints_is_malformed() -> None:
+    """A tenant the server derived stays the turn's when the client's own hints cannot be read:
+    a malformed hint is no way out of one's share."""
+    t = TurnTracker(default_output_tokens=10)
+    broken = _hints(session="d", tenant="key-0123456789ab")
+    broken["lamps_step"] = "NaN"
+    info = t.read(broken, "d", 0, None)
+    assert not info.hinted and info.tenant == "key-0123456789ab"
+    assert t.counters.malformed == 1
+    assert t.read({"lamps_tenant": 7, "lamps_step": "x"}, "e", 0, None).tenant is None

@@ -60,6 +60,23 @@ def _add_engine_options(p: argparse.ArgumentParser, *, policy_help: str, async_h
     p.add_argument(
         "--async-scheduler", action=argparse.BooleanOptionalAction, default=None, help=async_help
     )
+    p.add_argument(
+        "--tenant-from", default=None, metavar="SOURCE", type=_tenant_source,
+        help="derive each request's tenant on the server, replacing the one its hints name: "
+        "'api-key' (Authorization: Bearer; LAMPS_TENANT_KEYS may name a JSON file mapping keys "
+        "to tenant names) or 'header:NAME' (set by an authenticating proxy); default: the "
+        "client's lamps_tenant hint (adapters/vllm/tenant.py)",
+    )  # fmt: skip
+
+
+def _tenant_source(value: str) -> str:
+    from adapters.vllm.tenant import ENV_SOURCE, TenantConfigError, TenantRule
+
+    try:
+        TenantRule.from_env({ENV_SOURCE: value})
+    except TenantConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace(ENV_SOURCE, "--tenant-from")) from None
+    return value
 
 
 def _register_cluster(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -188,6 +205,7 @@ def _serve_options(args: argparse.Namespace, **overrides: Any) -> Any:
         "port": args.port,
         "reserved_cpus": getattr(args, "reserved_cpus", None),
         "tools": getattr(args, "tools", True),
+        "tenant_from": getattr(args, "tenant_from", None),
         "vllm_args": tuple(vllm_args),
     }
     values.update(overrides)

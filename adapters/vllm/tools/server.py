@@ -29,10 +29,12 @@ from typing import Any
 
 import adapters
 from adapters.vllm.config import loads_plugin
+from adapters.vllm.tenant import ENV_SOURCE as TENANT_ENV_SOURCE
 from lamps_agent.presets import MeasuredEngine
 
 SCHEDULER = "adapters.vllm.scheduler.LampsScheduler"
 ASYNC_SCHEDULER = "adapters.vllm.scheduler.LampsAsyncScheduler"
+TENANT_MIDDLEWARE = "adapters.vllm.tenant.TenantFromRequest"
 CONNECTOR = {
     "kv_connector": "HostSwapConnector",
     "kv_connector_module_path": "adapters.vllm.connector",
@@ -58,6 +60,9 @@ class ServeOptions:
     # core when a KV connector is loaded; a comparison sets it equally for every server)
     reserved_cpus: int | None = None
     tools: bool = True  # serve tool calls (parser, template, structured outputs; see tool_setup)
+    # the tenant derived on the server ("api-key" or "header:NAME"; adapters/vllm/tenant.py);
+    # None: the client's lamps_tenant hint stands
+    tenant_from: str | None = None
     vllm_args: Sequence[str] = field(default_factory=tuple)
     policy_options: Mapping[str, Any] = field(default_factory=dict)  # the policy's constructor
 
@@ -84,6 +89,8 @@ def server_command(opts: ServeOptions, tools: ToolSetup | None = None) -> list[s
         # core for a connector, and the connector adds its hooks to every step).
         connector = {**CONNECTOR, "kv_connector_extra_config": {"host_swap_gb": opts.host_swap_gb}}
         cmd += ["--kv-transfer-config", json.dumps(connector)]
+    if opts.tenant_from is not None:
+        cmd += ["--middleware", TENANT_MIDDLEWARE]
     return [*cmd, *opts.vllm_args]
 
 
@@ -149,6 +156,8 @@ def server_env(opts: ServeOptions) -> dict[str, str]:
         env["LAMPS_STEP_LOG"] = opts.step_log
     if opts.reserved_cpus is not None:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(opts.reserved_cpus)
+    if opts.tenant_from is not None:
+        env[TENANT_ENV_SOURCE] = opts.tenant_from
     return env
 
 
