@@ -23,6 +23,10 @@ from lamps_agent.request import KVStrategy
 
 HINT_VERSION: Final = 1
 XARGS_PREFIX: Final = "lamps_"
+# The same hints as one action of vLLM's typed KV-hint envelope (``vllm.v1.kv_hints``, a request's
+# ``kv_hints``): its payload is the ``vllm_xargs`` entries, read by the same parser.
+KV_HINT_ACTION_TYPE: Final = "lamps.turn"
+KV_HINT_ACTION_VERSION: Final = str(HINT_VERSION)
 MAX_PRIORITY: Final = 2**31 - 1
 MAX_SESSION_ID_LENGTH: Final = 256
 
@@ -157,6 +161,16 @@ class LampsHints:
             xargs[_K_TENANT] = self.tenant
         return xargs
 
+    def to_kv_hint_action(self, action_id: str = "lamps") -> dict[str, Any]:
+        """This turn's hints as one action of vLLM's KV-hint envelope (the fields of
+        ``vllm.v1.kv_hints.KvHintAction``; ``adapters/vllm/envelope.py`` builds the struct)."""
+        return {
+            "action_id": action_id,
+            "action_type": KV_HINT_ACTION_TYPE,
+            "action_version": KV_HINT_ACTION_VERSION,
+            "payload": dict(self.to_xargs()),
+        }
+
     def to_body(self) -> dict[str, Any]:
         """The request-body fields: ``priority``, ``session_id`` and ``vllm_xargs``."""
         return {
@@ -282,3 +296,28 @@ def tenant_of(xargs: Any) -> str | None:
     if type(tenant) is str and 0 < len(tenant) <= MAX_SESSION_ID_LENGTH:
         return tenant
     return None
+
+
+def envelope_payload(envelope: Any) -> dict[str, Any] | None:
+    """The ``vllm_xargs``-form hints carried by a KV-hint envelope (``vllm.v1.kv_hints.
+    KvHintsEnvelope``, or its JSON form: a mapping with ``actions``): the payload of its first
+    ``lamps.turn`` action of this version.  None where the envelope carries none (another
+    component's actions only, another version, or not an envelope): the request's
+    ``extra_args`` are read instead."""
+    actions = _field(envelope, "actions")
+    if not isinstance(actions, list | tuple):
+        return None
+    for action in actions:
+        payload = _field(action, "payload")
+        if (
+            _field(action, "action_type") == KV_HINT_ACTION_TYPE
+            and _field(action, "action_version") == KV_HINT_ACTION_VERSION
+            and isinstance(payload, dict)
+        ):
+            return payload
+    return None
+
+
+def _field(obj: Any, name: str) -> Any:
+    """A field of a msgspec struct (an attribute) or of its JSON form (a key)."""
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)

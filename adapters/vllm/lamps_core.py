@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from adapters.vllm.config import PluginConfig
+from adapters.vllm.envelope import request_xargs
 from adapters.vllm.execute import order_running, retry_allocation
 from adapters.vllm.housekeeping import Housekeeper
 from adapters.vllm.pins import PinStore
@@ -200,7 +201,7 @@ class LampsCore:
         try:
             params = request.sampling_params
             info = self.turns.read(
-                getattr(params, "extra_args", None) if params is not None else None,
+                request_xargs(request),  # the KV-hint envelope's, else extra_args
                 request.session_id,
                 request.priority,
                 getattr(params, "max_tokens", None) if params is not None else None,

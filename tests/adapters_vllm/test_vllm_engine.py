@@ -18,6 +18,7 @@ from tests.adapters_vllm.conftest import (
     assert_no_leak,
     generate,
     hints,
+    press,
     scheduler_of,
     two_turns,
 )
@@ -285,3 +286,41 @@ def test_a_sessions_next_turn_is_its_tools_return_to_the_core(lamps: Any) -> Non
     assert outcome.returned_tokens == 30 and outcome.tool_duration >= 0.2
     assert req.program.segments[1].prompt_tokens == len(p2)
     assert "s-return" not in sched.lamps.away  # its last turn finished the program
+
+
+def _run_with_envelope(llm: Any, rid: str, prompt: list[int], envelope: Any) -> Any:
+    """One request through vLLM's engine API with its hints in the KV-hint envelope only."""
+    from vllm import SamplingParams
+
+    engine = llm.llm_engine
+    params = SamplingParams(max_tokens=20, ignore_eos=True, temperature=0.0)
+    engine.add_request(rid, {"prompt_token_ids": prompt}, params, kv_hints=envelope)
+    while True:
+        for out in engine.step():
+            if out.request_id == rid and out.finished:
+                return out
+
+
+def test_hints_in_the_kv_hint_envelope_drive_the_plugin(lamps: Any) -> None:
+    """vLLM's typed envelope (``kv_hints=``) carries the same hints as ``extra_args``: the turn's
+    KV is preserved through its tool call, and the next turn finds it."""
+    from adapters.vllm.envelope import kv_hints_envelope
+    from lamps_agent.hints import LampsHints
+
+    sched = scheduler_of(lamps)
+    ok = sched.lamps_stats()["hints"]["ok"]
+    tokens = Tokens(11)
+    turn = dict(session_id="s-envelope", priority=0, agent="test", output_tokens=20)
+    p1 = tokens(600)
+    first = LampsHints(**turn, step=0, tool="search", tool_duration=5.0,
+                       kv_strategy=KVStrategy.PRESERVE)  # fmt: skip
+    out1 = _run_with_envelope(lamps, "env-1", p1, kv_hints_envelope(first))
+    assert "s-envelope" in sched.lamps.pins.pins  # the envelope's hint was read: kept
+    press(lamps, tokens)
+    p2 = p1 + list(out1.outputs[0].token_ids) + tokens(10)
+    last = LampsHints(**turn, step=1, tool=None, tool_duration=0.0,
+                      kv_strategy=KVStrategy.DISCARD)  # fmt: skip
+    out2 = _run_with_envelope(lamps, "env-2", p2, kv_hints_envelope(last))
+    assert out2.num_cached_tokens == (len(p2) - 10) // 32 * 32  # every full block of turn 1
+    assert sched.lamps_stats()["hints"]["ok"] == ok + 2
+    assert_no_leak(lamps)
