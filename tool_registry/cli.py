@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 STATS_FIELDS = (
@@ -99,6 +100,12 @@ def register_commands(sub: Any) -> None:
         "--turns",
         action="store_true",
         help="every model turn (JSONL: the turn records `predictor train --jsonl` reads)",
+    )
+    what.add_argument(
+        "--trace",
+        action="store_true",
+        help="your agents' sessions as a trace file for `bench --trace` (--format json; "
+        "docs/traces.md, 'From the tool registry')",
     )
     export.add_argument("--tool", default=None, help="only this tool")
     _add_registry_option(export)
@@ -275,8 +282,12 @@ def _tools_stats(args: argparse.Namespace) -> int:
 def _tools_export(args: argparse.Namespace) -> int:
     from tool_registry.types import CALL_FIELDS, TURN_FIELDS
 
-    if args.turns and args.tool is not None:
+    if (args.turns or args.trace) and args.tool is not None:
         raise ValueError("--tool selects calls; model turns are exported whole")
+    if args.trace:
+        if args.format != "json":
+            raise ValueError("--trace writes a JSON trace file: use --format json")
+        return _export_trace(args)
     output: IO[str] = sys.stdout if args.output is None else open(args.output, "w", newline="")  # noqa: SIM115
     try:
         with _registry(args.registry) as reg:
@@ -290,6 +301,32 @@ def _tools_export(args: argparse.Namespace) -> int:
     finally:
         if output is not sys.stdout:
             output.close()
+    return 0
+
+
+def _export_trace(args: argparse.Namespace) -> int:
+    from lamps_agent.workloads.from_registry import trace_from_registry
+
+    with _registry(args.registry) as reg:
+        trace = trace_from_registry(reg.iter_turns(), reg.iter_calls(None))
+    text = json.dumps(trace.programs, indent=1) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    left = ", ".join(f"{n} {why}" for why, n in sorted(trace.skipped.items())) or "none"
+    filled = (
+        f"; {trace.median_filled} tool calls timed by their tool's median"
+        if trace.median_filled
+        else ""
+    )
+    where = f" to {args.output}" if args.output else ""
+    print(f"{len(trace.programs)} sessions as programs{where}; left out: {left}{filled}",
+          file=sys.stderr)  # fmt: skip
+    if not trace.programs:
+        print("no session could be made a program: the middleware records prompt sizes and "
+              "sessions (docs/tool-registry.md)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

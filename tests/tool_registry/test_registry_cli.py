@@ -199,3 +199,48 @@ def test_the_default_registry_follows_the_environment_and_home(
     monkeypatch.setenv("LAMPS_REGISTRY_URL", str(tmp_path / "env.db"))  # a plain path here too
     assert main(["tools", "stats"]) == 0
     assert f"registry at {tmp_path / 'env.db'} " in capsys.readouterr().out
+
+
+def test_export_a_trace_of_the_recorded_sessions_that_bench_reads(
+    db_url: str,
+    make_registry: Callable[..., ToolRegistry],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import time
+
+    from lamps_agent.workloads import load_trace
+
+    with make_registry(db_url) as reg:
+        now = time.time()
+        reg.record_turn(agent="coder", step=0, output_tokens=20, prompt_tokens=100,
+                        tool="search", session_id="s1")  # fmt: skip
+        reg.record("search", duration=2.5, session_id="s1", started_at=now + 0.01)
+        reg.record_turn(agent="coder", step=1, output_tokens=30, prompt_tokens=150,
+                        session_id="s1")  # fmt: skip
+        # s2's call was never timed: its tool's median (over every session's calls) stands in
+        reg.record_turn(agent="qa", step=0, output_tokens=5, prompt_tokens=40, tool="search",
+                        session_id="s2")  # fmt: skip
+        reg.record_turn(agent="qa", step=1, output_tokens=8, prompt_tokens=60, session_id="s2")
+        reg.record("search", duration=0.5, session_id="other", started_at=now)
+        reg.record_turn(agent="qa", step=0, output_tokens=5, session_id="s3")  # no prompt size
+        reg.record_turn(agent="qa", step=0, output_tokens=5, prompt_tokens=9)  # no session
+    out = tmp_path / "mine.json"
+    args = ["tools", "export", "--format", "json", "--trace", "--output", str(out)]
+    assert main([*args, "--registry", db_url]) == 0
+    err = capsys.readouterr().err
+    assert "2 sessions as programs" in err and "1 session without prompt sizes" in err
+    assert (
+        "1 turn without a session id" in err and "1 tool calls timed by their tool's median" in err
+    )
+    raw = json.loads(out.read_text())
+    assert raw["coder:s1"] == [
+        {"prompt_tokens": 100, "completion_tokens": 20, "tool": "search", "api_time": 2.5,
+         "api_token_length": 30},
+        {"prompt_tokens": 150, "completion_tokens": 30},
+    ]  # fmt: skip
+    assert raw["qa:s2"][0]["api_time"] == 1.5  # the median of 2.5 and 0.5
+    trace = load_trace(out)  # what `bench --trace mine.json` reads
+    assert len(trace.programs) == 2
+    assert main(["tools", "export", "--format", "csv", "--trace", "--registry", db_url]) == 2
+    assert "--format json" in capsys.readouterr().err
