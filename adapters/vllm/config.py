@@ -69,6 +69,9 @@ class PluginConfig:
     ttl_max: float = 600.0  # ... but never longer than this (seconds)
     default_output_tokens: int = 128  # server-side guess for a request without hints
     host_swap_gb: float = 4.0  # bound of the host-memory store behind the swap strategy
+    # Hints are the clients' word: discount each client's by how far its past claims were from
+    # what its turns then did (lamps_agent.predictors.calibrated; honest hints pass unchanged).
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -116,7 +119,15 @@ class PluginConfig:
 def _coerce(kind: type, value: Any) -> Any:
     if kind is dict and isinstance(value, str):
         return json.loads(value)  # from an environment variable
+    if kind is bool and isinstance(value, str):  # bool("false") is True
+        if value.strip().lower() not in _BOOLS:
+            raise ValueError(f"not a boolean: {value!r} (true / false)")
+        return _BOOLS[value.strip().lower()]
     return kind(value)
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}  # fmt: skip
 
 
 def check_preset_engine(config: PluginConfig, vllm_config: Any, vllm_version: str) -> None:

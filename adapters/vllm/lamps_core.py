@@ -30,7 +30,8 @@ from adapters.vllm.turns import TurnInfo, TurnTracker
 from lamps_agent.kv_memory import KVMemory
 from lamps_agent.policies import make_policy
 from lamps_agent.predictors import OraclePredictor
-from lamps_agent.predictors.base import Outcome
+from lamps_agent.predictors.base import Outcome, Predictor
+from lamps_agent.predictors.calibrated import CalibratedPredictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.program import Program, Segment
 from lamps_agent.request import KVStrategy, RequestState
@@ -151,9 +152,14 @@ class LampsCore:
             num_host_blocks=max(host_blocks, 0),
             block_size=self.block_size,
         )
-        # The hints are the predictions: an oracle over segments built from them.
+        # The hints are the predictions: an oracle over segments built from them, discounted by
+        # each client's calibration (the clients' word, as the simulator's --calibrate).
+        predictor: Predictor = OraclePredictor()
+        if config.calibrate:
+            predictor = CalibratedPredictor(predictor)
+        self.predictor = predictor
         policy = make_policy(
-            config.policy, predictor=OraclePredictor(), preset=self.preset, **config.policy_options
+            config.policy, predictor=predictor, preset=self.preset, **config.policy_options
         )
         self.core = CoreScheduler(
             preset=self.preset,
@@ -584,6 +590,7 @@ class LampsCore:
             "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
             "gate_held_steps": self.queue.gate_held_steps,
             "tenant_turns": dict(self.tenant_turns),
+            "hints_discounted": getattr(self.predictor, "discounted", 0),
             "policy_state": self.policy.state(),
         }
 

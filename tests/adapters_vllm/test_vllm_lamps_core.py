@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from adapters.vllm.config import PluginConfig
 from adapters.vllm.lamps_core import LampsCore
 from lamps_agent.hints import LampsHints
@@ -79,10 +81,11 @@ def fake_vllm_scheduler() -> Any:
 
 
 def turn(
-    rid: str, prompt: int, *, step: int, tool: str | None, tenant: str | None = None
-) -> FakeRequest:
+    rid: str, prompt: int, *, step: int, tool: str | None, tenant: str | None = None,
+    claimed: int = 10,
+) -> FakeRequest:  # fmt: skip
     hints = LampsHints(
-        session_id="s", priority=0, agent="test", step=step, output_tokens=10, tool=tool,
+        session_id="s", priority=0, agent="test", step=step, output_tokens=claimed, tool=tool,
         tool_duration=5.0 if tool else 0.0,
         kv_strategy=KVStrategy.PRESERVE if tool else KVStrategy.DISCARD, tenant=tenant,
     )  # fmt: skip
@@ -203,3 +206,25 @@ def test_the_walk_reads_the_free_blocks_left_after_the_running_requests_took_the
     pool.free -= 7  # the running requests' new blocks this step
     assert lamps.queue.pop_request() is request
     assert lamps.core.memory.free_gpu_blocks == pool.free
+
+
+def test_a_clients_hints_are_discounted_by_what_its_turns_then_did() -> None:
+    """The calibration runs in the plug-in as in the simulator: a session that claimed 1 token
+    and wrote 10 has its next claim scaled by that ratio; with calibrate off it stands."""
+    for calibrate, discounted in ((True, 1), (False, 0)):
+        sched = fake_vllm_scheduler()
+        config = PluginConfig(policy="lamps", client_strategy="obey", calibrate=calibrate)
+        lamps = LampsCore(sched, config)
+        run_turn(lamps, sched, turn("r1", 100, step=0, tool="search", claimed=1))  # wrote 10
+        second = turn("r2", 130, step=1, tool="search", claimed=1)
+        lamps.on_add(second)
+        assert lamps.stats()["hints_discounted"] == discounted
+        prediction = lamps.tracked["r2"].core.prediction
+        assert prediction is not None and (prediction.output_tokens > 1) is calibrate
+
+
+def test_boolean_settings_read_from_the_environment() -> None:
+    assert PluginConfig.load(environ={"LAMPS_CALIBRATE": "false"}).calibrate is False
+    assert PluginConfig.load(environ={"LAMPS_CALIBRATE": "on"}).calibrate is True
+    with pytest.raises(ValueError, match="not a boolean"):
+        PluginConfig.load(environ={"LAMPS_CALIBRATE": "maybe"})

@@ -190,6 +190,7 @@ def simulate(
         trace_name=name,
         preset=dataclasses.replace(preset, max_model_len=opts.engine.max_model_len),
         qps=[opts.qps],
+        calibrate=True,  # the served plug-in discounts the clients' hints by default
         policies=list(opts.policies),
         seed=opts.seed,
         num_programs=opts.num_programs,
@@ -617,7 +618,7 @@ def compare_virtual(
     preset = dataclasses.replace(preset, max_model_len=max_model_len)
     config = BenchConfig(
         programs=programs, trace_name=name, preset=preset, qps=[qps], policies=list(policies),
-        seed=seed, num_programs=len(arrivals),
+        seed=seed, num_programs=len(arrivals), calibrate=True,  # as the plug-in's default
     )  # fmt: skip
     out = []
     for policy in policies:
