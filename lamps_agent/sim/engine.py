@@ -250,7 +250,9 @@ class Simulator:
         outcome = Outcome(
             output_tokens=seg.output_tokens,
             tool=seg.tool,
-            tool_duration=seg.tool_duration,
+            # the gap as a served engine observes it: the tool, then the front end's time before
+            # the next turn reaches the scheduler (0 on a preset without a measured front end)
+            tool_duration=seg.tool_duration + self._frontend,
             returned_tokens=seg.returned_tokens,
         )
         self.scheduler.tool_returned(req, outcome)

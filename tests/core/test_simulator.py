@@ -322,3 +322,25 @@ def test_a_served_engines_time_outside_its_steps_delays_every_turn(small_preset:
     # alone on the engine: each of the three turns reaches it 40 ms later, nothing else changes
     assert result.summary.e2e.mean == pytest.approx(base.summary.e2e.mean + 3 * 0.040)
     assert result.summary.iterations == base.summary.iterations
+
+
+def test_the_policy_learns_the_gap_a_served_engine_observes(small_preset: Preset) -> None:
+    """With a front end, the gap from a turn's end to the next turn's arrival is the tool plus the
+    front end's time: that is what the plug-in measures, and what the simulator's policy hears."""
+    program = make_program("p", [(10, 0.5, 5), (10, 0.0, 0)], prompt=300)
+    served = dataclasses.replace(
+        small_preset, cost=dataclasses.replace(small_preset.cost, frontend_ms_per_turn=40.0)
+    )
+    heard: list[float] = []
+    policy = make_policy("vllm", predictor=make_predictor("oracle"), preset=served)
+    original = policy.on_turn_end
+
+    def on_turn_end(req: Request, outcome: Outcome) -> None:
+        heard.append(outcome.tool_duration)
+        original(req, outcome)
+
+    policy.on_turn_end = on_turn_end  # type: ignore[method-assign]
+    Simulator(preset=served, policy=policy, arrivals=[Arrival(0.0, program)]).run(
+        RunLabels(policy="vllm", predictor="oracle")
+    )
+    assert heard[0] == pytest.approx(0.5 + 0.040)
