@@ -202,6 +202,7 @@ class Scheduler:
             policy.limit_context(preset.max_model_len)
         self.pin_lifetime = pin_lifetime or PinLifetime()
         self.waiting = WaitingQueue(starvation_threshold=policy.starvation_threshold)
+        self._tenants_seen: set[Tenant] = set()  # up to two: whether tenants share the engine
         self.fair_share = (
             FairShare(
                 num_blocks=self.memory.num_gpu_blocks,
@@ -263,6 +264,8 @@ class Scheduler:
         self._enqueue(req, resumed=resumed)
 
     def _enqueue(self, req: Request, *, resumed: bool) -> None:
+        if len(self._tenants_seen) < 2:  # every request enters here: a deployment's tenants
+            self._tenants_seen.add(tenant_of(req))
         req.enqueued_at = self.now
         key = self._ranked(req, self.policy.queue_key(req, resumed=resumed))
         self.waiting.push(req, key, self.iteration)
@@ -329,7 +332,7 @@ class Scheduler:
         """Each tenant's entitlement among the tenants with work (resident, pinned or waiting),
         when the fair share is on and more than one tenant has work; else None."""
         share = self.fair_share
-        if share is None:
+        if share is None or len(self._tenants_seen) < 2:  # one tenant so far: no look per step
             return None
         _, entitled = share.over(self.running, self.waiting.tenants, self.paused)
         return entitled if len(entitled) > 1 else None
