@@ -103,10 +103,7 @@ class LampsHints:
                     and 0.0 <= self.last_tool_duration < math.inf
                 )
             )
-            and (
-                self.tenant is None
-                or (type(self.tenant) is str and 0 < len(self.tenant) <= MAX_SESSION_ID_LENGTH)
-            )
+            and (self.tenant is None or _is_tenant(self.tenant))
             and self.version == HINT_VERSION
         ):
             return
@@ -293,9 +290,13 @@ def tenant_of(xargs: Any) -> str | None:
     if not isinstance(xargs, dict):
         return None
     tenant = xargs.get(_K_TENANT)
-    if type(tenant) is str and 0 < len(tenant) <= MAX_SESSION_ID_LENGTH:
-        return tenant
-    return None
+    return tenant if _is_tenant(tenant) else None
+
+
+def _is_tenant(value: Any) -> bool:
+    """A valid tenant name: a non-empty string of at most ``MAX_SESSION_ID_LENGTH`` characters
+    (the fast path of :class:`LampsHints` validation, and :func:`tenant_of`)."""
+    return type(value) is str and 0 < len(value) <= MAX_SESSION_ID_LENGTH
 
 
 def envelope_payload(envelope: Any) -> dict[str, Any] | None:
