@@ -39,7 +39,7 @@ from lamps_agent.policies.base import AdmissionGate, EngineView, Policy
 from lamps_agent.predictors.base import Outcome
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request, RequestState
-from lamps_agent.scheduler.fair_share import FairShare, Tenant, tenant_of
+from lamps_agent.scheduler.fair_share import FairShare, Standing, Tenant, tenant_of
 from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
 from lamps_agent.scheduler.queue import WaitingQueue
 
@@ -326,16 +326,24 @@ class Scheduler:
     def admission_gate(self) -> AdmissionGate | None:
         if not self.policy.gates_admission:
             return None
-        return self.policy.admission_gate(shares=self.tenant_shares())
+        return self._gate(self._standing())
+
+    def _gate(self, standing: Standing | None) -> AdmissionGate | None:
+        if not self.policy.gates_admission:
+            return None
+        return self.policy.admission_gate(shares=_shares(standing))
 
     def tenant_shares(self) -> dict[Tenant, float] | None:
         """Each tenant's entitlement among the tenants with work (resident, pinned or waiting),
         when the fair share is on and more than one tenant has work; else None."""
+        return _shares(self._standing())
+
+    def _standing(self) -> Standing | None:
+        """The fair share's usage and entitlements now, once a second tenant has queued."""
         share = self.fair_share
         if share is None or len(self._tenants_seen) < 2:  # one tenant so far: no look per step
             return None
-        _, entitled = share.over(self.running, self.waiting.tenants, self.paused)
-        return entitled if len(entitled) > 1 else None
+        return share.over(self.running, self.waiting.tenants, self.paused)
 
     def admissible(
         self, limit: int, *, blocked: Callable[[Request], bool] | None = None
@@ -344,10 +352,14 @@ class Scheduler:
         ``blocked(req)`` (the engine's memory check), asked after the gate let ``req`` through
         (as vLLM allocates only the request its queue gave it), stops the walk at the first
         request that cannot fit: the next in order waits for memory too."""
-        gate = self.admission_gate()
+        # One look at the tenants' usage serves the gate and the walk (the walk needs it only
+        # with several tenants waiting).
+        gates = self.policy.gates_admission
+        standing = self._standing() if gates or len(self.waiting.tenants) > 1 else None
+        gate = self._gate(standing)
         given = 0
         closed: set[Tenant] = set()  # tenants the gate holds for the rest of this walk
-        for req in self._walk(closed):
+        for req in self._walk(closed, standing):
             if given >= limit:
                 return
             if gate is not None and not gate.allow(req):
@@ -361,7 +373,9 @@ class Scheduler:
             given += 1
             yield req
 
-    def _walk(self, closed: AbstractSet[Tenant]) -> Iterator[Request]:
+    def _walk(
+        self, closed: AbstractSet[Tenant], standing: Standing | None = None
+    ) -> Iterator[Request]:
         """The waiting queue in the policy's order; with the fair share, tenants at or above
         their share last, and none of the tenants in ``closed`` once there (:mod:`.fair_share`)."""
         if self.fair_share is None:
@@ -374,6 +388,7 @@ class Scheduler:
             pinned=self.paused,
             blocks_of=lambda r: max(memory.blocks_for(r.context_target) - r.gpu_blocks, 0),
             closed=closed,
+            standing=standing,
         )
 
     def admit(self, req: Request) -> None:
@@ -910,3 +925,11 @@ class Scheduler:
             ended.append(TurnEnd(req, None))
         else:
             ended.append(TurnEnd(req, self.pause(req)))
+
+
+def _shares(standing: Standing | None) -> dict[Tenant, float] | None:
+    """The entitlements of ``standing``, where more than one tenant has work."""
+    if standing is None:
+        return None
+    _, entitled = standing
+    return entitled if len(entitled) > 1 else None

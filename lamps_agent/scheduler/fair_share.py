@@ -58,6 +58,10 @@ class Usage:
     seats: int = 0
 
 
+Standing = tuple[dict[Tenant, "Usage"], dict[Tenant, float]]
+"""Each tenant's usage and its entitlement (:meth:`FairShare.over`)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FairShare:
     """The per-tenant share (module docstring).  ``weights``: a tenant's weight (default 1 for
@@ -108,7 +112,7 @@ class FairShare:
         running: Iterable[Request],
         waiting: Counter[Tenant],
         pinned: Iterable[PausedKV] = (),
-    ) -> tuple[dict[Tenant, Usage], dict[Tenant, float]]:
+    ) -> Standing:
         """Each tenant's usage and its entitlement among the tenants with work."""
         use = self.usage(running, pinned)
         tenants = set(use) | {t for t, n in waiting.items() if n > 0}
@@ -123,6 +127,7 @@ class FairShare:
         pinned: Iterable[PausedKV] = (),
         blocks_of: Callable[[Request], int],
         closed: AbstractSet[Tenant] = frozenset(),
+        standing: Standing | None = None,
     ) -> Iterator[Request]:
         """``queue``'s order with the requests of tenants at or above their entitlement moved
         after everyone else's; starved requests first within each part.  Each request
@@ -131,7 +136,9 @@ class FairShare:
 
         The tenants' walks are merged by key, so a step costs what it admits, not the length of
         a bursting tenant's backlog.  ``closed``: tenants the consumer holds for the rest of the
-        walk (a gate's per-tenant budget, filled as the walk goes); none of theirs follows."""
+        walk (a gate's per-tenant budget, filled as the walk goes); none of theirs follows.
+        ``standing``: :meth:`over` of the same state, where the caller computed it already (its
+        usage is counted up as the walk yields)."""
         waiting = queue.tenants
         if len(waiting) <= 1:
             for req in queue.ordered(iteration):  # a partition of one tenant's requests
@@ -140,7 +147,7 @@ class FairShare:
                 yield req
             return
         seen: set[int] = set()
-        use, entitled = self.over(running, waiting, pinned)
+        use, entitled = standing if standing is not None else self.over(running, waiting, pinned)
         # Starved requests first, oldest first, unless their tenant is at its share: then first
         # among its own, behind everyone within theirs (a burst's backlog starves by the
         # hundred; letting it jump the queue would hand the burst the engine).
