@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -85,6 +85,7 @@ class _AwayTurn:
 
 
 MAX_TENANTS_COUNTED = 256  # tenant names the statistics keep apart
+MAX_ENDED_FINAL = 100_000  # sessions remembered as ended on a final claim (for the calibration)
 MAX_AWAY_SESSIONS = 50_000  # sessions that never come back are forgotten beyond this many
 
 
@@ -178,6 +179,8 @@ class LampsCore:
         self.engine_held: dict[str, CoreRequest] = {}
         self.decisions = DecisionCounters()
         self.tenant_turns: Counter[str] = Counter()  # turns read per tenant (stats)
+        # session id -> (tenant, program id) of a program that ended on a turn claimed final
+        self._ended_final: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
         self.step = 0
         self.prefill_computed = 0
         self.prefill_cached = 0
@@ -218,6 +221,7 @@ class LampsCore:
             # not as it stood when the last step was scheduled
             self._mirror_running()
             away = self.away.pop(info.session_id, None) if info.session_id else None
+            self._came_back(info.session_id, away)
             core = self._returned(away, request, info) if away is not None else None
             if core is None:
                 core = self._core_request(request, info)
@@ -234,6 +238,15 @@ class LampsCore:
             self.errors += 1
             self.tracked.pop(request.request_id, None)
             log.exception("lamps: could not read request %s; FCFS for it", request.request_id)
+
+    def _came_back(self, sid: str | None, away: _AwayTurn | None) -> None:
+        """A session whose last program ended on a turn claimed final sent another turn: that
+        claim was false, and the calibration hears it (a paused turn's own outcome says so
+        when the session was kept ``away``)."""
+        ended = self._ended_final.pop(sid, None) if sid is not None else None
+        refute = getattr(self.predictor, "refute_final", None)
+        if ended is not None and away is None and refute is not None:
+            refute(tenant=ended[0], program_id=ended[1])
 
     def _count_tenant(self, tenant: str | None) -> None:
         """Turns per tenant for the statistics: the first ``MAX_TENANTS_COUNTED`` names, the
@@ -493,6 +506,10 @@ class LampsCore:
         )
         if sid is not None and self.core.resume_paused(sid) is not None:
             self.pins.release(sid, "replaced")  # a session holds at most one pin
+        if sid is not None and info.hinted and info.tool is None:
+            self._ended_final[sid] = (info.tenant, core.program.program_id)
+            if len(self._ended_final) > MAX_ENDED_FINAL:
+                self._ended_final.popitem(last=False)
         blocks = self._pinnable(request) if continues else []
         strategy = self.core.end_turn(
             core,
@@ -591,6 +608,10 @@ class LampsCore:
             "gate_held_steps": self.queue.gate_held_steps,
             "tenant_turns": dict(self.tenant_turns),
             "hints_discounted": getattr(self.predictor, "discounted", 0),
+            "tenant_hints_discounted": {
+                "(none)" if t is None else t: n
+                for t, n in getattr(self.predictor, "discounted_by", {}).items()
+            },
             "policy_state": self.policy.state(),
         }
 

@@ -17,19 +17,28 @@ a tool) the claim passes unchanged: an honest client keeps full weight, and an e
   duration and returned tokens.
 
 The session's own record speaks first (one turn of evidence is enough: a lie is systematic); a
-session without one is judged by its tenant's, once the tenant has ``min_tenant`` turns.  A
+session without one is judged by its tenant's, once the tenant has ``min_tenant`` turns or at
+once when one of its claimed final turns went on (an engine that learns it only when the
+session's next turn arrives says so with :meth:`CalibratedPredictor.refute_final`).  A
 session's first turn from a tenant without evidence against it is checked for plausibility: a
 claimed output more than ``tolerance`` outside the range the agent's turns with that tool
 produced (its last 256, once there are ``min_population``), or a tool duration as far outside the
 tool's, is replaced by that population's median.  An honest claim is a draw from the same population and almost never
 leaves its range; a claim of 1 token where the agent never wrote fewer than 20 does.
+
+A tenant that has been caught lying in some of its sessions (any of its last ``window`` sessions
+whose own record went off) loses the benefit of the doubt on its new sessions' first turns: a
+first claim more favourable than its population's median (a shorter output, a shorter tool) is
+ranked as the median.  A lie then buys nothing on the first turn either, where the tenant's
+median record, held by its honest majority, would not show it; a tenant never caught keeps full
+weight on every claim.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -46,6 +55,8 @@ from lamps_agent.predictors.base import (
 DURATION_FLOOR_S = 0.1  # the ratio of durations is taken on (d + floor): 0 s claims stay finite
 UNKNOWN_TOOL = "unknown"  # a claimed final turn that is not: the tool it will call is not known
 MAX_OPEN_CLAIMS = 100_000  # turns predicted but not yet observed (aborted ones are forgotten)
+MAX_TENANTS_NAMED = 256  # tenants whose discounts are counted apart (names come from clients)
+OTHER_TENANTS = "(others)"
 
 
 @dataclass(slots=True)
@@ -56,6 +67,8 @@ class _Record:
     duration: deque[float]  # ln((observed + floor) / (claimed + floor))
     finals: int = 0  # turns claimed final
     false_finals: int = 0  # ... that called a tool
+    caught: OrderedDict[Hashable, bool] = field(default_factory=OrderedDict)
+    # ^ a tenant's last sessions with evidence: whether each one's own record went off
 
     @classmethod
     def empty(cls, window: int) -> _Record:
@@ -98,6 +111,7 @@ class CalibratedPredictor(Predictor):
         self._tools: dict[str, _ToolStats] = {}
         self._claims: dict[Hashable, Prediction] = {}
         self.discounted = 0  # predictions changed (a counter for reports and tests)
+        self.discounted_by: Counter[str | None] = Counter()  # ... by tenant (None: no tenant)
 
     # -- the interface ----------------------------------------------------------------------
     def predict(self, query: PredictionQuery) -> Prediction:
@@ -108,6 +122,10 @@ class CalibratedPredictor(Predictor):
         judged = self._discount(query, claim)
         if judged is not claim:
             self.discounted += 1
+            tenant = query.tenant
+            if tenant not in self.discounted_by and len(self.discounted_by) >= MAX_TENANTS_NAMED:
+                tenant = OTHER_TENANTS
+            self.discounted_by[tenant] += 1
         return judged
 
     def observe(self, query: PredictionQuery, outcome: Outcome) -> None:
@@ -123,11 +141,39 @@ class CalibratedPredictor(Predictor):
         claim = self._claims.pop(_turn(query), None)
         if claim is None:
             return
-        for source in _sources(query):
-            record = self._records.get(source)
-            if record is None:
-                record = self._records[source] = _Record.empty(self._window)
-            _compare(record, claim, outcome)
+        session, tenant = (self._record(source) for source in _sources(query))
+        _compare(session, claim, outcome)
+        _compare(tenant, claim, outcome)
+        self._note_session(tenant, _sources(query)[0], caught=not self._clean(session))
+
+    def _record(self, source: Hashable) -> _Record:
+        record = self._records.get(source)
+        if record is None:
+            record = self._records[source] = _Record.empty(self._window)
+        return record
+
+    def _note_session(self, tenant: _Record, session: Hashable, *, caught: bool) -> None:
+        """Keeps the tenant's last ``window`` sessions' verdicts (a session once caught stays
+        caught: a lie is systematic)."""
+        was = tenant.caught.pop(session, False)
+        tenant.caught[session] = was or caught
+        if len(tenant.caught) > self._window:
+            tenant.caught.popitem(last=False)
+
+    def _doubted(self, query: PredictionQuery) -> bool:
+        """Whether ``query``'s tenant was caught lying in one of its last sessions."""
+        record = self._records.get(_sources(query)[1])
+        return record is not None and any(record.caught.values())
+
+    def refute_final(self, *, tenant: str | None, program_id: str) -> None:
+        """A program whose last turn was claimed final came back: that claim was false.  For an
+        engine that learns it only then (vLLM's plug-in: the session's next turn arrives), not
+        from the turn's outcome as the simulator does."""
+        session = self._record(("session", tenant, program_id))
+        record = self._record(("tenant", tenant))
+        for r in (session, record):
+            r.false_finals += 1
+        self._note_session(record, ("session", tenant, program_id), caught=True)
 
     # -- the discount -----------------------------------------------------------------------
     def trusted(self, query: PredictionQuery) -> bool:
@@ -148,7 +194,9 @@ class CalibratedPredictor(Predictor):
         if record is not None and (record.output or record.finals):
             return record
         record = self._records.get(tenant)
-        if record is not None and len(record.output) + record.finals >= self._min_tenant:
+        if record is not None and (
+            len(record.output) + record.finals >= self._min_tenant or record.false_finals
+        ):  # a false final is evidence at once: the program did go on
             return record
         return None
 
@@ -158,7 +206,7 @@ class CalibratedPredictor(Predictor):
     def _discount(self, query: PredictionQuery, claim: Prediction) -> Prediction:
         record = self._evidence(query)
         if record is None or (not self._session_known(query) and self._clean(record)):
-            return self._plausible(query, claim)
+            return self._plausible(query, claim, doubt=self._doubted(query))
         output, tool = claim.output_tokens, claim.tool
         duration, returned = claim.tool_duration, claim.returned_tokens
         changed = False
@@ -176,15 +224,16 @@ class CalibratedPredictor(Predictor):
             output_tokens=output, tool=tool, tool_duration=duration, returned_tokens=returned
         )
 
-    def _plausible(self, query: PredictionQuery, claim: Prediction) -> Prediction:
-        """A first claim outside its population's range becomes the population's median."""
+    def _plausible(self, query: PredictionQuery, claim: Prediction, *, doubt: bool) -> Prediction:
+        """A first claim outside its population's range becomes the population's median; with
+        ``doubt`` (a tenant caught lying), so does one more favourable than that median."""
         output, duration = claim.output_tokens, claim.tool_duration
         outputs = self._outputs.get((query.agent, claim.tool))
         if outputs is not None and len(outputs) >= self._min_population:
-            output = self._within(output, outputs, floor=1.0)
+            output = self._within(output, outputs, floor=1.0, doubt=doubt)
         stats = self._tools.get(claim.tool) if claim.tool is not None else None
         if stats is not None and len(stats.durations) >= self._min_population:
-            duration = self._within(duration, stats.durations, floor=DURATION_FLOOR_S)
+            duration = self._within(duration, stats.durations, floor=DURATION_FLOOR_S, doubt=doubt)
         if output == claim.output_tokens and duration == claim.tool_duration:
             return claim
         return Prediction(
@@ -194,14 +243,20 @@ class CalibratedPredictor(Predictor):
             returned_tokens=claim.returned_tokens,
         )
 
-    def _within(self, value: float, population: deque[float], *, floor: float) -> float:
+    def _within(
+        self, value: float, population: deque[float], *, floor: float, doubt: bool
+    ) -> float:
         """``value``, or the population's median if it is more than the tolerance outside the
-        population's range (on ``value + floor``: a 0 claim stays comparable)."""
+        population's range (on ``value + floor``: a 0 claim stays comparable) or, with
+        ``doubt``, below the median."""
         tolerance = math.exp(self._log_tolerance)
         low, high = (min(population) + floor) / tolerance, (max(population) + floor) * tolerance
+        median = statistics.median(population)
+        if doubt and value < median:
+            return median
         if low <= value + floor <= high:
             return value
-        return statistics.median(population)
+        return median
 
     def _duration_prior(self, tool: str, claimed: float, record: _Record) -> float:
         """The tool's duration by the registry, else as observed here, else the claim scaled by

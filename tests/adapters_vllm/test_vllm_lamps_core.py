@@ -16,6 +16,8 @@ import pytest
 from adapters.vllm.config import PluginConfig
 from adapters.vllm.lamps_core import LampsCore
 from lamps_agent.hints import LampsHints
+from lamps_agent.predictors import PredictionQuery
+from lamps_agent.predictors.calibrated import CalibratedPredictor
 from lamps_agent.request import KVStrategy
 
 BLOCK = 16
@@ -218,9 +220,30 @@ def test_a_clients_hints_are_discounted_by_what_its_turns_then_did() -> None:
         run_turn(lamps, sched, turn("r1", 100, step=0, tool="search", claimed=1))  # wrote 10
         second = turn("r2", 130, step=1, tool="search", claimed=1)
         lamps.on_add(second)
-        assert lamps.stats()["hints_discounted"] == discounted
+        stats = lamps.stats()
+        assert stats["hints_discounted"] == discounted
+        assert stats["tenant_hints_discounted"] == ({"(none)": 1} if calibrate else {})
         prediction = lamps.tracked["r2"].core.prediction
         assert prediction is not None and (prediction.output_tokens > 1) is calibrate
+
+
+def test_a_session_that_comes_back_after_a_final_claim_is_caught_lying() -> None:
+    """The served path learns a final claim was false only when the session's next turn
+    arrives: the calibration hears it then, and the tenant's next final claim is read as a
+    tool call.  Another tenant's claims stand."""
+    sched = fake_vllm_scheduler()
+    lamps = LampsCore(sched, PluginConfig(policy="lamps", client_strategy="obey"))
+    run_turn(lamps, sched, turn("r1", 100, step=0, tool=None, tenant="liar", claimed=10))
+    assert lamps.stats()["tenant_hints_discounted"] == {}
+    second = turn("r2", 130, step=1, tool=None, tenant="liar", claimed=10)
+    lamps.on_add(second)  # the comeback: the first claim was false, and this one is doubted
+    prediction = lamps.tracked["r2"].core.prediction
+    assert prediction is not None and prediction.tool is not None
+    assert lamps.stats()["tenant_hints_discounted"] == {"liar": 1}
+    calibrated = lamps.predictor
+    assert isinstance(calibrated, CalibratedPredictor)
+    query = PredictionQuery(agent="test", step=0, tool=None, prompt_tokens=10, tenant="other")
+    assert calibrated.trusted(query)
 
 
 def test_boolean_settings_read_from_the_environment() -> None:

@@ -196,3 +196,42 @@ def test_a_liars_first_turn_among_honest_programs_is_checked_for_plausibility() 
     assert first.output_tokens == pytest.approx(300) and first.tool_duration == pytest.approx(4.0)
     honest = calibrated.predict(_query(_program("h99"), 0, "good"))
     assert honest == OraclePredictor().predict(_query(_program("h99"), 0, "good"))
+
+
+def test_a_tenant_caught_lying_loses_the_benefit_of_the_doubt_on_first_turns() -> None:
+    """Liars among a tenant's honest sessions: the tenant's median record stays clean, but once
+    a session is caught, a new session's first claim below its population's median (a 1-token
+    output, a 0 s tool, within the population's range) is ranked as the median.  A tenant never
+    caught keeps its claims, and an honest claim above the median passes in either."""
+    calibrated = CalibratedPredictor(
+        LyingPredictor(OraclePredictor(), liars={"liar0", "liar1"}, kind="short")
+    )
+    short = Program(  # an honest program whose first turn is short: within the agent's range
+        program_id="short",
+        agent="a",
+        segments=(
+            Segment(
+                prompt_tokens=100,
+                output_tokens=200,
+                tool="search",
+                tool_duration=3.0,
+                returned_tokens=50,
+            ),
+            Segment(prompt_tokens=350, output_tokens=300, tool=None, tool_duration=0.0),
+        ),
+    )
+    for i in range(12):
+        for tenant in ("mixed", "clean"):
+            _play(calibrated, _program(f"h{i}"), tenant)
+    first_short = _query(short, 0, "mixed")
+    assert calibrated.predict(first_short).output_tokens == pytest.approx(200)  # not doubted yet
+    _play(calibrated, _program("liar0"), "mixed")  # caught from its second turn
+    assert calibrated.trusted(_query(_program("new"), 0, "mixed"))  # the median record: clean
+    doubted = calibrated.predict(_query(short, 0, "mixed"))
+    assert doubted.output_tokens == pytest.approx(300)
+    assert doubted.tool_duration == pytest.approx(4.0)
+    liar = calibrated.predict(_query(_program("liar1"), 0, "mixed"))
+    assert liar.output_tokens == pytest.approx(300) and liar.tool_duration == pytest.approx(4.0)
+    clean = calibrated.predict(_query(short, 0, "clean"))
+    assert clean == OraclePredictor().predict(_query(short, 0, "clean"))
+    assert calibrated.discounted_by["mixed"] >= 2 and "clean" not in calibrated.discounted_by
