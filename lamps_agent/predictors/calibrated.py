@@ -26,8 +26,9 @@ produced (its last 256, once there are ``min_population``), or a tool duration a
 tool's, is replaced by that population's median.  An honest claim is a draw from the same population and almost never
 leaves its range; a claim of 1 token where the agent never wrote fewer than 20 does.
 
-A tenant that has been caught lying in some of its sessions (any of its last ``window`` sessions
-whose own record went off) loses the benefit of the doubt on its new sessions' first turns: a
+A tenant that has been caught understating in some of its sessions (any of its last ``window``
+sessions whose own record shows shorter claims than turns, or a false final) loses the benefit
+of the doubt on its new sessions' first turns: a
 first claim more favourable than its population's median (a shorter output, a shorter tool) is
 ranked as the median.  A lie then buys nothing on the first turn either, where the tenant's
 median record, held by its honest majority, would not show it; a tenant never caught keeps full
@@ -144,7 +145,7 @@ class CalibratedPredictor(Predictor):
         session, tenant = (self._record(source) for source in _sources(query))
         _compare(session, claim, outcome)
         _compare(tenant, claim, outcome)
-        self._note_session(tenant, _sources(query)[0], caught=not self._clean(session))
+        self._note_session(tenant, _sources(query)[0], caught=self._understated(session))
 
     def _record(self, source: Hashable) -> _Record:
         record = self._records.get(source)
@@ -183,6 +184,16 @@ class CalibratedPredictor(Predictor):
 
     def _clean(self, record: _Record) -> bool:
         return not (self._off(record.output) or self._off(record.duration) or record.false_finals)
+
+    def _understated(self, record: _Record) -> bool:
+        """Whether a source claimed less than it did (shorter outputs or tools, or a final
+        answer that was not): the lie a first turn's doubt guards against."""
+        over = self._log_tolerance
+        return bool(
+            record.false_finals
+            or (record.output and statistics.median(record.output) > over)
+            or (record.duration and statistics.median(record.duration) > over)
+        )
 
     def _session_known(self, query: PredictionQuery) -> bool:
         record = self._records.get(_sources(query)[0])

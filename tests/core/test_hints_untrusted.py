@@ -235,3 +235,29 @@ def test_a_tenant_caught_lying_loses_the_benefit_of_the_doubt_on_first_turns() -
     clean = calibrated.predict(_query(short, 0, "clean"))
     assert clean == OraclePredictor().predict(_query(short, 0, "clean"))
     assert calibrated.discounted_by["mixed"] >= 2 and "clean" not in calibrated.discounted_by
+
+
+def test_a_tenant_caught_overstating_keeps_its_first_claims() -> None:
+    """A hog (claims 100k tokens) is ranked by what it does from its second turn; its tenant's
+    honest first claims below the median stand: overstating buys nothing on a first turn."""
+    calibrated = CalibratedPredictor(LyingPredictor(OraclePredictor(), liars={"hog"}, kind="hog"))
+    for i in range(12):
+        _play(calibrated, _program(f"h{i}"), "t")
+    _play(calibrated, _program("hog"), "t")
+    assert calibrated.discounted_by["t"] > 0  # the hog, from its second turn
+    short = Program(
+        program_id="short",
+        agent="a",
+        segments=(
+            Segment(
+                prompt_tokens=100,
+                output_tokens=200,
+                tool="search",
+                tool_duration=3.0,
+                returned_tokens=50,
+            ),
+            Segment(prompt_tokens=350, output_tokens=300, tool=None, tool_duration=0.0),
+        ),
+    )
+    query = _query(short, 0, "t")
+    assert calibrated.predict(query) == OraclePredictor().predict(query)
