@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -930,6 +931,97 @@ async def starve(url: str, model: str, policy: str, seconds: float) -> Starvatio
     return out
 
 
+# lies through the served hint path (issue 23): tenants that claim what they do not do
+
+LIE_TENANTS = ("honest", "liar-short", "liar-final", "liar-hog")
+LIE_TOOL, LIE_AGENT = "lookup", "chaos-lies"  # apart from the fuzz load's (its claims are random)
+LIE_OUTPUT, LIE_RETURNED, LIE_TOOL_S, LIE_HOG = 8, 16, 1.0, 100_000
+
+
+@dataclass(slots=True)
+class Lies:
+    """Sessions of an honest tenant beside lying ones, and what the plug-in discounted."""
+
+    sessions: int = 0
+    turns_sent: int = 0
+    turns_completed: int = 0
+    engine_s: dict[str, float] = field(default_factory=dict)  # mean per turn, by tenant
+    discounted: dict[str, int] = field(default_factory=dict)  # the plug-in's, by tenant
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Every turn served; every liar discounted, the honest tenant never."""
+        return (
+            self.turns_completed == self.turns_sent > 0
+            and all(self.discounted.get(t, 0) > 0 for t in LIE_TENANTS[1:])
+            and self.discounted.get("honest", 0) == 0
+        )
+
+
+def lie_hints(tenant: str, honest: LampsHints) -> LampsHints:
+    """What ``tenant`` claims for ``honest``'s turn (the simulator's lies, ``bench --lies``)."""
+    if tenant == "liar-short":
+        return dataclasses.replace(honest, output_tokens=1, tool_duration=0.0)
+    if tenant == "liar-final":
+        return dataclasses.replace(
+            honest, tool=None, tool_duration=0.0, kv_strategy=KVStrategy.DISCARD
+        )
+    if tenant == "liar-hog":
+        return dataclasses.replace(honest, output_tokens=LIE_HOG)
+    return honest
+
+
+async def lie_load(url: str, model: str, sessions: int, turns: int, seed: int) -> Lies:
+    """``sessions`` sessions of ``turns`` turns for each tenant of ``LIE_TENANTS``, all at once:
+    each turn writes ``LIE_OUTPUT`` tokens and, but for the last, calls a tool that takes
+    ``LIE_TOOL_S`` (the client sleeps) and returns ``LIE_RETURNED`` tokens.  The honest tenant
+    claims exactly that; the liars claim 1 token and instant tools, a final answer, or 100k
+    tokens."""
+    import aiohttp
+
+    out = Lies(sessions=sessions * len(LIE_TENANTS))
+    spent: dict[str, list[float]] = {t: [] for t in LIE_TENANTS}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+
+        async def session(tenant: str, index: int) -> None:
+            rng = random.Random(f"{seed}-{tenant}-{index}")
+            prompt = [rng.randrange(*TOKENS) for _ in range(rng.randrange(32, 96))]
+            for step in range(turns):
+                last = step == turns - 1
+                honest = LampsHints(
+                    session_id=f"lie-{tenant}-{index}", priority=0, agent=LIE_AGENT, step=step,
+                    output_tokens=LIE_OUTPUT, tool=None if last else LIE_TOOL,
+                    tool_duration=0.0 if last else LIE_TOOL_S,
+                    kv_strategy=KVStrategy.DISCARD if last else KVStrategy.PRESERVE,
+                    tenant=tenant,
+                )  # fmt: skip
+                body = {"model": model, "prompt": prompt, "max_tokens": LIE_OUTPUT,
+                        "ignore_eos": True, "temperature": 0.0,
+                        **lie_hints(tenant, honest).to_body()}  # fmt: skip
+                out.turns_sent += 1
+                started = time.monotonic()
+                async with http.post(f"{url}/v1/completions", json=body) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        out.note = f"{tenant}: turn {step} answered {resp.status}"
+                        return
+                out.turns_completed += 1
+                spent[tenant].append(time.monotonic() - started)
+                if not last:
+                    await asyncio.sleep(LIE_TOOL_S)
+                    filler = [rng.randrange(*TOKENS) for _ in range(LIE_OUTPUT + LIE_RETURNED)]
+                    prompt = prompt + filler
+
+        try:
+            async with asyncio.timeout(300):
+                await asyncio.gather(*(session(t, i) for t in LIE_TENANTS for i in range(sessions)))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            out.note = f"lies: {type(exc).__name__}: {exc}"
+    out.engine_s = {t: round(sum(v) / len(v), 3) for t, v in spent.items() if v}
+    return out
+
+
 # one policy's run
 
 
@@ -944,6 +1036,8 @@ class EngineOptions:
     ttl_max: float
     client_strategy: str
     seed: int
+    lie_sessions: int = 6  # per tenant of LIE_TENANTS; 0: no lies phase
+    lie_turns: int = 4
 
 
 @dataclass
@@ -981,6 +1075,11 @@ class EngineOutcome:
     starve_shorts: int = 0
     starve_bound: str = ""
     starve_bound_stated: bool = True
+    lies_run: bool = False
+    lies_turns: str = ""  # completed / sent
+    lies_discounted: str = ""  # the plug-in's discounted hints, by tenant
+    lies_engine_s: str = ""  # mean time per turn, by tenant
+    lies_ok: bool = False
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -1008,6 +1107,7 @@ class EngineOutcome:
             and self.free_blocks_idle == self.usable_blocks
             and self.starve_completed
             and (self.starve_under_pressure or not self.starve_bound_stated)
+            and (self.lies_ok or not self.lies_run)
         )
 
 
@@ -1095,12 +1195,37 @@ def run_policy(policy: str, opts: EngineOptions, work: Path) -> EngineOutcome:
         )
         if starved.note:
             out.notes.append(starved.note)
+        if opts.lie_sessions > 0:
+            _lie_phase(out, server.url, opts, stats)
         out.server_alive = alive(server.url)
         final = read_stats(stats, load_end)
         if final is not None:
             out.plugin_errors = max(out.plugin_errors, int(final["errors"]))
     out.wall_s = round(time.monotonic() - started, 1)
     return out
+
+
+def _lie_phase(out: EngineOutcome, url: str, opts: EngineOptions, stats: Path) -> None:
+    """Lying tenants beside an honest one; the plug-in's per-tenant discounts, read from its
+    stats file once it was rewritten after the phase (every 2 s)."""
+    out.lies_run = True
+    lies = asyncio.run(lie_load(url, opts.model, opts.lie_sessions, opts.lie_turns, opts.seed))
+    ended = time.time()
+    data = None
+    deadline = time.monotonic() + 10
+    while data is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        data = read_stats(stats, ended)
+    if data is None:
+        out.notes.append("lies: no stats file after the phase")
+    else:
+        lies.discounted = {str(t): int(n) for t, n in data["tenant_hints_discounted"].items()}
+    out.lies_turns = f"{lies.turns_completed}/{lies.turns_sent}"
+    out.lies_discounted = ", ".join(f"{t} {lies.discounted.get(t, 0)}" for t in LIE_TENANTS)
+    out.lies_engine_s = ", ".join(f"{t} {v:g}" for t, v in lies.engine_s.items())
+    out.lies_ok = lies.ok
+    if lies.note:
+        out.notes.append(lies.note)
 
 
 def _take_tally(out: EngineOutcome, tally: LoadTally) -> None:
@@ -1193,6 +1318,10 @@ _ENGINE_FIELDS = (
     "starve_latency_s",
     "starve_under_pressure",
     "starve_shorts",
+    "lies_turns",
+    "lies_discounted",
+    "lies_engine_s",
+    "lies_ok",
     "wall_s",
 )
 
@@ -1213,6 +1342,7 @@ def engine_command(args: argparse.Namespace) -> int:
             abort_rate=args.abort_rate, stall_timeout=args.stall_timeout,
             starve_seconds=args.starve_seconds, ttl_max=args.ttl_max,
             client_strategy=args.client_strategy, seed=args.seed,
+            lie_sessions=args.lie_sessions, lie_turns=args.lie_turns,
         )  # fmt: skip
         outcomes = []
         for policy in policies:
@@ -1265,6 +1395,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the plug-in's client_strategy; obey: every preserve hint pins (default)",
     )
     eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument(
+        "--lie-sessions", type=int, default=6,
+        help="sessions per tenant in the lies phase (an honest tenant and three liars); 0: none",
+    )  # fmt: skip
+    eng.add_argument("--lie-turns", type=int, default=4, help="turns per session (>= 2)")
     eng.add_argument("--model", default=None, help="a model directory (default: a tiny one)")
     eng.add_argument("--log-dir", default=None, help="keep the servers' logs and stats here")
     eng.add_argument("--json", default=None, help="also write the outcome as JSON here")
@@ -1272,6 +1407,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "engine":
         if args.requests < 1 or args.concurrency < 1 or not 0 <= args.abort_rate < 1:
             parser.error("--requests >= 1, --concurrency >= 1, 0 <= --abort-rate < 1")
+        if args.lie_sessions < 0 or args.lie_turns < 2:
+            parser.error("--lie-sessions >= 0, --lie-turns >= 2")
         return engine_command(args)
     if args.processes < 2 or args.threads < 1 or args.calls < 1:
         parser.error("--processes >= 2 (one is killed, one terminated), --threads >= 1")
