@@ -31,6 +31,7 @@ class InFlight:
     last_seen: float
     turn: int  # the request id of its current turn
     overdue_at: float = math.inf  # in a tool: when it is forgotten if it has not come back
+    service_s: float = 0.0  # its turns' decode time alone and its tools' time so far
     # Its current turn left the GPU with no word of where to: a finish, a pause or a preemption
     # follows a turn's leaving at once, so only an abort (Scheduler.abort) leaves this set.
     left: bool = False

@@ -1,6 +1,7 @@
 """When the ``program`` policy's rules apply: a time-averaged KV load and an engage switch.
 
-Two signals of KV pressure are averaged exponentially over ``window_s``: the KV in use over its
+Two signals of KV pressure are averaged exponentially over a window (two program lifetimes as the
+engine measures them, :class:`ProgramLifetimes`, unless ``window_s`` is set): the KV in use over its
 capacity (``load``: what is held now) and the committed footprint over the budget
 (``commitment``: what the programs in flight are predicted to need, which leads the first when
 many programs start at once).  The rules engage when ``load`` reaches ``engage_at`` or
@@ -12,18 +13,70 @@ only matters when the fluid load nears capacity), and the policy schedules as ``
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 
 RELEASE_FRACTION = 0.8  # the rules release below 0.8 x engage_at (hysteresis)
+WINDOW_LIFETIMES = 2.0  # the derived window: two program lifetimes (ProgramLifetimes)
+
+
+class ProgramLifetimes:
+    """The workload's time scale as the engine measures it: a finished program's lifetime
+    without contention — its tools' observed durations plus its turns' decode time at batch 1
+    by the cost model — the median of the last 256.  Queueing is left out, so the scale does
+    not grow with the load it is meant to average; tool time, which the engine measures, is
+    what moves it from a simulated 30-minute window to a replay at 1/20 of the time.  Before a
+    program has finished, a turn's cycle (its decode time and its tool's) times the turns a
+    program is expected to take stands in; before a tool has returned there is no scale."""
+
+    def __init__(self, *, expected_turns: float = 8.0) -> None:
+        if not expected_turns >= 1:
+            raise ValueError("expected_turns must be >= 1")
+        self.expected_turns = expected_turns
+        self._lifetimes: deque[float] = deque(maxlen=256)
+        self._cycles: deque[float] = deque(maxlen=256)
+
+    def observe(self, seconds: float) -> None:
+        """A program finished after ``seconds`` of decode and tools."""
+        if math.isfinite(seconds) and seconds > 0:
+            self._lifetimes.append(seconds)
+
+    def observe_cycle(self, seconds: float) -> None:
+        """A turn's decode and its tool call took ``seconds``."""
+        if math.isfinite(seconds) and seconds > 0:
+            self._cycles.append(seconds)
+
+    @property
+    def known(self) -> bool:
+        return bool(self._lifetimes or self._cycles)
+
+    @property
+    def median(self) -> float:
+        """A program's lifetime: measured, else estimated from its turns' cycles (NaN: none)."""
+        if self._lifetimes:
+            return statistics.median(self._lifetimes)
+        if self._cycles:
+            return statistics.median(self._cycles) * self.expected_turns
+        return math.nan
 
 
 class EngageSwitch:
     """The time-averaged load and commitment, and whether the program-level rules are on."""
 
-    def __init__(self, *, engage_at: float, commit_at: float, window_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        engage_at: float,
+        commit_at: float,
+        window_s: float | None,
+        expected_turns: float = 8.0,
+    ) -> None:
+        """``window_s``: the averaging window; None: derived from the programs' lifetimes
+        (:class:`ProgramLifetimes`; ``expected_turns`` per program until one has finished)."""
         if not 0 <= engage_at <= 4:
             raise ValueError("engage_at must be in [0, 4] (a fraction of the KV capacity)")
-        if not window_s > 0:
-            raise ValueError("load_window_s must be > 0")
+        if window_s is not None and not window_s > 0:
+            raise ValueError("load_window_s must be > 0 (or None: derived)")
         if not commit_at >= 0:
             raise ValueError("commit_at must be >= 0 (a multiple of the budget)")
         self.engage_at = engage_at
@@ -32,16 +85,29 @@ class EngageSwitch:
         self.load = 0.0  # time-averaged KV in use / KV capacity
         self.commitment = 0.0  # time-averaged committed footprint / budget
         self._at: float | None = None
+        self.lifetimes = ProgramLifetimes(expected_turns=expected_turns)
         self.engaged = engage_at == 0.0  # engage_at=0: always on
         self.engagements = 0  # times the rules engaged
+
+    def window(self) -> float:
+        """The averaging window: the option's, else ``WINDOW_LIFETIMES`` program lifetimes
+        (:class:`ProgramLifetimes`; NaN while no tool has returned)."""
+        if self.window_s is not None:
+            return self.window_s
+        return WINDOW_LIFETIMES * self.lifetimes.median
 
     def update(self, *, now: float, used: float, committed: float) -> bool:
         """Average in this look's ``used`` (KV in use / capacity) and ``committed`` (committed
         footprint / budget) at time ``now``; returns whether the rules are engaged."""
+        if self.window_s is None and not self.lifetimes.known:
+            # No time scale yet (no tool has returned): no average can speak for a load, and
+            # the first look with one starts it (before, a new program's prior footprint
+            # alone would weigh as a sustained load).
+            return self.engaged
         if self._at is None:
             self.load, self.commitment = used, committed
         elif now > self._at:
-            weight = 1.0 - math.exp(-(now - self._at) / self.window_s)
+            weight = 1.0 - math.exp(-(now - self._at) / self.window())
             self.load += weight * (used - self.load)
             self.commitment += weight * (committed - self.commitment)
         self._at = now

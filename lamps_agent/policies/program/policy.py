@@ -68,7 +68,7 @@ class ProgramPolicy(LampsPolicy):
         patience: int | None = None,
         engage_at: float = 0.5,
         commit_at: float = 1.0,
-        load_window_s: float = 120.0,
+        load_window_s: float | None = None,
     ) -> None:
         """``footprint``: the footprint predictor (a server may seed one from the tool
         registry's turns); the other options are described in docs/scheduling.md."""
@@ -93,7 +93,12 @@ class ProgramPolicy(LampsPolicy):
         self.max_context = float("inf")  # the engine's context limit (limit_context)
         self.footprints = footprint or FootprintPredictor()
         self.durations = ToolDurations()
-        self.switch = EngageSwitch(engage_at=engage_at, commit_at=commit_at, window_s=load_window_s)
+        self.switch = EngageSwitch(
+            engage_at=engage_at,
+            commit_at=commit_at,
+            window_s=load_window_s,
+            expected_turns=self.footprints.prior_turns,
+        )
         self.in_flight = ProgramsInFlight()
         self.aging = Aging()
         self.pins = PinDeadlines()
@@ -280,11 +285,18 @@ class ProgramPolicy(LampsPolicy):
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         super().on_turn_end(req, outcome)
         self._turns.pop(req.request_id, None)  # computed afresh at the next turn's start
+        context = req.segment.prompt_tokens + outcome.output_tokens
+        service = outcome.output_tokens * self.preset.cost.iteration_time(0, 1, context)
         if outcome.tool is not None:  # the program goes on (its pause: on_tool_call)
             self.durations.observe(outcome.tool, outcome.tool_duration)
+            flight = self.in_flight.find(program_key(req))
+            if flight is not None:
+                flight.service_s += service + outcome.tool_duration
+            self.switch.lifetimes.observe_cycle(service + outcome.tool_duration)
             return
         flight = self.in_flight.leave(program_key(req))
         if flight is not None:
+            self.switch.lifetimes.observe(flight.service_s + service)
             self.footprints.observe(
                 agent=flight.agent,
                 turns=program_step(req) + 1,

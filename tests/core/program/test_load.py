@@ -50,3 +50,47 @@ def test_bad_levels_are_refused() -> None:
         options = {"engage_at": 0.5, "commit_at": 1.0, "window_s": 10.0} | bad
         with pytest.raises(ValueError):
             EngageSwitch(**options)
+
+
+def test_the_derived_window_is_two_program_lifetimes_and_waits_for_a_time_scale() -> None:
+    """No wall-clock constant: until a tool has returned nothing is averaged (a new program's
+    prior footprint alone is not a sustained load); then the window is two lifetimes, each a
+    turn's cycle times the expected turns until a program has finished, then measured."""
+    switch = EngageSwitch(engage_at=0.5, commit_at=1.0, window_s=None, expected_turns=8.0)
+    assert not switch.update(now=1.0, used=0.9, committed=3.0)
+    assert (switch.load, switch.commitment) == (0.0, 0.0) and math.isnan(switch.window())
+    switch.lifetimes.observe_cycle(0.5)
+    assert switch.window() == pytest.approx(2 * 0.5 * 8)
+    assert not switch.update(now=2.0, used=0.0, committed=0.0)  # the first look with a scale
+    switch.update(now=10.0, used=0.9, committed=0.0)
+    assert switch.load == pytest.approx(0.9 * (1 - math.exp(-8.0 / 8.0)))
+    for seconds in (4.0, 6.0, 5.0, math.nan, -1.0):  # nonsense is not a lifetime
+        switch.lifetimes.observe(seconds)
+    assert switch.lifetimes.median == pytest.approx(5.0)
+    assert switch.window() == pytest.approx(10.0)
+    assert EngageSwitch(engage_at=0.5, commit_at=1.0, window_s=7.0).window() == 7.0
+
+
+def test_the_derived_window_follows_the_workloads_time_scale() -> None:
+    """The same programs with every tool 20x shorter (a replay at time scale 0.05): the window
+    the policy derives shrinks with them, so the rules engage the same way at either scale."""
+    from lamps_agent.policies import make_policy
+    from lamps_agent.predictors import make_predictor
+    from lamps_agent.presets import load_preset
+    from lamps_agent.sim import RunLabels, Simulator
+    from lamps_agent.workloads import poisson_workload
+    from tests.core.conftest import make_program
+
+    preset = load_preset("h100-llama3-8b")
+    windows = []
+    for scale in (1.0, 0.05):
+        turns = [(40, 20.0 * scale, 200)] * 4
+        scaled = [make_program(f"p{i}", turns, agent="x") for i in range(8)]
+        arrivals = poisson_workload(scaled, qps=0.05 / scale, seed=1, num_programs=16)
+        policy = make_policy("program", predictor=make_predictor("oracle"), preset=preset)
+        Simulator(preset=preset, policy=policy, arrivals=arrivals).run(
+            RunLabels(policy="program", predictor="oracle")
+        )
+        windows.append(policy.switch.window())
+    assert windows[0] == pytest.approx(2 * (3 * 20.0), rel=0.1)  # tools dominate: 3 x 20 s
+    assert windows[1] < windows[0] / 10  # the decode time (~1 s a program here) does not scale
