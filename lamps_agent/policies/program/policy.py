@@ -9,6 +9,7 @@ admission gate (:mod:`.gate`), the rank (:mod:`.area`, :mod:`.keys`), the engage
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -364,10 +365,11 @@ class ProgramPolicy(LampsPolicy):
         in flight (and how many of them are in a tool), their committed fluid footprint, the
         part the gate counts (KV on the GPU) against the budget, admissions and refusals, how
         many agents' footprints are learned rather than the prior's, and the engage rule's
-        state as of the gate's last look."""
+        state as of the gate's last look (with its averaging window)."""
         self._drop_stale()
         in_flight = self.in_flight
-        return {
+        window = self.switch.window()
+        figures = {
             "in_flight": len(in_flight),
             "in_flight_in_tool": sum(1 for f in in_flight.values() if f.in_tool),
             "committed_tokens": round(in_flight.committed, 1),
@@ -381,3 +383,6 @@ class ProgramPolicy(LampsPolicy):
             "load": round(self.load, 3),
             "commitment": round(self.commitment, 3),
         }
+        if not math.isnan(window):  # none until a tool has returned
+            figures["load_window_s"] = round(window, 3)
+        return figures
