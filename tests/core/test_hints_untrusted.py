@@ -55,6 +55,16 @@ def _query(program: Program, step: int, tenant: str | None) -> PredictionQuery:
     )
 
 
+def _short_first_turn() -> Program:
+    """An honest program whose first turn (200 tokens, a 3 s tool) is below the medians of
+    :func:`_program`'s turns (300 tokens, 4 s) and within their range."""
+    first = Segment(
+        prompt_tokens=100, output_tokens=200, tool="search", tool_duration=3.0, returned_tokens=50
+    )
+    last = Segment(prompt_tokens=350, output_tokens=300, tool=None, tool_duration=0.0)
+    return Program(program_id="short", agent="a", segments=(first, last))
+
+
 def _outcome(seg: Segment) -> Outcome:
     return Outcome(
         output_tokens=seg.output_tokens,
@@ -206,20 +216,7 @@ def test_a_tenant_caught_lying_loses_the_benefit_of_the_doubt_on_first_turns() -
     calibrated = CalibratedPredictor(
         LyingPredictor(OraclePredictor(), liars={"liar0", "liar1"}, kind="short")
     )
-    short = Program(  # an honest program whose first turn is short: within the agent's range
-        program_id="short",
-        agent="a",
-        segments=(
-            Segment(
-                prompt_tokens=100,
-                output_tokens=200,
-                tool="search",
-                tool_duration=3.0,
-                returned_tokens=50,
-            ),
-            Segment(prompt_tokens=350, output_tokens=300, tool=None, tool_duration=0.0),
-        ),
-    )
+    short = _short_first_turn()
     for i in range(12):
         for tenant in ("mixed", "clean"):
             _play(calibrated, _program(f"h{i}"), tenant)
@@ -245,19 +242,6 @@ def test_a_tenant_caught_overstating_keeps_its_first_claims() -> None:
         _play(calibrated, _program(f"h{i}"), "t")
     _play(calibrated, _program("hog"), "t")
     assert calibrated.discounted_by["t"] > 0  # the hog, from its second turn
-    short = Program(
-        program_id="short",
-        agent="a",
-        segments=(
-            Segment(
-                prompt_tokens=100,
-                output_tokens=200,
-                tool="search",
-                tool_duration=3.0,
-                returned_tokens=50,
-            ),
-            Segment(prompt_tokens=350, output_tokens=300, tool=None, tool_duration=0.0),
-        ),
-    )
+    short = _short_first_turn()
     query = _query(short, 0, "t")
     assert calibrated.predict(query) == OraclePredictor().predict(query)
