@@ -11,10 +11,14 @@ the budget — a new program of a tenant whose own committed footprint stays wit
 passes whatever the others hold, so a bursting tenant's resident programs cannot shut the gate on
 the rest.  Past its share a tenant's program passes only by the shared rule above.  A refusal then
 holds that tenant alone (``closes_tenant``): the walk goes on to the other tenants' requests.
+
+A refused new program is held at most its policy's ``patience_for`` iterations (ski rental:
+:meth:`ProgramPolicy.patience_for`), then passes over the threshold.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -24,10 +28,16 @@ from lamps_agent.policies.program.keys import program_key
 from lamps_agent.request import Request
 
 
+class _Held(enum.Enum):
+    TURN_WAITS = "a later turn waits for memory"
+    THRESHOLD = "over the fluid threshold"
+
+
 class GatedPolicy(Protocol):
     """What the gate reads of its policy (and the one count it keeps there)."""
 
     counters_held: int  # new programs refused (one per refusal)
+    counters_waited_out: int  # new programs let through over the threshold by their patience
 
     @property
     def view(self) -> EngineView: ...
@@ -35,8 +45,7 @@ class GatedPolicy(Protocol):
     @property
     def in_flight(self) -> ProgramsInFlight: ...
 
-    @property
-    def patience(self) -> int | None: ...
+    def patience_for(self, req: Request) -> int: ...
 
     @property
     def budget_tokens(self) -> float: ...
@@ -88,22 +97,13 @@ class ProgramGate:
         if program_key(req) in policy.in_flight:
             return self._allow_turn(req)
         term = policy.footprint_term(req)
-        tenant = req.program.tenant
-        within_share = self._within_share(tenant, term)
-        if self._turn_waits and not within_share:
-            return self._refuse(counted=False)  # later turns wait for memory: they go first
-        patience = policy.patience
-        if patience is not None and policy.view.iteration - req.enqueued_iteration >= patience:
-            return True  # an operator's bound in iterations, WAIT's liveness rule (off by default)
         peak = policy.predicted_peak(req)
-        if within_share or (self._idle and not self._given):
-            ok = True  # an idle engine admits the head, whatever its size
-        else:
-            ok = self._resident + self._pending + term <= policy.budget_tokens or (
-                self._used + self._pending_peaks + peak <= policy.open_below_tokens
-            )
-        if not ok:
-            return self._refuse(counted=True)
+        tenant = req.program.tenant
+        held = self._held(term, peak, within_share=self._within_share(tenant, term))
+        if held is not None:
+            if policy.view.iteration - req.enqueued_iteration < policy.patience_for(req):
+                return self._refuse(counted=held is _Held.THRESHOLD)
+            policy.counters_waited_out += 1  # it waited out what holding it could save
         self._given += 1
         self._pending += term
         self._pending_peaks += peak
@@ -111,6 +111,21 @@ class ProgramGate:
         if self._shares is not None:
             self._committed_by_tenant[tenant] = self._committed_by_tenant.get(tenant, 0.0) + term
         return True
+
+    def _held(self, term: float, peak: float, *, within_share: bool) -> _Held | None:
+        """Why a new program would be held now, if it would."""
+        if within_share:
+            return None
+        if self._turn_waits:
+            return _Held.TURN_WAITS  # later turns wait for memory: they go first
+        if self._idle and not self._given:
+            return None  # an idle engine admits the head, whatever its size
+        policy = self._policy
+        if self._resident + self._pending + term <= policy.budget_tokens:
+            return None
+        if self._used + self._pending_peaks + peak <= policy.open_below_tokens:
+            return None
+        return _Held.THRESHOLD
 
     def _refuse(self, *, counted: bool) -> bool:
         """A new program refused: without shares the walk ends; with them, its tenant's does."""

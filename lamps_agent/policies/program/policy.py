@@ -104,6 +104,7 @@ class ProgramPolicy(LampsPolicy):
         self.aging = Aging()
         self.pins = PinDeadlines()
         self.counters_held = 0  # new programs refused by the gate (one per refusal)
+        self.counters_waited_out = 0  # ... let through over the threshold by patience_for
         self._turns: dict[int, _TurnFigures] = {}  # by request id, from its turn's start
 
     # -- the switch's and the table's figures ----------------------------------------------
@@ -164,6 +165,23 @@ class ProgramPolicy(LampsPolicy):
     def predicted_peak(self, req: Request) -> float:
         turn = self._turns.get(req.request_id)
         return self._predict_footprint(req).peak if turn is None else turn.peak
+
+    def patience_for(self, req: Request) -> int:
+        """Iterations the gate may hold the new program ``req`` over its threshold: the
+        operator's ``patience``, else rent or buy.  Holding it saves at most one recomputation
+        of the KV its admission would push out — its footprint term, prefilled again while every
+        running request (and the evicted one) waits; each iteration held costs it one decode
+        step.  Held until its wait has cost as much, then admitted, it pays at most twice the
+        better choice in hindsight (the ski-rental bound).  Both sides are the cost model's
+        times, so the count is the same on a fitted preset and at any time scale."""
+        if self.patience is not None:
+            return self.patience
+        view = self.view
+        recompute = self.preset.cost.prefill_time(
+            self.footprint_term(req), self.preset.token_budget
+        )
+        step = max(view.decode_step_time, 1e-6)
+        return max(1, math.ceil(recompute * (view.num_running + 1) / step))
 
     def limit_context(self, tokens: int) -> None:
         if tokens < 1:
@@ -377,6 +395,7 @@ class ProgramPolicy(LampsPolicy):
             "budget_tokens": round(self.budget_tokens, 1),
             "admissions": in_flight.admissions,
             "gate_refusals": self.counters_held,
+            "gate_waited_out": self.counters_waited_out,
             "agents_learned": self.footprints.learned(),
             "engaged": int(self.engaged),
             "engagements": self.engagements,

@@ -26,6 +26,7 @@ class _Policy:
     budget_tokens: float = 1000.0
     open_below_tokens: float = 0.0
     counters_held: int = 0
+    counters_waited_out: int = 0
     terms: dict[int, float] = field(default_factory=dict)
 
     def footprint_term(self, req: Request) -> float:
@@ -33,6 +34,9 @@ class _Policy:
 
     def predicted_peak(self, req: Request) -> float:
         return 2 * self.terms[req.request_id]
+
+    def patience_for(self, req: Request) -> int:
+        return 10**9 if self.patience is None else self.patience
 
 
 def _policy(*, running: int = 1, free_blocks: int = 1000) -> _Policy:
@@ -109,8 +113,20 @@ def test_patience_lets_a_new_program_through_after_so_many_iterations() -> None:
     old, young = _new(policy, 1, 1e9), _new(policy, 2, 1e9)
     old.enqueued_iteration, young.enqueued_iteration = 15, 16
     gate = ProgramGate(policy, resident=0.0)
-    assert gate.allow(old)
-    assert not gate.allow(young)
+    assert gate.allow(old) and policy.counters_waited_out == 1
+    assert not gate.allow(young) and policy.counters_held == 1
+
+
+def test_patience_also_bounds_the_wait_behind_a_later_turn() -> None:
+    policy = _policy(free_blocks=50)
+    policy.patience = 10
+    policy.view.iteration = 25
+    gate = ProgramGate(policy, resident=0.0)
+    assert not gate.allow(_in_flight(policy, 1, prompt=5000))  # waits for memory
+    old, young = _new(policy, 2, 1.0), _new(policy, 3, 1.0)
+    old.enqueued_iteration, young.enqueued_iteration = 15, 16
+    assert gate.allow(old) and policy.counters_waited_out == 1
+    assert not gate.allow(young) and policy.counters_held == 0  # not the threshold's refusal
 
 
 def test_with_tenants_each_is_guaranteed_its_share_of_the_budget() -> None:

@@ -4,6 +4,8 @@ Each part's own behaviour is tested beside it (test_gate.py, test_footprint.py, 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lamps_agent.policies import make_policy
@@ -38,6 +40,39 @@ def test_threshold_holds_new_programs_but_never_a_later_turn(small_preset: Prese
     sched.preempt(first)
     assert first.queue_key[0] == ADMITTED and second.queue_key[0] == NEW
     assert list(sched.admissible(10)) == [first]
+
+
+def test_a_held_program_waits_at_most_what_holding_it_could_save(small_preset: Preset) -> None:
+    """Rent or buy: the gate holds a new program over its threshold for as many iterations as
+    one recomputation of its footprint costs the running batch, then lets it through."""
+    policy, sched = program_policy(
+        small_preset, target_utilization=0.15, open_below=0.0, engage_at=0.0
+    )
+    first, second = sim_request(1), sim_request(2)
+    sched.add_request(first)
+    sched.add_request(second)
+    assert list(sched.admissible(10)) == [first]
+    sched.admit(first)
+    sched.sync_view()
+    cost, view = small_preset.cost, policy.view
+    recompute = cost.prefill_time(policy.footprint_term(second), small_preset.token_budget)
+    patience = policy.patience_for(second)
+    assert patience == math.ceil(recompute * (view.num_running + 1) / view.decode_step_time)
+    # A larger footprint, or more requests running, is worth a longer wait.
+    assert policy.patience_for(sim_request(3, prompt=8000)) > patience
+    sched.running.extend([sim_request(4), sim_request(5)])
+    sched.sync_view()
+    assert policy.patience_for(second) > patience
+    del sched.running[1:]
+    sched.sync_view()
+    sched.iteration = second.enqueued_iteration + patience - 1
+    sched.sync_view()
+    assert list(sched.admissible(10)) == [] and policy.counters_waited_out == 0
+    sched.iteration += 1
+    sched.sync_view()
+    assert list(sched.admissible(10)) == [second] and policy.counters_waited_out == 1
+    # The operator's fixed patience replaces the derived one.
+    assert program_policy(small_preset, patience=7)[0].patience_for(second) == 7
 
 
 def test_an_engine_with_nothing_in_flight_admits_even_a_program_over_budget(
