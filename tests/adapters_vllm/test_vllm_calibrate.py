@@ -67,7 +67,7 @@ def test_profile_fits_held_out_steps_and_writes_a_loadable_preset(
 def test_validate_end_to_end_reports_both_sides(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "validate"
     rc = main([
-        "validate", "--model", str(tiny_model), "--synthetic", "4", "--num-programs", "4",
+        "validate", "--model", str(tiny_model), "--synthetic", "4", "--num-programs", "8",
         "--qps", "4", "--time-scale", "0.01", "--policies", "vllm,lamps", "--no-unloaded",
         "--kv-cache-bytes", str(2 * 2**20), "--max-num-seqs", "8", "--max-model-len", "2048",
         "--decode-batches", "1,4", "--contexts", "64,512", "--prefills", "0,256",

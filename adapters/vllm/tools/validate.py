@@ -280,9 +280,12 @@ def profile_served(
     records = read_step_log(steps)
     samples = prof.samples_from_step_log(records)
     fit, back = prof.held_back(samples)
-    if not back:
+    shapes = len(prof.medians(fit))
+    if not back or shapes < len(prof.FEATURES):
         raise ValueError(
-            f"the profiling replay ran too few step shapes ({len(samples)}) to judge a fit"
+            f"the profiling replay ran {shapes + len(prof.medians(back))} step shapes: a fit needs "
+            f"{len(prof.FEATURES)} to fit and more to judge it; replay more programs "
+            "(--num-programs) or give a fitted --preset-file"
         )
     cost = prof.fit_cost_model(fit, base=load_preset(base).cost)
     on_back = prof.fit_quality(cost, back)
