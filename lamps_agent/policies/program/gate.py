@@ -12,8 +12,9 @@ passes whatever the others hold, so a bursting tenant's resident programs cannot
 the rest.  Past its share a tenant's program passes only by the shared rule above.  A refusal then
 holds that tenant alone (``closes_tenant``): the walk goes on to the other tenants' requests.
 
-A refused new program is held at most its policy's ``patience_for`` iterations (ski rental:
-:meth:`ProgramPolicy.patience_for`), then passes over the threshold.
+A new program held (over the threshold, or behind a later turn waiting for memory) is held at
+most its policy's ``patience_for`` iterations (rent or buy: :meth:`ProgramPolicy.patience_for`),
+then passes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class GatedPolicy(Protocol):
     """What the gate reads of its policy (and the one count it keeps there)."""
 
     counters_held: int  # new programs refused (one per refusal)
-    counters_waited_out: int  # new programs let through over the threshold by their patience
+    counters_waited_out: int  # held new programs let through by their patience
 
     @property
     def view(self) -> EngineView: ...
