@@ -104,7 +104,7 @@ class ProgramPolicy(LampsPolicy):
         self.aging = Aging()
         self.pins = PinDeadlines()
         self.counters_held = 0  # new programs refused by the gate (one per refusal)
-        self.counters_waited_out = 0  # ... let through over the threshold by patience_for
+        self.counters_waited_out = 0  # held new programs let through by patience_for
         self._turns: dict[int, _TurnFigures] = {}  # by request id, from its turn's start
 
     # -- the switch's and the table's figures ----------------------------------------------
@@ -167,13 +167,13 @@ class ProgramPolicy(LampsPolicy):
         return self._predict_footprint(req).peak if turn is None else turn.peak
 
     def patience_for(self, req: Request) -> int:
-        """Iterations the gate may hold the new program ``req`` over its threshold: the
-        operator's ``patience``, else rent or buy.  Holding it saves at most one recomputation
+        """Iterations the gate may hold the new program ``req`` (over its threshold, or behind a
+        later turn waiting for memory): the operator's ``patience``, else rent or buy.  Holding it saves at most one recomputation
         of the KV its admission would push out — its footprint term, prefilled again while every
         running request (and the evicted one) waits; each iteration held costs it one decode
         step.  Held until its wait has cost as much, then admitted, it pays at most twice the
         better choice in hindsight (the ski-rental bound).  Both sides are the cost model's
-        times, so the count is the same on a fitted preset and at any time scale."""
+        times: the count is a ratio of costs and does not move with the time scale."""
         if self.patience is not None:
             return self.patience
         view = self.view
