@@ -280,10 +280,9 @@ def profile_served(
     records = read_step_log(steps)
     samples = prof.samples_from_step_log(records)
     fit, back = prof.held_back(samples)
-    shapes = len(prof.medians(fit))
-    if not back or shapes < len(prof.FEATURES):
+    if not back or len({s.shape_key for s in fit}) < len(prof.FEATURES):
         raise ValueError(
-            f"the profiling replay ran {shapes + len(prof.medians(back))} step shapes: a fit needs "
+            f"the profiling replay ran {len({s.shape_key for s in samples})} step shapes: a fit needs "
             f"{len(prof.FEATURES)} to fit and more to judge it; replay more programs "
             "(--num-programs) or give a fitted --preset-file"
         )
