@@ -2,9 +2,10 @@
 vllm-router, a LangChain agent with ``LampsMiddleware`` streaming through ``ChatOpenAI``).
 
 The cluster is started as docs/vllm.md shows it.  Checked: each replica's ``VLLM::Worker`` runs on
-the cores the launcher gave it (one core each on a 2-core machine); once the agent's streamed turn
-has sent some tokens, the server of the replica running it gets SIGKILL (the server alone, as a
-crash: its engine processes live on); the agent's turn completes (called again by the middleware,
+the cores the launcher gave it (one core each on a 2-core machine); once the server of the replica
+running the agent's streamed turn has generated some of it (read by a watcher process,
+replica_killer.py), that server gets SIGKILL (the server alone, as a crash: its engine processes
+live on); the agent's turn completes (called again by the middleware,
 counted once, a complete reply); the launcher reports the death in one line within seconds; 20 s
 after the kill no process of the dead replica is left; a replacement serves within 120 s; the
 router's ``/readiness`` stays 200 and ``/liveness`` too; stopping the launcher leaves no process
@@ -43,13 +44,14 @@ from adapters.vllm.tools.cluster import (  # noqa: E402
     http_status,
     read_manifest,
 )
-from adapters.vllm.tools.server import ServeOptions, scrape_metrics  # noqa: E402
+from adapters.vllm.tools.server import ServeOptions  # noqa: E402
 from tests.adapters_vllm.test_vllm_cluster import _port_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-ENGINE = ["--enforce-eager", "--block-size", "32", "--max-model-len", "4096",
+ENGINE = ["--enforce-eager", "--block-size", "32", "--max-model-len", "8192",
           "--kv-cache-memory-bytes", "64000000"]  # fmt: skip
-MAX_TOKENS = 3000
+MAX_TOKENS = 6000  # long enough that a kill read seconds late still cuts it (CI read 2,387)
+KILL_AFTER = 100  # tokens the server generates before it dies
 
 
 class Launcher:
@@ -96,24 +98,17 @@ def _worker_cores(pgid: int) -> set[int]:
     raise AssertionError(f"no VLLM::Worker in process group {pgid}")
 
 
-def _generated(replicas: list[dict[str, Any]]) -> list[float]:
-    """Each replica's generated-token counter (-1 where its metrics cannot be read)."""
-    counts = []
-    for r in replicas:
-        try:
-            counts.append(scrape_metrics(r["url"]).get("vllm:generation_tokens_total", 0.0))
-        except OSError:
-            counts.append(-1.0)
-    return counts
-
-
-def _running_on(replicas: list[dict[str, Any]], before: list[float]) -> int | None:
-    """The replica generating the turn: its generated-token counter rose since ``before`` (a
-    counter, not the running gauge, which a fast turn can slip between two scrapes of)."""
-    for i, (now, then) in enumerate(zip(_generated(replicas), before, strict=True)):
-        if then >= 0 and now > then:
-            return i
-    return None
+def _start_killer(replicas: list[dict[str, Any]]) -> subprocess.Popen[str]:
+    """The watcher that kills the generating replica's server (replica_killer.py), once ready."""
+    killer = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("replica_killer.py")), "--after",
+         str(KILL_AFTER), *(f"{r['url']}={r['pid']}" for r in replicas)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert killer.stdout is not None
+    line = killer.stdout.readline().strip()
+    assert line == "ready", f"the replica killer did not start: {line!r}"
+    return killer
 
 
 def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: Path) -> None:
@@ -168,29 +163,29 @@ def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: 
             except Exception as exc:  # noqa: BLE001 (reported by the main thread)
                 errors.append(exc)
 
-        before = _generated(replicas)
+        # The kill is timed by the server alone: a watcher process SIGKILLs the replica whose
+        # generated-token counter rose by KILL_AFTER tokens.  Timed by the client (its first
+        # chunk) the kill came too late in CI and here: the agent's per-chunk work on 2 cores lagged
+        # the stream by seconds, and the server had sent 2,387 and then all 3,000 tokens.  Once
+        # the server has generated tokens the router has sent its 200 and cannot call another
+        # replica itself, so the cut reaches the client whether or not it has read a chunk yet.
+        killer = _start_killer(replicas)
         thread = threading.Thread(target=run)
         t_start = time.monotonic()
         thread.start()
-        # The kill is timed by the server, not the client: the replica whose generated-token
-        # counter rose dies as soon as the client has a chunk.  A client that lags (2 cores, the
-        # agent's per-chunk work) would otherwise kill a server that had already sent the whole
-        # turn, and nothing would be left to survive.
-        deadline = time.monotonic() + 120
-        victim_index = None
-        while victim_index is None or not seen:
-            running, on_time = thread.is_alive(), time.monotonic() < deadline
-            assert running and on_time, (
-                f"the turn never streamed (thread alive {running}, {len(seen)} chunks, replica "
-                f"{victim_index}, error {errors[0] if errors else None!r})"
-            )
-            victim_index = _running_on(replicas, before) if victim_index is None else victim_index
-            time.sleep(0.01)
+        try:
+            out, _ = killer.communicate(timeout=150)
+        finally:
+            killer.kill()
+        t_kill = time.monotonic()
+        killed = json.loads(out.strip().splitlines()[-1])
+        assert "index" in killed, (
+            f"{killed}; the turn never streamed (thread alive {thread.is_alive()}, {len(seen)} "
+            f"chunks, error {errors[0] if errors else None!r})"
+        )
+        victim_index, generated_at_kill = int(killed["index"]), float(killed["generated"])
         victim = int(replicas[victim_index]["pid"])
         name, victim_url = replicas[victim_index]["name"], replicas[victim_index]["url"]
-        generated_at_kill = _generated([replicas[victim_index]])[0] - before[victim_index]
-        os.kill(victim, signal.SIGKILL)
-        t_kill = time.monotonic()
         report.update(
             chunks_before_kill=len(seen),
             server_tokens_before_kill=generated_at_kill,
