@@ -21,7 +21,8 @@ of tools.  This policy joins them at the level of the agent *program*:
   ``max_age_s`` seconds: the key is ``enqueued_at + max_age_s · A / (A + A_ref)``, with ``A_ref``
   the running mean area.  Stated bound: a waiting request is never passed by one that entered
   its class more than ``max_age_s`` later (``turn_max_age_s`` for later turns) — aging, no hard
-  starvation switch.
+  starvation switch.  Both are measured unless given: one program lifetime and one turn's cycle
+  (:meth:`ProgramPolicy.max_age`).
 * **KV per call**: LAMPS' least-waste plan when the turn starts (it sets the turn's area); at the
   pause, the pin's time to live comes from the tool's duration distribution by Continuum's
   cost-benefit rule — pin for the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_fallback``,

@@ -51,6 +51,12 @@ class ProgramLifetimes:
         return bool(self._lifetimes or self._cycles)
 
     @property
+    def cycle(self) -> float:
+        """A turn's cycle, its decode time and its tool's: the median of the last 256 (NaN:
+        none yet)."""
+        return statistics.median(self._cycles) if self._cycles else math.nan
+
+    @property
     def median(self) -> float:
         """A program's lifetime: measured, else estimated from its turns' cycles (NaN: none)."""
         if self._lifetimes:

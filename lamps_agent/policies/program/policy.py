@@ -54,6 +54,9 @@ class ProgramPolicy(LampsPolicy):
     gates_admission = True
     adjusts_paused = True  # pins past their time to live are swapped or discarded
     TTL_GRACE_S = 1.0
+    # The aging bounds before the workload's time scale is known (no tool has returned):
+    PRIOR_MAX_AGE_S = 60.0  # new programs
+    PRIOR_TURN_MAX_AGE_S = 20.0  # later turns
 
     def __init__(
         self,
@@ -61,8 +64,8 @@ class ProgramPolicy(LampsPolicy):
         predictor: Predictor,
         preset: Preset,
         target_utilization: float = 0.9,
-        max_age_s: float = 60.0,
-        turn_max_age_s: float = 20.0,
+        max_age_s: float | None = None,
+        turn_max_age_s: float | None = None,
         footprint: FootprintPredictor | None = None,
         stale_s: float = 1800.0,
         open_below: float = 0.5,
@@ -78,8 +81,10 @@ class ProgramPolicy(LampsPolicy):
         )
         if not 0 < target_utilization <= 4:
             raise ValueError("target_utilization must be in (0, 4]")
-        if not max_age_s > 0 or not turn_max_age_s > 0 or not stale_s > 0:
-            raise ValueError("max_age_s, turn_max_age_s and stale_s must be > 0")
+        if any(v is not None and not v > 0 for v in (max_age_s, turn_max_age_s)):
+            raise ValueError("max_age_s and turn_max_age_s must be > 0, or None (derived)")
+        if not stale_s > 0:
+            raise ValueError("stale_s must be > 0")
         if not 0 <= open_below <= 1:
             raise ValueError("open_below must be in [0, 1]")
         if patience is not None and patience < 1:
@@ -219,8 +224,23 @@ class ProgramPolicy(LampsPolicy):
         cls = ADMITTED if program_key(req) in self.in_flight else NEW
         return self._aged_key(req, req.policy_rank, cls)
 
+    def max_age(self, cls: float) -> float:
+        """The aging bound of a class in seconds: no waiting request is passed by one that
+        entered its class more than this later.  The option's, else derived from the time scale
+        the engine measures (:class:`ProgramLifetimes`): a new program's is one program lifetime,
+        a later turn's one turn's cycle (its decode and its tool), so the bound means the same
+        at any time scale; before a tool has returned, the prior (60 s and 20 s)."""
+        option, derived, prior = (
+            (self.max_age_s, self.switch.lifetimes.median, self.PRIOR_MAX_AGE_S)
+            if cls == NEW
+            else (self.turn_max_age_s, self.switch.lifetimes.cycle, self.PRIOR_TURN_MAX_AGE_S)
+        )
+        if option is not None:
+            return option
+        return derived if math.isfinite(derived) and derived > 0 else prior
+
     def _aged_key(self, req: Request, area: float, cls: float) -> tuple[float, ...]:
-        max_age = self.max_age_s if cls == NEW else self.turn_max_age_s
+        max_age = self.max_age(cls)
         handicap = self.aging.handicap(area, max_age, req.program.tenant)
         return program_queue_key(req, cls=cls, entered=self.view.now + handicap)
 
@@ -401,6 +421,8 @@ class ProgramPolicy(LampsPolicy):
             "engagements": self.engagements,
             "load": round(self.load, 3),
             "commitment": round(self.commitment, 3),
+            "max_age_s": round(self.max_age(NEW), 3),
+            "turn_max_age_s": round(self.max_age(ADMITTED), 3),
         }
         if not math.isnan(window):  # none until a tool has returned
             figures["load_window_s"] = round(window, 3)

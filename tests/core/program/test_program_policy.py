@@ -137,10 +137,34 @@ def test_program_policy_runs_a_long_context_workload_without_losing_requests() -
     assert not policy.in_flight
 
 
+def test_the_aging_bounds_follow_the_measured_time_scale(small_preset: Preset) -> None:
+    """A new program's aging bound is one program lifetime, a later turn's one turn cycle, as
+    the engine measures them; the prior before a tool has returned; an option replaces them."""
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    assert (policy.max_age(NEW), policy.max_age(ADMITTED)) == (60.0, 20.0)  # the prior
+    lifetimes = policy.switch.lifetimes
+    for cycle in (3.0, 4.0, 5.0):
+        lifetimes.observe_cycle(cycle)
+    # no program finished yet: its turns' cycle times the turns a program is expected to take
+    assert policy.max_age(ADMITTED) == 4.0
+    assert policy.max_age(NEW) == 4.0 * lifetimes.expected_turns
+    lifetimes.observe(30.0)
+    assert policy.max_age(NEW) == 30.0
+    assert policy.state()["max_age_s"] == 30.0 and policy.state()["turn_max_age_s"] == 4.0
+    # the key's handicap stays within the derived bound
+    req = sim_request(1, prompt=8000)
+    sched.add_request(req)
+    assert 0.0 <= req.queue_key[1] - policy.view.now < 30.0
+    fixed, _ = program_policy(small_preset, max_age_s=90.0, turn_max_age_s=7.0)
+    fixed.switch.lifetimes.observe(30.0)
+    assert (fixed.max_age(NEW), fixed.max_age(ADMITTED)) == (90.0, 7.0)
+
+
 def test_bad_options_are_refused(small_preset: Preset) -> None:
     for bad in (
         {"target_utilization": 0},
         {"max_age_s": 0},
+        {"turn_max_age_s": -1.0},
         {"patience": 0},
         {"engage_at": -1},
         # A sensitivity study's knobs are the study's (benchmarks/program_policy.py), not options.
