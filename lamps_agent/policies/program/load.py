@@ -61,9 +61,7 @@ class ProgramLifetimes:
         """A program's lifetime: measured, else estimated from its turns' cycles (NaN: none)."""
         if self._lifetimes:
             return statistics.median(self._lifetimes)
-        if self._cycles:
-            return statistics.median(self._cycles) * self.expected_turns
-        return math.nan
+        return self.cycle * self.expected_turns  # NaN while no cycle is known either
 
 
 class EngageSwitch:
