@@ -361,6 +361,8 @@ class LampsCore:
             core = self.core_of(request)
             if core is not None:
                 _mirror(request, core)
+                if core.generated > 0:
+                    self.core.note_first_token(core)
 
     def before_schedule(self) -> None:
         self._set_clock()
@@ -496,6 +498,8 @@ class LampsCore:
                 self.pins.release(sid, "abort")
             return
         _mirror(request, core)
+        if core.generated > 0:  # a turn that ended in the step of its first token
+            self.core.note_first_token(core)
         continues = self.turns.may_continue(info)
         self.turns.turn_ended(info, request.num_output_tokens)
         outcome = Outcome(
@@ -606,6 +610,7 @@ class LampsCore:
             "free_blocks": self.pool.get_num_free_blocks(),
             "usable_blocks": self.pool.num_gpu_blocks - 1,  # all but vLLM's null block
             "gate_held_steps": self.queue.gate_held_steps,
+            "first_turn_waits": self.core.first_turn_waits.summary(),
             "tenant_turns": dict(self.tenant_turns),
             "hints_discounted": getattr(self.predictor, "discounted", 0),
             "tenant_hints_discounted": {

@@ -42,6 +42,7 @@ from lamps_agent.request import KVStrategy, Request, RequestState
 from lamps_agent.scheduler.fair_share import FairShare, Standing, Tenant, tenant_of
 from lamps_agent.scheduler.paused import UNKNOWN_GAP_S, PausedKV, PausedTable
 from lamps_agent.scheduler.queue import WaitingQueue
+from lamps_agent.scheduler.waits import FirstTurnWaits
 
 S = RequestState
 
@@ -214,6 +215,7 @@ class Scheduler:
         )
         self.running: list[Request] = []
         self.counters = SchedulerCounters()
+        self.first_turn_waits = FirstTurnWaits()  # where new programs wait (:mod:`.waits`)
         # vLLM's admission headroom (SchedulerConfig.watermark): none by default since V1
         self.watermark_blocks = 0
         self.priority_scheduling = priority_scheduling
@@ -267,6 +269,7 @@ class Scheduler:
         if len(self._tenants_seen) < 2:  # every request enters here: a deployment's tenants
             self._tenants_seen.add(tenant_of(req))
         req.enqueued_at = self.now
+        self.first_turn_waits.enqueued(req)
         key = self._ranked(req, self.policy.queue_key(req, resumed=resumed))
         self.waiting.push(req, key, self.iteration)
         self.policy.on_enqueue(req)
@@ -363,12 +366,15 @@ class Scheduler:
             if given >= limit:
                 return
             if gate is not None and not gate.allow(req):
+                self.first_turn_waits.refused(req, self.iteration)
                 if gate.exhausted:
+                    self.first_turn_waits.walk_closed(self.iteration)
                     return
                 if gate.closes_tenant:
                     closed.add(tenant_of(req))
                 continue
             if blocked is not None and blocked(req):
+                self.first_turn_waits.not_placed(req, self.iteration)
                 return
             given += 1
             yield req
@@ -402,6 +408,7 @@ class Scheduler:
         self._dequeue(req)
 
     def untake(self, req: Request, key: tuple[float, ...], enqueued_iteration: int) -> None:
+        self.first_turn_waits.not_placed(req, self.iteration)  # the engine could not place it
         self.waiting.push(req, key, enqueued_iteration)
 
     def admit_taken(self, req: Request) -> None:
@@ -420,6 +427,7 @@ class Scheduler:
         self.waiting.remove(req)
 
     def _place(self, req: Request) -> None:
+        self.first_turn_waits.admitted(req, iteration=self.iteration, now=self.now)
         self._note_dequeued(req)
         req.admitted_seq = next(self._admissions)
         self._record(DecisionKind.ADMIT, req)
@@ -658,6 +666,7 @@ class Scheduler:
         req.gpu_blocks = 0
         req.move_to(S.FINISHED)
         req.finish_time = self.now
+        self.first_turn_waits.forget(req)
 
     def abort(self, req: Request) -> None:
         """Forget ``req`` wherever it is, releasing its KV."""
@@ -673,6 +682,7 @@ class Scheduler:
             self.memory.free_host_blocks += req.host_blocks
             req.host_blocks = 0
         self.policy.on_abort(req)
+        self.first_turn_waits.forget(req)
 
     def release_host_copy(self, req: Request) -> None:
         """``req``'s host copy is no longer the core's to account for: an engine whose turns are
@@ -904,6 +914,12 @@ class Scheduler:
         self.iteration += 1
         return ended
 
+    def note_first_token(self, req: Request) -> None:
+        """``req``'s turn has its first token now (an engine that samples by itself says so)."""
+        if req.first_token_time is None:
+            req.first_token_time = self.now
+            self.first_turn_waits.first_token(req, self.now)
+
     def _emit_token(self, req: Request, ended: list[TurnEnd], *, from_prefill: bool) -> None:
         # A token is sampled; its KV is computed by the step that feeds it back (the next
         # decode, or the next turn's prefill for a turn's last token), as in vLLM.  A decode
@@ -913,8 +929,7 @@ class Scheduler:
         req.generated += 1
         req.seen_tokens = max(req.seen_tokens, req.context_target)
         if from_prefill:
-            if req.first_token_time is None:
-                req.first_token_time = self.now
+            self.note_first_token(req)
             if req.state is S.PREFILLING:
                 req.move_to(S.DECODING)
         if req.generated < req.segment.output_tokens:
