@@ -151,12 +151,17 @@ def test_the_unloaded_p99_times_each_program_alone_once(
         model="m", time_scale=0.05, no_hints=False, vocab_high=300, out=str(tmp_path)
     )
     arrivals = [Arrival(float(i), programs[i % 2]) for i in range(4)]  # two programs, twice each
-    loaded = [types.SimpleNamespace(policy="stock", qps=3.0, e2e=types.SimpleNamespace(p99=9.0))]
+    loaded = [
+        types.SimpleNamespace(policy=policy, qps=3.0, e2e=types.SimpleNamespace(p99=9.0, mean=m))
+        for policy, m in (("stock", 5.0), ("lamps", 3.0), ("lamps", 2.6), ("lamps", 4.0))
+    ]
     known = _report_unloaded(args, arrivals, 3.0, "stock", "http://x", {}, loaded, _Console())
     assert sorted(calls) == sorted(p.program_id for p in programs[:2])
     (record,) = json.loads((tmp_path / "unloaded.json").read_text())
     assert record["unloaded_mean_s"] == 2.5 and record["unloaded_p99_s"] == pytest.approx(3.0)
     assert record["loaded_over_unloaded_p99"] == pytest.approx(3.0)
+    # the room above each program alone: stock's mean 5 s is half floor, lamps' median 3 s 1/6
+    assert record["room_over_unloaded"] == {"stock": 0.5, "lamps": pytest.approx(1 / 6, abs=1e-4)}
     # At the next rate, only programs not yet timed are replayed.
     _report_unloaded(args, [Arrival(0.0, programs[2]), *arrivals], 4.0, "stock", "http://x",
                      known, loaded, _Console())  # fmt: skip

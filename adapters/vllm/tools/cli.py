@@ -305,8 +305,9 @@ def _report_unloaded(
 ) -> dict[str, float]:
     """``--unloaded``: each distinct program of the arrivals replayed alone on ``label``'s server,
     one after another (programs already timed at another rate are not replayed again); prints
-    the unloaded mean and P99 over the arrivals beside the loaded P99 (median over rounds) and
-    appends them to ``unloaded.json``.  Returns the E2E alone by program id."""
+    the unloaded mean and P99 over the arrivals beside the loaded P99 (median over rounds), and
+    the room each policy leaves (:func:`room_over_floor`); appends them to ``unloaded.json``.
+    Returns the E2E alone by program id."""
     import json
     import statistics
 
@@ -332,14 +333,38 @@ def _report_unloaded(
     record = {"qps": qps, "server": label, "unloaded_mean_s": statistics.fmean(e2e),
               "unloaded_p99_s": p99, "loaded_p99_s": statistics.median(loaded) if loaded else None,
               "loaded_over_unloaded_p99": factor}  # fmt: skip
+    room = room_over_floor(summaries, qps, record["unloaded_mean_s"])
+    record["room_over_unloaded"] = room
     console.print(
         f"{label} unloaded at qps {qps:g}: mean {record['unloaded_mean_s']:.2f} s, P99 {p99:.2f} s "
         f"(each program alone); loaded P99 / unloaded P99 = {factor:.2f}"
+    )
+    console.print(
+        "the most a scheduler could cut from each policy's mean E2E (down to each program "
+        "alone): " + ", ".join(f"{policy} {100 * r:.0f} %" for policy, r in room.items())
     )
     path = Path(args.out) / "unloaded.json"
     previous = json.loads(path.read_text()) if path.exists() else []
     path.write_text(json.dumps([*previous, record], indent=2) + "\n")
     return alone
+
+
+def room_over_floor(summaries: Sequence[Any], qps: float, floor: float) -> dict[str, float]:
+    """Per policy at ``qps``: the share of its mean E2E (median over rounds) above ``floor``, the
+    mean E2E with each program alone — what no scheduler can go below, as contention only adds to
+    a program's time.  A target of ``x`` % lower than a policy is out of reach where its room is
+    under ``x`` %."""
+    import statistics
+
+    means: dict[str, list[float]] = {}
+    for s in summaries:
+        if s.qps == qps:
+            means.setdefault(s.policy, []).append(s.e2e.mean)
+    room = {}
+    for policy, values in means.items():
+        mean = statistics.median(values)
+        room[policy] = round((mean - floor) / mean, 4) if mean > 0 else math.nan
+    return room
 
 
 def max_model_len(vllm_args: Sequence[str]) -> int | None:
