@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,3 +176,5 @@ class RunResult:
     summary: RunSummary
     requests: tuple[RequestMetrics, ...]
     timeline: KVTimeline | None
+    # where new programs waited for their first token (FirstTurnWaits.summary), whole run
+    first_turn_waits: Mapping[str, float] | None = None

@@ -738,7 +738,16 @@ def _write_outputs(
             else None
         ),
     }
-    write_json(summaries, out / "results.json", meta, extra=[_point_fields(p) for p in points])
+    # results.json also says where new programs waited for their first token (whole run)
+    write_json(
+        summaries,
+        out / "results.json",
+        meta,
+        extra=[
+            {**_point_fields(p), "first_turn_waits": dict(p.result.first_turn_waits or {})}
+            for p in points
+        ],
+    )
     md = rows_markdown(rows, baseline)
     if caps:
         md = capacity_markdown(caps, p99_target=args.p99_target, bound=limit) + "\n" + md

@@ -290,7 +290,12 @@ class Simulator:
                 preserved_blocks=tuple(self._t_pinned),
                 capacity_blocks=memory.num_gpu_blocks,
             )
-        return RunResult(summary=summary, requests=metrics, timeline=timeline)
+        return RunResult(
+            summary=summary,
+            requests=metrics,
+            timeline=timeline,
+            first_turn_waits=sched.first_turn_waits.summary(),
+        )
 
 
 def step_shape(out: SchedulerOutput) -> StepShape:

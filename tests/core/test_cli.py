@@ -38,6 +38,10 @@ def test_bench_writes_table_csv_json_markdown_and_plots(
     assert all(float(r["lower_than_baseline_e2e_mean_pct"]) == 0.0 for r in base)
     payload = json.loads((out / "results.json").read_text())
     assert payload["config"]["preset"]["gpu_kv_gb"] == 4.0 and len(payload["runs"]) == 6
+    # each run says where its new programs waited for their first token
+    for run in payload["runs"]:
+        waits = run["first_turn_waits"]
+        assert waits["turns"] >= run["num_requests"] and waits["prefill_s"] > 0
     assert (out / "results.md").read_text().startswith("| policy |")
     for png in ("latency_vs_qps.png", "kv_timeline.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
