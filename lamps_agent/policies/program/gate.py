@@ -14,7 +14,9 @@ holds that tenant alone (``closes_tenant``): the walk goes on to the other tenan
 
 A new program held (over the threshold, or behind a later turn waiting for memory) is held at
 most its policy's ``patience_for`` iterations (rent or buy: :meth:`ProgramPolicy.patience_for`),
-then passes.
+then passes.  The new programs behind it wait for it (the refusal ends the walk): letting each
+pass at its own patience instead made the simulated multi-API trace unstable at a rate the gate
+holds (docs/benchmarks.md, "Where a new program's first token waits").
 """
 
 from __future__ import annotations
