@@ -29,13 +29,24 @@ def is_first_turn(req: Request) -> bool:
 
 
 @dataclass(slots=True)
+class _Tally:
+    """Iterations counted for one cause, each once (a walk asked twice in a step counts once)."""
+
+    count: int = 0
+    last: int = -1
+
+    def add(self, iteration: int) -> None:
+        if self.last != iteration:
+            self.count += 1
+            self.last = iteration
+
+
+@dataclass(slots=True)
 class _Waiting:
     closed_before: int  # walks the gate had closed when it was enqueued
     arrival_s: float = 0.0  # seconds from its arrival to its enqueue
-    gate: int = 0
-    placement: int = 0
-    last_gate: int = -1  # the iteration last counted, so a walk asked twice counts once
-    last_placement: int = -1
+    gate: _Tally = field(default_factory=_Tally)
+    placement: _Tally = field(default_factory=_Tally)
 
 
 @dataclass(slots=True)
@@ -70,21 +81,18 @@ class FirstTurnWaits:
             self._closed += 1
             self._closed_at = iteration
 
+    def _entry(self, req: Request) -> _Waiting:
+        return self._waiting.setdefault(req.request_id, _Waiting(closed_before=self._closed))
+
     def refused(self, req: Request, iteration: int) -> None:
         """The gate refused ``req`` at ``iteration``."""
         if is_first_turn(req):
-            w = self._waiting.setdefault(req.request_id, _Waiting(closed_before=self._closed))
-            if w.last_gate != iteration:
-                w.gate += 1
-                w.last_gate = iteration
+            self._entry(req).gate.add(iteration)
 
     def not_placed(self, req: Request, iteration: int) -> None:
         """``req`` was next at ``iteration`` and the engine could not place it."""
         if is_first_turn(req):
-            w = self._waiting.setdefault(req.request_id, _Waiting(closed_before=self._closed))
-            if w.last_placement != iteration:
-                w.placement += 1
-                w.last_placement = iteration
+            self._entry(req).placement.add(iteration)
 
     def admitted(self, req: Request, *, iteration: int, now: float) -> None:
         """``req`` left the queue for the GPU (before :attr:`Request.enqueued_iteration` moves)."""
@@ -96,9 +104,9 @@ class FirstTurnWaits:
         if w is not None:
             # walks closed while it waited; not one in this iteration, which admitted it
             closed = self._closed - w.closed_before - (self._closed_at == iteration)
-            self.gate += max(closed, w.gate)
-            self.refused_own += w.gate
-            self.placement += w.placement
+            self.gate += max(closed, w.gate.count)
+            self.refused_own += w.gate.count
+            self.placement += w.placement.count
             self.arrival_s += w.arrival_s
         self.queue_s += max(now - req.enqueued_at, 0.0)
         self._admitted_at[req.request_id] = now
