@@ -309,6 +309,10 @@ def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
     stats = scheduler_of(llm).lamps_stats()
     assert stats["gate_held_steps"] >= 1  # the gate held requests it had seats for ...
     assert finished == {f"g{i}" for i in range(7)}  # ... and admitted every one of them
+    # The plug-in's split of the new programs' waits says so too, and counts each first turn.
+    waits = stats["first_turn_waits"]
+    assert waits["turns"] == 7 and waits["gate_iterations"] > 0
+    assert waits["refused_iterations"] > 0 and waits["prefill_s"] > 0
 
 
 def test_a_sessions_next_turn_queues_by_its_own_arrival_under_stock_order(engines: Any) -> None:
