@@ -35,16 +35,21 @@ class ProgramLifetimes:
         self.expected_turns = expected_turns
         self._lifetimes: deque[float] = deque(maxlen=256)
         self._cycles: deque[float] = deque(maxlen=256)
+        # the medians, read at every enqueue (the aging bounds), computed once per sample
+        self._lifetime_median: float | None = None
+        self._cycle_median: float | None = None
 
     def observe(self, seconds: float) -> None:
         """A program finished after ``seconds`` of decode and tools."""
         if math.isfinite(seconds) and seconds > 0:
             self._lifetimes.append(seconds)
+            self._lifetime_median = None
 
     def observe_cycle(self, seconds: float) -> None:
         """A turn's decode and its tool call took ``seconds``."""
         if math.isfinite(seconds) and seconds > 0:
             self._cycles.append(seconds)
+            self._cycle_median = None
 
     @property
     def known(self) -> bool:
@@ -54,13 +59,19 @@ class ProgramLifetimes:
     def cycle(self) -> float:
         """A turn's cycle, its decode time and its tool's: the median of the last 256 (NaN:
         none yet)."""
-        return statistics.median(self._cycles) if self._cycles else math.nan
+        if not self._cycles:
+            return math.nan
+        if self._cycle_median is None:
+            self._cycle_median = statistics.median(self._cycles)
+        return self._cycle_median
 
     @property
     def median(self) -> float:
         """A program's lifetime: measured, else estimated from its turns' cycles (NaN: none)."""
         if self._lifetimes:
-            return statistics.median(self._lifetimes)
+            if self._lifetime_median is None:
+                self._lifetime_median = statistics.median(self._lifetimes)
+            return self._lifetime_median
         return self.cycle * self.expected_turns  # NaN while no cycle is known either
 
 

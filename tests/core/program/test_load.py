@@ -7,6 +7,7 @@ import math
 import pytest
 
 from lamps_agent.policies.program import RELEASE_FRACTION, EngageSwitch
+from lamps_agent.policies.program.load import ProgramLifetimes
 
 
 def test_a_sustained_load_engages_the_rules_and_a_spike_does_not() -> None:
@@ -94,3 +95,18 @@ def test_the_derived_window_follows_the_workloads_time_scale() -> None:
         windows.append(policy.switch.window())
     assert windows[0] == pytest.approx(2 * (3 * 20.0), rel=0.1)  # tools dominate: 3 x 20 s
     assert windows[1] < windows[0] / 10  # the decode time (~1 s a program here) does not scale
+
+
+def test_the_lifetime_medians_follow_every_new_sample() -> None:
+    lifetimes = ProgramLifetimes(expected_turns=4)
+    assert math.isnan(lifetimes.median) and math.isnan(lifetimes.cycle)
+    lifetimes.observe_cycle(2.0)
+    assert lifetimes.cycle == 2.0 and lifetimes.median == 8.0  # 4 expected turns of 2 s
+    lifetimes.observe_cycle(4.0)
+    assert lifetimes.cycle == 3.0 and lifetimes.median == 12.0  # read again after a sample
+    lifetimes.observe(10.0)
+    lifetimes.observe(20.0)
+    lifetimes.observe(30.0)
+    assert lifetimes.median == 20.0
+    lifetimes.observe(float("nan"))  # ignored
+    assert lifetimes.median == 20.0
