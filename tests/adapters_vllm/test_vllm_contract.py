@@ -290,6 +290,7 @@ def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
     # The engine: the same, through vLLM; every request completes.
     llm = engines(gated, pressure=True)
     engine = llm.llm_engine
+    before = scheduler_of(llm).lamps_stats()["first_turn_waits"]  # the engine is shared
     tokens = Tokens(12)
     xargs = hints("g0", 0, tool=None, duration=0.0, strategy=KVStrategy.DISCARD, output=200)
     engine.add_request(
@@ -311,8 +312,12 @@ def test_gated_policies_hold_and_then_admit(engines: Any, gated: str) -> None:
     assert finished == {f"g{i}" for i in range(7)}  # ... and admitted every one of them
     # The plug-in's split of the new programs' waits says so too, and counts each first turn.
     waits = stats["first_turn_waits"]
-    assert waits["turns"] == 7 and waits["gate_iterations"] > 0
-    assert waits["refused_iterations"] > 0 and waits["prefill_s"] > 0
+
+    def added(key: str) -> float:  # this test's sum of a per-turn mean
+        return waits[key] * waits["turns"] - before[key] * before["turns"]
+
+    assert waits["turns"] - before["turns"] == 7
+    assert added("gate_iterations") >= 1 and added("refused_iterations") >= 1
 
 
 def test_a_sessions_next_turn_queues_by_its_own_arrival_under_stock_order(engines: Any) -> None:
