@@ -126,8 +126,8 @@ class FirstTurnWaits:
     def summary(self) -> dict[str, float]:
         """Means per first turn: iterations waited in all and by cause (``behind`` the rest; the
         gate's own refusals are part of ``gate``), seconds from its arrival to its enqueue (the
-        front end's, and in a served engine the step it arrived during),
-        seconds queued, and seconds from admission to the first token."""
+        front end's, and in a served engine the step it arrived during), seconds queued, and
+        seconds from admission to the first token."""
         n, p = max(self.turns, 1), max(self.prefills, 1)
         behind = max(self.iterations - self.gate - self.placement, 0)
         return {
