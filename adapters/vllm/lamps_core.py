@@ -360,9 +360,13 @@ class LampsCore:
         for request in self.sched.running:
             core = self.core_of(request)
             if core is not None:
-                _mirror(request, core)
-                if core.generated > 0:
-                    self.core.note_first_token(core)
+                self._advance(request, core)
+
+    def _advance(self, request: Request, core: CoreRequest) -> None:
+        """``core`` advances as vLLM computed ``request``; its first token, if it has one now."""
+        _mirror(request, core)
+        if core.generated > 0:
+            self.core.note_first_token(core)
 
     def before_schedule(self) -> None:
         self._set_clock()
@@ -497,9 +501,7 @@ class LampsCore:
             if sid is not None and self.core.resume_paused(sid) is not None:
                 self.pins.release(sid, "abort")
             return
-        _mirror(request, core)
-        if core.generated > 0:  # a turn that ended in the step of its first token
-            self.core.note_first_token(core)
+        self._advance(request, core)  # a turn may end in the step of its first token
         continues = self.turns.may_continue(info)
         self.turns.turn_ended(info, request.num_output_tokens)
         outcome = Outcome(

@@ -176,9 +176,10 @@ class ProgramPolicy(LampsPolicy):
         later turn waiting for memory): the operator's ``patience``, else rent or buy.  Holding
         it saves at most one recomputation of the KV its admission would push out — its
         footprint term, prefilled again while every running request (and the evicted one)
-        waits; each iteration held costs it one decode step.  Held until its wait has cost as much, then admitted, it pays at most twice the
-        better choice in hindsight (the ski-rental bound).  Both sides are the cost model's
-        times: the count is a ratio of costs and does not move with the time scale."""
+        waits; each iteration held costs it one decode step.  Held until its wait has cost as
+        much, then admitted, it pays at most twice the better choice in hindsight (the
+        ski-rental bound).  Both sides are the cost model's times: the count is a ratio of costs
+        and does not move with the time scale."""
         if self.patience is not None:
             return self.patience
         view = self.view
