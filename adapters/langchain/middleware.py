@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langgraph.errors import GraphBubbleUp
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
+from langsmith.utils import tracing_is_enabled
 
 from adapters.langchain.hints import LampsHints, merge_extra_body
 from adapters.langchain.planner import (
@@ -150,6 +151,11 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         self.session_header = session_header
         self._auto: dict[type, bool] = {}  # model class -> has an extra_body field
         self.retry = CutRetry(retries=model_retries, delay_s=retry_delay_s)
+        if tracing_is_enabled():
+            # LangSmith traces this process: the async hooks are coroutine functions again,
+            # so each hook's span covers its call (see awrap_model_call).
+            self.awrap_model_call = self._awrap_model_call  # type: ignore[method-assign]
+            self.awrap_tool_call = self._awrap_tool_call  # type: ignore[method-assign]
 
     @property
     def num_model_retries(self) -> int:
@@ -176,7 +182,22 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         self.planner.finish(turn, _reply_of(response))
         return response
 
-    async def awrap_model_call(
+    def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> Coroutine[Any, Any, ModelResult]:
+        """The async hook: a plain function returning the call's coroutine.  ``create_agent``
+        wraps every ``wrap_*`` hook in LangSmith's ``traceable``, whose wrapper for a coroutine
+        function runs the span's set-up and end in the default thread pool and the hook in a new
+        task, tracing on or off: two thread hand-offs per call, milliseconds at the tail on a
+        busy machine (docs/benchmarks.md, "LangChain middleware overhead").  For a plain
+        function it takes the synchronous path, as under ``invoke``.  With LangSmith tracing on
+        when the middleware is made, the hooks are coroutine functions, so their spans time the
+        call."""
+        return self._awrap_model_call(request, handler)
+
+    async def _awrap_model_call(
         self,
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
@@ -246,7 +267,15 @@ class LampsMiddleware(AgentMiddleware[Any, Any, Any]):
         self._after_tool(call, result, None)
         return result
 
-    async def awrap_tool_call(
+    def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolResult]],
+    ) -> Coroutine[Any, Any, ToolResult]:
+        """The async hook, a plain function for the reason :meth:`awrap_model_call` gives."""
+        return self._awrap_tool_call(request, handler)
+
+    async def _awrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolResult]],

@@ -462,3 +462,43 @@ def test_model_attr_reads_what_getattr_reads() -> None:
     assert model_attr(Plain(), "model_kwargs") is None  # the cached answer
     assert model_attr(Extra(model_kwargs={"k": 1}), "model_kwargs") == {"k": 1}
     assert model_attr(NotPydantic(), "model_kwargs") == {"a": 1}
+
+
+def test_async_hooks_skip_langsmiths_thread_hand_offs(
+    registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``ainvoke`` the middleware's hooks add no LangSmith thread-pool hand-off (the
+    ``traceable`` wrapper create_agent puts around a coroutine-function hook makes two per call)."""
+    import langsmith._internal._aiter as aiter
+
+    hand_offs = 0
+    original = aiter.aio_to_thread
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hand_offs
+        hand_offs += 1
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(aiter, "aio_to_thread", counted)
+    script = tool_rounds([("add", {"a": 1, "b": 2})], [("slow", {"seconds": 0.0})])
+    agent, model, middleware = agent_with(script, registry)
+    state = run_agent(agent, "go", mode="ainvoke", thread_id="t")
+    assert state["messages"][-1].content.startswith("done")
+    assert [h.step for h in hints_of(model)] == [0, 1, 2]  # the hooks ran, hints went out
+    assert len(registry.records) == 2  # and both tools were timed and recorded
+    assert hand_offs == 0
+    assert not asyncio.iscoroutinefunction(middleware.awrap_model_call)
+
+
+def test_with_tracing_on_the_async_hooks_stay_coroutine_functions() -> None:
+    """With LangSmith tracing on, each hook's span must cover its call: coroutine functions."""
+    from langsmith.run_helpers import tracing_context
+
+    with tracing_context(enabled=True):
+        traced = LampsMiddleware(agent="traced")
+    assert asyncio.iscoroutinefunction(traced.awrap_model_call)
+    assert asyncio.iscoroutinefunction(traced.awrap_tool_call)
+    with tracing_context(enabled=False):
+        plain = LampsMiddleware(agent="plain")
+    assert not asyncio.iscoroutinefunction(plain.awrap_model_call)
+    assert not asyncio.iscoroutinefunction(plain.awrap_tool_call)
