@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 from lamps_agent.scheduler.paused import PausedKV
 
-TOOL_GRACE_S = 30.0  # a program in a tool is forgotten at 2 x its predicted duration plus this
-
 
 @dataclass(slots=True)
 class InFlight:
@@ -102,14 +100,14 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
         flight.turn = turn
         flight.left = False
 
-    def tool_called(self, flight: InFlight, *, now: float, gap: float) -> None:
+    def tool_called(self, flight: InFlight, *, now: float, gap: float, grace: float) -> None:
         """``flight`` is in a tool predicted to last ``gap`` s: forgotten if not back by
-        ``2 · gap + TOOL_GRACE_S``."""
+        ``2 · gap + grace``."""
         flight.last_seen = now
         flight.left = False
         if not flight.in_tool:
             self._in_tool += flight.term
-        flight.overdue_at = now + 2 * gap + TOOL_GRACE_S
+        flight.overdue_at = now + 2 * gap + grace
 
     def leave(self, key: Hashable) -> InFlight | None:
         flight = self._records.pop(key, None)

@@ -53,10 +53,15 @@ class ProgramPolicy(LampsPolicy):
     name = "program"
     gates_admission = True
     adjusts_paused = True  # pins past their time to live are swapped or discarded
-    TTL_GRACE_S = 1.0
-    # The aging bounds before the workload's time scale is known (no tool has returned):
-    PRIOR_MAX_AGE_S = 60.0  # new programs
-    PRIOR_TURN_MAX_AGE_S = 20.0  # later turns
+    # The scheduler's backstop on a pin comes this fraction of its time to live after the
+    # policy's own deadline (and at least two decode steps: the policy looks once per step).
+    TTL_GRACE_FRACTION = 0.5
+    STALE_LIFETIMES = 30.0  # a program not heard of in this many lifetimes is forgotten
+    # Before the workload's time scale is known (no tool has returned), these stand in:
+    PRIOR_MAX_AGE_S = 60.0  # the aging bound of new programs
+    PRIOR_TURN_MAX_AGE_S = 20.0  # ... of later turns
+    PRIOR_TOOL_GRACE_S = 30.0  # a program in a tool: forgotten at 2 x its predicted time + this
+    PRIOR_STALE_S = 1800.0  # a program not heard of in this long: forgotten
 
     def __init__(
         self,
@@ -67,7 +72,7 @@ class ProgramPolicy(LampsPolicy):
         max_age_s: float | None = None,
         turn_max_age_s: float | None = None,
         footprint: FootprintPredictor | None = None,
-        stale_s: float = 1800.0,
+        stale_s: float | None = None,
         open_below: float = 0.5,
         patience: int | None = None,
         engage_at: float = 0.5,
@@ -83,8 +88,8 @@ class ProgramPolicy(LampsPolicy):
             raise ValueError("target_utilization must be in (0, 4]")
         if any(v is not None and not v > 0 for v in (max_age_s, turn_max_age_s)):
             raise ValueError("max_age_s and turn_max_age_s must be > 0, or None (derived)")
-        if not stale_s > 0:
-            raise ValueError("stale_s must be > 0")
+        if stale_s is not None and not stale_s > 0:
+            raise ValueError("stale_s must be > 0, or None (derived)")
         if not 0 <= open_below <= 1:
             raise ValueError("open_below must be in [0, 1]")
         if patience is not None and patience < 1:
@@ -238,7 +243,20 @@ class ProgramPolicy(LampsPolicy):
         )
         if option is not None:
             return option
-        return derived if math.isfinite(derived) and derived > 0 else prior
+        return _measured_or(derived, prior)
+
+    def stale_after(self) -> float:
+        """Seconds after which a program not heard of is forgotten: the option's, else
+        ``STALE_LIFETIMES`` program lifetimes (:class:`ProgramLifetimes`; before any, the prior
+        30 minutes)."""
+        if self.stale_s is not None:
+            return self.stale_s
+        return _measured_or(self.STALE_LIFETIMES * self.switch.lifetimes.median, self.PRIOR_STALE_S)
+
+    def tool_grace(self) -> float:
+        """How long past twice its predicted duration a program in a tool is waited for before
+        it is forgotten: one program lifetime (:class:`ProgramLifetimes`; before any, 30 s)."""
+        return _measured_or(self.switch.lifetimes.median, self.PRIOR_TOOL_GRACE_S)
 
     def _aged_key(self, req: Request, area: float, cls: float) -> tuple[float, ...]:
         max_age = self.max_age(cls)
@@ -294,7 +312,7 @@ class ProgramPolicy(LampsPolicy):
         aborted session never finishes, and the vLLM plug-in makes each turn a request of its
         own, so the turn that paused never resumes; their footprints would hold the gate shut.
         A program in the simulator that does come back is counted again from its next turn."""
-        for flight in self.in_flight.drop_stale(now=self.view.now, stale_s=self.stale_s):
+        for flight in self.in_flight.drop_stale(now=self.view.now, stale_s=self.stale_after()):
             if flight.left:
                 self._turns.pop(flight.turn, None)
 
@@ -345,11 +363,12 @@ class ProgramPolicy(LampsPolicy):
             )
 
     def on_tool_call(self, req: Request, gap: float) -> None:
-        """The program is in a tool now: forgotten if it is not back by ``2 · gap + 30`` s, and
-        off the gate's count unless its KV stays pinned (:meth:`resident_commitment`)."""
+        """The program is in a tool now: forgotten if it is not back by ``2 · gap`` plus
+        :meth:`tool_grace`, and off the gate's count unless its KV stays pinned
+        (:meth:`resident_commitment`)."""
         flight = self.in_flight.find(program_key(req))
         if flight is not None:
-            self.in_flight.tool_called(flight, now=self.view.now, gap=gap)
+            self.in_flight.tool_called(flight, now=self.view.now, gap=gap, grace=self.tool_grace())
 
     # -- KV handling per call ------------------------------------------------------------------
     def _alternatives(self, paused: PausedKV, remaining: float) -> dict[KVStrategy, float]:
@@ -384,10 +403,14 @@ class ProgramPolicy(LampsPolicy):
         return alternative
 
     def pin_ttl(self, paused: PausedKV) -> float | None:
-        """The scheduler's expiry is a backstop ``TTL_GRACE_S`` after the policy's own deadline,
-        at which :meth:`adjust_paused` swaps or discards the pin, whichever wastes less."""
+        """The scheduler's expiry is a backstop after the policy's own deadline ``τ``, at which
+        :meth:`adjust_paused` swaps or discards the pin, whichever wastes less: ``τ`` plus
+        ``TTL_GRACE_FRACTION · τ``, and at least two decode steps (the policy looks once per
+        step), so the backstop scales with the pin's time and not with a wall clock."""
         tau = self.pins.take_ttl(paused.key)
-        return None if tau is None else tau + self.TTL_GRACE_S
+        if tau is None:
+            return None
+        return tau + max(self.TTL_GRACE_FRACTION * tau, 2 * self.view.decode_step_time)
 
     def adjust_paused(self, preserved: Sequence[PausedKV]) -> list[tuple[PausedKV, KVStrategy]]:
         now = self.view.now
@@ -428,3 +451,8 @@ class ProgramPolicy(LampsPolicy):
         if not math.isnan(window):  # none until a tool has returned
             figures["load_window_s"] = round(window, 3)
         return figures
+
+
+def _measured_or(derived: float, prior: float) -> float:
+    """``derived`` where the engine has measured it (finite, > 0), else ``prior``."""
+    return derived if math.isfinite(derived) and derived > 0 else prior

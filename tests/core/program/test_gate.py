@@ -93,7 +93,7 @@ def test_an_idle_engine_admits_the_head_whatever_its_footprint() -> None:
     # Programs in flight, all in a tool whose return the engine cannot see: idle too.
     policy = _policy(running=3)
     _in_flight(policy, 9, prompt=100)
-    policy.in_flight.tool_called(policy.in_flight["s9"], now=0.0, gap=1.0)
+    policy.in_flight.tool_called(policy.in_flight["s9"], now=0.0, gap=1.0, grace=30.0)
     assert ProgramGate(policy, resident=0.0).allow(_new(policy, 1, 1e9))
 
 

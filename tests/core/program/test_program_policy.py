@@ -115,7 +115,8 @@ def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: 
     assert sched.pause(req) is KVStrategy.PRESERVE
     pin = sched.paused.get(req.request_id)
     assert isinstance(pin, PausedKV)
-    assert pin.expires_at == pytest.approx(0.01 + ProgramPolicy.TTL_GRACE_S)
+    grace = max(0.5 * 0.01, 2 * policy.view.decode_step_time)  # the backstop's, after τ
+    assert pin.expires_at == pytest.approx(0.01 + grace)
     sched.set_time(0.005)
     assert sched.revisit_paused() == []
     sched.set_time(0.01)  # the policy's deadline: the pin goes, by least waste
@@ -160,6 +161,40 @@ def test_the_aging_bounds_follow_the_measured_time_scale(small_preset: Preset) -
     assert (fixed.max_age(NEW), fixed.max_age(ADMITTED)) == (90.0, 7.0)
 
 
+def test_the_forgetting_bounds_follow_the_measured_time_scale(small_preset: Preset) -> None:
+    """How long a program in a tool is waited for past twice its predicted time, and how long
+    one not heard of is kept, are a program lifetime and 30 of them as the engine measures
+    them, so they mean the same on a replay at 1/20 of the time; the priors before; an option
+    replaces the second."""
+    policy, _ = program_policy(small_preset)
+    assert (policy.tool_grace(), policy.stale_after()) == (30.0, 1800.0)  # the priors
+    policy.switch.lifetimes.observe(3.0)  # programs live 3 s (a replay's time scale)
+    assert (policy.tool_grace(), policy.stale_after()) == (3.0, 90.0)
+    req = serving_turn(1, session="s", step=0, prompt=400)
+    policy.on_turn_start(req)
+    policy.on_admit(req)
+    policy.on_tool_call(req, 0.5)
+    assert policy.in_flight["s"].overdue_at == pytest.approx(policy.view.now + 2 * 0.5 + 3.0)
+    fixed, _ = program_policy(small_preset, stale_s=600.0)
+    fixed.switch.lifetimes.observe(3.0)
+    assert fixed.stale_after() == 600.0
+
+
+def test_a_pins_backstop_scales_with_its_time_to_live(small_preset: Preset) -> None:
+    """The scheduler's expiry of a pin the policy set comes half the pin's time to live after
+    the policy's own deadline (at least two decode steps later), at any time scale."""
+    policy, _ = program_policy(small_preset)
+    step = policy.view.decode_step_time
+    for tau in (0.1, 2.0):  # a replay's tool at 1/20 of the time, and the full one
+        policy.pins.set("s", now=0.0, ttl=tau)
+        paused = PausedKV(key="s", tokens=350, blocks=11, paused_at=0.0, predicted_return=tau)
+        assert policy.pin_ttl(paused) == pytest.approx(tau + max(0.5 * tau, 2 * step))
+        assert policy.pin_ttl(paused) is None  # asked once
+    policy.pins.set("s", now=0.0, ttl=1e-6)  # shorter than a step: the policy still looks first
+    paused = PausedKV(key="s", tokens=350, blocks=11, paused_at=0.0, predicted_return=0.0)
+    assert policy.pin_ttl(paused) == pytest.approx(1e-6 + 2 * step)
+
+
 def test_bad_options_are_refused(small_preset: Preset) -> None:
     for bad in (
         {"target_utilization": 0},
@@ -171,6 +206,7 @@ def test_bad_options_are_refused(small_preset: Preset) -> None:
         {"footprint_source": "oracle"},
         {"footprint_error": 0.25},
         {"open_below": 2},
+        {"stale_s": 0},
     ):
         with pytest.raises(ValueError):
             make_policy("program", predictor=make_predictor("oracle"), preset=small_preset, **bad)
