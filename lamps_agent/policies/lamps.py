@@ -14,9 +14,14 @@ Starvation, ``starvation=``:
   aging").
 * ``aging`` (``lamps-aging``): the rank decays with waiting time, ``ln(area) − wait/aging_s``;
   since every waiting key decays at the same rate, the order is the fixed key
-  ``ln(area) + entered/aging_s``.  Bound: a request of area A is passed only by requests that
-  entered the queue less than ``aging_s · ln(A / A')`` seconds after it (A' theirs, areas below
-  1 token·s count as 1), so never by one that entered more than ``aging_s · ln(A)`` after it.
+  ``entered + aging_s · ln(area)`` (in seconds).  Bound: a request of area A is passed only by
+  requests that entered the queue less than ``aging_s · ln(A / A')`` seconds after it (A'
+  theirs, areas below 1 token·s count as 1), so never by one that entered more than
+  ``aging_s · ln(A)`` after it.  ``aging_s`` is one turn's cycle (its decode and its tool, the
+  median the engine measures, :class:`~lamps_agent.policies.timescale.ProgramLifetimes`), so
+  the bound means the same at any time scale: a request is passed by one of 1/e its area only
+  if that one entered less than a turn's cycle later.  Before a tool has returned, and with
+  the option set, ``aging_s`` is the option's (10 s by default).
 
 ``lamps-norank`` is the paper's ablation: the same predicted strategies, FCFS order.
 """
@@ -27,7 +32,8 @@ import math
 
 from lamps_agent.area import Timing, TurnShape, turn_area
 from lamps_agent.policies.base import Policy, least_waste_release, predicted_turn
-from lamps_agent.predictors.base import Predictor
+from lamps_agent.policies.timescale import ProgramLifetimes
+from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
 from lamps_agent.scheduler.paused import PausedKV
@@ -53,8 +59,10 @@ class LampsPolicy(Policy):
         preset: Preset,
         starvation_threshold: int | None = DEFAULT_STARVATION_THRESHOLD,
         starvation: str | None = None,
-        aging_s: float = DEFAULT_AGING_S,
+        aging_s: float | None = None,
     ) -> None:
+        """``aging_s``: the aging rule's time in seconds; None: one turn's cycle as the engine
+        measures it (``DEFAULT_AGING_S`` until a tool has returned)."""
         super().__init__(predictor=predictor, preset=preset)
         rule = self.default_starvation if starvation is None else starvation
         if rule not in STARVATION_RULES:
@@ -63,10 +71,11 @@ class LampsPolicy(Policy):
             )
         if starvation_threshold is not None and starvation_threshold < 1:
             raise ValueError("starvation_threshold must be >= 1, or None to disable")
-        if not (math.isfinite(aging_s) and aging_s > 0):
-            raise ValueError(f"aging_s must be > 0, got {aging_s}")
+        if aging_s is not None and not (math.isfinite(aging_s) and aging_s > 0):
+            raise ValueError(f"aging_s must be > 0 (or None: measured), got {aging_s}")
         self.starvation = rule
         self.aging_s = aging_s
+        self.lifetimes = ProgramLifetimes()  # the workload's time scale, as measured
         counter = self.rank_by_area and rule == "counter"
         self.starvation_threshold = starvation_threshold if counter else None
 
@@ -109,12 +118,30 @@ class LampsPolicy(Policy):
             self.timing(),
         )
 
+    def on_turn_end(self, req: Request, outcome: Outcome) -> None:
+        super().on_turn_end(req, outcome)
+        if outcome.tool is not None:  # a turn's cycle: its decode alone and its tool
+            self.lifetimes.observe_cycle(self.turn_service_s(req, outcome) + outcome.tool_duration)
+
+    def turn_service_s(self, req: Request, outcome: Outcome) -> float:
+        """The turn's decode time without contention (batch 1, by the cost model)."""
+        context = req.segment.prompt_tokens + outcome.output_tokens
+        return outcome.output_tokens * self.preset.cost.iteration_time(0, 1, context)
+
+    def aging_window(self) -> float:
+        """``aging_s`` of the aging rule: the option's, else one turn's cycle as measured,
+        else (no tool has returned yet) ``DEFAULT_AGING_S``."""
+        if self.aging_s is not None:
+            return self.aging_s
+        cycle = self.lifetimes.cycle
+        return cycle if math.isfinite(cycle) and cycle > 0 else DEFAULT_AGING_S
+
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
         if not self.rank_by_area:
             return (req.arrival_time, float(req.request_id))
         if self.starvation == "aging":
-            aged = math.log(max(req.policy_rank, 1.0)) + self.view.now / self.aging_s
-            return (aged, req.arrival_time, float(req.request_id))
+            entered = aged_entry(self.view.now, self.aging_window(), req.policy_rank)
+            return (entered, req.arrival_time, float(req.request_id))
         return (req.policy_rank, req.arrival_time, float(req.request_id))
 
     def release_strategy(self, paused: PausedKV) -> KVStrategy:
@@ -150,3 +177,9 @@ class LampsAgingPolicy(LampsPolicy):
 
     name = "lamps-aging"
     default_starvation = "aging"
+
+
+def aged_entry(now: float, aging_s: float, area: float) -> float:
+    """The aging rule's key in seconds: ``now + aging_s · ln A`` (areas below 1 token·s count
+    as 1), the order of ``ln A − wait / aging_s`` among requests that wait together."""
+    return now + aging_s * math.log(max(area, 1.0))

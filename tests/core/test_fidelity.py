@@ -381,6 +381,41 @@ def test_aging_bound_on_who_may_pass(small_preset: Preset) -> None:
     assert policy.queue_key(small, resumed=False) > key_big
 
 
+def test_the_aging_time_is_one_measured_turn_cycle(small_preset: Preset) -> None:
+    """``lamps-aging`` ages by one turn's cycle (decode alone and tool) as the engine measures
+    it, so the bound means the same at any time scale; 10 s before a tool has returned; the
+    option replaces it."""
+    program = make_program("p", [(5, 2.0, 0), (5, 0, 0)])
+    windows = {}
+    for scale in (1.0, 0.05):  # the simulator's time, and a replay's at 1/20
+        policy = make_policy("lamps-aging", predictor=ORACLE, preset=small_preset)
+        assert isinstance(policy, LampsPolicy)
+        memory = KVMemory(num_gpu_blocks=10, num_host_blocks=0, block_size=16)
+        policy.bind(EngineView(preset=small_preset, memory=memory))
+        assert policy.aging_window() == 10.0  # the prior
+        req = Request(request_id=0, program=program, arrival_time=0.0)
+        for tool_s in (1.0, 2.0, 30.0):
+            policy.on_turn_end(
+                req,
+                Outcome(output_tokens=5, tool="t", tool_duration=tool_s * scale, returned_tokens=0),
+            )
+        decode = policy.turn_service_s(
+            req, Outcome(output_tokens=5, tool="t", tool_duration=0.0, returned_tokens=0)
+        )
+        assert policy.aging_window() == pytest.approx(2.0 * scale + decode)  # the median
+        windows[scale] = policy.aging_window() - decode
+    assert windows[0.05] == pytest.approx(windows[1.0] / 20)
+    fixed = make_policy("lamps-aging", predictor=ORACLE, preset=small_preset, aging_s=4.0)
+    assert isinstance(fixed, LampsPolicy)
+    memory = KVMemory(num_gpu_blocks=10, num_host_blocks=0, block_size=16)
+    fixed.bind(EngineView(preset=small_preset, memory=memory))
+    fixed.on_turn_end(
+        Request(request_id=0, program=program, arrival_time=0.0),
+        Outcome(output_tokens=5, tool="t", tool_duration=2, returned_tokens=0),
+    )
+    assert fixed.aging_window() == 4.0
+
+
 def test_lamps_keeps_the_papers_counter_and_rejects_unknown_rules(small_preset: Preset) -> None:
     policy = make_policy("lamps", predictor=ORACLE, preset=small_preset)
     assert isinstance(policy, LampsPolicy)

@@ -33,6 +33,9 @@ class InFlight:
     # Its current turn left the GPU with no word of where to: a finish, a pause or a preemption
     # follows a turn's leaving at once, so only an abort (Scheduler.abort) leaves this set.
     left: bool = False
+    # Its current turn waits in the queue: alive whatever the time (the queue holds it, and an
+    # abort tells the policy), so never forgotten as not heard of.
+    waiting: bool = False
 
     @property
     def in_tool(self) -> bool:
@@ -120,15 +123,15 @@ class ProgramsInFlight(Mapping[Hashable, InFlight]):
         return flight
 
     def drop_stale(self, *, now: float, stale_s: float) -> list[InFlight]:
-        """Forget the programs that will not come back: aborted, not heard of in ``stale_s``,
-        or overdue in a tool.  Returns them."""
+        """Forget the programs that will not come back: aborted, not heard of in ``stale_s``
+        (unless waiting in the queue), or overdue in a tool.  Returns them."""
         if not self._records:
             return []
         horizon = now - stale_s
         stale = [
             key
             for key, f in self._records.items()
-            if f.last_seen < horizon or f.overdue_at < now or f.left
+            if (f.last_seen < horizon and not f.waiting) or f.overdue_at < now or f.left
         ]
         return [f for f in map(self.leave, stale) if f is not None]
 

@@ -7,9 +7,9 @@ queue plus a handicap in seconds (:mod:`.area`); the request id breaks the last 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 
+from lamps_agent.policies.lamps import aged_entry
 from lamps_agent.request import Request
 
 NEW, ADMITTED = 1.0, 0.0  # the key's class: later turns of admitted programs sort first
@@ -37,8 +37,7 @@ def program_queue_key(req: Request, *, cls: float, entered: float) -> tuple[floa
 def lamps_aging_key(req: Request, *, now: float, aging_s: float, area: float) -> tuple[float, ...]:
     """The key while the rules are off: ``lamps-aging``'s order in seconds, ``now + aging_s ·
     ln A`` (areas below 1 token·s count as 1), in the later turns' class."""
-    entered = now + aging_s * math.log(max(area, 1.0))
-    return (ADMITTED, entered, req.arrival_time, float(req.request_id))
+    return (ADMITTED, aged_entry(now, aging_s, area), req.arrival_time, float(req.request_id))
 
 
 def as_admitted(key: tuple[float, ...]) -> tuple[float, ...]:

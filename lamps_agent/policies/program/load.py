@@ -13,66 +13,11 @@ only matters when the fluid load nears capacity), and the policy schedules as ``
 from __future__ import annotations
 
 import math
-import statistics
-from collections import deque
+
+from lamps_agent.policies.timescale import ProgramLifetimes
 
 RELEASE_FRACTION = 0.8  # the rules release below 0.8 x engage_at (hysteresis)
 WINDOW_LIFETIMES = 2.0  # the derived window: two program lifetimes (ProgramLifetimes)
-
-
-class ProgramLifetimes:
-    """The workload's time scale as the engine measures it: a finished program's lifetime
-    without contention — its tools' observed durations plus its turns' decode time at batch 1
-    by the cost model — the median of the last 256.  Queueing is left out, so the scale does
-    not grow with the load it is meant to average; tool time, which the engine measures, is
-    what moves it from a simulated 30-minute window to a replay at 1/20 of the time.  Before a
-    program has finished, a turn's cycle (its decode time and its tool's) times the turns a
-    program is expected to take stands in; before a tool has returned there is no scale."""
-
-    def __init__(self, *, expected_turns: float = 8.0) -> None:
-        if not expected_turns >= 1:
-            raise ValueError("expected_turns must be >= 1")
-        self.expected_turns = expected_turns
-        self._lifetimes: deque[float] = deque(maxlen=256)
-        self._cycles: deque[float] = deque(maxlen=256)
-        # the medians, read at every enqueue (the aging bounds), computed once per sample
-        self._lifetime_median: float | None = None
-        self._cycle_median: float | None = None
-
-    def observe(self, seconds: float) -> None:
-        """A program finished after ``seconds`` of decode and tools."""
-        if math.isfinite(seconds) and seconds > 0:
-            self._lifetimes.append(seconds)
-            self._lifetime_median = None
-
-    def observe_cycle(self, seconds: float) -> None:
-        """A turn's decode and its tool call took ``seconds``."""
-        if math.isfinite(seconds) and seconds > 0:
-            self._cycles.append(seconds)
-            self._cycle_median = None
-
-    @property
-    def known(self) -> bool:
-        return bool(self._lifetimes or self._cycles)
-
-    @property
-    def cycle(self) -> float:
-        """A turn's cycle, its decode time and its tool's: the median of the last 256 (NaN:
-        none yet)."""
-        if not self._cycles:
-            return math.nan
-        if self._cycle_median is None:
-            self._cycle_median = statistics.median(self._cycles)
-        return self._cycle_median
-
-    @property
-    def median(self) -> float:
-        """A program's lifetime: measured, else estimated from its turns' cycles (NaN: none)."""
-        if self._lifetimes:
-            if self._lifetime_median is None:
-                self._lifetime_median = statistics.median(self._lifetimes)
-            return self._lifetime_median
-        return self.cycle * self.expected_turns  # NaN while no cycle is known either
 
 
 class EngageSwitch:
@@ -84,10 +29,10 @@ class EngageSwitch:
         engage_at: float,
         commit_at: float,
         window_s: float | None,
-        expected_turns: float = 8.0,
+        lifetimes: ProgramLifetimes | None = None,
     ) -> None:
-        """``window_s``: the averaging window; None: derived from the programs' lifetimes
-        (:class:`ProgramLifetimes`; ``expected_turns`` per program until one has finished)."""
+        """``window_s``: the averaging window; None: derived from the programs' ``lifetimes``
+        (:class:`ProgramLifetimes`, the policy's; a fresh one by default)."""
         if not 0 <= engage_at <= 4:
             raise ValueError("engage_at must be in [0, 4] (a fraction of the KV capacity)")
         if window_s is not None and not window_s > 0:
@@ -100,7 +45,7 @@ class EngageSwitch:
         self.load = 0.0  # time-averaged KV in use / KV capacity
         self.commitment = 0.0  # time-averaged committed footprint / budget
         self._at: float | None = None
-        self.lifetimes = ProgramLifetimes(expected_turns=expected_turns)
+        self.lifetimes = ProgramLifetimes() if lifetimes is None else lifetimes
         self.engaged = engage_at == 0.0  # engage_at=0: always on
         self.engagements = 0  # times the rules engaged
 

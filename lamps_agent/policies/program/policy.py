@@ -30,6 +30,7 @@ from lamps_agent.policies.program.keys import (
 )
 from lamps_agent.policies.program.load import EngageSwitch
 from lamps_agent.policies.program.ttl import PinDeadlines, ToolDurations, ttl_by_cost_benefit
+from lamps_agent.policies.timescale import ProgramLifetimes
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
@@ -103,12 +104,13 @@ class ProgramPolicy(LampsPolicy):
         self.patience = patience
         self.max_context = float("inf")  # the engine's context limit (limit_context)
         self.footprints = footprint or FootprintPredictor()
+        self.lifetimes = ProgramLifetimes(expected_turns=self.footprints.prior_turns)
         self.durations = ToolDurations()
         self.switch = EngageSwitch(
             engage_at=engage_at,
             commit_at=commit_at,
             window_s=load_window_s,
-            expected_turns=self.footprints.prior_turns,
+            lifetimes=self.lifetimes,
         )
         self.in_flight = ProgramsInFlight()
         self.aging = Aging()
@@ -226,7 +228,7 @@ class ProgramPolicy(LampsPolicy):
         if not self.engaged:
             turn = self._turns.get(req.request_id)
             area = req.policy_rank if turn is None else turn.area
-            return lamps_aging_key(req, now=self.view.now, aging_s=self.aging_s, area=area)
+            return lamps_aging_key(req, now=self.view.now, aging_s=self.aging_window(), area=area)
         cls = ADMITTED if program_key(req) in self.in_flight else NEW
         return self._aged_key(req, req.policy_rank, cls)
 
@@ -237,9 +239,9 @@ class ProgramPolicy(LampsPolicy):
         a later turn's one turn's cycle (its decode and its tool), so the bound means the same
         at any time scale; before a tool has returned, the prior (60 s and 20 s)."""
         option, derived, prior = (
-            (self.max_age_s, self.switch.lifetimes.median, self.PRIOR_MAX_AGE_S)
+            (self.max_age_s, self.lifetimes.median, self.PRIOR_MAX_AGE_S)
             if cls == NEW
-            else (self.turn_max_age_s, self.switch.lifetimes.cycle, self.PRIOR_TURN_MAX_AGE_S)
+            else (self.turn_max_age_s, self.lifetimes.cycle, self.PRIOR_TURN_MAX_AGE_S)
         )
         if option is not None:
             return option
@@ -251,12 +253,12 @@ class ProgramPolicy(LampsPolicy):
         30 minutes)."""
         if self.stale_s is not None:
             return self.stale_s
-        return _measured_or(self.STALE_LIFETIMES * self.switch.lifetimes.median, self.PRIOR_STALE_S)
+        return _measured_or(self.STALE_LIFETIMES * self.lifetimes.median, self.PRIOR_STALE_S)
 
     def tool_grace(self) -> float:
         """How long past twice its predicted duration a program in a tool is waited for before
         it is forgotten: one program lifetime (:class:`ProgramLifetimes`; before any, 30 s)."""
-        return _measured_or(self.switch.lifetimes.median, self.PRIOR_TOOL_GRACE_S)
+        return _measured_or(self.lifetimes.median, self.PRIOR_TOOL_GRACE_S)
 
     def _aged_key(self, req: Request, area: float, cls: float) -> tuple[float, ...]:
         max_age = self.max_age(cls)
@@ -291,9 +293,13 @@ class ProgramPolicy(LampsPolicy):
         return ProgramGate(self, resident=resident, shares=shares, resident_by_tenant=by_tenant)
 
     def on_admit(self, req: Request) -> None:
-        if program_key(req) not in self.in_flight:
+        flight = self.in_flight.find(program_key(req))
+        if flight is None:
             self._enter(req, self.footprint_term(req), first_prompt=req.segment.prompt_tokens)
             req.queue_key = as_admitted(req.queue_key)  # if preempted, back as a later turn
+        else:
+            flight.waiting = False
+            flight.last_seen = self.view.now
 
     def _enter(self, req: Request, term: float, *, first_prompt: int) -> None:
         self.in_flight.enter(
@@ -339,22 +345,21 @@ class ProgramPolicy(LampsPolicy):
         flight = self.in_flight.find(program_key(req))
         if flight is not None and flight.turn == req.request_id:
             flight.left = False
+            flight.waiting = True  # alive while it waits, however long (InFlight.waiting)
 
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
-        super().on_turn_end(req, outcome)
+        super().on_turn_end(req, outcome)  # LAMPS: the predictor, and the turn's cycle
         self._turns.pop(req.request_id, None)  # computed afresh at the next turn's start
-        context = req.segment.prompt_tokens + outcome.output_tokens
-        service = outcome.output_tokens * self.preset.cost.iteration_time(0, 1, context)
+        service = self.turn_service_s(req, outcome)
         if outcome.tool is not None:  # the program goes on (its pause: on_tool_call)
             self.durations.observe(outcome.tool, outcome.tool_duration)
             flight = self.in_flight.find(program_key(req))
             if flight is not None:
                 flight.service_s += service + outcome.tool_duration
-            self.switch.lifetimes.observe_cycle(service + outcome.tool_duration)
             return
         flight = self.in_flight.leave(program_key(req))
         if flight is not None:
-            self.switch.lifetimes.observe(flight.service_s + service)
+            self.lifetimes.observe(flight.service_s + service)
             self.footprints.observe(
                 agent=flight.agent,
                 turns=program_step(req) + 1,
@@ -447,6 +452,7 @@ class ProgramPolicy(LampsPolicy):
             "commitment": round(self.commitment, 3),
             "max_age_s": round(self.max_age(NEW), 3),
             "turn_max_age_s": round(self.max_age(ADMITTED), 3),
+            "aging_s": round(self.aging_window(), 3),  # the order while disengaged
         }
         if not math.isnan(window):  # none until a tool has returned
             figures["load_window_s"] = round(window, 3)

@@ -55,6 +55,11 @@ def test_the_stale_the_overdue_and_the_aborted_are_forgotten() -> None:
     assert sorted(f.term for f in dropped) == [1.0, 2.0, 3.0]
     assert list(table) == ["s3"] and table.committed == pytest.approx(4.0)
     assert table.drop_stale(now=40.0, stale_s=100.0) == []
+    table["s3"].last_seen = -70.0
+    table["s3"].waiting = True  # its turn waits in the queue: alive, however long
+    assert table.drop_stale(now=40.0, stale_s=100.0) == []
+    table["s3"].waiting = False
+    assert [f.term for f in table.drop_stale(now=40.0, stale_s=100.0)] == [4.0]
 
 
 def test_no_float_drift_is_left_once_every_program_has_left() -> None:

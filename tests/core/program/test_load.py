@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lamps_agent.policies.program import RELEASE_FRACTION, EngageSwitch
-from lamps_agent.policies.program.load import ProgramLifetimes
+from lamps_agent.policies.timescale import ProgramLifetimes
 
 
 def test_a_sustained_load_engages_the_rules_and_a_spike_does_not() -> None:
@@ -57,7 +57,9 @@ def test_the_derived_window_is_two_program_lifetimes_and_waits_for_a_time_scale(
     """No wall-clock constant: until a tool has returned nothing is averaged (a new program's
     prior footprint alone is not a sustained load); then the window is two lifetimes, each a
     turn's cycle times the expected turns until a program has finished, then measured."""
-    switch = EngageSwitch(engage_at=0.5, commit_at=1.0, window_s=None, expected_turns=8.0)
+    switch = EngageSwitch(
+        engage_at=0.5, commit_at=1.0, window_s=None, lifetimes=ProgramLifetimes(expected_turns=8.0)
+    )
     assert not switch.update(now=1.0, used=0.9, committed=3.0)
     assert (switch.load, switch.commitment) == (0.0, 0.0) and math.isnan(switch.window())
     switch.lifetimes.observe_cycle(0.5)

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from lamps_agent.policies import make_policy
-from lamps_agent.policies.program import ADMITTED, NEW, ProgramPolicy
+from lamps_agent.policies.program import ADMITTED, NEW
 from lamps_agent.predictors import Outcome, make_predictor
 from lamps_agent.presets import Preset, load_preset
 from lamps_agent.request import KVStrategy, Request, RequestState
@@ -178,6 +178,28 @@ def test_the_forgetting_bounds_follow_the_measured_time_scale(small_preset: Pres
     fixed, _ = program_policy(small_preset, stale_s=600.0)
     fixed.switch.lifetimes.observe(3.0)
     assert fixed.stale_after() == 600.0
+
+
+def test_a_program_waiting_in_the_queue_is_not_forgotten_however_long(
+    small_preset: Preset,
+) -> None:
+    """Under overload a later turn can wait longer than the stale bound; it is alive (the
+    queue holds it), and its footprint stays on the gate until it runs and leaves."""
+    policy, sched = program_policy(small_preset, stale_s=10.0)
+    first = serving_turn(1, session="s", step=0, prompt=400)
+    sched.add_request(first)
+    sched.admit(first)
+    assert "s" in policy.in_flight
+    later = serving_turn(2, session="s", step=1, prompt=600)
+    sched.add_request(later, resumed=True)
+    sched.set_time(1000.0)  # far past the stale bound, still queued
+    policy.state()  # a look forgets what is stale
+    assert "s" in policy.in_flight and policy.in_flight["s"].waiting
+    sched.admit(later)
+    assert not policy.in_flight["s"].waiting
+    sched.set_time(1020.0)  # running and not heard of for 20 s: stale again
+    policy.state()
+    assert "s" not in policy.in_flight
 
 
 def test_a_pins_backstop_scales_with_its_time_to_live(small_preset: Preset) -> None:
