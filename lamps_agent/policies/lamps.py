@@ -20,8 +20,8 @@ Starvation, ``starvation=``:
   ``aging_s · ln(A)`` after it.  ``aging_s`` is one turn's cycle (its decode and its tool, the
   median the engine measures, :class:`~lamps_agent.policies.timescale.ProgramLifetimes`), so
   the bound means the same at any time scale: a request is passed by one of 1/e its area only
-  if that one entered less than a turn's cycle later.  Before a tool has returned, and with
-  the option set, ``aging_s`` is the option's (10 s by default).
+  if that one entered less than a turn's cycle later.  The option ``aging_s`` fixes it; before
+  a tool has returned it is ``DEFAULT_AGING_S`` (10 s).
 
 ``lamps-norank`` is the paper's ablation: the same predicted strategies, FCFS order.
 """
@@ -32,7 +32,7 @@ import math
 
 from lamps_agent.area import Timing, TurnShape, turn_area
 from lamps_agent.policies.base import Policy, least_waste_release, predicted_turn
-from lamps_agent.policies.timescale import ProgramLifetimes
+from lamps_agent.policies.timescale import ProgramLifetimes, measured_or
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
@@ -133,8 +133,7 @@ class LampsPolicy(Policy):
         else (no tool has returned yet) ``DEFAULT_AGING_S``."""
         if self.aging_s is not None:
             return self.aging_s
-        cycle = self.lifetimes.cycle
-        return cycle if math.isfinite(cycle) and cycle > 0 else DEFAULT_AGING_S
+        return measured_or(self.lifetimes.cycle, DEFAULT_AGING_S)
 
     def queue_key(self, req: Request, *, resumed: bool) -> tuple[float, ...]:
         if not self.rank_by_area:

@@ -67,3 +67,8 @@ class ProgramLifetimes:
                 self._lifetime_median = statistics.median(self._lifetimes)
             return self._lifetime_median
         return self.cycle * self.expected_turns  # NaN while no cycle is known either
+
+
+def measured_or(derived: float, prior: float) -> float:
+    """``derived`` where the engine has measured it (finite, > 0), else ``prior``."""
+    return derived if math.isfinite(derived) and derived > 0 else prior

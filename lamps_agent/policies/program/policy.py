@@ -30,7 +30,7 @@ from lamps_agent.policies.program.keys import (
 )
 from lamps_agent.policies.program.load import EngageSwitch
 from lamps_agent.policies.program.ttl import PinDeadlines, ToolDurations, ttl_by_cost_benefit
-from lamps_agent.policies.timescale import ProgramLifetimes
+from lamps_agent.policies.timescale import ProgramLifetimes, measured_or
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
 from lamps_agent.request import KVStrategy, Request
@@ -245,7 +245,7 @@ class ProgramPolicy(LampsPolicy):
         )
         if option is not None:
             return option
-        return _measured_or(derived, prior)
+        return measured_or(derived, prior)
 
     def stale_after(self) -> float:
         """Seconds after which a program not heard of is forgotten: the option's, else
@@ -253,12 +253,12 @@ class ProgramPolicy(LampsPolicy):
         30 minutes)."""
         if self.stale_s is not None:
             return self.stale_s
-        return _measured_or(self.STALE_LIFETIMES * self.lifetimes.median, self.PRIOR_STALE_S)
+        return measured_or(self.STALE_LIFETIMES * self.lifetimes.median, self.PRIOR_STALE_S)
 
     def tool_grace(self) -> float:
         """How long past twice its predicted duration a program in a tool is waited for before
         it is forgotten: one program lifetime (:class:`ProgramLifetimes`; before any, 30 s)."""
-        return _measured_or(self.lifetimes.median, self.PRIOR_TOOL_GRACE_S)
+        return measured_or(self.lifetimes.median, self.PRIOR_TOOL_GRACE_S)
 
     def _aged_key(self, req: Request, area: float, cls: float) -> tuple[float, ...]:
         max_age = self.max_age(cls)
@@ -457,8 +457,3 @@ class ProgramPolicy(LampsPolicy):
         if not math.isnan(window):  # none until a tool has returned
             figures["load_window_s"] = round(window, 3)
         return figures
-
-
-def _measured_or(derived: float, prior: float) -> float:
-    """``derived`` where the engine has measured it (finite, > 0), else ``prior``."""
-    return derived if math.isfinite(derived) and derived > 0 else prior
