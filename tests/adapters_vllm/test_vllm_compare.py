@@ -152,7 +152,9 @@ def test_the_unloaded_p99_times_each_program_alone_once(
     )
     arrivals = [Arrival(float(i), programs[i % 2]) for i in range(4)]  # two programs, twice each
     loaded = [
-        types.SimpleNamespace(policy=policy, qps=3.0, e2e=types.SimpleNamespace(p99=9.0, mean=m))
+        types.SimpleNamespace(
+            policy=policy, predictor="hints", qps=3.0, e2e=types.SimpleNamespace(p99=9.0, mean=m)
+        )
         for policy, m in (("stock", 5.0), ("lamps", 3.0), ("lamps", 2.6), ("lamps", 4.0))
     ]
     known = _report_unloaded(args, arrivals, 3.0, "stock", "http://x", {}, loaded, _Console())

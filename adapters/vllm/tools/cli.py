@@ -354,16 +354,12 @@ def room_over_floor(summaries: Sequence[Any], qps: float, floor: float) -> dict[
     mean E2E with each program alone — what no scheduler can go below, as contention only adds to
     a program's time.  A target of ``x`` % lower than a policy is out of reach where its room is
     under ``x`` %."""
-    import statistics
+    from lamps_agent.bench.aggregate import group
 
-    means: dict[str, list[float]] = {}
-    for s in summaries:
-        if s.qps == qps:
-            means.setdefault(s.policy, []).append(s.e2e.mean)
     room = {}
-    for policy, values in means.items():
-        mean = statistics.median(values)
-        room[policy] = round((mean - floor) / mean, 4) if mean > 0 else math.nan
+    for row in group([s for s in summaries if s.qps == qps]):  # the table's rows, its medians
+        mean = row.spread("e2e_mean").median
+        room[row.policy] = round((mean - floor) / mean, 4) if mean > 0 else math.nan
     return room
 
 
