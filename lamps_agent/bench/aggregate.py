@@ -138,6 +138,8 @@ def stability_notes(rows: Sequence[Row], bases: dict[tuple[float, str], Row]) ->
         if row.stable is False:
             why = "; ".join(row.reasons) or "no steady state"
             notes.append(f"unstable: {row.label} qps {row.qps:g}: {why}")
+        elif row.stable is None and row.reasons:  # a simulated row too lightly loaded to judge
+            notes.append(f"not judged: {row.label} qps {row.qps:g}: {'; '.join(row.reasons)}")
     orphans: dict[tuple[float, str], list[str]] = {}  # (qps, baseline): its stable rows
     for row in rows:
         base = base_of(row, bases)
@@ -178,7 +180,9 @@ def group(
                 samples=tuple(summaries[i] for i in idx),
                 stable=all(judged) if judged else None,
                 reasons=tuple(
-                    reasons[i] for i in idx if reasons is not None and stable and stable[i] is False
+                    reasons[i]
+                    for i in idx
+                    if reasons is not None and stable and stable[i] is not True
                 ),
                 alone_e2e=statistics.median(alone[i] for i in idx) if alone else math.nan,
                 simulated=int(statistics.median(simulated[i] for i in idx)) if simulated else 0,

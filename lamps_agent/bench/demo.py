@@ -61,7 +61,7 @@ class LoadPoint:
 
     policy: str
     qps: float
-    stable: bool
+    stable: bool | None  # None: too few programs to judge (Stability.stable)
     e2e_mean: float
     e2e_p99: float
     ttft_mean: float

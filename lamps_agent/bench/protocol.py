@@ -41,6 +41,7 @@ WARMUP_FACTOR = 2.0
 GROWTH_SE = 3.0
 GROWTH_FRACTION = 0.25
 MIN_PER_THIRD = 10  # fewer measured programs in a third: too few to judge
+VERDICTS: dict[bool | None, str] = {True: "stable", False: "unstable", None: "not judged"}
 BACKLOG_FRACTION = 0.05  # of the window's arrivals the engine may fall behind by
 
 
@@ -100,7 +101,10 @@ def default_window(
 class Stability:
     """The verdict on one run, with the numbers behind it."""
 
-    stable: bool
+    # None: too few programs arrived in a third of the window to judge.  At such a rate fewer
+    # than ~1.5 programs are in flight on average (MIN_PER_THIRD per third of a window 20×
+    # the unloaded E2E), so a capacity search takes it as below capacity (``sustained``).
+    stable: bool | None
     first_engine_mean: float  # s, programs arriving in the measured window's first third
     last_engine_mean: float  # s, ... its last third
     threshold: float  # s, the growth the rule tolerates
@@ -111,6 +115,15 @@ class Stability:
     @property
     def growth(self) -> float:
         return self.last_engine_mean - self.first_engine_mean
+
+    @property
+    def sustained(self) -> bool:
+        """Not shown unstable: stable, or too lightly loaded to judge."""
+        return self.stable is not False
+
+    @property
+    def verdict(self) -> str:
+        return VERDICTS[self.stable]
 
 
 def _mean_var(values: Sequence[float]) -> tuple[float, float]:
@@ -163,7 +176,7 @@ def judge_stability(
     last = [m.e2e - m.tool_time for m in requests if m.arrival >= window.end - third]
     if len(first) < MIN_PER_THIRD or len(last) < MIN_PER_THIRD:
         return Stability(
-            stable=False,
+            stable=None,
             first_engine_mean=math.nan,
             last_engine_mean=math.nan,
             threshold=math.nan,

@@ -623,17 +623,18 @@ def _capacities(
             ]
             out = [_evaluate(config, bound, cache, spec) for spec in specs]
             if not args.quiet:
-                verdict = "stable" if all(p.stability.stable for p in out) else "unstable"
-                print(f"capacity: {policy} qps {q:.4g}: {verdict}", file=sys.stderr, flush=True)
+                verdicts = sorted({p.stability.verdict for p in out})
+                print(f"capacity: {policy} qps {q:.4g}: {', '.join(verdicts)}", file=sys.stderr,
+                      flush=True)  # fmt: skip
             return out
 
         def stable(q: float) -> bool:
-            return all(p.stability.stable for p in points(q))
+            return all(p.stability.sustained for p in points(q))
 
         def within(q: float) -> bool:
             pts = points(q)
             p99 = statistics.median(p.summary.e2e.p99 for p in pts)
-            return all(p.stability.stable for p in pts) and p99 <= args.p99_target
+            return all(p.stability.sustained for p in pts) and p99 <= args.p99_target
 
         before = len(cache)
         search_args = {
@@ -674,7 +675,7 @@ def _simulate(
             else:
                 point = _evaluate(config, bound, cache, spec)
             points.append(point)
-            verdict = "stable" if point.stability.stable else "unstable"
+            verdict = point.stability.verdict
             progress.finished(
                 f"{spec.policy} {spec.predictor} qps={spec.qps:g} seed={spec.seed}"
                 + ("" if spec.lie == "none" else f" lie={spec.lie}"),

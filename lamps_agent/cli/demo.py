@@ -40,6 +40,7 @@ from lamps_agent.bench.demo import (
     headline,
 )
 from lamps_agent.bench.output import prepare_out_dir
+from lamps_agent.bench.protocol import VERDICTS
 from lamps_agent.bench.runner import BenchConfig, RunSpec, make_bound, run_point
 from lamps_agent.bench.tables import bound_share_text, bracket_low_text, bracket_text
 from lamps_agent.cli import options
@@ -109,11 +110,11 @@ def _capacity(setup: Setup, policy: str, limit: float, quiet: bool) -> tuple[Bra
         began = time.perf_counter()
         runs[q] = _run(setup, policy, q)
         if not quiet:
-            verdict = "stable" if runs[q].stable else "unstable"
+            verdict = VERDICTS[runs[q].stable]
             took = time.perf_counter() - began
             print(f"demo: {setup.label}: {policy} qps {q:.3g}: {verdict} ({took:.0f} s)",
                   file=sys.stderr, flush=True)  # fmt: skip
-        return runs[q].stable
+        return runs[q].stable is not False  # a rate too light to judge is below capacity
 
     start = SEARCH_FROM * limit
     found = search(stable, start=start, resolution=RESOLUTION, max_qps=limit, growth=GROWTH)
@@ -225,7 +226,7 @@ def run_demo(args: argparse.Namespace) -> int:
         points: dict[tuple[DemoWorkload, str], LoadPoint | Future[LoadPoint]] = {}
         for w in workloads:
             first = {p: found[w, p][1] for p in policies}
-            if all(pt.stable for pt in first.values()):
+            if all(pt.stable is not False for pt in first.values()):
                 # the searches' first rate, where every policy was stable: already simulated
                 loads[w] = SEARCH_FROM * limits[w].bound
                 points.update({(w, p): pt for p, pt in first.items()})
@@ -296,7 +297,7 @@ def load_view(r: WorkloadResult) -> Table:
     for h in ("policy", "stable", "E2E mean s", "E2E P99 s", "TTFT mean s"):
         table.add_column(h, justify="left" if h == "policy" else "right", no_wrap=True)
     for p in r.at_load:
-        table.add_row(p.policy, "yes" if p.stable else "NO", f"{p.e2e_mean:.2f}",
+        table.add_row(p.policy, _yes_no(p.stable), f"{p.e2e_mean:.2f}",
                       f"{p.e2e_p99:.2f}", f"{p.ttft_mean:.3f}")  # fmt: skip
     return table
 
@@ -316,9 +317,13 @@ def markdown(results: Sequence[WorkloadResult], elapsed: float, args: argparse.N
                       "| policy | stable | E2E mean s | E2E P99 s | TTFT mean s |",
                       "|---|:---:|---:|---:|---:|"]  # fmt: skip
             lines += [
-                f"| {p.policy} | {'yes' if p.stable else 'NO'} | {p.e2e_mean:.2f} | "
+                f"| {p.policy} | {_yes_no(p.stable)} | {p.e2e_mean:.2f} | "
                 f"{p.e2e_p99:.2f} | {p.ttft_mean:.3f} |"
                 for p in r.at_load
             ]
         lines += ["", headline(r), ""]
     return "\n".join(lines)
+
+
+def _yes_no(stable: bool | None) -> str:
+    return "—" if stable is None else ("yes" if stable else "NO")

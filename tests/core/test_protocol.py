@@ -199,10 +199,31 @@ def test_a_backlog_still_filling_with_long_programs_is_not_growth() -> None:
     assert not judge_stability(window.measured(run), window, run=run, alone_e2e={}).stable
 
 
-def test_too_few_programs_cannot_be_judged_stable() -> None:
+def test_too_few_programs_are_not_judged_and_not_called_unstable() -> None:
     window = Window(warmup=0.0, end=90.0)
     verdict = judge_stability([request(i, 30.0 * i, 1.0) for i in range(4)], window)
-    assert not verdict.stable and "too few" in verdict.reason
+    assert verdict.stable is None and "too few" in verdict.reason
+    assert verdict.sustained and verdict.verdict == "not judged"  # no capacity lies below it
+
+
+def test_capacity_climbs_out_of_a_rate_too_light_to_judge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Started where too few programs arrive to judge, the search goes up to find the capacity
+    (it used to halve down to nothing and fail with 'no program arrived')."""
+    code = main(
+        [
+            "bench", "--synthetic", "6", "--set", "gpu_kv_gb=4", "-q", "--no-plots",
+            "--policies", "lamps", "--qps", "0.05", "--duration", "120", "--warmup", "20",
+            "--capacity", "--capacity-resolution", "0.5", "--capacity-max", "2",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    (cap,) = json.loads((tmp_path / "results.json").read_text())["config"]["capacity"]
+    assert cap["stable_low"] is not None and cap["stable_low"] > 0.05
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not judged: lamps qps 0.05: seed 0: too few programs per third" in out
 
 
 # -- capacity ----------------------------------------------------------------------------------
