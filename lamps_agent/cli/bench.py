@@ -591,7 +591,9 @@ def _reason(p: Point) -> str:
     """Why ``p`` is unstable, for the notes under the table (empty when it is stable)."""
     if p.stability.stable:
         return ""
-    return f"seed {p.spec.seed}: {p.stability.reason} (tolerance {p.stability.threshold:.2f} s)"
+    tolerance = p.stability.threshold
+    told = f" (tolerance {tolerance:.2f} s)" if math.isfinite(tolerance) else ""
+    return f"seed {p.spec.seed}: {p.stability.reason}{told}"
 
 
 def _evaluate(

@@ -224,6 +224,7 @@ def test_capacity_climbs_out_of_a_rate_too_light_to_judge(
     assert cap["stable_low"] is not None and cap["stable_low"] > 0.05
     out = " ".join(capsys.readouterr().out.split())
     assert "not judged: lamps qps 0.05: seed 0: too few programs per third" in out
+    assert "tolerance nan" not in out
 
 
 # -- capacity ----------------------------------------------------------------------------------
