@@ -206,20 +206,24 @@ def test_too_few_programs_are_not_judged_and_not_called_unstable() -> None:
     assert verdict.sustained and verdict.verdict == "not judged"  # no capacity lies below it
 
 
+def _capacity_bench(out: Path, *, qps: str) -> int:
+    """``bench --capacity`` of ``lamps`` on a small synthetic workload, starting at ``qps``."""
+    return main(
+        [
+            "bench", "--synthetic", "6", "--set", "gpu_kv_gb=4", "-q", "--no-plots",
+            "--policies", "lamps", "--qps", qps, "--duration", "120", "--warmup", "20",
+            "--capacity", "--capacity-resolution", "0.5", "--capacity-max", "2",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+
+
 def test_capacity_climbs_out_of_a_rate_too_light_to_judge(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Started where too few programs arrive to judge, the search goes up to find the capacity
     (it used to halve down to nothing and fail with 'no program arrived')."""
-    code = main(
-        [
-            "bench", "--synthetic", "6", "--set", "gpu_kv_gb=4", "-q", "--no-plots",
-            "--policies", "lamps", "--qps", "0.05", "--duration", "120", "--warmup", "20",
-            "--capacity", "--capacity-resolution", "0.5", "--capacity-max", "2",
-            "--out", str(tmp_path),
-        ]
-    )  # fmt: skip
-    assert code == 0
+    assert _capacity_bench(tmp_path, qps="0.05") == 0
     (cap,) = json.loads((tmp_path / "results.json").read_text())["config"]["capacity"]
     assert cap["stable_low"] is not None and cap["stable_low"] > 0.05
     out = " ".join(capsys.readouterr().out.split())
@@ -372,15 +376,7 @@ def test_spread_text() -> None:
 def test_bench_prints_the_window_and_leads_with_capacity(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "bench", "--synthetic", "6", "--set", "gpu_kv_gb=4", "-q", "--no-plots",
-            "--policies", "lamps", "--qps", "0.5", "--duration", "120", "--warmup", "20",
-            "--capacity", "--capacity-resolution", "0.5", "--capacity-max", "2",
-            "--out", str(tmp_path),
-        ]
-    )  # fmt: skip
-    assert code == 0
+    assert _capacity_bench(tmp_path, qps="0.5") == 0
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "arrivals for 120 s, the first 20 s warm-up" in out and "simulated /" in out
     assert out.index("capacity:") < out.index("E2E s")
