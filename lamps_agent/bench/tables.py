@@ -24,8 +24,9 @@ from lamps_agent.bench.report import Baseline
 _DELTAS = (("ΔE2E", "e2e_mean"), ("ΔP99", "e2e_p99"), ("ΔTTFT", "ttft_mean"))
 
 
-def _stable_text(row: Row) -> str:
-    return "—" if row.stable is None else ("yes" if row.stable else "NO")
+def stable_text(stable: bool | None) -> str:
+    """The stable column: yes, NO, or — where nothing was judged."""
+    return "—" if stable is None else ("yes" if stable else "NO")
 
 
 def _fmt_alone(row: Row) -> str:
@@ -100,7 +101,7 @@ def rows_table(
     secs = (lambda v: f"{v:.2f}") if wide else _secs
     for row in rows:
         e2e = row.spread("e2e_mean")
-        cells = [row.label, f"{row.qps:g}", _stable_text(row)]
+        cells = [row.label, f"{row.qps:g}", stable_text(row.stable)]
         cells += [_fmt_alone(row)] if wide else []
         cells.append(secs(e2e.median))
         if several:
@@ -137,7 +138,9 @@ def rows_markdown(rows: Sequence[Row], baseline: Baseline | None) -> str:
         rule += "---:|---:|---:|"
     lines = [head, rule]
     for row in rows:
-        line = f"| {row.label} | {row.qps:g} |" + (f" {_stable_text(row)} |" if judged else "")
+        line = f"| {row.label} | {row.qps:g} |" + (
+            f" {stable_text(row.stable)} |" if judged else ""
+        )
         line += f" {row.measured:,} |" + (f" {_fmt_alone(row)} |" if judged else "")
         line += (
             f" {row.spread('e2e_mean').text()} | "

@@ -42,7 +42,12 @@ from lamps_agent.bench.demo import (
 from lamps_agent.bench.output import prepare_out_dir
 from lamps_agent.bench.protocol import VERDICTS
 from lamps_agent.bench.runner import BenchConfig, RunSpec, make_bound, run_point
-from lamps_agent.bench.tables import bound_share_text, bracket_low_text, bracket_text
+from lamps_agent.bench.tables import (
+    bound_share_text,
+    bracket_low_text,
+    bracket_text,
+    stable_text,
+)
 from lamps_agent.cli import options
 from lamps_agent.cli.bench import build_config, table_console, with_window
 from lamps_agent.cli.bench import register_commands as register_bench
@@ -297,7 +302,7 @@ def load_view(r: WorkloadResult) -> Table:
     for h in ("policy", "stable", "E2E mean s", "E2E P99 s", "TTFT mean s"):
         table.add_column(h, justify="left" if h == "policy" else "right", no_wrap=True)
     for p in r.at_load:
-        table.add_row(p.policy, _yes_no(p.stable), f"{p.e2e_mean:.2f}",
+        table.add_row(p.policy, stable_text(p.stable), f"{p.e2e_mean:.2f}",
                       f"{p.e2e_p99:.2f}", f"{p.ttft_mean:.3f}")  # fmt: skip
     return table
 
@@ -317,13 +322,9 @@ def markdown(results: Sequence[WorkloadResult], elapsed: float, args: argparse.N
                       "| policy | stable | E2E mean s | E2E P99 s | TTFT mean s |",
                       "|---|:---:|---:|---:|---:|"]  # fmt: skip
             lines += [
-                f"| {p.policy} | {_yes_no(p.stable)} | {p.e2e_mean:.2f} | "
+                f"| {p.policy} | {stable_text(p.stable)} | {p.e2e_mean:.2f} | "
                 f"{p.e2e_p99:.2f} | {p.ttft_mean:.3f} |"
                 for p in r.at_load
             ]
         lines += ["", headline(r), ""]
     return "\n".join(lines)
-
-
-def _yes_no(stable: bool | None) -> str:
-    return "—" if stable is None else ("yes" if stable else "NO")
