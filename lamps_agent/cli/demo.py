@@ -108,10 +108,17 @@ def _alone(
 
 def _capacity(setup: Setup, policy: str, limit: float, quiet: bool) -> tuple[Bracket, LoadPoint]:
     """``policy``'s stable-capacity bracket, searched from ``SEARCH_FROM`` × the bound up to the
-    bound itself (no scheduler sustains more), and its run at the first rate tried."""
+    bound itself, which is taken as unstable without a run (no scheduler sustains it, and a run
+    far past a policy's capacity is the slowest to simulate), and its run at the first rate
+    tried."""
     runs: dict[float, LoadPoint] = {}
 
     def stable(q: float) -> bool:
+        if q >= limit:  # at the bound the engine is busy all the time: no queue stays bounded
+            if not quiet:
+                print(f"demo: {setup.label}: {policy} qps {q:.3g}: at the physical bound, "
+                      "beyond capacity (not simulated)", file=sys.stderr, flush=True)  # fmt: skip
+            return False
         began = time.perf_counter()
         runs[q] = _run(setup, policy, q)
         if not quiet:

@@ -12,6 +12,7 @@ from lamps_agent.bench.capacity_bound import (
     capacity_bound,
     compute_seconds,
     kv_time_integral,
+    program_work,
 )
 from lamps_agent.bench.tables import Capacity, capacity_markdown, capacity_table
 from lamps_agent.cost_model import CostModel
@@ -77,10 +78,41 @@ def test_compute_bound_shares_the_step_cost_over_a_full_batch() -> None:
     )
     program = _program()
     prefill, decode = 150 + 47, 3 + 2  # the first prompt and the return: the KV kept
-    steps = max((prefill + decode) / 100, decode / 4)
+    steps = max((prefill + decode) / 100, decode / 4)  # the KV (57k tokens) holds any batch
     reads = (151 + 152) + 201  # the decode steps after each prefill: turn 1's two, turn 2's one
     ms = prefill * 0.1 + decode * 0.2 + 0.01 * reads + 10.0 * steps
-    assert compute_seconds(program, preset) == pytest.approx(ms / 1000)
+    assert compute_seconds([program], preset) == pytest.approx(ms / 1000)
+
+
+def test_a_step_holds_no_more_kv_than_the_engine_has() -> None:
+    """With room for two contexts of ~200 tokens, no step batches more than two decodes, however
+    many seats: the step cost is shared by the batch the KV holds."""
+    base = _preset()
+    preset = dataclasses.replace(base, max_num_seqs=256, gpu_kv_gb=25 * base.block_bytes / 1e9)
+    assert preset.gpu_kv_tokens == 400  # 25 blocks of 16
+    program = _program()
+    work = program_work(program, preset)
+    # Prefill 150 in the fewest steps, the partial chunk first: 50, then 150 held; decodes
+    # hold 151 and 152; turn 2 prefills 47 new tokens (200 held), one decode (201).
+    assert work.kv_token_steps == pytest.approx(50 + 150 + 151 + 152 + 200 + 201)
+    steps = work.kv_token_steps / 400  # more than (197 + 5) / 100 and 5 / 256
+    assert compute_seconds([program], preset) == pytest.approx(10.0 * steps / 1000)
+
+
+def test_the_step_counts_are_totals_over_the_run_not_per_program() -> None:
+    """One program's prefill shares steps with another's decodes: the fewest steps are the
+    largest of the totals, not the sum of each program's largest."""
+    preset = dataclasses.replace(_preset(), max_num_seqs=1)
+    prefill_heavy = Program(
+        program_id="p", agent="a", segments=(Segment(prompt_tokens=1000, output_tokens=1),)
+    )
+    decode_heavy = Program(
+        program_id="d", agent="a", segments=(Segment(prompt_tokens=1, output_tokens=10),)
+    )
+    # per program: max(1001/100, 1/1) = 10.01 and max(11/100, 10/1) = 10 steps, 20.01 in all;
+    # together max(1012/100, 11/1) = 11 steps for the two
+    both = compute_seconds([prefill_heavy, decode_heavy], preset)
+    assert both == pytest.approx(10.0 * 11 / 2 / 1000)
 
 
 def test_the_bound_is_the_better_kv_variant_capped_by_compute() -> None:

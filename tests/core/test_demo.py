@@ -107,3 +107,25 @@ def test_the_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert sentence.endswith(".")
     assert sentence in (out / "demo.md").read_text()
     assert "of bound" in printed and (out / "capacity.png").stat().st_size > 0
+
+
+def test_the_search_takes_the_bound_as_beyond_capacity_without_a_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A policy stable at every rate simulated still stops below the bound: no schedule sustains
+    the bound, and a run there is the slowest of a search."""
+    from lamps_agent.cli import demo as cli_demo
+
+    simulated: list[float] = []
+
+    def run(setup: object, policy: str, qps: float) -> LoadPoint:
+        simulated.append(qps)
+        return LoadPoint(policy=policy, qps=qps, stable=True, e2e_mean=1.0, e2e_p99=1.0,
+                         ttft_mean=0.1)  # fmt: skip
+
+    monkeypatch.setattr(cli_demo, "_run", run)
+    setup = cli_demo.Setup(label="w", config=None, bound=None)  # type: ignore[arg-type]
+    bracket, first = cli_demo._capacity(setup, "lamps", 7.0, quiet=True)
+    assert simulated and max(simulated) < 7.0
+    assert bracket.high == 7.0 and bracket.low == max(simulated)
+    assert first.qps == cli_demo.SEARCH_FROM * 7.0
