@@ -120,8 +120,13 @@ class LampsPolicy(Policy):
 
     def on_turn_end(self, req: Request, outcome: Outcome) -> None:
         super().on_turn_end(req, outcome)
+        service = self.turn_service_s(req, outcome)
         if outcome.tool is not None:  # a turn's cycle: its decode alone and its tool
-            self.lifetimes.observe_cycle(self.turn_service_s(req, outcome) + outcome.tool_duration)
+            self.lifetimes.observe_cycle(service + outcome.tool_duration)
+        self.after_turn(req, outcome, service)
+
+    def after_turn(self, req: Request, outcome: Outcome, service_s: float) -> None:
+        """For subclasses: a turn ended, ``service_s`` its :meth:`turn_service_s`."""
 
     def turn_service_s(self, req: Request, outcome: Outcome) -> float:
         """The turn's decode time without contention (batch 1, by the cost model)."""

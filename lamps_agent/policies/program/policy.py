@@ -347,19 +347,18 @@ class ProgramPolicy(LampsPolicy):
             flight.left = False
             flight.waiting = True  # alive while it waits, however long (InFlight.waiting)
 
-    def on_turn_end(self, req: Request, outcome: Outcome) -> None:
-        super().on_turn_end(req, outcome)  # LAMPS: the predictor, and the turn's cycle
+    def after_turn(self, req: Request, outcome: Outcome, service_s: float) -> None:
+        # LAMPS' on_turn_end has fed the predictor and the turn's cycle
         self._turns.pop(req.request_id, None)  # computed afresh at the next turn's start
-        service = self.turn_service_s(req, outcome)
         if outcome.tool is not None:  # the program goes on (its pause: on_tool_call)
             self.durations.observe(outcome.tool, outcome.tool_duration)
             flight = self.in_flight.find(program_key(req))
             if flight is not None:
-                flight.service_s += service + outcome.tool_duration
+                flight.service_s += service_s + outcome.tool_duration
             return
         flight = self.in_flight.leave(program_key(req))
         if flight is not None:
-            self.lifetimes.observe(flight.service_s + service)
+            self.lifetimes.observe(flight.service_s + service_s)
             self.footprints.observe(
                 agent=flight.agent,
                 turns=program_step(req) + 1,
