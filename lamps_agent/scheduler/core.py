@@ -530,6 +530,7 @@ class Scheduler:
             self.paused.add(paused)
             return 0
         if strategy is KVStrategy.SWAP:
+            self._drop_partial_block(req)
             memory.swap_out(req.gpu_blocks)
             req.host_blocks = req.gpu_blocks
             req.gpu_blocks = 0
@@ -544,15 +545,21 @@ class Scheduler:
         """A pin holds the turn's full blocks, which the next turn finds by prefix; the partial
         last block is freed now, to the front of the pool (vLLM's plug-in pins hashed blocks
         only, :mod:`adapters.vllm.pins`)."""
-        memory = self.memory
-        if not memory.prefix_caching:
+        if not self.memory.prefix_caching:
             return
+        paused.blocks = min(paused.blocks, self._drop_partial_block(req))
+
+    def _drop_partial_block(self, req: Request) -> int:
+        """Free the partial last block of ``req``'s KV (its tokens are computed again by the next
+        turn) and return its full blocks: KV kept across a pause is kept by whole hashed blocks,
+        a pin's and a swap's alike (the swap store copies full blocks, :mod:`adapters.vllm.connector`)."""
+        memory = self.memory
         full = req.kv_tokens // memory.block_size
         if req.gpu_blocks > full:
             memory.free(req.gpu_blocks - full)
             req.gpu_blocks = full
         req.kv_tokens = full * memory.block_size
-        paused.blocks = min(paused.blocks, full)
+        return full
 
     def revisit_paused(self) -> list[tuple[PausedKV, KVStrategy]]:
         """Once per iteration, for policies that revisit (INFERCEPT): the preserved entries that

@@ -145,8 +145,10 @@ def test_swap_moves_bytes_and_avoids_recompute(small_preset: Preset) -> None:
     policy = AlwaysSwap(predictor=make_predictor("oracle"), preset=big)
     sim = Simulator(preset=big, policy=policy, arrivals=[Arrival(0.0, program)])
     result = sim.run(RunLabels(policy="swap", predictor="oracle"))
-    assert result.summary.recomputed_tokens == 1  # the last sampled token, which had no KV
-    assert result.summary.swapped_bytes == 2 * 309 * big.kv_bytes_per_token
+    # 300 + 10 tokens, the last sampled without KV: 309 with KV, of which the swap store copies
+    # the 19 full 16-token blocks; the partial block's 5 tokens and the last one are computed again
+    assert result.summary.recomputed_tokens == 6
+    assert result.summary.swapped_bytes == 2 * 304 * big.kv_bytes_per_token
     assert RequestState.RESUMING_SWAPPED in sim._done[0].history
 
 
