@@ -530,7 +530,7 @@ def run_bench(args: argparse.Namespace) -> int:
     _note_fallbacks([p.summary for p in points], console)
     if config.adversary.active:
         adversarial = adversary_rows(points)
-        table_console(True).print(adversary_table(adversarial))
+        console.print(adversary_table(adversarial, wide=args.wide))
         (args.out / "adversary.md").write_text(adversary_markdown(adversarial))
     _write_outputs(args, config, points, rows, caps, baseline, unloaded, console, limit)
     return 0

@@ -3,12 +3,15 @@ calibration that discounts a source's claims by what its turns then did."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 
 import pytest
+from rich.console import Console
 
 from lamps_agent.bench.adversary import Adversary, LieKind, LyingPredictor, cast, tell
-from lamps_agent.bench.adversary_table import adversary_rows
+from lamps_agent.bench.adversary_table import AdversaryRow, Cell, adversary_rows, adversary_table
 from lamps_agent.bench.bound import ContentionFreeBound
 from lamps_agent.bench.runner import BenchConfig, RunSpec, run_point
 from lamps_agent.predictors import (
@@ -182,6 +185,27 @@ def test_the_adversarial_bench_reports_liars_honest_and_tenants() -> None:
         bound,
     )
     assert again.summary == points[1].summary  # the same seed, the same metrics
+
+
+def test_the_adversarial_table_fits_80_columns_whatever_the_tenants() -> None:
+    """Ten tenants made the console table 28 columns wide, every cell cut to ``×0.…`` in a log;
+    by default it shows the ratios and the tenants' P99 as a range with the worst tenant."""
+    cell = Cell(mean=400.0, p99=1300.0, mean_ratio=1.0, p99_ratio=1.0, count=3)
+    tenants = {f"tenant t{i}": dataclasses.replace(cell, p99_ratio=1 + i / 100) for i in range(10)}
+    rows = [
+        AdversaryRow(policy="lamps-aging", predictor="oracle", qps=5.4, lie=lie,
+                     cells={"liars": dataclasses.replace(cell, mean_ratio=0.957),
+                            "honest": cell, **tenants})
+        for lie in ("none", "short", "final", "hog")
+    ]  # fmt: skip
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(adversary_table(rows))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert "×0.957" in text and "×1.000–1.090 (t9)" in text
+    wide = Console(width=1000, record=True, file=io.StringIO())
+    wide.print(adversary_table(rows, wide=True))
+    assert "1300.0 ×1.090" in wide.export_text()  # every tenant's own column
 
 
 def test_a_lying_tenant_lies_in_every_program() -> None:
