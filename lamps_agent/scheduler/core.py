@@ -550,9 +550,10 @@ class Scheduler:
         paused.blocks = min(paused.blocks, self._drop_partial_block(req))
 
     def _drop_partial_block(self, req: Request) -> int:
-        """Free the partial last block of ``req``'s KV (its tokens are computed again by the next
-        turn) and return its full blocks: KV kept across a pause is kept by whole hashed blocks,
-        a pin's and a swap's alike (the swap store copies full blocks, :mod:`adapters.vllm.connector`)."""
+        """Free the partial last block of ``req``'s KV (the next turn computes its tokens again)
+        and return its full blocks: KV kept across a pause is kept by whole hashed blocks, a
+        pin's and a swap's alike (the swap store copies full blocks only,
+        :mod:`adapters.vllm.connector`)."""
         memory = self.memory
         full = req.kv_tokens // memory.block_size
         if req.gpu_blocks > full:
