@@ -122,7 +122,7 @@ def _over_rounds(policy: str, reals: list[float], sim: float) -> PolicyCompariso
 
 def test_the_ranking_asks_only_for_the_order_the_engine_can_tell_apart() -> None:
     """Policies whose mean E2E ranges over the rounds overlap are no difference on the engine:
-    the simulator may order them either way (the served longctx:coding validation: 1.86–1.92 s
+    the simulator may order them either way (the served longctx:coding validation: 1.88–1.92 s
     for all three, the simulator's 1.90 s each).  Ranges apart must be ordered alike."""
     tied = ValidationReport(
         workload="w", programs=10, qps=2.0, unloaded_p99=None,
