@@ -3,7 +3,8 @@
 ``python tests/adapters_vllm/replica_killer.py --after N URL=PID [URL=PID ...]`` reads each
 replica's generated-token counter, prints ``ready``, then polls the counters and SIGKILLs the
 server (``PID``) of the first replica whose counter has risen by ``N`` tokens; it prints one JSON
-line (``index``, ``generated`` — the counter's rise at the last read before the kill) and exits.
+line (``index``, ``generated`` — the counter's rise at the last read before the kill — and
+``at``, the kill's ``time.monotonic()``) and exits.
 
 It is a process of its own so that the kill is timed by the server's progress alone: in the test's
 process a streaming LangGraph agent holds the GIL for most of every chunk, and a watcher thread
@@ -48,8 +49,9 @@ def main() -> int:
         for index, ((url, pid), then) in enumerate(zip(replicas, before, strict=True)):
             now = _generated(url)
             if now is not None and then is not None and now - then >= args.after:
+                at = time.monotonic()  # system-wide on Linux: the test reads the same clock
                 os.kill(pid, signal.SIGKILL)
-                print(json.dumps({"index": index, "generated": now - then}), flush=True)
+                print(json.dumps({"index": index, "generated": now - then, "at": at}), flush=True)
                 return 0
         time.sleep(0.01)
     print(json.dumps({"error": f"no replica generated {args.after} tokens"}), flush=True)

@@ -187,12 +187,14 @@ def test_a_streamed_agent_turn_survives_its_replica(tiny_model: Path, tmp_path: 
                 out, _ = killer.communicate(timeout=150)
             finally:
                 killer.kill()
-            t_kill = time.monotonic()
             killed = json.loads(out.strip().splitlines()[-1])
             assert "index" in killed, (
                 f"{killed}; the turn never streamed (thread alive {thread.is_alive()}, {len(seen)} "
                 f"chunks, error {errors[0] if errors else None!r})"
             )
+            # the kill's own time: the supervisor can report the death before the killer has
+            # exited (CI: "replica-0: died" logged before communicate() returned, so not found)
+            t_kill = float(killed["at"])
             victim_index, generated_at_kill = int(killed["index"]), float(killed["generated"])
             victim = int(replicas[victim_index]["pid"])
             name, victim_url = replicas[victim_index]["name"], replicas[victim_index]["url"]
