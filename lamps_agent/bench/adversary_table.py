@@ -140,8 +140,22 @@ def adversary_table(rows: Sequence[AdversaryRow], *, wide: bool = False) -> Tabl
     return table
 
 
+def _group_names(rows: Sequence[AdversaryRow]) -> list[str]:
+    """Every group of the rows: liars, honest, then the tenants."""
+    return sorted({n for r in rows for n in r.cells}, key=lambda n: (n != LIARS, n != HONEST, n))
+
+
+def _group_cells(r: AdversaryRow, names: Sequence[str]) -> list[str]:
+    """Each group's mean and P99 with its ratio, ``—`` where the row has no such group."""
+    cells: list[str] = []
+    for name in names:
+        c = r.cells.get(name)
+        cells += [_fmt(c.mean, c.mean_ratio), _fmt(c.p99, c.p99_ratio)] if c else ["—", "—"]
+    return cells
+
+
 def _wide_table(rows: Sequence[AdversaryRow]) -> Table:
-    names = sorted({n for r in rows for n in r.cells}, key=lambda n: (n != LIARS, n != HONEST, n))
+    names = _group_names(rows)
     table = Table(box=box.SIMPLE_HEAD, title="liars, honest programs and tenants (E2E s)")
     for col in ("policy", "pred.", "qps", "lie"):
         table.add_column(col)
@@ -149,24 +163,17 @@ def _wide_table(rows: Sequence[AdversaryRow]) -> Table:
         table.add_column(f"{name} mean", justify="right")
         table.add_column(f"{name} P99", justify="right")
     for r in rows:
-        cells = []
-        for name in names:
-            c = r.cells.get(name)
-            cells += [_fmt(c.mean, c.mean_ratio), _fmt(c.p99, c.p99_ratio)] if c else ["—", "—"]
-        table.add_row(r.policy, r.predictor, f"{r.qps:g}", r.lie, *cells)
+        table.add_row(r.policy, r.predictor, f"{r.qps:g}", r.lie, *_group_cells(r, names))
     return table
 
 
 def adversary_markdown(rows: Sequence[AdversaryRow]) -> str:
-    names = sorted({n for r in rows for n in r.cells}, key=lambda n: (n != LIARS, n != HONEST, n))
+    names = _group_names(rows)
     head = ["policy", "predictor", "qps", "lie"]
     for name in names:
         head += [f"{name} mean", f"{name} P99"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.policy, r.predictor, f"{r.qps:g}", r.lie]
-        for name in names:
-            c = r.cells.get(name)
-            cells += [_fmt(c.mean, c.mean_ratio), _fmt(c.p99, c.p99_ratio)] if c else ["—", "—"]
+        cells = [r.policy, r.predictor, f"{r.qps:g}", r.lie, *_group_cells(r, names)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
