@@ -783,6 +783,7 @@ def _point_fields(p: Point) -> dict[str, Any]:
         "stability_first_third_engine_s": p.stability.first_engine_mean,
         "stability_last_third_engine_s": p.stability.last_engine_mean,
         "stability_tolerance_s": p.stability.threshold,
+        "stability_batches_per_third": p.stability.batches,
         "alone_e2e_mean_s": p.alone_e2e,
         "programs_simulated": p.simulated,
         "programs_measured": p.measured,

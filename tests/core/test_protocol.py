@@ -139,6 +139,36 @@ def test_a_flat_run_is_stable_and_a_growing_one_is_not() -> None:
         assert judge_stability(_run(2.0, slope=0.0, seed=seed), window).stable
 
 
+def _long_run(extra: Any) -> tuple[list[RequestMetrics], dict[str, float]]:
+    """6,000 s of arrivals every 2 s, engine time 10 s (± noise) plus ``extra(arrival)``; each
+    program 100 s long alone (so batches of 200 s: ten per third)."""
+    rng = random.Random(3)
+    run = [
+        request(i, 2.0 * i, 10.0 + rng.gauss(0, 1.0) + extra(2.0 * i), tool=90.0)
+        for i in range(3000)
+    ]
+    return run, {m.program_id: 100.0 for m in run}
+
+
+def test_a_congestion_episode_in_a_long_window_is_noise_not_growth() -> None:
+    """Programs in the engine together share a congestion episode: their engine times are not
+    independent samples.  The batch means see the episode as the spread it is; a steady climb
+    is still growth."""
+    window = Window(warmup=0.0, end=6000.0)
+    run, alone = _long_run(lambda t: 30.0 if 5000.0 <= t < 5400.0 else 0.0)
+    naive = judge_stability(run, window, run=run)  # no correlation time known: as before
+    assert not naive.stable and naive.batches == 0 and "grew" in naive.reason
+    verdict = judge_stability(run, window, run=run, alone_e2e=alone)
+    assert verdict.stable and verdict.batches == 10
+    assert verdict.growth == pytest.approx(naive.growth) and verdict.threshold > verdict.growth
+    climbing, alone = _long_run(lambda t: 0.02 * t)
+    assert not judge_stability(climbing, window, run=climbing, alone_e2e=alone).stable
+    # batches shorter than the correlation time estimate nothing: the independent error stays
+    slow = {k: 1000.0 for k in alone}
+    short = judge_stability(run, window, run=run, alone_e2e=slow)
+    assert short.batches == 0 and short.threshold == pytest.approx(naive.threshold)
+
+
 def _single_server(
     arrivals: list[float], work: list[float], *, smallest_first: bool
 ) -> list[float]:
