@@ -29,7 +29,13 @@ from lamps_agent.policies.program.keys import (
     program_step,
 )
 from lamps_agent.policies.program.load import EngageSwitch
-from lamps_agent.policies.program.ttl import PinDeadlines, ToolDurations, ttl_by_cost_benefit
+from lamps_agent.policies.program.ttl import (
+    PinDeadlines,
+    PinLosses,
+    ToolDurations,
+    risk_weighted_pin_cost,
+    ttl_by_cost_benefit,
+)
 from lamps_agent.policies.timescale import ProgramLifetimes, measured_or
 from lamps_agent.predictors.base import Outcome, Predictor
 from lamps_agent.presets import Preset
@@ -115,6 +121,7 @@ class ProgramPolicy(LampsPolicy):
         self.in_flight = ProgramsInFlight()
         self.aging = Aging()
         self.pins = PinDeadlines()
+        self.pin_losses = PinLosses()
         self.counters_held = 0  # new programs refused by the gate (one per refusal)
         self.counters_waited_out = 0  # held new programs let through by patience_for
         self._turns: dict[int, _TurnFigures] = {}  # by request id, from its turn's start
@@ -390,7 +397,9 @@ class ProgramPolicy(LampsPolicy):
 
     def on_pause(self, paused: PausedKV) -> KVStrategy:
         """Pin for Continuum's cost-benefit time to live when that beats the least waste of not
-        pinning; else swap or discard, whichever wastes less."""
+        pinning; else swap or discard, whichever wastes less.  The pin's cost counts the share
+        of recent pins given up under memory pressure (:class:`PinLosses`): such a pin ends as
+        a discard, so as pressure builds a long context goes to the host instead."""
         if not self.engaged:
             return super().on_pause(paused)  # LAMPS: the strategy planned at the turn's start
         predicted = paused.remaining(self.view.now)
@@ -401,10 +410,20 @@ class ProgramPolicy(LampsPolicy):
             context_tokens=paused.tokens,
             fallback_waste=wastes[alternative],
         )
+        cost = risk_weighted_pin_cost(
+            cost, loss_share=self.pin_losses.share, discard_waste=wastes[KVStrategy.DISCARD]
+        )
         if tau > 0 and cost < wastes[alternative]:
             self.pins.set(paused.key, now=self.view.now, ttl=tau)
+            self.pin_losses.given()
             return KVStrategy.PRESERVE
         return alternative
+
+    def release_strategy(self, paused: PausedKV) -> KVStrategy:
+        """A pin given up under memory pressure: counted as lost (:class:`PinLosses`), and
+        swapped or discarded by least waste as in ``lamps``."""
+        self.pin_losses.lost()
+        return super().release_strategy(paused)
 
     def pin_ttl(self, paused: PausedKV) -> float | None:
         """The scheduler's expiry is a backstop after the policy's own deadline ``τ``, at which
@@ -452,6 +471,7 @@ class ProgramPolicy(LampsPolicy):
             "max_age_s": round(self.max_age(NEW), 3),
             "turn_max_age_s": round(self.max_age(ADMITTED), 3),
             "aging_s": round(self.aging_window(), 3),  # the order while disengaged
+            "pins_lost_share": round(self.pin_losses.share, 3),
         }
         if not math.isnan(window):  # none until a tool has returned
             figures["load_window_s"] = round(window, 3)

@@ -2,7 +2,9 @@
 
 :class:`ToolDurations` keeps the recent durations of each tool; :func:`ttl_by_cost_benefit`
 picks the time to live that minimises the memory held plus the waste of the fallback if the tool
-outlasts the pin; :class:`PinDeadlines` remembers, per pin, when that time runs out.
+outlasts the pin; :class:`PinLosses` measures how often a pin is given up under memory pressure
+before it is used (the risk the rule weighs in); :class:`PinDeadlines` remembers, per pin, when
+that time runs out.
 """
 
 from __future__ import annotations
@@ -63,6 +65,39 @@ def ttl_by_cost_benefit(
         if cost < best_cost:
             best_tau, best_cost = tau, cost
     return best_tau, best_cost
+
+
+class PinLosses:
+    """The share of recent pins given up under memory pressure (a pin leaves the GPU by a
+    discard on an engine that cannot copy pinned KV out: its context is computed again).
+
+    Counts decay by ``1 / memory`` per pin given, so the share follows the last ``memory`` pins
+    or so: it rises as pressure builds and falls back once pins survive again.
+    """
+
+    def __init__(self, *, memory: int = 64) -> None:
+        if memory < 1:
+            raise ValueError("memory must be >= 1 pins")
+        self._keep = 1.0 - 1.0 / memory
+        self._given = 0.0
+        self._lost = 0.0
+
+    def given(self) -> None:
+        self._given = self._given * self._keep + 1.0
+        self._lost *= self._keep
+
+    def lost(self) -> None:
+        self._lost += 1.0
+
+    @property
+    def share(self) -> float:
+        return min(1.0, self._lost / self._given) if self._given > 0 else 0.0
+
+
+def risk_weighted_pin_cost(cost: float, *, loss_share: float, discard_waste: float) -> float:
+    """A pin's expected cost when a ``loss_share`` of pins is given up under pressure before
+    use: such a pin ends as a discard (``discard_waste``) whatever its time to live saved."""
+    return (1.0 - loss_share) * cost + loss_share * discard_waste
 
 
 class PinDeadlines:

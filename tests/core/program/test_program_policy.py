@@ -124,6 +124,35 @@ def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: 
     assert [(p.key, s in (KVStrategy.SWAP, KVStrategy.DISCARD)) for p, s in changes] == [(1, True)]
 
 
+def _paused_turn(sched: Scheduler, request_id: int) -> Request:
+    req = sim_request(request_id, prompt=300)
+    sched.add_request(req)
+    sched.admit(req)
+    req.move_to(RequestState.DECODING)
+    req.kv_tokens = 350
+    req.gpu_blocks = sched.memory.blocks_for(350)
+    sched.memory.allocate(req.gpu_blocks)
+    return req
+
+
+def test_pins_lost_under_pressure_send_the_next_paused_turn_off_the_gpu(
+    small_preset: Preset,
+) -> None:
+    """A pin the engine gives up under memory pressure ends as a discard (no engine here copies
+    pinned KV out): once pins are being lost, the rule weighs that in and stops pinning."""
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    for _ in range(20):  # a 10 ms tool: alone, the rule pins (the test above)
+        policy.durations.observe("tool", 0.01)
+    first = _paused_turn(sched, 1)
+    assert sched.pause(first) is KVStrategy.PRESERVE
+    assert policy.state()["pins_lost_share"] == 0.0
+    released = sched.pin_to_release()  # pressure: the core gives the pin up
+    assert released is not None and released.key == 1
+    assert policy.pin_losses.share == 1.0 and policy.state()["pins_lost_share"] == 1.0
+    second = _paused_turn(sched, 2)
+    assert sched.pause(second) in (KVStrategy.SWAP, KVStrategy.DISCARD)
+
+
 def test_program_policy_runs_a_long_context_workload_without_losing_requests() -> None:
     preset = load_preset("h100-llama3-8b", overrides={"gpu_kv_gb": 8})
     programs = generate_longctx(30, seed=4, max_context=32_768)

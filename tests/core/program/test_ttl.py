@@ -7,6 +7,7 @@ import math
 import pytest
 
 from lamps_agent.policies.program import PinDeadlines, ToolDurations, ttl_by_cost_benefit
+from lamps_agent.policies.program.ttl import PinLosses, risk_weighted_pin_cost
 from lamps_agent.scheduler import PausedKV
 
 
@@ -59,3 +60,26 @@ def test_deadlines_of_pins_that_left_otherwise_do_not_pile_up() -> None:
     pins.set("live", now=0.0, ttl=1e9)
     assert pins.due([_pin("live")], now=1.0) == []
     assert len(pins) == 1
+
+
+def test_the_share_of_pins_lost_follows_the_recent_pins() -> None:
+    losses = PinLosses(memory=4)
+    assert losses.share == 0.0  # no pin given yet: no risk measured
+    losses.given()
+    losses.lost()
+    assert losses.share == 1.0
+    for _ in range(20):  # pins that survive: the old loss fades
+        losses.given()
+    assert losses.share < 0.01
+    for _ in range(12):  # pressure: every pin given is lost
+        losses.given()
+        losses.lost()
+    assert losses.share > 0.9
+    with pytest.raises(ValueError, match="memory"):
+        PinLosses(memory=0)
+
+
+def test_a_pins_cost_counts_the_discard_it_ends_as_when_lost() -> None:
+    assert risk_weighted_pin_cost(2.0, loss_share=0.0, discard_waste=50.0) == 2.0
+    assert risk_weighted_pin_cost(2.0, loss_share=1.0, discard_waste=50.0) == 50.0
+    assert risk_weighted_pin_cost(2.0, loss_share=0.25, discard_waste=50.0) == pytest.approx(14.0)
