@@ -26,8 +26,9 @@ of tools.  This policy joins them at the level of the agent *program*:
 * **KV per call**: LAMPS' least-waste plan when the turn starts (it sets the turn's area); at the
   pause, the pin's time to live comes from the tool's duration distribution by Continuum's
   cost-benefit rule — pin for the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_fallback``,
-  ``W_fallback = min(W_discard, W_swap)``, if that beats not pinning (``W_fallback``); a pin that
-  reaches its TTL is swapped or discarded, whichever wastes less.  The host tier is the preset's
+  ``W_fallback = min(W_discard, W_swap)``, if that beats not pinning (``W_fallback``), the pin's
+  cost weighted by the measured share of pins given up under pressure, each a discard
+  (:class:`PinLosses`); a pin that reaches its TTL is swapped or discarded, whichever wastes less.  The host tier is the preset's
   ``host_swap_gb``; a swapped turn is copied back in when its next turn is admitted (a copy
   ahead of the tool's return was dropped: vLLM's connector loads KV only for a scheduled
   request, and a decision one engine cannot carry out is made by neither).
@@ -57,7 +58,12 @@ from lamps_agent.policies.program.inflight import InFlight, ProgramsInFlight
 from lamps_agent.policies.program.keys import ADMITTED, NEW, program_key, program_step
 from lamps_agent.policies.program.load import RELEASE_FRACTION, EngageSwitch
 from lamps_agent.policies.program.policy import ProgramPolicy
-from lamps_agent.policies.program.ttl import PinDeadlines, ToolDurations, ttl_by_cost_benefit
+from lamps_agent.policies.program.ttl import (
+    PinDeadlines,
+    PinLosses,
+    ToolDurations,
+    ttl_by_cost_benefit,
+)
 
 __all__ = [
     "ADMITTED",
@@ -70,6 +76,7 @@ __all__ = [
     "GatedPolicy",
     "InFlight",
     "PinDeadlines",
+    "PinLosses",
     "ProgramGate",
     "ProgramPolicy",
     "ProgramsInFlight",

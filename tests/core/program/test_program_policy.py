@@ -101,17 +101,22 @@ def test_the_policy_learns_footprints_from_finished_programs(small_preset: Prese
     assert not policy.in_flight and policy.committed == 0.0
 
 
-def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: Preset) -> None:
-    policy, sched = program_policy(small_preset, engage_at=0.0)
-    for _ in range(20):  # a 10 ms tool: holding 350 tokens that long beats swap or recompute
-        policy.durations.observe("tool", 0.01)
-    req = sim_request(1, prompt=300)
+def _paused_turn(sched: Scheduler, request_id: int) -> Request:
+    req = sim_request(request_id, prompt=300)
     sched.add_request(req)
     sched.admit(req)
     req.move_to(RequestState.DECODING)
     req.kv_tokens = 350
     req.gpu_blocks = sched.memory.blocks_for(350)
     sched.memory.allocate(req.gpu_blocks)
+    return req
+
+
+def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: Preset) -> None:
+    policy, sched = program_policy(small_preset, engage_at=0.0)
+    for _ in range(20):  # a 10 ms tool: holding 350 tokens that long beats swap or recompute
+        policy.durations.observe("tool", 0.01)
+    req = _paused_turn(sched, 1)
     assert sched.pause(req) is KVStrategy.PRESERVE
     pin = sched.paused.get(req.request_id)
     assert isinstance(pin, PausedKV)
@@ -122,17 +127,6 @@ def test_pin_gets_the_rules_ttl_and_is_swapped_or_discarded_at_it(small_preset: 
     sched.set_time(0.01)  # the policy's deadline: the pin goes, by least waste
     changes = sched.revisit_paused()
     assert [(p.key, s in (KVStrategy.SWAP, KVStrategy.DISCARD)) for p, s in changes] == [(1, True)]
-
-
-def _paused_turn(sched: Scheduler, request_id: int) -> Request:
-    req = sim_request(request_id, prompt=300)
-    sched.add_request(req)
-    sched.admit(req)
-    req.move_to(RequestState.DECODING)
-    req.kv_tokens = 350
-    req.gpu_blocks = sched.memory.blocks_for(350)
-    sched.memory.allocate(req.gpu_blocks)
-    return req
 
 
 def test_pins_lost_under_pressure_send_the_next_paused_turn_off_the_gpu(
