@@ -34,8 +34,8 @@ error of the third's mean the spread of its batch means over √batches), and th
 two is used.  The correlation time is taken as the size-biased mean of the programs'
 contention-free E2E (``Σ e² / Σ e``: the time the average unit of work spends in the system
 alone; under load it is longer, so the batches are, if anything, too short).  With fewer than
-``BATCH_MIN`` such batches in a third (the default window of every built-in trace) the error
-stays the independent one, as before.  An unstable point has no steady-state mean:
+``BATCH_MIN`` such batches in a third (the default windows of multi-API, single-API,
+``longctx:coding`` and the ``longctx`` mix) the error stays the independent one, as before.  An unstable point has no steady-state mean:
 its averages depend on the window's length, so the reports print no reductions for it.
 """
 

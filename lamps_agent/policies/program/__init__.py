@@ -28,10 +28,11 @@ of tools.  This policy joins them at the level of the agent *program*:
   cost-benefit rule — pin for the ``τ`` that minimises ``C·E[min(T, τ)] + (1 − F(τ))·W_fallback``,
   ``W_fallback = min(W_discard, W_swap)``, if that beats not pinning (``W_fallback``), the pin's
   cost weighted by the measured share of pins given up under pressure, each a discard
-  (:class:`PinLosses`); a pin that reaches its TTL is swapped or discarded, whichever wastes less.  The host tier is the preset's
-  ``host_swap_gb``; a swapped turn is copied back in when its next turn is admitted (a copy
-  ahead of the tool's return was dropped: vLLM's connector loads KV only for a scheduled
-  request, and a decision one engine cannot carry out is made by neither).
+  (:class:`PinLosses`); a pin that reaches its TTL is swapped or discarded, whichever wastes
+  less.  The host tier is the preset's ``host_swap_gb``; a swapped turn is copied back in when
+  its next turn is admitted (a copy ahead of the tool's return was dropped: vLLM's connector
+  loads KV only for a scheduled request, and a decision one engine cannot carry out is made by
+  neither).
 * **Preemption** takes the most recently admitted program first, so programs in flight longest
   keep moving.
 * **Only under KV pressure.**  The rules above engage while the time-averaged KV in use reaches
